@@ -1,0 +1,94 @@
+"""A loaded bundle: images in, per-class scores or detections out, through any runner."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge.processing.decode import Detection, decode_classification, decode_yolox
+from edge.processing.preprocess import preprocess
+from edge.runners import create_runner
+from edge.runners.base import Runner
+from export.bundle import Bundle
+from export.manifest import Thresholds
+
+
+@dataclass
+class ModelOutput:
+    scores: dict[str, float] | None = None  # classify
+    detections: list[Detection] = field(default_factory=list)  # detect
+    preprocess_ms: float = 0.0
+    infer_ms: float = 0.0
+
+    def top(self) -> tuple[str, float]:
+        if self.scores is not None:
+            label = max(self.scores, key=self.scores.__getitem__)
+            return label, self.scores[label]
+        if self.detections:
+            d = max(self.detections, key=lambda d: d.score)
+            return d.label, d.score
+        return "", 0.0
+
+    def hits(self, thresholds: Thresholds, classes: list[str] | None = None) -> list[tuple[str, float]]:
+        """(class, score) pairs at or above their class threshold; `classes` limits which may count."""
+        found: dict[str, float] = {}
+        pairs = self.scores.items() if self.scores is not None else ((d.label, d.score) for d in self.detections)
+        for label, score in pairs:
+            if label in thresholds.ignore or (classes is not None and label not in classes):
+                continue
+            if score >= thresholds.for_class(label):
+                found[label] = max(found.get(label, 0.0), score)
+        return sorted(found.items(), key=lambda kv: -kv[1])
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"preprocess_ms": round(self.preprocess_ms, 3), "infer_ms": round(self.infer_ms, 3)}
+        if self.scores is not None:
+            d["scores"] = {k: round(v, 6) for k, v in self.scores.items()}
+        else:
+            d["detections"] = [x.as_dict() for x in self.detections]
+        return d
+
+
+class BundleModel:
+    """Holds a bundle and its runner; `predict` takes BGR uint8 images."""
+
+    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", runner: Runner | None = None,
+                 **runner_options: Any) -> None:
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.runner = runner or create_runner(backend, bundle.model_path, **runner_options)
+
+    def load(self) -> BundleModel:
+        self.runner.load()
+        return self
+
+    def close(self) -> None:
+        self.runner.close()
+
+    @property
+    def max_batch(self) -> int:
+        return self.manifest.batch.max if self.manifest.batch.dynamic else 1
+
+    def predict(self, images: list[np.ndarray]) -> list[ModelOutput]:
+        m = self.manifest
+        results: list[ModelOutput] = []
+        for i in range(0, len(images), self.max_batch):
+            chunk = images[i : i + self.max_batch]
+            t0 = time.perf_counter()
+            pre = [preprocess(im, m.input) for im in chunk]
+            x = np.stack([t for t, _ in pre])
+            t1 = time.perf_counter()
+            raw = self.runner.infer({m.input.name: x})[m.output.names[0]]
+            t2 = time.perf_counter()
+            pre_ms, inf_ms = (t1 - t0) * 1000 / len(chunk), (t2 - t1) * 1000 / len(chunk)
+            if m.task == "classify":
+                scores = decode_classification(raw, m.output.decoder)
+                results += [ModelOutput(scores=dict(zip(m.labels, map(float, s))), preprocess_ms=pre_ms,
+                                        infer_ms=inf_ms) for s in scores]
+            else:
+                dets = decode_yolox(raw, (m.input.height, m.input.width), m.output, m.labels, [t for _, t in pre])
+                results += [ModelOutput(detections=d, preprocess_ms=pre_ms, infer_ms=inf_ms) for d in dets]
+        return results

@@ -1,0 +1,190 @@
+"""`shadowline export ...` and `shadowline keys ...`."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from export.options import build_options, load_preset
+
+
+class DefaultGroup(click.Group):
+    """`shadowline export MODEL.onnx ...` runs the `model` subcommand; named subcommands work as usual."""
+
+    lazy: dict[str, tuple[str, str]] = {
+        "coreml-inspect": ("export.coreml.cli", "coreml_inspect_command"),
+        "tensorrt": ("export.tensorrt.cli", "tensorrt_command"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module, attr = self.lazy[name]
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except ModuleNotFoundError:
+                return None
+        return super().get_command(ctx, name)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.list_commands(ctx) and args[0] not in ("-h", "--help"):
+            args = ["model", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultGroup)
+def export_group() -> None:
+    """Turn a trained ONNX model into a signed bundle (`shadowline export MODEL.onnx --preset NAME`), and inspect,
+    verify or build device artifacts from bundles."""
+
+
+def _progress(quiet: bool):
+    return (lambda _m: None) if quiet else (lambda m: click.echo(m, err=True))
+
+
+@export_group.command("model")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--preset", help="shipped preset name (pcb-aoi, squeezenet, yolox-nano) or a YAML file of options")
+@click.option("--name", help="bundle name, e.g. pcb-screen")
+@click.option("--version", "version_", help="bundle version MAJOR.MINOR")
+@click.option("--task", type=click.Choice(["classify", "detect"]))
+@click.option("--labels", help="labels file, comma-separated list, or 'model-metadata'")
+@click.option("--dedupe-labels", is_flag=True, default=None, help="rename duplicate labels to 'label [index]'")
+@click.option("--color-order", type=click.Choice(["RGB", "BGR"]))
+@click.option("--resize", type=click.Choice(["stretch", "letterbox", "short_side_center_crop"]))
+@click.option("--letterbox-alignment", type=click.Choice(["top_left", "center"]))
+@click.option("--pad-value", type=float, help="letterbox pad value (0..255)")
+@click.option("--resize-short", type=int, help="short side before the centre crop")
+@click.option("--interpolation", type=click.Choice(["bilinear", "bilinear_antialias", "nearest", "area", "bicubic"]),
+              help="resize filter; bilinear_antialias = PIL's bilinear (models trained on PIL-resized images)")
+@click.option("--input-size", nargs=2, type=int, help="HEIGHT WIDTH when the model's input size is dynamic")
+@click.option("--scale", type=float, help="multiplies 0..255 pixels first (1/255 for 0..1 models)")
+@click.option("--mean", nargs=3, type=float, help="per-channel mean, model colour order, after scaling")
+@click.option("--std", nargs=3, type=float, help="per-channel std, after scaling")
+@click.option("--decoder", type=click.Choice(["softmax", "sigmoid", "probabilities", "yolox"]))
+@click.option("--nms-iou", type=float, help="per-class NMS IoU for detectors")
+@click.option("--threshold", type=float, help="default decision threshold")
+@click.option("--class-threshold", multiple=True, metavar="CLASS=T", help="per-class threshold (repeatable)")
+@click.option("--ignore-class", multiple=True, help="class that never flags, e.g. Normal (repeatable)")
+@click.option("--calibration", help="folder of real images for reference.npz (bad files are skipped and reported)")
+@click.option("--validation", help="folder of labelled images: per-class precision/recall/F1 into the manifest")
+@click.option("--validation-labels", type=click.Choice(["folder", "prefix"]), help="class from sub-folder or prefix")
+@click.option("--fp16", is_flag=True, default=None, help="add model.fp16.onnx, checked at task level")
+@click.option("--coreml", is_flag=True, default=None, help="add a Core ML ML Program package (needs [coreml])")
+@click.option("--coreml-precision", type=click.Choice(["fp32", "fp16"]))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("bundles"), show_default=True,
+              help="directory the bundle is written into")
+@click.option("--tar", "as_tar", is_flag=True, help="write one uncompressed .tar instead of a directory")
+@click.option("--key", type=click.Path(path_type=Path), help="ed25519 private key to sign with")
+@click.option("--force", is_flag=True, help="replace an existing bundle of the same name and version")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@click.option("--quiet", is_flag=True, help="no progress on stderr")
+def export_model_command(model: Path, preset: str | None, version_: str | None, class_threshold: tuple[str, ...],
+                         ignore_class: tuple[str, ...], input_size, mean, std, out_dir: Path, as_tar: bool,
+                         key: Path | None, force: bool, as_json: bool, quiet: bool, **kw) -> None:
+    """Export MODEL (ONNX) into a signed bundle. Refuses models ONNX Runtime cannot run, labels that do not fit,
+    and (with --fp16/--coreml) artifacts that disagree with the reference."""
+    from export.exporter import export_model
+    from export.signing import load_private_key
+    from shadowline.errors import ConfigError
+
+    thresholds = {}
+    for item in class_threshold:
+        cls, sep, value = item.rpartition("=")
+        if not sep:
+            raise ConfigError(f"--class-threshold {item!r}: use CLASS=VALUE")
+        thresholds[cls] = float(value)
+    overrides = dict(kw, version=version_, input_size=list(input_size) if input_size else None,
+                     mean=list(mean) if mean else None, std=list(std) if std else None,
+                     thresholds=thresholds or None, ignore_classes=list(ignore_class) or None)
+    opts = build_options(load_preset(preset, model) if preset else None, overrides)
+    signing_key = load_private_key(key) if key else None
+    path, manifest, timings = export_model(model, opts, out_dir, signing_key, as_tar=as_tar, force=force,
+                                           progress=_progress(quiet or as_json))
+    summary = {"bundle": str(path), "name": manifest.name, "version": manifest.version, "task": manifest.task,
+               "signed": signing_key is not None, "files": {k: v.size for k, v in manifest.files.items()},
+               "parity": [c.model_dump() for c in manifest.parity],
+               "validation": manifest.validation.model_dump() if manifest.validation else None,
+               "seconds": timings}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"bundle {path} ({'signed' if signing_key else 'UNSIGNED'}), "
+                   f"{sum(summary['files'].values()) / 1e6:.1f} MB in {sum(timings.values()):.1f} s")
+
+
+@export_group.command("inspect")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--trust-store", type=click.Path(path_type=Path), help="directory of trusted *.pub keys")
+@click.option("--json", "as_json", is_flag=True, help="print the whole manifest as JSON")
+def inspect_command(bundle: Path, trust_store: Path | None, as_json: bool) -> None:
+    """Verify BUNDLE (hashes; signature with --trust-store) and print its manifest."""
+    from export.bundle import load_bundle
+    from export.signing import TrustStore
+
+    store = TrustStore.load(trust_store) if trust_store else None
+    with load_bundle(bundle, store) as b:
+        m = b.manifest
+        if as_json:
+            click.echo(m.to_bytes().decode())
+            return
+        click.echo(f"{m.bundle_id}  task={m.task}  labels={len(m.labels)}  signer={b.signer or 'not checked'}")
+        click.echo(f"input  {m.input.name} {m.input.shape} {m.input.color_order} {m.input.resize} "
+                   f"scale={m.input.scale} mean={m.input.mean} std={m.input.std}")
+        click.echo(f"output {m.output.names} decoder={m.output.decoder}")
+        click.echo(f"thresholds default={m.thresholds.default} per_class={m.thresholds.per_class} "
+                   f"ignore={m.thresholds.ignore}")
+        for name, f in sorted(m.files.items()):
+            click.echo(f"  {f.size:>10}  {f.sha256[:16]}  {name}")
+        for c in m.parity:
+            click.echo(f"  parity {c.kind} {c.precision}: {'pass' if c.passed else 'FAIL'} {c.stats}")
+
+
+@export_group.command("verify")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--trust-store", type=click.Path(path_type=Path), required=True, help="directory of trusted keys")
+def verify_command(bundle: Path, trust_store: Path) -> None:
+    """Check BUNDLE's signature and every file hash; exit non-zero naming the file or key on any mismatch."""
+    from export.bundle import load_bundle
+    from export.signing import TrustStore
+
+    with load_bundle(bundle, TrustStore.load(trust_store)) as b:
+        click.echo(f"ok: {b.manifest.bundle_id} signed by {b.signer}, {len(b.manifest.files)} files verified")
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """ed25519 signing keys for bundles."""
+
+
+@keys_group.command("generate")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("keys"), show_default=True,
+              help="where NAME.key and NAME.pub are written")
+@click.option("--name", default="signer", show_default=True, help="file name stem")
+def keys_generate(directory: Path, name: str) -> None:
+    """Generate a key pair: NAME.key (private, 0600) and NAME.pub (put it in devices' trust stores)."""
+    from export.signing import generate_keys
+
+    directory.mkdir(parents=True, exist_ok=True)
+    priv, pub, kid = generate_keys(directory, name)
+    click.echo(f"key {kid}: private {priv}, public {pub}")
+
+
+@keys_group.command("show")
+@click.argument("key", type=click.Path(path_type=Path))
+def keys_show(key: Path) -> None:
+    """Print the key id of a public (.pub) or private (.key) key file."""
+    from export.signing import key_id, load_private_key, load_public_key
+
+    k = load_private_key(key).public_key() if key.suffix == ".key" else load_public_key(key)
+    click.echo(key_id(k))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(export_group())

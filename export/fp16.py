@@ -1,0 +1,46 @@
+"""FP16 variant of an ONNX model, with float32 inputs and outputs kept so every runtime feeds it the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shadowline.errors import ModelRejected
+
+
+def toposort(graph) -> None:
+    """Reorder `graph.node` in place so every node follows its producers (the converter appends its input casts
+    at the end, which the ONNX checker and TensorRT's parser reject)."""
+    produced = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in produced for i in n.input)]
+        if not ready:
+            raise ModelRejected("FP16 graph has a cycle or an input no node produces: "
+                                f"{sorted({i for n in pending for i in n.input} - produced)[:5]}")
+        for n in ready:
+            ordered.append(n)
+            produced.update(n.output)
+        ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ids]
+    copies = [type(n)() for n in ordered]
+    for c, n in zip(copies, ordered):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    try:
+        # Resize keeps FP32: its scales/roi inputs must stay float32 for ONNX Runtime and TensorRT.
+        fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Resize", "Upsample"])
+        toposort(fp16.graph)
+        onnx.checker.check_model(fp16)
+    except ModelRejected:
+        raise
+    except Exception as err:
+        raise ModelRejected(f"{src}: FP16 conversion failed: {err}") from err
+    onnx.save(fp16, str(dst))

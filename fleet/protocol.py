@@ -1,0 +1,252 @@
+"""The MQTT contract between fleet and devices: topics, versioned message schemas. The only module of fleet/ the
+device side imports (DESIGN.md). Every message is JSON with `schema` and `version`; every record has a UUID so
+ingest is idempotent."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROTOCOL_VERSION = 1
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+# -- topics -----------------------------------------------------------------------------------------------------
+class Topics:
+    """Every topic the system uses, built from a fleet prefix and a device id. Nothing else formats topics."""
+
+    DEVICE_TOPICS = ("desired", "reported", "status", "predictions", "reviews", "metrics", "alerts", "cmd", "events")
+    TO_DEVICE = ("desired", "cmd")
+    RETAINED = ("desired", "reported", "status")
+
+    def __init__(self, prefix: str = "shadowline") -> None:
+        if not prefix or any(c in prefix for c in "+#") or prefix.startswith("/") or prefix.endswith("/"):
+            raise ValueError(f"invalid MQTT topic prefix {prefix!r}")
+        self.prefix = prefix
+
+    def device(self, device_id: str, kind: str) -> str:
+        if kind not in self.DEVICE_TOPICS:
+            raise ValueError(f"unknown device topic {kind!r}")
+        if not DEVICE_ID_RE.match(device_id):
+            raise ValueError(f"invalid device id {device_id!r}")
+        return f"{self.prefix}/dev/{device_id}/{kind}"
+
+    def all_devices(self, kind: str) -> str:
+        """Subscription filter for one kind of message from every device."""
+        if kind not in self.DEVICE_TOPICS:
+            raise ValueError(f"unknown device topic {kind!r}")
+        return f"{self.prefix}/dev/+/{kind}"
+
+    def parse(self, topic: str) -> tuple[str, str] | None:
+        """(device id, kind) of a device topic under this prefix, or None."""
+        parts = topic.split("/")
+        if len(parts) != 4 or parts[0] != self.prefix or parts[1] != "dev" or parts[3] not in self.DEVICE_TOPICS:
+            return None
+        if not DEVICE_ID_RE.match(parts[2]):
+            return None
+        return parts[2], parts[3]
+
+
+# -- records ----------------------------------------------------------------------------------------------------
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StageOutput(_Msg):
+    role: Literal["screen", "verify"]
+    bundle: str
+    scores: dict[str, float] | None = None
+    detections: list[dict[str, Any]] | None = None
+    hits: list[tuple[str, float]] = Field(default_factory=list, description="classes at/over their threshold")
+    latency_ms: float = 0.0
+
+
+class PredictionRecord(_Msg):
+    id: str = Field(default_factory=new_id)
+    device: str
+    created_at: str = Field(default_factory=now_iso)
+    source: str = Field(description="folder:<file>, capture:<url>#<frame>, http")
+    release: str
+    revision: int
+    mode: Literal["shadow", "production"]
+    role: Literal["active", "candidate"] = "active"
+    models: dict[str, str] = Field(default_factory=dict, description="stage role -> bundle id")
+    thresholds: dict[str, Any] = Field(default_factory=dict, description="thresholds in effect")
+    stages: list[StageOutput] = Field(default_factory=list)
+    decision: Literal["pass", "flag", "error"]
+    flagged: list[tuple[str, float]] = Field(default_factory=list)
+    top_label: str | None = None
+    top_score: float | None = None
+    latency_ms: dict[str, float] = Field(default_factory=dict, description="per stage plus total")
+    error: str | None = None
+    disagrees_with: str | None = Field(None, description="candidate record: id of the active record it differs from")
+    image_kept: bool = False
+
+
+class ReviewRecord(_Msg):
+    id: str = Field(default_factory=new_id)
+    prediction_id: str
+    device: str
+    created_at: str = Field(default_factory=now_iso)
+    inspector: str
+    verdict: Literal["confirm", "false_positive", "missed_defect", "bad_image"]
+    defect_class: str | None = None
+    override: bool = Field(description="the verdict disagrees with the model's decision")
+    model_decision: Literal["pass", "flag", "error"]
+    release: str
+    revision: int
+    models: dict[str, str] = Field(default_factory=dict)
+    thresholds: dict[str, Any] = Field(default_factory=dict)
+    top_label: str | None = None
+    top_score: float | None = None
+    note: str = ""
+
+
+class MetricsRecord(_Msg):
+    id: str = Field(default_factory=new_id)
+    device: str
+    created_at: str = Field(default_factory=now_iso)
+    release: str
+    revision: int
+    window_s: float
+    values: dict[str, float]
+
+
+class AlertRecord(_Msg):
+    id: str = Field(default_factory=new_id)
+    device: str
+    created_at: str = Field(default_factory=now_iso)
+    rule: str
+    state: Literal["raised", "cleared"]
+    value: float | None = None
+    threshold: float | None = None
+    message: str = ""
+
+
+class EventRecord(_Msg):
+    """An activation step, an action delivery, an outbox overflow: anything the fleet should see happen."""
+
+    id: str = Field(default_factory=new_id)
+    device: str
+    created_at: str = Field(default_factory=now_iso)
+    kind: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+# -- envelopes --------------------------------------------------------------------------------------------------
+class Batch(_Msg):
+    """Device -> fleet: a batch of records of one kind (predictions, reviews, metrics, alerts, events)."""
+
+    schema_id: Literal["shadowline.batch"] = Field("shadowline.batch", alias="schema")
+    version: int = PROTOCOL_VERSION
+    device: str
+    kind: Literal["predictions", "reviews", "metrics", "alerts", "events"]
+    sent_at: str = Field(default_factory=now_iso)
+    records: list[dict[str, Any]]
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+RECORD_TYPES: dict[str, type[_Msg]] = {"predictions": PredictionRecord, "reviews": ReviewRecord,
+                                        "metrics": MetricsRecord, "alerts": AlertRecord, "events": EventRecord}
+
+
+class StageSpec(_Msg):
+    role: Literal["screen", "verify"]
+    bundle: str = Field(description="bundle id name-vX.Y")
+    candidate_classes: list[str] | None = Field(None, description="screen: classes that make a frame a candidate")
+    threshold: float | None = Field(None, ge=0, le=1, description="screen: one threshold for candidate classes")
+    thresholds: dict[str, float] | None = Field(None, description="verify: {default: t, class: t, ...}")
+
+
+class ReleaseSpec(_Msg):
+    name: str
+    revision: int = 0
+    mode: Literal["shadow", "production"] = "shadow"
+    stages: list[StageSpec] = Field(min_length=1, max_length=2)
+    actions: list[Literal["work_order_mqtt", "webhook"]] = Field(default_factory=list)
+    note: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.revision}"
+
+
+class Artifact(_Msg):
+    bundle: str
+    url: str = Field(description="HTTP(S) URL of the bundle .tar")
+    sha256: str
+    size: int
+
+
+class Desired(_Msg):
+    schema_id: Literal["shadowline.desired"] = Field("shadowline.desired", alias="schema")
+    version: int = PROTOCOL_VERSION
+    device: str
+    revision: int = Field(description="monotonic per device; older desired states are ignored")
+    release: ReleaseSpec
+    candidate: ReleaseSpec | None = None
+    artifacts: list[Artifact]
+    issued_at: str = Field(default_factory=now_iso)
+    rollout: str | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Reported(_Msg):
+    schema_id: Literal["shadowline.reported"] = Field("shadowline.reported", alias="schema")
+    version: int = PROTOCOL_VERSION
+    device: str
+    active: str | None = Field(None, description="release ref name@revision")
+    candidate: str | None = None
+    cached: list[str] = Field(default_factory=list, description="last releases ready on disk")
+    desired_revision: int | None = None
+    activation: dict[str, Any] = Field(default_factory=dict, description="state, target, step times")
+    last_error: str | None = None
+    backends: list[str] = Field(default_factory=list)
+    hardware: dict[str, Any] = Field(default_factory=dict)
+    updated_at: str = Field(default_factory=now_iso)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Command(_Msg):
+    schema_id: Literal["shadowline.cmd"] = Field("shadowline.cmd", alias="schema")
+    version: int = PROTOCOL_VERSION
+    id: str = Field(default_factory=new_id)
+    command: Literal["rollback", "upload_samples", "recheck", "report"]
+    args: dict[str, Any] = Field(default_factory=dict)
+    issued_at: str = Field(default_factory=now_iso)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ProtocolError(ValueError):
+    """A message that does not parse or does not fit its schema; the text names the topic."""
+
+
+def encode(msg: BaseModel) -> bytes:
+    return json.dumps(msg.model_dump(mode="json", by_alias=True), separators=(",", ":")).encode()
+
+
+def decode(topic: str, payload: bytes, model: type[BaseModel]) -> BaseModel:
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as err:
+        raise ProtocolError(f"{topic}: {model.__name__} invalid: {err.error_count()} errors, "
+                            f"first: {err.errors()[0]['loc']} {err.errors()[0]['msg']}") from err
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ProtocolError(f"{topic}: not JSON ({err})") from err

@@ -1,0 +1,80 @@
+"""The one hierarchy of domain errors. The CLI maps them to exit codes (`exit_code`), HTTP APIs to statuses."""
+
+from __future__ import annotations
+
+
+class ShadowlineError(Exception):
+    """Base of every error Shadowline raises on purpose; the message is meant for the user."""
+
+    exit_code = 1
+    http_status = 500
+
+
+class ConfigError(ShadowlineError):
+    """A configuration file or option is invalid; the message names the key path."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class ModelRejected(ShadowlineError):
+    """A model cannot be used: not ONNX, unsupported op or opset, shapes that do not fit."""
+
+    exit_code = 3
+    http_status = 422
+
+
+class LabelError(ModelRejected):
+    """Labels do not fit the model output, or are not unique."""
+
+
+class BundleError(ShadowlineError):
+    """A bundle is malformed, incomplete or does not match its manifest."""
+
+    exit_code = 4
+    http_status = 422
+
+
+class SignatureError(BundleError):
+    """A bundle is unsigned (under a trust store), signed by an unknown key, or its signature is wrong."""
+
+    exit_code = 5
+    http_status = 403
+
+
+class ImageError(ShadowlineError):
+    """An image cannot be used: empty, corrupt, truncated, not an image, or over the pixel limit."""
+
+    exit_code = 6
+    http_status = 422
+
+
+class ParityError(ShadowlineError):
+    """An artifact (FP16 ONNX, Core ML package, TensorRT engine) disagrees with the bundle's reference outputs."""
+
+    exit_code = 7
+    http_status = 422
+
+
+class BackendUnavailable(ShadowlineError):
+    """A backend's library is missing or cannot run here; the message says what to install."""
+
+    exit_code = 8
+    http_status = 503
+
+
+class ConversionError(ShadowlineError):
+    """A model cannot be converted (unsupported op or attribute); the message names the op, node and attribute."""
+
+    exit_code = 9
+    http_status = 422
+
+
+class NotFound(ShadowlineError):
+    exit_code = 10
+    http_status = 404
+
+
+class Conflict(ShadowlineError):
+    exit_code = 11
+    http_status = 409

@@ -1,0 +1,134 @@
+"""Shared fixtures: the real models and images of ../shared/realdata, signing keys, exported bundles, and a real
+Mosquitto process on a free port with its own config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = ROOT.parent / "shared" / "realdata"
+MODELS = REALDATA / "models"
+IMAGES = REALDATA / "images"
+EXPECTED = REALDATA / "expected" / "results_onnxruntime_cpu.json"
+PRESETS = {"pcb-aoi": "pcb-aoi_opset11.onnx", "squeezenet": "squeezenet1.0_fp32.onnx", "yolox-nano": "yolox_nano.onnx"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import importlib.util
+    import sys
+
+    has_trt = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT and pycuda on an NVIDIA GPU"))
+        if "macos" in item.keywords and sys.platform != "darwin":
+            item.add_marker(pytest.mark.skip(reason="Core ML prediction needs macOS"))
+
+
+@pytest.fixture(scope="session")
+def expected() -> dict:
+    return json.loads(EXPECTED.read_text())
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from export.signing import generate_keys
+
+    d = tmp_path_factory.mktemp("keys")
+    priv, pub, kid = generate_keys(d, "signer")
+    other_priv, other_pub, other_kid = generate_keys(d / "other", "intruder") if (d / "other").mkdir() is None \
+        else (None, None, None)
+    trust = d / "trust"
+    trust.mkdir()
+    shutil.copy(pub, trust / "signer.pub")
+    return {"private": priv, "public": pub, "key_id": kid, "trust": trust, "other_private": other_priv,
+            "other_key_id": other_kid}
+
+
+def export_preset(preset: str, out: Path, private_key: Path | None, **overrides) -> Path:
+    from export.exporter import export_model
+    from export.options import build_options, load_preset
+    from export.signing import load_private_key
+
+    model = MODELS / PRESETS[preset]
+    opts = build_options(load_preset(preset, model), overrides)
+    path, _, _ = export_model(model, opts, out, load_private_key(private_key) if private_key else None)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> dict[str, Path]:
+    """The three shipped models exported once per session, signed, with FP16 variants."""
+    out = tmp_path_factory.mktemp("bundles")
+    return {p: export_preset(p, out, keys["private"], fp16=True) for p in PRESETS}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Mosquitto:
+    """A Mosquitto broker process with its own config on a free port; restartable (for kill -9 tests)."""
+
+    def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None) -> None:
+        self.workdir, self.extra_conf = workdir, extra_conf
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.conf = workdir / "mosquitto.conf"
+
+    def start(self) -> Mosquitto:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            f"persistence true\npersistence_location {self.workdir}/\n"
+            f"log_dest file {self.workdir}/mosquitto.log\n"
+            "max_queued_messages 100000\n"
+            + (self.extra_conf or "allow_anonymous true\n"))
+        self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    log = (self.workdir / "mosquitto.log")
+                    raise RuntimeError(f"mosquitto exited: {log.read_text() if log.exists() else ''}")
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path / "broker").start()
+    yield broker
+    broker.stop()
