@@ -1,0 +1,34 @@
+"""The `fleet:` section of the device config: how the agent reaches the fleet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TLSConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ca_file: Path = Field(description="CA certificate that signed the broker's certificate")
+    cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(None, description="client key (mutual TLS)")
+    insecure_skip_hostname: bool = Field(False, description="do not check the broker's host name (tests only)")
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    broker_url: str = Field(description="mqtt://host:port or mqtts://host:port")
+    prefix: str = Field("shadowline", description="the fleet's topic prefix")
+    username: str | None = Field(None, description="this device's broker user (defaults to the device id)")
+    password: str | None = Field(None, description="this device's broker password")
+    password_file: Path | None = Field(None, description="file holding the password (preferred over password)")
+    tls: TLSConfig | None = None
+    trust_store: Path | None = Field(None, description="directory of public keys bundles must be signed by")
+    http_token: str | None = Field(None, description="device token for artifact downloads")
+    releases_dir: Path = Field(Path("releases"), description="where downloaded bundles and releases are kept")
+    keep_releases: int = Field(3, ge=1, description="releases kept on disk, ready, for rollback without download")
+    batch_size: int = Field(200, ge=1, le=5000, description="records per outbox MQTT message")
+    outbox_budget_mb: float = Field(512.0, gt=0, description="disk budget of the outbox; see overflow policy")
+    latency_budget_ms: float | None = Field(None, description="activation check: max median latency per frame")
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
