@@ -44,8 +44,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     d = tmp_path_factory.mktemp("keys")
     priv, pub, kid = generate_keys(d, "signer")
-    other_priv, other_pub, other_kid = generate_keys(d / "other", "intruder") if (d / "other").mkdir() is None \
-        else (None, None, None)
+    (d / "other").mkdir()
+    other_priv, _, other_kid = generate_keys(d / "other", "intruder")
     trust = d / "trust"
     trust.mkdir()
     shutil.copy(pub, trust / "signer.pub")
