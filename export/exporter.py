@@ -92,6 +92,7 @@ def export_model(model_path: Path, opts: ExportOptions, out_dir: Path, signing_k
     info = validate_model(model_path)
     spec = input_spec(info, opts)
     output = OutputSpec(names=[o[0] for o in info.outputs], decoder=opts.decoder, nms_iou=opts.nms_iou,
+                        class_agnostic_nms=opts.class_agnostic_nms,
                         strides=opts.strides, min_score=opts.min_score)
     if opts.labels is None:
         if "labels" not in info.metadata:

@@ -34,6 +34,14 @@ def convert_fp16(src: Path, dst: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
+    # IR < 4 lists every initializer as a graph input too; the converter would keep those "inputs" FP32 and add a
+    # Cast per weight. IR 4 allows initializers that are not inputs, so drop them from the inputs first.
+    init_names = {i.name for i in model.graph.initializer}
+    if any(i.name in init_names for i in model.graph.input):
+        kept = [i for i in model.graph.input if i.name not in init_names]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+        model.ir_version = max(model.ir_version, 4)
     try:
         # Resize keeps FP32: its scales/roi inputs must stay float32 for ONNX Runtime and TensorRT.
         fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Resize", "Upsample"])

@@ -35,6 +35,7 @@ class ExportOptions(BaseModel):
     std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
     decoder: Literal["softmax", "sigmoid", "probabilities", "yolox"] | None = None
     nms_iou: float = 0.45
+    class_agnostic_nms: bool = False
     strides: list[int] = Field(default_factory=lambda: [8, 16, 32])
     min_score: float = 0.05
     threshold: float = 0.5

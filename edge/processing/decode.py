@@ -105,7 +105,8 @@ def decode_yolox(
         boxes = np.concatenate([xy[m] - wh[m] / 2, xy[m] + wh[m] / 2], axis=1)
         boxes = transforms[n].to_original(boxes)
         conf, cls = conf[m], cls[m]
-        keep = nms_per_class(boxes, conf, cls, spec.nms_iou)[: spec.max_detections]
+        groups = np.zeros_like(cls) if spec.class_agnostic_nms else cls
+        keep = nms_per_class(boxes, conf, groups, spec.nms_iou)[: spec.max_detections]
         results.append([
             Detection(int(cls[k]), labels[int(cls[k])], float(conf[k]), tuple(float(v) for v in boxes[k]))
             for k in keep
