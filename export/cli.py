@@ -53,12 +53,13 @@ def _progress(quiet: bool):
 @click.option("--preset", help="shipped preset name (pcb-aoi, squeezenet, yolox-nano) or a YAML file of options")
 @click.option("--name", help="bundle name, e.g. pcb-screen")
 @click.option("--version", "version_", help="bundle version MAJOR.MINOR")
-@click.option("--task", type=click.Choice(["classify", "detect"]))
+@click.option("--task", type=click.Choice(["classify", "detect"]), help="what the model does")
 @click.option("--labels", help="labels file, comma-separated list, or 'model-metadata'")
 @click.option("--dedupe-labels", is_flag=True, default=None, help="rename duplicate labels to 'label [index]'")
-@click.option("--color-order", type=click.Choice(["RGB", "BGR"]))
-@click.option("--resize", type=click.Choice(["stretch", "letterbox", "short_side_center_crop"]))
-@click.option("--letterbox-alignment", type=click.Choice(["top_left", "center"]))
+@click.option("--color-order", type=click.Choice(["RGB", "BGR"]), help="channel order the model expects")
+@click.option("--resize", type=click.Choice(["stretch", "letterbox", "short_side_center_crop"]),
+              help="how an image of any size becomes the input size")
+@click.option("--letterbox-alignment", type=click.Choice(["top_left", "center"]), help="where a letterboxed image sits")
 @click.option("--pad-value", type=float, help="letterbox pad value (0..255)")
 @click.option("--resize-short", type=int, help="short side before the centre crop")
 @click.option("--interpolation", type=click.Choice(["bilinear", "bilinear_antialias", "nearest", "area", "bicubic"]),
@@ -67,7 +68,8 @@ def _progress(quiet: bool):
 @click.option("--scale", type=float, help="multiplies 0..255 pixels first (1/255 for 0..1 models)")
 @click.option("--mean", nargs=3, type=float, help="per-channel mean, model colour order, after scaling")
 @click.option("--std", nargs=3, type=float, help="per-channel std, after scaling")
-@click.option("--decoder", type=click.Choice(["softmax", "sigmoid", "probabilities", "yolox"]))
+@click.option("--decoder", type=click.Choice(["softmax", "sigmoid", "probabilities", "yolox"]),
+              help="how the output is read: logits (softmax/sigmoid), scores as given, or YOLOX boxes")
 @click.option("--nms-iou", type=float, help="NMS IoU for detectors")
 @click.option("--class-agnostic-nms/--per-class-nms", default=None, help="NMS across classes, or per class")
 @click.option("--threshold", type=float, help="default decision threshold")
@@ -78,7 +80,7 @@ def _progress(quiet: bool):
 @click.option("--validation-labels", type=click.Choice(["folder", "prefix"]), help="class from sub-folder or prefix")
 @click.option("--fp16", is_flag=True, default=None, help="add model.fp16.onnx, checked at task level")
 @click.option("--coreml", is_flag=True, default=None, help="add a Core ML ML Program package (needs [coreml])")
-@click.option("--coreml-precision", type=click.Choice(["fp32", "fp16"]))
+@click.option("--coreml-precision", type=click.Choice(["fp32", "fp16"]), help="Core ML compute precision")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("bundles"), show_default=True,
               help="directory the bundle is written into")
 @click.option("--tar", "as_tar", is_flag=True, help="write one uncompressed .tar instead of a directory")
