@@ -1,0 +1,89 @@
+"""Send a benchmark summary to the fleet as the device's capability record: one `events` batch holding one
+EventRecord(kind="capability") on the device's own events topic, QoS 1, confirmed by the broker's PUBACK."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet.protocol import Batch, EventRecord, Topics, encode
+from shadowline.errors import ConfigError, ShadowlineError
+
+
+class PublishTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    broker_url: str = Field(description="mqtt://host:port or mqtts://host:port")
+    device_id: str = Field(description="this device's id; the topic subtree it may publish in")
+    prefix: str = Field("shadowline", description="the fleet's topic prefix")
+    username: str | None = Field(None, description="broker user (defaults to the device id when a password is set)")
+    password: str | None = Field(None, description="broker password")
+    ca_file: Path | None = Field(None, description="CA certificate of the broker (mqtts)")
+    timeout_s: float = Field(10.0, gt=0, description="give up when the broker has not acknowledged by then")
+
+
+class PublishError(ShadowlineError):
+    """The broker could not be reached or did not acknowledge the capability record."""
+
+
+def build_message(device_id: str, summary: dict[str, Any], prefix: str = "shadowline") -> tuple[str, bytes, str]:
+    """(topic, payload, record id) of the capability record; invalid ids raise ConfigError."""
+    try:
+        topic = Topics(prefix).device(device_id, "events")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    record = EventRecord(device=device_id, kind="capability", detail=summary)
+    batch = Batch(device=device_id, kind="events", records=[record.model_dump(mode="json")])
+    return topic, encode(batch), record.id
+
+
+def publish(target: PublishTarget, summary: dict[str, Any]) -> str:
+    """Publish and wait for the PUBACK; returns the record id."""
+    import paho.mqtt.client as mqtt
+
+    topic, payload, record_id = build_message(target.device_id, summary, target.prefix)
+    url = urlparse(target.broker_url)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        raise ConfigError(f"broker URL {target.broker_url!r} must be mqtt://host:port or mqtts://host:port")
+    port = url.port or (8883 if url.scheme == "mqtts" else 1883)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{target.device_id}-hwbench",
+                         protocol=mqtt.MQTTv311)
+    if target.password is not None:
+        client.username_pw_set(target.username or target.device_id, target.password)
+    if url.scheme == "mqtts":
+        client.tls_set(ca_certs=str(target.ca_file) if target.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+    connected = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(_c, _u, _f, reason_code, _p) -> None:
+        if reason_code.is_failure:
+            refused.append(str(reason_code))
+        connected.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(url.hostname, port, keepalive=30)
+    except OSError as err:
+        raise PublishError(f"cannot reach the broker at {target.broker_url}: {err}") from err
+    client.loop_start()
+    try:
+        if not connected.wait(target.timeout_s):
+            raise PublishError(f"the broker at {target.broker_url} did not answer within {target.timeout_s:g} s")
+        if refused:
+            raise PublishError(f"the broker at {target.broker_url} refused the connection: {refused[0]}")
+        info = client.publish(topic, payload, qos=1)
+        try:
+            info.wait_for_publish(target.timeout_s)
+        except (RuntimeError, ValueError) as err:  # paho raises when the message could not even be queued
+            raise PublishError(f"cannot publish the capability record on {topic}: {err}") from err
+        if not info.is_published():
+            raise PublishError(f"the broker did not acknowledge the capability record on {topic} "
+                               f"within {target.timeout_s:g} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return record_id

@@ -1,0 +1,30 @@
+"""hwbench end to end for one loaded bundle: environment, plan, measurements, verdict -> Report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from export.bundle import Bundle
+from hwbench import env as envmod
+from hwbench.bench import BenchOptions, run
+from hwbench.plan import plan
+from hwbench.report import BundleInfo, Report
+from hwbench.verdict import TargetSet, judge
+
+
+def benchmark(bundle: Bundle, options: BenchOptions, targets: TargetSet, backends: list[str] | None = None,
+              precisions: list[str] | None = None, batches: list[int] | None = None,
+              engine_cache: Path | None = None, progress: Callable[[str], None] | None = None) -> Report:
+    m = bundle.manifest
+    environment = envmod.collect()
+    configs = plan(bundle, backends, precisions, batches, engine_cache)
+    results = run(bundle, configs, options, progress)
+    judged = [{"id": r.id, "batch": r.batch, "throughput_ips": r.throughput_ips,
+               "latency_per_image_ms": r.latency_per_image_ms.model_dump()}
+              for r in results if r.status == "ok" and r.latency_per_image_ms is not None]
+    lo, hi = (m.batch.min, m.batch.max) if m.batch.dynamic else (1, 1)
+    info = BundleInfo(id=m.bundle_id, task=m.task, input_shape=list(m.input.shape),
+                      model_sha256=m.files["model.onnx"].sha256, batch_range=[lo, hi])
+    return Report(bundle=info, environment=environment, options=options, configs=results,
+                  verdicts=judge(targets, judged))

@@ -1,0 +1,116 @@
+"""Use-case targets and the verdict: does any configuration measured on this device meet each target?
+
+A latency target is judged on a per-image latency statistic (P95 by default: a line tolerates a rare slow frame,
+not a slow median) of the best configuration; a throughput target on images per second. A throughput range
+(`min_ips`..`ideal_ips`, e.g. the Jetson 5-15 images/s of the field guide) gives `partial` between the two.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shadowline.errors import ConfigError
+
+Metric = Literal["avg", "p50", "p95", "p99", "max"]
+
+
+class Target(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="short id, e.g. realtime-line")
+    description: str = Field("", description="the use case in words")
+    max_latency_ms: float | None = Field(None, gt=0, description="per-image latency must stay below this")
+    metric: Metric = Field("p95", description="latency statistic judged against max_latency_ms")
+    min_ips: float | None = Field(None, gt=0, description="images per second needed at the least")
+    ideal_ips: float | None = Field(None, gt=0, description="images per second for a full pass (range top)")
+    max_batch: int | None = Field(None, ge=1, description="only configurations up to this batch size count")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Target:
+        if (self.max_latency_ms is None) == (self.min_ips is None):
+            raise ValueError(f"target {self.name!r}: give exactly one of max_latency_ms or min_ips")
+        if self.ideal_ips is not None and (self.min_ips is None or self.ideal_ips < self.min_ips):
+            raise ValueError(f"target {self.name!r}: ideal_ips needs min_ips and must not be below it")
+        return self
+
+
+class TargetSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    targets: list[Target] = Field(min_length=1, description="use cases to judge the device against")
+
+
+DEFAULT_TARGETS = TargetSet(targets=[
+    Target(name="realtime-line", description="real-time production line", max_latency_ms=100, max_batch=1),
+    Target(name="batch-review", description="batch review of captured images", max_latency_ms=500),
+    Target(name="drone", description="drone inspection", max_latency_ms=2000, max_batch=1),
+    Target(name="mobile-field", description="mobile field inspection", max_latency_ms=3000, max_batch=1),
+    Target(name="jetson-throughput", description="Jetson station, 5-15 images/s", min_ips=5, ideal_ips=15),
+])
+
+
+def load_targets(path: Path | str | None) -> TargetSet:
+    """The targets of a YAML file (`targets: [...]`), or the defaults when no file is given."""
+    if path is None:
+        return DEFAULT_TARGETS
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read targets file ({err.strerror})") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    try:
+        return TargetSet.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {loc}: {first['msg']} ({err.error_count()} error(s))") from err
+
+
+class TargetVerdict(BaseModel):
+    target: str
+    description: str
+    requirement: str
+    status: Literal["pass", "partial", "fail", "n/a"]
+    best_config: str | None = None
+    value: float | None = None
+    unit: str
+
+
+def judge(targets: TargetSet, configs: list[dict]) -> list[TargetVerdict]:
+    """`configs`: dicts with `id`, `batch`, `latency_per_image_ms` {avg,p50,...} and `throughput_ips`."""
+    verdicts: list[TargetVerdict] = []
+    for t in targets.targets:
+        pool = [c for c in configs if t.max_batch is None or c["batch"] <= t.max_batch]
+        if t.max_latency_ms is not None:
+            req = f"{t.metric} < {t.max_latency_ms:g} ms" + (f" at batch <= {t.max_batch}" if t.max_batch else "")
+            if not pool:
+                verdicts.append(TargetVerdict(target=t.name, description=t.description, requirement=req,
+                                              status="n/a", unit="ms"))
+                continue
+            best = min(pool, key=lambda c: c["latency_per_image_ms"][t.metric])
+            value = best["latency_per_image_ms"][t.metric]
+            status = "pass" if value < t.max_latency_ms else "fail"
+            verdicts.append(TargetVerdict(target=t.name, description=t.description, requirement=req, status=status,
+                                          best_config=best["id"], value=round(value, 3), unit="ms"))
+        else:
+            assert t.min_ips is not None
+            req = f">= {t.min_ips:g} images/s" + (f" (ideal {t.ideal_ips:g})" if t.ideal_ips else "")
+            if not pool:
+                verdicts.append(TargetVerdict(target=t.name, description=t.description, requirement=req,
+                                              status="n/a", unit="images/s"))
+                continue
+            best = max(pool, key=lambda c: c["throughput_ips"])
+            value = best["throughput_ips"]
+            if value >= (t.ideal_ips or t.min_ips):
+                status = "pass"
+            elif value >= t.min_ips:
+                status = "partial"
+            else:
+                status = "fail"
+            verdicts.append(TargetVerdict(target=t.name, description=t.description, requirement=req, status=status,
+                                          best_config=best["id"], value=round(value, 3), unit="images/s"))
+    return verdicts
