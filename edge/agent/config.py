@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,5 +31,15 @@ class AgentConfig(BaseModel):
     batch_size: int = Field(200, ge=1, le=5000, description="records per outbox MQTT message")
     outbox_budget_mb: float = Field(512.0, gt=0, description="disk budget of the outbox; see overflow policy")
     latency_budget_ms: float | None = Field(None, description="activation check: max median latency per frame")
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_min_s: float = Field(0.5, gt=0, description="first reconnect delay; doubles up to reconnect_max_s")
+    reconnect_max_s: float = Field(30.0, gt=0, description="longest delay between reconnect attempts")
+    mqtt_version: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version spoken to the broker")
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0,
+                                  description="MQTT 5: how long the broker keeps this device's session offline")
+    keepalive_s: int = Field(30, ge=5, description="MQTT keepalive; the last will fires after about 1.5x this")
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
+        "auto", description="runtime for the activation check; auto = TensorRT where installed, else ONNX Runtime")
+    smoke_images: int = Field(4, ge=0, description="recent images run through a new release before activation")
+    download_timeout_s: float = Field(30.0, gt=0, description="HTTP timeout per artifact request")
+    publish_interval_s: float = Field(0.2, gt=0, description="outbox poll interval when it was found empty")
+    report_interval_s: float = Field(60.0, gt=0, description="periodic reported-state refresh")
