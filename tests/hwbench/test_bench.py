@@ -1,0 +1,153 @@
+"""hwbench on the three shipped bundles with the ONNX Runtime CPU runner, checked against an independent timing
+loop written here with onnxruntime alone; warm-up exclusion, the peak-memory reset, and the plan's batch range."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edge.runners.onnxrt import OnnxRuntimeRunner
+from export.bundle import load_bundle
+from hwbench import bench as benchmod
+from hwbench.bench import BenchOptions, measure, peak_rss_mb
+from hwbench.plan import Config, batch_sizes, plan
+from hwbench.run import benchmark
+from hwbench.verdict import DEFAULT_TARGETS
+from shadowline.errors import ConfigError
+
+OPTIONS = BenchOptions(warmup=3, min_iterations=15, max_iterations=400, min_seconds=0.4)
+
+
+def independent_median_ms(model: Path, x: np.ndarray, runs: int = 15) -> float:
+    """The same model and input, timed with nothing but onnxruntime (ORT's default threading, as hwbench's)."""
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x}
+    for _ in range(3):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+@pytest.fixture(scope="module")
+def measured(bundles: dict[str, Path], keys) -> dict[str, tuple[float, float]]:
+    """name -> (hwbench P50 ms, independent median ms), measured back to back per model."""
+    from export.signing import TrustStore
+
+    out = {}
+    for name, path in bundles.items():
+        with load_bundle(path, TrustStore.load(keys["trust"])) as b:
+            report = benchmark(b, OPTIONS, DEFAULT_TARGETS, backends=["onnxruntime"], precisions=["fp32"],
+                               batches=[1])
+            (c,) = report.ok()
+            x = b.reference()["input"][:1]
+            out[name] = (c, independent_median_ms(b.model_path, x))
+    return out
+
+
+@pytest.mark.parametrize("name", ["pcb-aoi", "squeezenet", "yolox-nano"])
+def test_report_agrees_with_independent_timing(measured, name: str):
+    c, independent = measured[name]
+    assert c.status == "ok" and c.runner["active_providers"] == ["CPUExecutionProvider"]
+    ratio = c.latency_ms.p50 / independent
+    # the same work on a shared 2-core machine: within 2x either way; a unit slip (s vs ms), timing the warm-up
+    # or the preprocessing, or measuring a different batch would land far outside
+    assert 0.5 < ratio < 2.0, (c.latency_ms, independent)
+    s = c.latency_ms
+    assert s.min <= s.p50 <= s.p95 <= s.p99 <= s.max
+    assert s.min <= s.avg <= s.max
+    assert c.iterations >= OPTIONS.min_iterations and len(c.samples_ms) == c.iterations
+    assert c.throughput_ips == pytest.approx(1000 / s.avg, rel=0.01)
+    assert c.load_ms is not None and c.load_ms > 0 and c.build_ms is None  # ORT builds no separate engine
+    assert c.peak_rss_scope == "config" and c.peak_rss_mb > 20
+
+
+def test_models_rank_as_independent_timing_does(measured):
+    """YOLOX-Nano at 416x416 costs several times SqueezeNet at 224x224: both measurements must see that ratio."""
+    report_ratio = measured["yolox-nano"][0].latency_ms.p50 / measured["squeezenet"][0].latency_ms.p50
+    independent_ratio = measured["yolox-nano"][1] / measured["squeezenet"][1]
+    assert independent_ratio > 1.5
+    assert 0.4 < report_ratio / independent_ratio < 2.5, (report_ratio, independent_ratio)
+
+
+class SlowStart(OnnxRuntimeRunner):
+    """A real ORT runner whose first three calls are slow, like a cold GPU or a lazy allocator."""
+
+    calls = 0
+
+    def _infer(self, feeds):
+        SlowStart.calls += 1
+        if SlowStart.calls <= 3:
+            time.sleep(0.3)
+        return super()._infer(feeds)
+
+
+def test_warmup_is_excluded(bundles, monkeypatch):
+    SlowStart.calls = 0
+    with load_bundle(bundles["squeezenet"]) as b:
+        monkeypatch.setattr(benchmod, "make_runner", lambda bundle, config: SlowStart(bundle.model_path))
+        r = measure(b, Config("onnxruntime", "fp32", 1, "cpu"), BenchOptions(warmup=3, min_iterations=5,
+                                                                            min_seconds=0))
+        assert r.status == "ok" and r.latency_ms.max < 300
+        SlowStart.calls = 0
+        r = measure(b, Config("onnxruntime", "fp32", 1, "cpu"), BenchOptions(warmup=1, min_iterations=5,
+                                                                            min_seconds=0))
+        assert r.latency_ms.max >= 300  # two slow calls left inside the timed loop show up
+
+
+def test_peak_memory_is_per_configuration(bundles):
+    big = np.ones(400 * 1024 * 1024 // 8)  # 400 MB resident now, then freed: an earlier peak
+    assert peak_rss_mb() > 400
+    del big
+    with load_bundle(bundles["squeezenet"]) as b:
+        r = measure(b, Config("onnxruntime", "fp32", 1, "cpu"), BenchOptions(min_iterations=5, min_seconds=0))
+    assert r.peak_rss_scope == "config"
+    assert r.peak_rss_mb < 400, "the high-water mark still includes the memory freed before the run"
+
+
+def test_batch_plan_follows_the_manifest(bundles):
+    with load_bundle(bundles["pcb-aoi"]) as b:  # dynamic batch 1..8, opt 4
+        assert batch_sizes(b, None) == [1, 4, 8]
+        assert batch_sizes(b, [2, 2, 8]) == [2, 8]
+        with pytest.raises(ConfigError, match=r"\[16\] outside the bundle's range 1..8"):
+            batch_sizes(b, [1, 16])
+        configs = plan(b, precisions=["fp32", "fp16"])
+    ids = {c.id: c for c in configs}
+    assert ids["onnxruntime[cpu]/fp16/b8"].model_file == "model.fp16.onnx"
+    assert ids["tensorrt/fp32/b1"].skip_reason and "pycuda" in ids["tensorrt/fp32/b1"].skip_reason
+    assert "macOS" in (ids["coreml/fp16/b4"].skip_reason or "")
+    with load_bundle(bundles["squeezenet"]) as b:  # fixed batch 1
+        assert batch_sizes(b, None) == [1]
+        with pytest.raises(ConfigError, match="fixed batch"):
+            batch_sizes(b, [4])
+
+
+def test_fp16_and_batches_measured(bundles):
+    with load_bundle(bundles["pcb-aoi"]) as b:
+        report = benchmark(b, BenchOptions(warmup=1, min_iterations=5, min_seconds=0), DEFAULT_TARGETS,
+                           backends=["onnxruntime"], batches=[1, 8])
+    ok = {c.id: c for c in report.ok()}
+    assert set(ok) == {"onnxruntime[cpu]/fp32/b1", "onnxruntime[cpu]/fp32/b8", "onnxruntime[cpu]/fp16/b1",
+                       "onnxruntime[cpu]/fp16/b8"}
+    b1, b8 = ok["onnxruntime[cpu]/fp32/b1"], ok["onnxruntime[cpu]/fp32/b8"]
+    # eight images per call cost more than one but less than 8x + slack per image
+    assert b8.latency_ms.p50 > 2 * b1.latency_ms.p50
+    assert b8.latency_per_image_ms.p50 == pytest.approx(b8.latency_ms.p50 / 8, rel=1e-3)
+    assert ok["onnxruntime[cpu]/fp16/b1"].runner["model"].endswith("model.fp16.onnx")
+
+
+def test_a_broken_configuration_does_not_stop_the_others(bundles):
+    with load_bundle(bundles["squeezenet"]) as b:
+        bad = Config("onnxruntime", "fp32", 1, "cpu", runner_options={"no_such_option": 1})
+        good = Config("onnxruntime", "fp32", 1, "cpu")
+        results = benchmod.run(b, [bad, good], BenchOptions(min_iterations=3, min_seconds=0))
+    assert results[0].status == "skipped" and "no_such_option" in (results[0].reason or "")
+    assert results[1].status == "ok"

@@ -1,0 +1,130 @@
+"""`shadowline hwbench` end to end: report files, bad input, and --publish to a real Mosquitto broker."""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from fleet.protocol import Batch, EventRecord, Topics, decode
+from hwbench.publish import PublishError, PublishTarget, build_message, publish
+from shadowline.cli import main
+from shadowline.errors import ConfigError
+
+FAST = ["--warmup", "1", "--iterations", "5", "--seconds", "0", "--quiet"]
+
+
+def subscribe(broker_url: str, topic: str) -> tuple[mqtt.Client, queue.Queue]:
+    got: queue.Queue = queue.Queue()
+    host, port = broker_url.removeprefix("mqtt://").split(":")
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fleet-test")
+    subscribed = queue.Queue()
+    c.on_message = lambda _c, _u, msg: got.put((msg.topic, msg.payload, msg.qos))
+    c.on_subscribe = lambda *a: subscribed.put(True)
+    c.connect(host, int(port))
+    c.loop_start()
+    c.subscribe(topic, qos=1)
+    subscribed.get(timeout=5)
+    return c, got
+
+
+def test_cli_writes_reports_for_each_shipped_bundle(bundles, keys, tmp_path: Path, capsys):
+    for name, path in bundles.items():
+        rc = main(["hwbench", str(path), "--trust-store", str(keys["trust"]), "--out", str(tmp_path), *FAST])
+        assert rc == 0
+        bid = path.name
+        data = json.loads((tmp_path / f"hwbench-{bid}.json").read_text())
+        assert data["schema_id"] == "shadowline.hwbench" and data["bundle"]["id"] == bid
+        ok = [c for c in data["configs"] if c["status"] == "ok"]
+        assert {c["precision"] for c in ok} == {"fp32", "fp16"}
+        skipped = {c["backend"] for c in data["configs"] if c["status"] == "skipped"}
+        assert skipped == {"tensorrt", "coreml"}
+        md = (tmp_path / f"hwbench-{bid}.md").read_text()
+        assert "## Verdict" in md and "real-time production line" in md
+        for c in ok:
+            assert c["id"] in md
+        png = (tmp_path / f"hwbench-{bid}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    out = capsys.readouterr().out
+    assert "realtime-line" in out and "jetson-throughput" in out
+
+
+def test_cli_bad_input(bundles, keys, tmp_path: Path, capsys):
+    assert main(["hwbench", str(bundles["squeezenet"]), "--batch-sizes", "4", *FAST, "--out", str(tmp_path)]) == 2
+    assert "outside the bundle's range 1..1" in capsys.readouterr().err
+    targets = tmp_path / "t.yaml"
+    targets.write_text("targets:\n  - name: x\n")
+    assert main(["hwbench", str(bundles["squeezenet"]), "--targets", str(targets), *FAST]) == 2
+    assert "exactly one of max_latency_ms or min_ips" in capsys.readouterr().err
+    assert main(["hwbench", str(bundles["squeezenet"]), "--publish", *FAST]) == 2
+    assert "--publish needs --broker and --device-id" in capsys.readouterr().err
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundles["squeezenet"], tampered)
+    with open(tampered / "model.onnx", "r+b") as fh:
+        fh.seek(2000)
+        fh.write(b"\x00\x01\x02")
+    assert main(["hwbench", str(tampered), *FAST, "--out", str(tmp_path)]) == 4
+    assert "sha256" in capsys.readouterr().err
+    assert not list(tmp_path.glob("hwbench-*"))  # nothing written for refused input
+
+
+def test_publish_sends_one_capability_record(bundles, mosquitto, tmp_path: Path):
+    topic = Topics("plant7").device("jetson-03", "events")
+    sub, got = subscribe(mosquitto.url, topic)
+    try:
+        rc = main(["hwbench", str(bundles["pcb-aoi"]), "--batch-sizes", "1", "--precisions", "fp32", *FAST,
+                   "--out", str(tmp_path), "--publish", "--broker", mosquitto.url, "--device-id", "jetson-03",
+                   "--prefix", "plant7"])
+        assert rc == 0
+        t, payload, qos = got.get(timeout=5)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    assert t == "plant7/dev/jetson-03/events" and qos == 1
+    batch = decode(t, payload, Batch)
+    assert batch.kind == "events" and batch.device == "jetson-03" and len(batch.records) == 1
+    rec = EventRecord.model_validate(batch.records[0])
+    assert rec.kind == "capability" and rec.device == "jetson-03"
+    report = json.loads((tmp_path / "hwbench-pcb-aoi-v1.0.json").read_text())
+    assert rec.detail["bundle"] == "pcb-aoi-v1.0"
+    assert rec.detail["model_sha256"] == report["bundle"]["model_sha256"]
+    (cfg,) = rec.detail["configs"]
+    (measured,) = [c for c in report["configs"] if c["status"] == "ok"]
+    assert cfg["id"] == measured["id"] and cfg["p50_ms"] == measured["latency_ms"]["p50"]
+    assert rec.detail["verdicts"]["realtime-line"]["status"] == \
+        {v["target"]: v for v in report["verdicts"]}["realtime-line"]["status"]
+
+
+def test_publish_needs_broker_authentication(tmp_path: Path):
+    from tests.conftest import Mosquitto
+
+    (tmp_path / "pw").write_text("")
+    broker = Mosquitto(tmp_path / "b", extra_conf="allow_anonymous false\n").start()
+    try:
+        target = PublishTarget(broker_url=broker.url, device_id="dev-1", timeout_s=3)
+        with pytest.raises(PublishError, match="refused the connection"):
+            publish(target, {"x": 1})
+    finally:
+        broker.stop()
+
+
+def test_publish_unreachable_broker_is_a_clear_error():
+    from tests.conftest import free_port
+
+    target = PublishTarget(broker_url=f"mqtt://127.0.0.1:{free_port()}", device_id="dev-1", timeout_s=2)
+    with pytest.raises(PublishError, match="cannot reach the broker"):
+        publish(target, {"x": 1})
+
+
+def test_message_validation():
+    topic, payload, rid = build_message("dev-1", {"a": 1}, "shadowline")
+    assert topic == "shadowline/dev/dev-1/events"
+    assert json.loads(payload)["records"][0]["id"] == rid
+    with pytest.raises(ConfigError, match="invalid device id"):
+        build_message("bad/id", {})
+    with pytest.raises(ConfigError, match="must be mqtt://"):
+        publish(PublishTarget(broker_url="http://x:1", device_id="d"), {})
