@@ -108,7 +108,8 @@ def make_feeds(bundle: Bundle, runner: Runner, batch: int) -> dict[str, np.ndarr
 
 
 def measure(bundle: Bundle, config: Config, options: BenchOptions,
-            clock: Callable[[], float] = time.perf_counter) -> ConfigResult:
+            clock: Callable[[], float] = time.perf_counter,
+            progress: Callable[[str], None] | None = None) -> ConfigResult:
     """Run one configuration; an unavailable backend or a failing model is a result with a reason, never a crash."""
     base = dict(id=config.id, backend=config.backend, device=config.device, precision=config.precision,
                 batch=config.batch, model_file=config.model_file)
@@ -120,13 +121,17 @@ def measure(bundle: Bundle, config: Config, options: BenchOptions,
         opts = dict(config.runner_options)
         if config.backend == "onnxruntime" and options.threads:
             opts["threads"] = options.threads
+        if config.backend == "tensorrt" and progress is not None:
+            # a cold engine build can take minutes on a Jetson (FIELD-NOTES): show its steps
+            opts["progress"] = lambda msg, cid=config.id: progress(f"{cid}: {msg}")
         config = Config(config.backend, config.precision, config.batch, config.device, config.model_file,
                         None, opts)
         runner = make_runner(bundle, config)
         t0 = clock()
         runner.load()
         load_ms = (clock() - t0) * 1000
-        build_s = getattr(runner, "build_seconds", None)
+        # TensorRT reports its engine build (None on an engine-cache hit); ONNX Runtime builds no separate engine
+        build_s = runner.describe().get("build_seconds")
         feeds = make_feeds(bundle, runner, config.batch)
         for _ in range(options.warmup):
             runner.infer(feeds)
@@ -177,7 +182,7 @@ def run(bundle: Bundle, configs: list[Config], options: BenchOptions,
             progress(f"{c.backend} {c.precision}: skipped: {c.skip_reason}")
         elif progress and not c.skip_reason:
             progress(f"{c.id}: measuring")
-        r = measure(bundle, c, options)
+        r = measure(bundle, c, options, progress=progress)
         if progress and r.status == "ok":
             assert r.latency_per_image_ms is not None
             progress(f"{c.id}: p50 {r.latency_ms.p50:.2f} ms/call, {r.throughput_ips:.1f} images/s"

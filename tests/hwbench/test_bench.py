@@ -151,3 +151,17 @@ def test_a_broken_configuration_does_not_stop_the_others(bundles):
         results = benchmod.run(b, [bad, good], BenchOptions(min_iterations=3, min_seconds=0))
     assert results[0].status == "skipped" and "no_such_option" in (results[0].reason or "")
     assert results[1].status == "ok"
+
+
+def test_tensorrt_configuration_reaches_the_real_runner(bundles, tmp_path: Path):
+    """The plan's options fit the TensorRT runner's constructor; without TensorRT here, load() is what refuses."""
+    from edge.runners.tensorrt import TensorRTRunner
+    from hwbench.plan import make_runner
+
+    with load_bundle(bundles["pcb-aoi"]) as b:
+        cfg = Config("tensorrt", "fp16", 1, runner_options={"precision": "fp16", "cache_dir": tmp_path})
+        runner = make_runner(b, cfg)
+        assert isinstance(runner, TensorRTRunner)
+        assert runner.settings.precision == "fp16" and runner.cache_dir == tmp_path
+        r = measure(b, cfg, BenchOptions(min_iterations=1, min_seconds=0))
+    assert r.status == "skipped" and ("tensorrt" in (r.reason or "").lower() or "pycuda" in (r.reason or ""))
