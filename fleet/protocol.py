@@ -15,6 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 PROTOCOL_VERSION = 1
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
+# Payloads of the retained `status` topic (plain text, not JSON): the device publishes `online` on connect and
+# sets `offline` as its last will.
+STATUS_ONLINE, STATUS_OFFLINE = "online", "offline"
+
+# `Reported.activation["state"]`: the step the device is in. While it is one of ACTIVATION_IN_PROGRESS the fleet
+# waits; `committed` with `active` equal to the target means success; `failed` or `rollback` (with
+# `desired_revision` at or past the revision the fleet sent) means the device refused the release and is back on
+# its previous one, `last_error` saying why.
+ACTIVATION_IN_PROGRESS = ("download", "verify", "prepare", "check", "activate", "commit")
+ACTIVATION_STATES = ("idle", *ACTIVATION_IN_PROGRESS, "committed", "failed", "rollback")
+
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -30,6 +41,7 @@ class Topics:
 
     DEVICE_TOPICS = ("desired", "reported", "status", "predictions", "reviews", "metrics", "alerts", "cmd", "events")
     TO_DEVICE = ("desired", "cmd")
+    FROM_DEVICE = ("reported", "status", "predictions", "reviews", "metrics", "alerts", "events")
     RETAINED = ("desired", "reported", "status")
 
     def __init__(self, prefix: str = "shadowline") -> None:
@@ -214,7 +226,8 @@ class Reported(_Msg):
     candidate: str | None = None
     cached: list[str] = Field(default_factory=list, description="last releases ready on disk")
     desired_revision: int | None = None
-    activation: dict[str, Any] = Field(default_factory=dict, description="state, target, step times")
+    activation: dict[str, Any] = Field(default_factory=dict,
+                                       description="state (one of ACTIVATION_STATES), target, step times")
     last_error: str | None = None
     backends: list[str] = Field(default_factory=list)
     hardware: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,213 @@
+"""MQTT connectivity: an embedded amqtt broker for a laptop or the demo, and paho-mqtt 2.x clients with persistent
+sessions, QoS 1 and TLS for the fleet service (and for tests and benchmarks that publish like a device)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import BaseModel, ConfigDict, Field
+
+from shadowline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class BrokerTLS(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ca_file: Path = Field(description="CA certificate that signed the broker's certificate")
+    cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(None, description="client key (mutual TLS)")
+    insecure_skip_hostname: bool = Field(False, description="do not check the broker's host name (tests only)")
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """mqtt://host[:1883] or mqtts://host[:8883]; anything else is a ConfigError naming the URL."""
+        u = urlparse(url)
+        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
+            raise ConfigError(f"broker URL {url!r}: expected mqtt://host:port or mqtts://host:port")
+        tls = u.scheme in ("mqtts", "ssl")
+        try:
+            port = u.port or (8883 if tls else 1883)
+        except ValueError as err:
+            raise ConfigError(f"broker URL {url!r}: bad port") from err
+        return cls(u.hostname, port, tls)
+
+
+class EmbeddedBroker:
+    """An amqtt broker in a background thread with its own event loop, bound to localhost only. MQTT 3.1.1,
+    retained messages, QoS 1: enough for a laptop or the demo (FIELD-NOTES: ~2k msgs/s), not for production."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.host, self.port = host, port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._broker = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedBroker:
+        self._thread = threading.Thread(target=self._run, name="embedded-broker", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise ConfigError(f"embedded broker did not start on {self.host}:{self.port} within {timeout}s")
+        if self._error is not None:
+            raise ConfigError(f"embedded broker could not start on {self.host}:{self.port}: {self._error}") \
+                from self._error
+        return self
+
+    def _run(self) -> None:
+        from amqtt.broker import Broker
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+
+        async def boot() -> None:
+            self._broker = Broker(config, loop=loop)
+            await self._broker.start()
+
+        try:
+            loop.run_until_complete(boot())
+        except BaseException as err:  # reported to start() and re-raised there as a ConfigError
+            self._error = err
+            self._ready.set()
+            return
+        self._ready.set()
+        loop.run_forever()
+        loop.close()
+
+    def stop(self) -> None:
+        if self._loop is None or self._broker is None:
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
+        try:
+            fut.result(10)
+        except Exception as err:  # a broker that fails to shut down cleanly is still stopped below
+            log.warning("embedded broker shutdown: %s", err)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._loop = None
+
+
+MessageHandler = Callable[[mqtt.MQTTMessage], None]
+
+
+class MqttClient:
+    """A paho-mqtt 2.x client that (re)subscribes on every connect, with a persistent session (clean_session
+    False) so QoS 1 messages published while it was away are delivered when it comes back."""
+
+    def __init__(self, url: str, client_id: str, *, username: str | None = None, password: str | None = None,
+                 tls: BrokerTLS | None = None, persistent: bool = True, keepalive: int = 30,
+                 will: tuple[str, bytes] | None = None) -> None:
+        self.address = BrokerAddress.parse(url)
+        self.url = url
+        self._subs: dict[str, int] = {}
+        self._handler: MessageHandler | None = None
+        self._connected = threading.Event()
+        self.keepalive = keepalive
+        self.last_rc: object = None
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent,
+                                  protocol=mqtt.MQTTv311)
+        self.client.max_inflight_messages_set(100)
+        self.client.max_queued_messages_set(0)
+        self.client.reconnect_delay_set(0.2, 5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        if self.address.tls or tls is not None:
+            if tls is None:
+                self.client.tls_set()
+            else:
+                self.client.tls_set(ca_certs=str(tls.ca_file),
+                                    certfile=str(tls.cert_file) if tls.cert_file else None,
+                                    keyfile=str(tls.key_file) if tls.key_file else None,
+                                    cert_reqs=ssl.CERT_REQUIRED)
+                if tls.insecure_skip_hostname:
+                    self.client.tls_insecure_set(True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def on_message(self, handler: MessageHandler) -> None:
+        self._handler = handler
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        self._subs[topic_filter] = qos
+        if self._connected.is_set():
+            self.client.subscribe(topic_filter, qos)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.last_rc = reason_code
+        if reason_code.is_failure:
+            log.warning("MQTT %s refused the connection: %s", self.url, reason_code)
+            return
+        for topic_filter, qos in self._subs.items():
+            client.subscribe(topic_filter, qos)
+        self._connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        if reason_code != 0:
+            log.info("MQTT %s disconnected (%s); reconnecting", self.url, reason_code)
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if self._handler is not None:
+            self._handler(msg)
+
+    def start(self, wait: float | None = 10.0) -> MqttClient:
+        """Connect in the background (paho's network thread retries forever); wait for the first CONNACK."""
+        self.client.connect_async(self.address.host, self.address.port, self.keepalive)
+        self.client.loop_start()
+        if wait and not self._connected.wait(wait):
+            self.stop()
+            raise ConfigError(f"cannot connect to MQTT broker {self.url} within {wait}s (last result: {self.last_rc})")
+        return self
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1,
+                timeout: float | None = 10.0) -> None:
+        """Publish and, with a timeout, wait until the broker acknowledged it (PUBACK for QoS 1)."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            while not info.is_published():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no PUBACK for {topic} within {timeout}s")
+                time.sleep(0.002)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,258 @@
+"""`shadowline fleet`: run the fleet service, and admin commands that talk to its HTTP API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from shadowline.errors import ConfigError, Conflict, NotFound, ShadowlineError
+
+DEFAULT_URL = "http://127.0.0.1:8700"
+
+
+class ApiError(ShadowlineError):
+    """The fleet API refused a request; the message is its error text."""
+
+
+def _raise_for(resp) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        text = resp.json().get("error") or resp.json().get("detail")
+    except ValueError:
+        text = resp.text
+    cls = {404: NotFound, 409: Conflict}.get(resp.status_code, ApiError)
+    raise cls(f"{resp.request.method} {resp.request.url.path}: HTTP {resp.status_code}: {text}")
+
+
+class Api:
+    def __init__(self, url: str, token: str | None) -> None:
+        import httpx
+
+        if not token:
+            raise ConfigError("no API token: pass --token or set SHADOWLINE_FLEET_TOKEN")
+        self.client = httpx.Client(base_url=url.rstrip("/"), timeout=120,
+                                   headers={"Authorization": f"Bearer {token}"})
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
+        try:
+            resp = self.client.request(method, path, **kw)
+        except httpx.HTTPError as err:
+            raise ApiError(f"cannot reach the fleet API at {self.client.base_url}: {err}") from err
+        _raise_for(resp)
+        return resp.json()
+
+
+pass_api = click.make_pass_decorator(Api)
+
+
+def _out(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _api_options(f):
+    f = click.option("--token", envvar="SHADOWLINE_FLEET_TOKEN", help="API token (env SHADOWLINE_FLEET_TOKEN).")(f)
+    f = click.option("--url", envvar="SHADOWLINE_FLEET_URL", default=DEFAULT_URL, show_default=True,
+                     help="Fleet API base URL (env SHADOWLINE_FLEET_URL).")(f)
+    return f
+
+
+@click.group("fleet")
+def fleet_group() -> None:
+    """The fleet service and its admin commands (bundles, releases, rollouts, devices)."""
+
+
+@fleet_group.command("serve")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True), help="Fleet config YAML.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Where the store and artifacts live.")
+@click.option("--broker-url", help="mqtt://host:port; without it an embedded broker runs on localhost.")
+@click.option("--embedded-broker-port", type=int, help="Port of the embedded broker.")
+@click.option("--host", "http_host", help="HTTP listen address.")
+@click.option("--port", "http_port", type=int, help="HTTP port.")
+@click.option("--public-url", help="Base URL devices use to download artifacts.")
+@click.option("--trust-store", type=click.Path(path_type=Path), help="Directory of trusted signing keys (*.pub).")
+@click.option("--tokens-file", type=click.Path(path_type=Path), help="API tokens file.")
+@click.option("--client-id", help="MQTT client id (fixed so the broker keeps the session).")
+def serve(config_path: Path | None, **overrides: Any) -> None:
+    """Run the fleet service: MQTT ingest, rollout loop and the HTTP API, until interrupted."""
+    import logging
+
+    import uvicorn
+
+    from fleet.api import create_app
+    from fleet.config import load_config
+    from fleet.service import FleetService
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(config_path, **overrides)
+    service = FleetService(config).start()
+    click.echo(f"fleet: broker {service.broker_url}, API http://{config.http_host}:{config.http_port}", err=True)
+    try:
+        uvicorn.run(create_app(service.fleet, lambda: service.ready), host=config.http_host,
+                    port=config.http_port, log_level="warning")
+    finally:
+        service.stop()
+
+
+@fleet_group.group("token")
+def token_group() -> None:
+    """API tokens."""
+
+
+@token_group.command("create")
+@click.option("--tokens-file", type=click.Path(path_type=Path), required=True, help="Tokens file to add to.")
+@click.option("--name", required=True, help="Who holds the token.")
+@click.option("--role", "roles", multiple=True, required=True,
+              type=click.Choice(["admin", "viewer", "inspector", "device"]), help="Role (repeatable).")
+def token_create(tokens_file: Path, name: str, roles: tuple[str, ...]) -> None:
+    """Create a token; it is printed once, only its hash is stored."""
+    from fleet.security import add_token
+
+    click.echo(add_token(tokens_file, name, list(roles)))
+
+
+@fleet_group.command("credentials")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for passwd, acl, credentials.")
+@click.option("--prefix", default="shadowline", show_default=True, help="The fleet's topic prefix.")
+@click.option("--fleet-user", default="shadowline-fleet", show_default=True, help="The fleet service's broker user.")
+@click.argument("devices", nargs=-1, required=True)
+def credentials(out: Path, prefix: str, fleet_user: str, devices: tuple[str, ...]) -> None:
+    """Create per-device broker passwords, a Mosquitto password file and an ACL confining each device."""
+    from fleet.protocol import Topics
+    from fleet.security import provision
+
+    out.mkdir(parents=True, exist_ok=True)
+    provision(out, list(devices), Topics(prefix), fleet_user)
+    click.echo(f"wrote {out / 'passwd'}, {out / 'acl'}, {out / 'credentials.json'}")
+
+
+@fleet_group.group("bundle")
+def bundle_group() -> None:
+    """Bundles in the fleet registry."""
+
+
+@bundle_group.command("push")
+@_api_options
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True))
+def bundle_push(url: str, token: str | None, bundle: Path) -> None:
+    """Upload a signed bundle (.tar or directory); the fleet verifies hashes and signature before storing it."""
+    import tarfile
+    import tempfile
+
+    api = Api(url, token)
+    if bundle.is_dir():
+        with tempfile.TemporaryDirectory() as tmp:
+            tar_path = Path(tmp) / f"{bundle.name}.tar"
+            with tarfile.open(tar_path, "w") as tar:
+                tar.add(bundle, arcname=bundle.name)
+            _out(api.call("POST", "/api/bundles", content=tar_path.read_bytes()))
+    else:
+        _out(api.call("POST", "/api/bundles", content=bundle.read_bytes()))
+
+
+@bundle_group.command("list")
+@_api_options
+def bundle_list(url: str, token: str | None) -> None:
+    """List registered bundles."""
+    _out(Api(url, token).call("GET", "/api/bundles"))
+
+
+@fleet_group.group("release")
+def release_group() -> None:
+    """Releases: revisioned pipelines of bundles."""
+
+
+@release_group.command("create")
+@_api_options
+@click.argument("spec_file", type=click.Path(path_type=Path, exists=True))
+def release_create(url: str, token: str | None, spec_file: Path) -> None:
+    """Create a release from a YAML spec (name, mode, stages, actions); prints it with its revision."""
+    try:
+        spec = yaml.safe_load(spec_file.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{spec_file}: {err}") from err
+    _out(Api(url, token).call("POST", "/api/releases", json=spec))
+
+
+@release_group.command("list")
+@_api_options
+def release_list(url: str, token: str | None) -> None:
+    """List releases with their revisions."""
+    _out(Api(url, token).call("GET", "/api/releases"))
+
+
+@fleet_group.group("rollout")
+def rollout_group() -> None:
+    """Staged rollouts."""
+
+
+@rollout_group.command("start")
+@_api_options
+@click.argument("release")
+@click.option("--group", required=True, help="Device group to target.")
+@click.option("--waves", default="1,10%,50%,100%", show_default=True, help="Cumulative wave sizes.")
+@click.option("--shadow-first", is_flag=True, help="Run the release as candidate beside production.")
+@click.option("--gates", "gates_json", help='Gate settings as JSON, e.g. {"max_error_rate": 0.02}.')
+def rollout_start(url: str, token: str | None, release: str, group: str, waves: str, shadow_first: bool,
+                  gates_json: str | None) -> None:
+    """Start rolling RELEASE (name@revision) out to a group."""
+    body: dict[str, Any] = {"release": release, "group": group, "waves": [w.strip() for w in waves.split(",")],
+                            "shadow_first": shadow_first}
+    if gates_json:
+        try:
+            body["gates"] = json.loads(gates_json)
+        except ValueError as err:
+            raise ConfigError(f"--gates: not JSON ({err})") from err
+    _out(Api(url, token).call("POST", "/api/rollouts", json=body))
+
+
+@rollout_group.command("status")
+@_api_options
+@click.argument("rollout_id", required=False)
+def rollout_status(url: str, token: str | None, rollout_id: str | None) -> None:
+    """Show one rollout (waves, gates, devices), or list all without an id."""
+    api = Api(url, token)
+    _out(api.call("GET", f"/api/rollouts/{rollout_id}") if rollout_id else api.call("GET", "/api/rollouts"))
+
+
+@fleet_group.command("rollback")
+@_api_options
+@click.argument("rollout_id")
+def rollback(url: str, token: str | None, rollout_id: str) -> None:
+    """Return every device targeted by a rollout to its previous release."""
+    _out(Api(url, token).call("POST", f"/api/rollouts/{rollout_id}/rollback"))
+
+
+@fleet_group.command("devices")
+@_api_options
+@click.option("--group", help="Only this group.")
+@click.option("--tag", help="Only devices with this tag (key or key=value).")
+@click.option("--set-groups", help="With --device: replace its groups (comma-separated).")
+@click.option("--device", help="Device to change (registers it if new).")
+def devices(url: str, token: str | None, group: str | None, tag: str | None, set_groups: str | None,
+            device: str | None) -> None:
+    """List devices (status, active release, groups), or set a device's groups."""
+    api = Api(url, token)
+    if device:
+        if set_groups is None:
+            raise ConfigError("--device needs --set-groups")
+        _out(api.call("PUT", f"/api/devices/{device}",
+                      json={"groups": [g for g in set_groups.split(",") if g]}))
+        return
+    params = {k: v for k, v in (("group", group), ("tag", tag)) if v}
+    rows = api.call("GET", "/api/devices", params=params)
+    for d in rows:
+        click.echo(f"{d['id']:24} {d.get('status') or '-':8} {d.get('active') or '-':28} {','.join(d['groups'])}")
+    if not rows:
+        click.echo("no devices", err=True)
+
+
+if __name__ == "__main__":
+    sys.exit(fleet_group())

@@ -1,0 +1,64 @@
+"""The fleet service's configuration (YAML or JSON): where it keeps its data, which broker it uses, how it serves
+HTTP, whom it trusts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fleet.broker import BrokerTLS
+from shadowline.errors import ConfigError
+
+
+class FleetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    data_dir: Path = Field(Path("fleet-data"), description="store (fleet.db) and artifacts live here")
+    broker_url: str | None = Field(None, description="mqtt://host:port or mqtts://host:port; none: start an "
+                                                     "embedded broker on localhost")
+    embedded_broker_port: int = Field(1883, ge=1, le=65535, description="port of the embedded broker")
+    prefix: str = Field("shadowline", description="the fleet's MQTT topic prefix")
+    client_id: str = Field("shadowline-fleet", description="MQTT client id; fixed so the broker keeps the session")
+    mqtt_username: str | None = Field(None, description="the fleet service's broker user")
+    mqtt_password: str | None = Field(None, description="its password (prefer mqtt_password_file)")
+    mqtt_password_file: Path | None = Field(None, description="file holding the broker password")
+    tls: BrokerTLS | None = Field(None, description="TLS to the broker")
+    http_host: str = Field("127.0.0.1", description="address the HTTP API listens on")
+    http_port: int = Field(8700, ge=0, le=65535, description="port of the HTTP API")
+    public_url: str | None = Field(None, description="base URL devices use for artifacts (default: from host/port)")
+    trust_store: Path | None = Field(None, description="directory of *.pub keys pushed bundles must be signed by")
+    tokens_file: Path | None = Field(None, description="JSON file of API token hashes and roles")
+    max_upload_mb: float = Field(2048, gt=0, description="largest bundle accepted by POST /api/bundles")
+    rollout_tick_s: float = Field(0.2, gt=0, description="how often running rollouts are advanced")
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
+
+    def password(self) -> str | None:
+        if self.mqtt_password_file is not None:
+            try:
+                return self.mqtt_password_file.read_text().strip()
+            except OSError as err:
+                raise ConfigError(f"mqtt_password_file: {err}") from err
+        return self.mqtt_password
+
+
+def load_config(path: Path | None, **overrides: object) -> FleetConfig:
+    """Read a YAML/JSON config (optional) and apply non-None command-line overrides; errors name the key."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return FleetConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path or 'fleet config'}: {where}: {first['msg']}") from err

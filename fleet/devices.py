@@ -1,0 +1,76 @@
+"""The device registry: a device appears when it first connects or reports; admins give it groups and tags."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fleet.protocol import DEVICE_ID_RE, Reported, now_iso
+from fleet.store import Store
+from shadowline.errors import ConfigError, NotFound
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for k in ("groups", "tags", "activation", "reported"):
+        out[k] = json.loads(row[k]) if row.get(k) else ({} if k in ("tags", "activation", "reported") else [])
+    return out
+
+
+class Devices:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _touch(self, device: str, **cols: Any) -> None:
+        now = now_iso()
+        with self.store.transaction() as st:
+            if st.get("devices", device) is None:
+                st.upsert("devices", {"id": device, "groups": "[]", "tags": "{}", "first_seen": now}, pk="id")
+            st.upsert("devices", {"id": device, "last_seen": now, **cols}, pk="id")
+
+    def seen(self, device: str, status: str | None = None) -> None:
+        """Register `device` if new and note its connection status (`online` / `offline`)."""
+        self._touch(device, **({"status": status} if status else {}))
+
+    def report(self, rep: Reported) -> None:
+        self._touch(rep.device, active=rep.active, candidate=rep.candidate,
+                    activation=json.dumps(rep.activation), last_error=rep.last_error,
+                    reported=rep.model_dump_json(by_alias=True))
+
+    def add(self, device: str, groups: list[str] | None = None, tags: dict[str, str] | None = None) -> dict:
+        """Pre-register a device (e.g. before it first connects) with its groups and tags."""
+        if not DEVICE_ID_RE.match(device):
+            raise ConfigError(f"invalid device id {device!r}")
+        self.seen(device)
+        return self.update(device, groups, tags)
+
+    def update(self, device: str, groups: list[str] | None = None, tags: dict[str, str] | None = None) -> dict:
+        if self.store.get("devices", device) is None:
+            raise NotFound(f"no device {device!r}")
+        cols: dict[str, Any] = {"id": device}
+        if groups is not None:
+            cols["groups"] = json.dumps(sorted(set(groups)))
+        if tags is not None:
+            cols["tags"] = json.dumps(tags, sort_keys=True)
+        self.store.upsert("devices", cols, pk="id")
+        return self.get(device)
+
+    def get(self, device: str) -> dict[str, Any]:
+        row = self.store.get("devices", device)
+        if row is None:
+            raise NotFound(f"no device {device!r}")
+        return _decode(row)
+
+    def list(self, group: str | None = None, tag: str | None = None) -> list[dict[str, Any]]:
+        """Devices, optionally only members of `group` and/or carrying `tag` (`key` or `key=value`)."""
+        out = []
+        for row in self.store.rows("SELECT * FROM devices ORDER BY id"):
+            d = _decode(row)
+            if group is not None and group not in d["groups"]:
+                continue
+            if tag is not None:
+                k, sep, v = tag.partition("=")
+                if k not in d["tags"] or (sep and d["tags"][k] != v):
+                    continue
+            out.append(d)
+        return out

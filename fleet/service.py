@@ -1,0 +1,130 @@
+"""The fleet service: the store and the domain objects (`Fleet`), wired to MQTT and a rollout loop
+(`FleetService`), served over HTTP by `shadowline fleet serve`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from export.signing import TrustStore
+from fleet.broker import EmbeddedBroker, MqttClient
+from fleet.config import FleetConfig
+from fleet.desired import DesiredStates, Publish
+from fleet.devices import Devices
+from fleet.ingest import Ingest
+from fleet.protocol import Topics
+from fleet.registry import Registry
+from fleet.releases import Releases
+from fleet.rollout import Rollouts
+from fleet.security import Tokens
+from fleet.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Fleet:
+    """Everything the fleet knows, without any network: usable from tests and the API alike. `publish` sends
+    desired states; until MQTT is attached it refuses, so nothing pretends to have reached a device."""
+
+    def __init__(self, config: FleetConfig, publish: Publish | None = None) -> None:
+        self.config = config
+        data = Path(config.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.artifacts_dir = data / "artifacts"
+        self.store = Store(data / "fleet.db")
+        self.topics = Topics(config.prefix)
+        trust = TrustStore.load(config.trust_store) if config.trust_store else None
+        self.tokens = Tokens.load(config.tokens_file)
+        self.registry = Registry(self.store, self.artifacts_dir, trust)
+        self.releases = Releases(self.store, self.registry)
+        self.devices = Devices(self.store)
+        self._publish = publish
+        self.desired = DesiredStates(self.store, self.registry, self.releases, self.topics, config.base_url,
+                                     self.publish)
+        self.rollouts = Rollouts(self.store, self.releases, self.devices, self.desired)
+        self.ingest = Ingest(self.store, self.devices, self.topics)
+
+    def publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        if self._publish is None:
+            from shadowline.errors import BackendUnavailable
+            raise BackendUnavailable("the fleet service is not connected to a broker")
+        self._publish(topic, payload, retain)
+
+    def attach(self, publish: Publish) -> None:
+        self._publish = publish
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class FleetService:
+    """Fleet + broker connection + rollout loop. start() connects (starting the embedded broker when no broker
+    URL is configured); stop() undoes it."""
+
+    def __init__(self, config: FleetConfig) -> None:
+        self.config = config
+        self.fleet = Fleet(config)
+        self.broker: EmbeddedBroker | None = None
+        self.mqtt: MqttClient | None = None
+        self._stop = threading.Event()
+        self._reconnected = threading.Event()
+        self._loop: threading.Thread | None = None
+        self.loop_alive = threading.Event()
+
+    @property
+    def broker_url(self) -> str:
+        return self.config.broker_url or f"mqtt://127.0.0.1:{self.config.embedded_broker_port}"
+
+    def start(self) -> FleetService:
+        if self.config.broker_url is None:
+            self.broker = EmbeddedBroker(self.config.embedded_broker_port).start()
+        self.mqtt = MqttClient(self.broker_url, self.config.client_id, username=self.config.mqtt_username,
+                               password=self.config.password(), tls=self.config.tls, persistent=True)
+        ingest = self.fleet.ingest
+        for f in ingest.subscriptions():
+            self.mqtt.subscribe(f, 1)
+        # paho acknowledges a QoS 1 message after this handler returns, and the handler commits first: a kill
+        # at any point leaves the message unacknowledged or committed (then redelivered and ignored by id).
+        self.mqtt.on_message(lambda m: ingest.handle(m.topic, m.payload, m.retain))
+        original = self.mqtt._on_connect
+
+        def on_connect(*args) -> None:
+            original(*args)
+            self._reconnected.set()
+
+        self.mqtt.client.on_connect = on_connect
+        self.mqtt.start(wait=30)
+        self.fleet.attach(lambda topic, payload, retain: self.mqtt.publish(topic, payload, retain=retain,
+                                                                            timeout=30))
+        self._loop = threading.Thread(target=self._run, name="rollout-loop", daemon=True)
+        self._loop.start()
+        return self
+
+    def _run(self) -> None:
+        self.loop_alive.set()
+        while not self._stop.wait(self.config.rollout_tick_s):
+            try:
+                if self._reconnected.is_set():
+                    # here, not in paho's callback: publishing waits for PUBACKs that callback thread delivers
+                    self._reconnected.clear()
+                    n = self.fleet.desired.republish()
+                    log.info("republished %d desired states", n)
+                self.fleet.rollouts.tick()
+            except Exception:  # a broker outage or a bug in one tick must not end the loop
+                log.exception("rollout loop")
+        self.loop_alive.clear()
+
+    @property
+    def ready(self) -> bool:
+        return self.mqtt is not None and self.mqtt.connected and self.loop_alive.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._loop is not None:
+            self._loop.join(10)
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        self.fleet.close()
