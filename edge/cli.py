@@ -53,3 +53,45 @@ def predict_command(bundle: Path, images: tuple[Path, ...], trust_store: Path | 
         model.close()
     if failures:
         raise SystemExit(6)
+
+
+@edge_group.command("run")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="device config YAML (see docs/daemon.md)")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]), help="log verbosity")
+def run_command(config_path: Path, log_level: str) -> None:
+    """Run the edge daemon: sources -> two-stage pipeline -> store, actions, local API and review page. Stops
+    cleanly on SIGTERM/SIGINT after the frame in flight."""
+    import logging
+
+    from edge.config import load_config
+    from edge.daemon import Daemon
+    from shadowline.errors import ShadowlineError
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(config_path)
+        Daemon(cfg).run()
+    except ShadowlineError as err:
+        click.echo(f"error: {err}", err=True)
+        raise SystemExit(err.exit_code) from err
+
+
+@edge_group.command("validate-config")
+@click.argument("config_path", type=click.Path(path_type=Path))
+def validate_config_command(config_path: Path) -> None:
+    """Check a device config file and exit: every problem is printed as file:line: key.path: message."""
+    from edge.config import load_config
+    from shadowline.errors import ConfigError
+
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as err:
+        click.echo(str(err), err=True)
+        raise SystemExit(err.exit_code) from err
+    rel = cfg.release
+    click.echo(f"{config_path}: OK (device {cfg.device_id}"
+               + (f", release {rel.ref} {rel.mode}, {len(rel.stages)} stage(s)" if rel else "")
+               + (f", candidate {rel.candidate.ref}" if rel and rel.candidate else "")
+               + (", fleet agent" if cfg.fleet else "") + ")")

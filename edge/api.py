@@ -1,0 +1,147 @@
+"""The daemon's local HTTP API (FastAPI) and the review page it serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet.protocol import ReviewRecord
+from shadowline.errors import Conflict, ImageError, NotFound, ShadowlineError
+
+if TYPE_CHECKING:
+    from edge.daemon import Daemon
+
+REVIEW_PAGE = Path(__file__).parent / "review" / "index.html"
+SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/bmp": ".bmp", "image/tiff": ".tif",
+            "image/webp": ".webp", "image/gif": ".gif"}
+
+
+class ReviewIn(BaseModel):
+    """An inspector's verdict on one prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: str
+    verdict: Literal["confirm", "false_positive", "missed_defect", "bad_image"]
+    defect_class: str | None = Field(None, description="missed_defect: the class the model missed")
+    inspector: str = Field("inspector", min_length=1, max_length=100)
+    note: str = Field("", max_length=2000)
+
+
+def is_override(verdict: str, decision: str, flagged: list[str], defect_class: str | None) -> bool:
+    """A verdict that disagrees with the model's decision."""
+    if verdict == "confirm":
+        return False
+    if verdict == "false_positive":
+        if decision != "flag":
+            raise Conflict("false_positive needs a flagged prediction; the model did not flag this frame")
+        return True
+    if verdict == "missed_defect":
+        if not defect_class:
+            raise Conflict("missed_defect needs defect_class")
+        return decision != "flag" or defect_class not in flagged
+    return decision != "error"  # bad_image: the model should not have decided on it
+
+
+def build_review(body: ReviewIn, pred: dict[str, Any], device: str) -> ReviewRecord:
+    flagged = [c for c, _ in pred.get("flagged", [])]
+    return ReviewRecord(
+        prediction_id=body.prediction_id, device=device, inspector=body.inspector, verdict=body.verdict,
+        defect_class=body.defect_class, override=is_override(body.verdict, pred["decision"], flagged, body.defect_class),
+        model_decision=pred["decision"], release=pred["release"], revision=pred["revision"], models=pred["models"],
+        thresholds=pred["thresholds"], top_label=pred.get("top_label"), top_score=pred.get("top_score"),
+        note=body.note)
+
+
+def create_app(daemon: Daemon) -> FastAPI:
+    app = FastAPI(title="Shadowline edge daemon", version="1")
+
+    @app.exception_handler(ShadowlineError)
+    async def _domain_error(_: Request, err: ShadowlineError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if err.http_status == 503 else None
+        return JSONResponse({"error": str(err), "type": type(err).__name__}, err.http_status, headers=headers)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        """Liveness: the process answers."""
+        return {"ok": True}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        """Readiness: a release is loaded and checked, the worker runs and is not stalled."""
+        ready = daemon.ready
+        return JSONResponse({"ready": ready, "release": (daemon.current()[0] or None) and daemon.current()[0].ref},
+                            200 if ready else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        q = daemon.queue
+        gauges = {"queue_depth": q.depth, "queue_capacity": q.max_size, "queue_high_water": q.high_water,
+                  "queue_dropped": q.dropped, "queue_rejected": q.rejected, "ready": int(daemon.ready),
+                  "kept_image_bytes": daemon.retention.used_bytes(), "actions_pending": daemon.actions.pending(),
+                  "retention_evicted": daemon.store.counter("retention_evicted")}
+        return PlainTextResponse(daemon.metrics.render(gauges), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/status")
+    def status() -> dict:
+        return daemon.status()
+
+    @app.post("/v1/infer")
+    async def infer(request: Request) -> JSONResponse:
+        """Body: the image bytes. Answers the committed prediction record (422 with the record on a bad image)."""
+        limit = int(daemon.config.limits.max_upload_mb * 1024 * 1024)
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise ImageError(f"upload over {daemon.config.limits.max_upload_mb} MB")
+        suffix = SUFFIXES.get(request.headers.get("content-type", "").split(";")[0].strip(), ".img")
+        import anyio
+
+        out = await anyio.to_thread.run_sync(lambda: daemon.submit(bytes(data), suffix,
+                                                                   daemon.config.api.infer_timeout_s))
+        if out.decision == "retry":
+            return JSONResponse({"error": out.error}, 503, headers={"Retry-After": "1"})
+        body = {"record": out.record, "candidate": out.candidate}
+        return JSONResponse(body if out.decision != "error" else {"error": out.error, **body},
+                            422 if out.decision == "error" else 200)
+
+    @app.get("/v1/predictions")
+    def predictions(limit: int = 100, decision: str | None = None, role: str | None = None,
+                    source: str | None = None) -> list[dict]:
+        return daemon.store.predictions(min(limit, 1000), decision, role, source)
+
+    @app.get("/v1/predictions/{pid}")
+    def prediction(pid: str) -> dict:
+        return daemon.store.prediction(pid)
+
+    @app.get("/v1/predictions/{pid}/image")
+    def prediction_image(pid: str) -> FileResponse:
+        path = daemon.store.prediction(pid).get("image_path")
+        if not path or not Path(path).is_file():
+            raise NotFound(f"prediction {pid}: no kept image")
+        return FileResponse(path)
+
+    @app.get("/v1/review/queue")
+    def review_queue(limit: int = 50) -> list[dict]:
+        return daemon.store.review_queue(min(limit, 500))
+
+    @app.get("/v1/reviews")
+    def reviews(limit: int = 100, prediction_id: str | None = None) -> list[dict]:
+        return daemon.store.reviews(min(limit, 1000), prediction_id)
+
+    @app.post("/v1/reviews", status_code=201)
+    def add_review(body: ReviewIn) -> dict:
+        review = build_review(body, daemon.store.prediction(body.prediction_id), daemon.device_id)
+        daemon.store.add_review(review)
+        return review.model_dump(mode="json")
+
+    @app.get("/", include_in_schema=False)
+    @app.get("/review", include_in_schema=False)
+    def review_page() -> HTMLResponse:
+        return HTMLResponse(REVIEW_PAGE.read_text())
+
+    return app

@@ -1,0 +1,237 @@
+"""The device config (`shadowline edge run --config device.yaml`): pydantic models with extra="forbid", loaded
+from YAML so that every error names the key path and the line it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge.agent.config import AgentConfig
+from fleet.protocol import ReleaseSpec
+from shadowline.errors import ConfigError
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocalRelease(ReleaseSpec):
+    """A release for standalone use: stages name bundle directories/tars (relative to `bundles_dir` or the config
+    file) or bundle ids found in `bundles_dir`; `candidate` runs in shadow beside it on the same frames."""
+
+    candidate: ReleaseSpec | None = Field(None, description="a second release run in shadow on the same frames")
+
+
+class FolderSource(_Cfg):
+    type: Literal["folder"] = "folder"
+    path: Path = Field(description="watched folder; writers should write to a dot-name or *.tmp then rename in")
+    done_dir: Path | None = Field(None, description="processed files go here (default <path>/done)")
+    failed_dir: Path | None = Field(None, description="files that could not be used go here (default <path>/failed)")
+    poll_s: float = Field(0.2, gt=0, description="seconds between scans of the folder")
+    settle_s: float = Field(0.3, ge=0, description="a file must be unchanged this long before it is read")
+
+
+class CaptureSource(_Cfg):
+    type: Literal["capture"] = "capture"
+    url: str | int = Field(description="camera index (0), RTSP/HTTP URL, or a video file path")
+    sample_fps: float | None = Field(None, gt=0, description="frames per second to process (None: every frame)")
+    every_n: int = Field(1, ge=1, description="process one frame in N (used when sample_fps is not set)")
+    reconnect_s: float = Field(2.0, gt=0, description="wait before reopening a camera/stream that failed")
+    loop: bool = Field(False, description="restart a video file at its end (demos)")
+    name: str | None = Field(None, description="source name in records (default: the url)")
+
+
+Source = Annotated[Union[FolderSource, CaptureSource], Field(discriminator="type")]
+
+
+class RunnerConfig(_Cfg):
+    backend: Literal["onnxruntime", "tensorrt", "coreml"] = Field("onnxruntime", description="inference backend")
+    providers: list[str] = Field(default_factory=lambda: ["cpu"],
+                                 description="onnxruntime execution providers in order (tensorrt, cuda, cpu)")
+    threads: int | None = Field(None, ge=1, description="intra-op threads (None: the runtime's default)")
+    require_providers: bool = Field(False, description="fail at start-up if a listed provider is missing")
+
+
+class QueueConfig(_Cfg):
+    max_size: int = Field(32, ge=1, description="frames waiting for inference; see docs/daemon.md backpressure")
+    capture_policy: Literal["drop_oldest", "block"] = Field(
+        "drop_oldest", description="live capture when the queue is full: drop the oldest frame (counted) or wait")
+
+
+class StoreConfig(_Cfg):
+    path: Path = Field(Path("shadowline.db"), description="SQLite database (WAL); also holds the outbox")
+
+
+class RetentionConfig(_Cfg):
+    dir: Path = Field(Path("images"), description="where kept images are stored")
+    budget_mb: float = Field(1024.0, gt=0, description="disk budget of kept images; oldest evicted first")
+    band: float = Field(0.1, ge=0, le=1, description="keep images whose score is within ±band×threshold of a threshold (0.1 = 10%)")
+    sample_pct: float = Field(1.0, ge=0, le=100, description="keep this percentage of all other frames")
+    flagged: bool = Field(True, description="keep every flagged image")
+    disagreements: bool = Field(True, description="keep every image where the candidate disagrees")
+    errors: bool = Field(False, description="keep images that failed (their bytes, for diagnosis)")
+
+
+class WebhookConfig(_Cfg):
+    url: str = Field(description="HTTP(S) URL that receives a JSON work order per flag")
+    timeout_s: float = Field(5.0, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict, description="extra headers (e.g. Authorization)")
+
+
+class MqttActionConfig(_Cfg):
+    broker_url: str = Field(description="mqtt://host:port of the work-order broker")
+    topic: str = Field(description="topic of the work-order messages (QoS 1)")
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = Field(None, description="default: shadowline-<device>-actions")
+
+
+class RetryConfig(_Cfg):
+    max_attempts: int = Field(8, ge=1, description="attempts per delivery before it is marked failed")
+    backoff_s: float = Field(0.5, gt=0, description="first wait; doubles after each failure")
+    max_backoff_s: float = Field(30.0, gt=0)
+
+
+class ActionsConfig(_Cfg):
+    webhook: WebhookConfig | None = None
+    mqtt: MqttActionConfig | None = None
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+
+
+class ApiConfig(_Cfg):
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="bind address of the local API and review page")
+    port: int = Field(8080, ge=0, le=65535)
+    infer_timeout_s: float = Field(30.0, gt=0, description="POST /v1/infer waits this long for its decision")
+
+
+class LimitsConfig(_Cfg):
+    max_pixels: int = Field(50_000_000, ge=1, description="images over this many pixels are refused (bombs)")
+    max_upload_mb: float = Field(50.0, gt=0, description="largest accepted POST /v1/infer body")
+
+
+class WatchdogConfig(_Cfg):
+    stall_s: float = Field(60.0, gt=0, description="a frame taking longer than this marks the daemon not ready")
+
+
+class DeviceConfig(_Cfg):
+    device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="this device's id")
+    release: LocalRelease | None = Field(None, description="standalone release (the fleet agent may replace it)")
+    bundles_dir: Path | None = Field(None, description="where stage bundle ids are looked up")
+    trust_store: Path | None = Field(None, description="directory of public keys; bundles must be signed by one")
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    sources: list[Source] = Field(default_factory=list, description="folder watchers and captures")
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    actions: ActionsConfig = Field(default_factory=ActionsConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    fleet: AgentConfig | None = Field(None, description="the fleet agent section (edge.agent.config)")
+
+    @model_validator(mode="after")
+    def _check(self) -> DeviceConfig:
+        for rel in [self.release] + ([self.release.candidate] if self.release and self.release.candidate else []):
+            if rel is None:
+                continue
+            for action in rel.actions:
+                if action == "webhook" and self.actions.webhook is None:
+                    raise ValueError(f"release {rel.name!r} uses action 'webhook' but actions.webhook is not set")
+                if action == "work_order_mqtt" and self.actions.mqtt is None:
+                    raise ValueError(f"release {rel.name!r} uses action 'work_order_mqtt' but actions.mqtt is not set")
+        if self.release is None and self.fleet is None:
+            raise ValueError("set `release` (standalone) or `fleet` (managed device), or both")
+        return self
+
+    def resolve(self, base: Path) -> DeviceConfig:
+        """Make every relative path relative to `base` (the config file's folder)."""
+
+        def fix(p: Path | None) -> Path | None:
+            return None if p is None or p.is_absolute() else (base / p)
+
+        def fix_keep(p: Path | None) -> Path | None:
+            return p if p is None or p.is_absolute() else base / p
+
+        upd: dict[str, Any] = {
+            "bundles_dir": fix_keep(self.bundles_dir) if self.bundles_dir else None,
+            "trust_store": fix_keep(self.trust_store),
+            "store": self.store.model_copy(update={"path": fix_keep(self.store.path)}),
+            "retention": self.retention.model_copy(update={"dir": fix_keep(self.retention.dir)}),
+        }
+        srcs = []
+        for s in self.sources:
+            if isinstance(s, FolderSource):
+                srcs.append(s.model_copy(update={"path": fix_keep(s.path), "done_dir": fix(s.done_dir),
+                                                 "failed_dir": fix(s.failed_dir)}))
+            else:
+                srcs.append(s)
+        upd["sources"] = srcs
+        if self.fleet is not None:
+            upd["fleet"] = self.fleet.model_copy(update={
+                "releases_dir": fix_keep(self.fleet.releases_dir), "trust_store": fix_keep(self.fleet.trust_store),
+                "password_file": fix_keep(self.fleet.password_file)})
+        return self.model_copy(update=upd)
+
+
+# -- loading with line numbers -----------------------------------------------------------------------------------
+def _node_at(node: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The deepest YAML node along `loc` (pydantic's error location), for its line number."""
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if str(k.value) == str(key):
+                    nxt = k if key == loc[-1] else v
+                    break
+            if nxt is None:
+                return node
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            # discriminated-union tags (e.g. 'folder') appear in loc but not in the document
+            continue
+    return node
+
+
+def _describe(err: ValidationError, root: yaml.Node | None, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        node = _node_at(root, loc)
+        line = f":{node.start_mark.line + 1}" if node is not None else ""
+        path = ".".join(str(p) for p in loc if not (isinstance(p, str) and p in ("folder", "capture"))) or "(top)"
+        msg = e["msg"].replace("Value error, ", "", 1)
+        lines.append(f"{where}{line}: {path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(text: str, where: str = "config", base: Path | None = None) -> DeviceConfig:
+    """Validate YAML text; a ConfigError lists every problem as `file:line: key.path: message`."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}{line}: not valid YAML ({getattr(err, 'problem', err)})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the config must be a YAML mapping")
+    try:
+        cfg = DeviceConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, root, where)) from err
+    return cfg.resolve(base) if base is not None else cfg
+
+
+def load_config(path: Path | str) -> DeviceConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config ({err.strerror})") from err
+    return parse_config(text, str(path), path.resolve().parent)

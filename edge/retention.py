@@ -1,0 +1,100 @@
+"""Which images are kept for review, and the disk budget they live in.
+
+Kept: flagged frames, frames with a score within a band around a threshold, candidate disagreements, a sampled
+percentage of the rest, and (pinned, evicted last) everything an inspector touched. Over budget the oldest
+unpinned images go first; every eviction is counted."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from pathlib import Path
+
+from edge.config import RetentionConfig
+from edge.pipeline import FrameResult
+from edge.store import Store
+from shadowline.fsio import atomic_write_bytes
+
+
+class Retention:
+    def __init__(self, cfg: RetentionConfig, store: Store, rng: random.Random | None = None) -> None:
+        self.cfg, self.store = cfg, store
+        self.dir = Path(cfg.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+
+    @property
+    def budget_bytes(self) -> int:
+        return int(self.cfg.budget_mb * 1024 * 1024)
+
+    def reasons(self, result: FrameResult | None, error: bool = False) -> list[str]:
+        """Why this frame's image should be kept (empty: not kept)."""
+        why: list[str] = []
+        if result is None:
+            return ["error"] if error and self.cfg.errors else []
+        if self.cfg.flagged and (result.active.decision == "flag"
+                                 or (result.candidate is not None and result.candidate.decision == "flag")):
+            why.append("flagged")
+        if result.active.near_threshold or (result.candidate is not None and result.candidate.near_threshold):
+            why.append("near_threshold")
+        if self.cfg.disagreements and result.disagree:
+            why.append("disagreement")
+        if not why and self.cfg.sample_pct > 0 and self._rng.random() * 100 < self.cfg.sample_pct:
+            why.append("sampled")
+        return why
+
+    def save(self, prediction_id: str, data: bytes, suffix: str) -> tuple[Path, int]:
+        """Write the image (temp name + rename) before its record commits; a crash leaves at worst an orphan file,
+        which `sweep_orphans` removes."""
+        day = time.strftime("%Y%m%d")
+        path = self.dir / day / f"{prediction_id}{suffix.lower() or '.img'}"
+        atomic_write_bytes(path, data)
+        return path, len(data)
+
+    def used_bytes(self) -> int:
+        return int(self.store.query("SELECT COALESCE(SUM(size), 0) FROM kept_images")[0][0])
+
+    def enforce(self) -> int:
+        """Evict oldest images until under budget (unpinned first). Returns how many were evicted."""
+        with self._lock:
+            used, budget = self.used_bytes(), self.budget_bytes
+            if used <= budget:
+                return 0
+            evicted = 0
+            rows = self.store.query("SELECT prediction_id, path, size FROM kept_images "
+                                    "ORDER BY pinned ASC, created_at ASC")
+            for r in rows:
+                if used <= budget:
+                    break
+                Path(r["path"]).unlink(missing_ok=True)
+                with self.store.tx() as c:
+                    c.execute("DELETE FROM kept_images WHERE prediction_id = ?", (r["prediction_id"],))
+                    c.execute("UPDATE predictions SET image_path = NULL WHERE id = ?", (r["prediction_id"],))
+                    self.store.bump("retention_evicted", 1, c)
+                    self.store.bump("retention_evicted_bytes", int(r["size"]), c)
+                used -= int(r["size"])
+                evicted += 1
+            return evicted
+
+    def sweep_orphans(self) -> int:
+        """Remove image files with no committed record (written just before a crash)."""
+        known = {r["path"] for r in self.store.query("SELECT path FROM kept_images")}
+        removed = 0
+        for p in self.dir.rglob("*"):
+            if p.is_file() and str(p) not in known:
+                p.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def stats(self) -> dict:
+        n = int(self.store.query("SELECT COUNT(*) FROM kept_images")[0][0])
+        by_reason: dict[str, int] = {}
+        for r in self.store.query("SELECT reasons FROM kept_images"):
+            for reason in json.loads(r["reasons"]):
+                by_reason[reason] = by_reason.get(reason, 0) + 1
+        return {"kept": n, "bytes": self.used_bytes(), "budget_bytes": self.budget_bytes, "by_reason": by_reason,
+                "evicted": self.store.counter("retention_evicted"),
+                "evicted_bytes": self.store.counter("retention_evicted_bytes")}
