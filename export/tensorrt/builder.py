@@ -184,15 +184,16 @@ def _load_timing_cache(config: Any, path: Path | None) -> tuple[Any, bytes, bool
     # Written by another TensorRT or GPU (ignore_mismatch=False refuses it): start empty, overwrite on save.
     cache = config.create_timing_cache(b"")
     config.set_timing_cache(cache, False)
-    return cache, b"", False
+    return cache, data, False
 
 
 def _save_timing_cache(config: Any, path: Path, loaded: bytes) -> None:
     cache = config.get_timing_cache()
     on_disk = path.read_bytes() if path.is_file() else b""
     if on_disk and on_disk != loaded:
-        # Another build finished meanwhile: merge its timings instead of overwriting them.
-        cache.combine(config.create_timing_cache(on_disk), True)
+        # Another build finished meanwhile: merge its timings instead of overwriting them. ignore_mismatch=False:
+        # a cache from another device is never merged (it is what we refused at load, or foreign), only replaced.
+        cache.combine(config.create_timing_cache(on_disk), False)
     atomic_write_bytes(path, bytes(cache.serialize()))
 
 
