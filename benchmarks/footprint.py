@@ -1,0 +1,234 @@
+"""The daemon's footprint: resident memory above a bare ONNX Runtime process running the same model, and cold
+start to ready, both measured in fresh subprocesses side by side in one run (median of --repeat).
+
+- bare: `python` + onnxruntime + numpy, one InferenceSession on the bundle's model.onnx, one inference -> ready.
+- daemon: when edge/daemon.py is committed, the real daemon (`shadowline edge run --config ...`, ready when
+  /readyz answers 200); otherwise the daemon-equivalent process: the daemon's imports (FastAPI, uvicorn, paho,
+  SQLite, the outbox, the agent seams), a verified signed bundle, edge.predictor.BundleModel and one prediction on a
+  real image -> ready.
+
+Prints one line per model and the figure last; writes benchmarks/results/footprint.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = ROOT.parent / "shared" / "realdata"
+MODELS = REALDATA / "models"
+IMAGES = REALDATA / "images"
+PRESETS = {"pcb-aoi": "pcb-aoi_opset11.onnx", "squeezenet": "squeezenet1.0_fp32.onnx", "yolox-nano": "yolox_nano.onnx"}
+IMAGE_FOR = {"pcb-aoi": IMAGES / "pcb_winml" / "Defective_02.png", "squeezenet": IMAGES / "photos" / "chelsea.png",
+             "yolox-nano": IMAGES / "photos" / "astronaut.png"}
+
+RSS_CODE = """
+def rss():
+    out = {}
+    for line in open('/proc/self/status'):
+        k, _, v = line.partition(':')
+        if k in ('VmRSS', 'VmHWM'):
+            out[k] = int(v.split()[0]) / 1024
+    return out
+"""
+
+BARE = RSS_CODE + """
+import json, sys
+import numpy as np
+import onnxruntime as ort
+model, ref = sys.argv[1], sys.argv[2]
+x = np.load(ref)['input'][:1]
+sess = ort.InferenceSession(model, providers=['CPUExecutionProvider'])
+sess.run(None, {sess.get_inputs()[0].name: x})
+print('READY ' + json.dumps(rss()), flush=True)
+sys.stdin.read()
+"""
+
+# What edge/daemon.py imports, for the equivalent process when the daemon is not committed yet.
+EQUIVALENT = RSS_CODE + """
+import json, sys, sqlite3
+import fastapi, uvicorn, paho.mqtt.client
+from pathlib import Path
+import edge.outbox, edge.agent.host, edge.agent.config, fleet.protocol
+from edge.predictor import BundleModel
+from edge.processing.image import read_image
+from export.bundle import load_bundle
+from export.signing import TrustStore
+bundle = load_bundle(Path(sys.argv[1]), TrustStore.load(Path(sys.argv[2])))
+model = BundleModel(bundle).load()
+model.predict([read_image(sys.argv[3])])
+db = sqlite3.connect(sys.argv[4])
+db.execute('pragma journal_mode=wal')
+print('READY ' + json.dumps(rss()), flush=True)
+sys.stdin.read()
+"""
+
+
+def proc_rss(pid: int) -> dict[str, float]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "VmHWM"):
+            out[k] = int(v.split()[0]) / 1024
+    return out
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e["OMP_NUM_THREADS"] = e.get("OMP_NUM_THREADS", "")  # same threading for both processes
+    if not e["OMP_NUM_THREADS"]:
+        del e["OMP_NUM_THREADS"]
+    return e
+
+
+def run_until_ready(args: list[str], timeout: float = 120) -> tuple[float, dict[str, float]]:
+    """Cold start: from spawning the interpreter to the READY line; the process is ended afterwards."""
+    start = time.perf_counter()
+    p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env(), cwd=ROOT)
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        ready_ms = (time.perf_counter() - start) * 1000
+        if not line.startswith("READY "):
+            raise RuntimeError(f"{args[:3]} did not become ready: {line!r} {p.stderr.read() if p.stderr else ''}")
+        return ready_ms, json.loads(line[6:])
+    finally:
+        p.kill()
+        p.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def daemon_committed() -> bool:
+    r = subprocess.run(["git", "ls-files", "--error-unmatch", "edge/daemon.py"], cwd=ROOT, capture_output=True)
+    return r.returncode == 0
+
+
+def daemon_config(work: Path, bundles_dir: Path, trust: Path, bundle_id: str, port: int) -> Path:
+    import yaml
+
+    cfg = {"device_id": "footprint-1", "bundles_dir": str(bundles_dir), "trust_store": str(trust),
+           "release": {"name": "footprint", "mode": "shadow", "stages": [{"role": "verify", "bundle": bundle_id}]},
+           "store": {"path": str(work / "device.db")}, "retention": {"dir": str(work / "images")},
+           "api": {"host": "127.0.0.1", "port": port}}
+    path = work / "device.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_real_daemon(config: Path, port: int, timeout: float = 120) -> tuple[float, dict[str, float]]:
+    """Cold start of `shadowline edge run` to /readyz 200; RSS read from /proc once ready."""
+    start = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "shadowline.cli", "edge", "run", "--config", str(config),
+                          "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env=env(), cwd=ROOT)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if p.poll() is not None:
+                raise RuntimeError(f"daemon exited with {p.returncode}: {p.stderr.read() if p.stderr else ''}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return (time.perf_counter() - start) * 1000, proc_rss(p.pid)
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("daemon did not become ready")
+    finally:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def export_bundles(out: Path, names: list[str]) -> tuple[dict[str, Path], Path]:
+    from export.exporter import export_model
+    from export.options import build_options, load_preset
+    from export.signing import generate_keys, load_private_key
+
+    priv, pub, _ = generate_keys(out / "keys", "bench")
+    trust = out / "trust"
+    trust.mkdir()
+    (trust / pub.name).write_bytes(pub.read_bytes())
+    bundles = {}
+    for n in names:
+        opts = build_options(load_preset(n, MODELS / PRESETS[n]), {})
+        bundles[n], _, _ = export_model(MODELS / PRESETS[n], opts, out / "bundles", load_private_key(priv))
+    return bundles, trust
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3, help="fresh processes per side and model (median reported)")
+    ap.add_argument("--quick", action="store_true", help="one model (pcb-aoi), one repeat")
+    ap.add_argument("--daemon", choices=["auto", "real", "equivalent"], default="auto",
+                    help="auto: the real daemon when edge/daemon.py is committed, else the equivalent process")
+    args = ap.parse_args()
+    names = ["pcb-aoi"] if args.quick else list(PRESETS)
+    repeat = 1 if args.quick else args.repeat
+    mode = args.daemon if args.daemon != "auto" else ("real" if daemon_committed() else "equivalent")
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="footprint-") as tmp:
+        work = Path(tmp)
+        bundles, trust = export_bundles(work, names)
+        for n in names:
+            b = bundles[n]
+            bare, daemon = [], []
+            for i in range(repeat):  # interleaved so drift on a shared machine hits both sides alike
+                bare.append(run_until_ready([sys.executable, "-c", BARE, str(b / "model.onnx"),
+                                             str(b / "reference.npz")]))
+                if mode == "real":
+                    port = free_port()
+                    rundir = work / f"run-{n}-{i}"
+                    rundir.mkdir()
+                    daemon.append(run_real_daemon(daemon_config(rundir, b.parent, trust, b.name, port), port))
+                else:
+                    daemon.append(run_until_ready([sys.executable, "-c", EQUIVALENT, str(b), str(trust),
+                                                   str(IMAGE_FOR[n]), str(work / f"{n}-{i}.db")]))
+            med = lambda xs: round(statistics.median(xs), 1)  # noqa: E731
+            r = {"bare_rss_mb": med([x[1]["VmRSS"] for x in bare]),
+                 "daemon_rss_mb": med([x[1]["VmRSS"] for x in daemon]),
+                 "bare_peak_rss_mb": med([x[1]["VmHWM"] for x in bare]),
+                 "daemon_peak_rss_mb": med([x[1]["VmHWM"] for x in daemon]),
+                 "bare_cold_start_ms": med([x[0] for x in bare]),
+                 "daemon_cold_start_ms": med([x[0] for x in daemon]), "repeat": repeat}
+            r["rss_above_bare_mb"] = round(r["daemon_rss_mb"] - r["bare_rss_mb"], 1)
+            r["cold_start_ratio"] = round(r["daemon_cold_start_ms"] / r["bare_cold_start_ms"], 2)
+            results[n] = r
+            print(f"{n:11s} RSS daemon {r['daemon_rss_mb']:.0f} MB vs bare ORT {r['bare_rss_mb']:.0f} MB "
+                  f"(+{r['rss_above_bare_mb']:.0f} MB); cold start to ready {r['daemon_cold_start_ms']:.0f} ms "
+                  f"vs {r['bare_cold_start_ms']:.0f} ms ({r['cold_start_ratio']:.2f}x)", flush=True)
+    summary = {"mode": mode, "python": sys.version.split()[0], "models": results,
+               "median_rss_above_bare_mb": round(statistics.median(r["rss_above_bare_mb"] for r in results.values()), 1),
+               "median_cold_start_ratio": round(statistics.median(r["cold_start_ratio"] for r in results.values()), 2)}
+    out = ROOT / "benchmarks" / "results" / "footprint.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(out.name + ".tmp")
+    tmp_out.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp_out, out)
+    print(f"daemon footprint ({mode}): +{summary['median_rss_above_bare_mb']:.0f} MB RSS above bare ONNX Runtime "
+          f"(median over {len(results)} models); cold start to ready {summary['median_cold_start_ratio']:.2f}x "
+          "the bare process")
+
+
+if __name__ == "__main__":
+    main()
