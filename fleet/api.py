@@ -10,12 +10,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleet.artifacts import RangeNotSatisfiable, iter_file, parse_range, resolve
 from fleet.protocol import DEVICE_ID_RE, ReleaseSpec, ReviewRecord
@@ -66,10 +66,10 @@ class MobileVerdict(BaseModel):
     id: str | None = Field(None, min_length=8, max_length=64, description="client-made UUID: posting twice is safe")
     prediction_id: str = Field(max_length=128)
     device: str = Field(description="device (or iPad) that made the prediction")
-    verdict: str
-    defect_class: str | None = None
+    verdict: Literal["confirm", "false_positive", "missed_defect", "bad_image"]
+    defect_class: str | None = Field(None, max_length=200)
     override: bool
-    model_decision: str
+    model_decision: Literal["pass", "flag", "error"]
     release: str
     revision: int = Field(ge=0)
     top_label: str | None = None
@@ -178,9 +178,14 @@ def build_router() -> APIRouter:
                 "stored": {k: fleet.store.count(k) for k in ("predictions", "reviews", "metrics", "alerts", "events")},
                 "malformed_by_topic": fleet.store.malformed()}
 
-    @r.api_route("/artifacts/{name}", methods=["GET", "HEAD"], tags=["artifacts"],
-                 summary="Download a bundle .tar or Core ML .zip; Range requests resume")
+    @r.get("/artifacts/{name}", tags=["artifacts"],
+           summary="Download a bundle .tar or Core ML .zip; Range requests resume")
     def artifact(name: str, request: Request, _: TokenEntry = Depends(require("device", "inspector"))) -> Response:
+        return _artifact_response(request, name)
+
+    @r.head("/artifacts/{name}", tags=["artifacts"], summary="Size, sha256 and Range support of an artifact")
+    def artifact_head(name: str, request: Request,
+                      _: TokenEntry = Depends(require("device", "inspector"))) -> Response:
         return _artifact_response(request, name)
 
     @r.get("/mobile/releases/{ref}/coreml", tags=["mobile"],
@@ -208,7 +213,10 @@ def build_router() -> APIRouter:
         if not DEVICE_ID_RE.match(body.device):
             raise ConfigError(f"invalid device id {body.device!r}")
         data = body.model_dump(exclude_none=True)
-        rec = ReviewRecord.model_validate({**data, "inspector": who.name})
+        try:
+            rec = ReviewRecord.model_validate({**data, "inspector": who.name})
+        except ValidationError as err:
+            raise ConfigError(f"verdict: {err.errors()[0]['loc']} {err.errors()[0]['msg']}") from err
         new = fleet.store.insert_records("reviews", [rec.model_dump(mode="json")])
         return {"id": rec.id, "stored": bool(new)}
 
