@@ -80,18 +80,25 @@ def run_command(config_path: Path, log_level: str) -> None:
 
 @edge_group.command("validate-config")
 @click.argument("config_path", type=click.Path(path_type=Path))
-def validate_config_command(config_path: Path) -> None:
+@click.option("--bundles/--no-bundles", "check_bundles", default=True, show_default=True,
+              help="also verify the release's bundles and load its models (class names, thresholds, signatures)")
+def validate_config_command(config_path: Path, check_bundles: bool) -> None:
     """Check a device config file and exit: every problem is printed as file:line: key.path: message."""
     from edge.config import load_config
-    from shadowline.errors import ConfigError
+    from shadowline.errors import ShadowlineError
 
     try:
         cfg = load_config(config_path)
-    except ConfigError as err:
-        click.echo(str(err), err=True)
+        if check_bundles and cfg.release is not None:
+            from edge.daemon import build_local_pipeline
+
+            build_local_pipeline(cfg).close()
+    except ShadowlineError as err:
+        click.echo(f"error: {err}", err=True)
         raise SystemExit(err.exit_code) from err
     rel = cfg.release
     click.echo(f"{config_path}: OK (device {cfg.device_id}"
                + (f", release {rel.ref} {rel.mode}, {len(rel.stages)} stage(s)" if rel else "")
                + (f", candidate {rel.candidate.ref}" if rel and rel.candidate else "")
-               + (", fleet agent" if cfg.fleet else "") + ")")
+               + (", fleet agent" if cfg.fleet else "") + (", bundles verified" if check_bundles and rel else "")
+               + ")")

@@ -187,9 +187,8 @@ def _node_at(node: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
                 if str(k.value) == str(key):
                     nxt = k if key == loc[-1] else v
                     break
-            if nxt is None:
-                return node
-            node = nxt
+            if nxt is not None:  # absent: a missing key (report its parent) or a union tag (skip it)
+                node = nxt
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
         else:

@@ -33,6 +33,26 @@ from shadowline.errors import ConfigError, ImageError, ShadowlineError
 log = logging.getLogger("shadowline.edge.daemon")
 
 
+def build_local_pipeline(config: DeviceConfig, bundles: dict[str, Path] | None = None) -> Pipeline:
+    """The pipeline of the config's `release:` section (its candidate included)."""
+    if config.release is None:
+        raise ConfigError("the config has no release section")
+    rel = config.release
+    spec = ReleaseSpec.model_validate(rel.model_dump(exclude={"candidate"}))
+    return build_pipeline_for(config, spec, rel.candidate, bundles)
+
+
+def build_pipeline_for(config: DeviceConfig, release: ReleaseSpec, candidate: ReleaseSpec | None,
+                       bundles: dict[str, Path] | None = None) -> Pipeline:
+    r = config.runner
+    opts: dict[str, Any] = {}
+    if r.backend == "onnxruntime":
+        opts = {"providers": r.providers, "threads": r.threads, "require_providers": r.require_providers}
+    trust = TrustStore.load(config.trust_store) if config.trust_store else None
+    return build_pipeline(release, candidate, resolver_for(config.bundles_dir, bundles), trust, r.backend, opts,
+                          config.retention.band)
+
+
 class QueueFull(ShadowlineError):
     """The inference queue is full; the caller should retry later."""
 
@@ -132,12 +152,7 @@ class Daemon:
 
     def _build(self, release: ReleaseSpec, candidate: ReleaseSpec | None,
                bundles: dict[str, Path] | None = None) -> Pipeline:
-        r = self.config.runner
-        opts: dict[str, Any] = {}
-        if r.backend == "onnxruntime":
-            opts = {"providers": r.providers, "threads": r.threads, "require_providers": r.require_providers}
-        return build_pipeline(release, candidate, resolver_for(self.config.bundles_dir, bundles), self.trust,
-                              r.backend, opts, self.config.retention.band)
+        return build_pipeline_for(self.config, release, candidate, bundles)
 
     @property
     def ready(self) -> bool:

@@ -1,0 +1,109 @@
+"""Device config: valid files load; every error names the key path and the line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge.config import FolderSource, load_config, parse_config
+from shadowline.cli import cli
+from shadowline.errors import ConfigError
+
+GOOD = """\
+device_id: line3-cam1
+bundles_dir: bundles
+release:
+  name: seal-inspection
+  revision: 7
+  mode: production
+  stages:
+    - role: screen
+      bundle: seal-screen-v1.2
+      candidate_classes: [defect]
+      threshold: 0.30
+    - role: verify
+      bundle: seal-defect-v2.3
+      thresholds: {default: 0.5, severe_corrosion: 0.35}
+  actions: [webhook]
+  candidate:
+    name: seal-inspection
+    revision: 8
+    stages:
+      - role: screen
+        bundle: seal-screen-v1.3
+        threshold: 0.25
+sources:
+  - type: folder
+    path: inbox
+  - type: capture
+    url: rtsp://cam/stream
+    sample_fps: 2
+actions:
+  webhook: {url: "http://127.0.0.1:9/hook"}
+"""
+
+
+def test_good_config_loads_and_resolves_paths(tmp_path: Path) -> None:
+    p = tmp_path / "device.yaml"
+    p.write_text(GOOD)
+    cfg = load_config(p)
+    assert cfg.release is not None and cfg.release.candidate is not None
+    assert cfg.release.ref == "seal-inspection@7" and cfg.release.candidate.revision == 8
+    assert cfg.bundles_dir == tmp_path / "bundles"
+    folder = cfg.sources[0]
+    assert isinstance(folder, FolderSource) and folder.path == tmp_path / "inbox"
+    assert cfg.store.path == tmp_path / "shadowline.db"
+
+
+@pytest.mark.parametrize("old,new,where", [
+    ("      threshold: 0.30\n", "      threshold: 1.30\n", ":11: release.stages.0.threshold:"),
+    ("    sample_fps: 2\n", "    sample_fps: 2\n    fps: 3\n", ":29: sources.1.fps: Extra inputs are not permitted"),
+    ("  mode: production\n", "  mode: live\n", ":6: release.mode:"),
+    ("device_id: line3-cam1\n", "device_id: 'bad id!'\n", ":1: device_id:"),
+])
+def test_errors_name_key_path_and_line(tmp_path: Path, old: str, new: str, where: str) -> None:
+    p = tmp_path / "device.yaml"
+    assert old in GOOD
+    p.write_text(GOOD.replace(old, new))
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert f"{p}{where}" in str(e.value)
+
+
+def test_action_without_endpoint_is_refused() -> None:
+    with pytest.raises(ConfigError, match="actions.mqtt is not set"):
+        parse_config(GOOD.replace("actions: [webhook]", "actions: [webhook, work_order_mqtt]"))
+
+
+def test_yaml_syntax_error_has_line() -> None:
+    with pytest.raises(ConfigError, match=r"cfg:3: not valid YAML"):
+        parse_config("device_id: a\nrelease:\n\tname: x\n", "cfg")
+
+
+def test_validate_config_command(tmp_path: Path) -> None:
+    p = tmp_path / "device.yaml"
+    p.write_text(GOOD)
+    r = CliRunner().invoke(cli, ["edge", "validate-config", str(p), "--no-bundles"])
+    assert r.exit_code == 0, r.output
+    assert "seal-inspection@7 production, 2 stage(s), candidate seal-inspection@8" in r.output
+    p.write_text(GOOD.replace("threshold: 0.30", "treshold: 0.30"))
+    r = CliRunner().invoke(cli, ["edge", "validate-config", str(p), "--no-bundles"])
+    assert r.exit_code == ConfigError.exit_code
+    assert "release.stages.0.treshold: Extra inputs are not permitted" in r.output
+
+
+def test_validate_config_loads_bundles(tmp_path: Path, bundles: dict[str, Path], keys: dict[str, Path]) -> None:
+    from tests.edge.conftest import photo_release, write_config
+
+    bad = photo_release(bundles)
+    bad["stages"][0]["candidate_classes"] = ["tabby"]  # the ImageNet label is "tabby, tabby cat"
+    p = write_config(tmp_path, keys, bad)
+    r = CliRunner().invoke(cli, ["edge", "validate-config", str(p)])
+    assert r.exit_code == ConfigError.exit_code
+    assert "classes ['tabby'] are not labels of the bundle" in r.output
+    p = write_config(tmp_path, keys, photo_release(bundles))
+    r = CliRunner().invoke(cli, ["edge", "validate-config", str(p)])
+    assert r.exit_code == 0, r.output
+    assert "bundles verified" in r.output
