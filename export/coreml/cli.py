@@ -1,0 +1,76 @@
+"""`shadowline export coreml-inspect BUNDLE`: what an iOS developer gets from a bundle's Core ML package."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _packages(files: dict) -> list[str]:
+    return sorted({name.split("/")[0] + "/" + name.split("/")[1] for name in files
+                   if name.startswith("coreml/") and name.split("/")[1].endswith(".mlpackage")})
+
+
+def inspect_bundle(bundle: Path, trust_store: Path | None = None) -> dict:
+    """Inputs, outputs, labels, metadata and recorded parity of every Core ML package in a verified bundle."""
+    from export.bundle import load_bundle
+    from export.coreml.describe import class_labels
+    from export.coreml.executor import load_program
+    from export.coreml.package import _features
+    from export.signing import TrustStore
+    from shadowline.errors import BundleError
+
+    store = TrustStore.load(trust_store) if trust_store else None
+    with load_bundle(bundle, store) as b:
+        m = b.manifest
+        packages = _packages(m.files)
+        if not packages:
+            raise BundleError(f"{bundle}: no Core ML package (export with --coreml)")
+        result: dict = {"bundle": m.bundle_id, "signer": b.signer, "packages": []}
+        for rel in packages:
+            spec, prog = load_program(b.root / rel)
+            meta = spec.description.metadata
+            result["packages"].append({
+                "path": rel, "inputs": _features(spec.description.input),
+                "outputs": _features(spec.description.output),
+                "labels": class_labels(prog) or m.labels,
+                "metadata": {"author": meta.author, "license": meta.license,
+                             "description": meta.shortDescription, "version": meta.versionString,
+                             **dict(meta.userDefined)},
+                "parity": [c.model_dump(mode="json") for c in m.parity if c.kind == "coreml" and c.artifact == rel],
+            })
+        result["extras"] = m.extras.get("coreml", {})
+        return result
+
+
+@click.command("coreml-inspect")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--trust-store", type=click.Path(path_type=Path), help="directory of trusted *.pub keys")
+@click.option("--json", "as_json", is_flag=True, help="print everything as JSON")
+def coreml_inspect_command(bundle: Path, trust_store: Path | None, as_json: bool) -> None:
+    """Verify BUNDLE and print its Core ML package: inputs, outputs, labels, metadata and the parity recorded at
+    export."""
+    info = inspect_bundle(bundle, trust_store)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{info['bundle']}  signer={info['signer'] or 'not checked'}")
+    for p in info["packages"]:
+        click.echo(f"package {p['path']}")
+        for f in p["inputs"]:
+            extra = f"{f['width']}x{f['height']} {f['color']}" if f["type"] == "imageType" else ""
+            click.echo(f"  input  {f['name']}: {f['type']} {extra}  {f['description']}")
+        for f in p["outputs"]:
+            extra = f"{f['shape']} {f['dtype']}" if f["type"] == "multiArrayType" else ""
+            click.echo(f"  output {f['name']}: {f['type']} {extra}  {f['description']}")
+        labels = p["labels"]
+        shown = ", ".join(labels[:10]) + (f", ... ({len(labels)} in all)" if len(labels) > 10 else "")
+        click.echo(f"  labels {shown}")
+        for k, v in p["metadata"].items():
+            text = v if len(str(v)) <= 100 else str(v)[:97] + "..."
+            click.echo(f"  meta   {k}: {text}")
+        for c in p["parity"]:
+            click.echo(f"  parity {c['precision']} {c['level']}: {'pass' if c['passed'] else 'FAIL'} "
+                       f"{json.dumps(c['stats'])}" + (f"  {c['detail']}" if c["detail"] else ""))
