@@ -155,3 +155,18 @@ def test_alert_records_roundtrip_the_protocol():
     rec = AlertTracker().update(snapshot(p, [], [], hour(0)), None)[0]
     assert decode("t", encode(rec), AlertRecord) == rec
     assert isinstance(rec, AlertRecord) and not isinstance(rec, (MetricsRecord, ReviewRecord))
+
+
+def test_fleet_pass_raises_per_device_and_fleet_against_release_baseline():
+    from fleet.analytics.monitor import evaluate_fleet
+    # release pcb@1 ran cleanly for its first day (latency 10 ms); on day 3 dev-2 slows to 30 ms
+    first_day = [pred(at(hours=h), device=d, latency=10.0) for h in range(24) for d in ("dev-1", "dev-2")]
+    now = at(days=3)
+    slow = [pred(at(days=3, hours=-1 + i / 40), device="dev-2", latency=30.0) for i in range(30)]
+    fine = [pred(at(days=3, hours=-1 + i / 40), device="dev-1", latency=10.0) for i in range(30)]
+    changes = evaluate_fleet(first_day + slow + fine, [], [], [], now, baseline_days=1)
+    # fleet-wide P95 over the hour: 30 of 60 at 30 ms -> 30 ms > 2 x 10 ms as well
+    assert sorted((a.device, a.rule, a.state) for a in changes) == [
+        ("*", "latency:total", "raised"), ("dev-2", "latency:total", "raised")]
+    again = evaluate_fleet(first_day + slow + fine, [], [], changes, now, baseline_days=1)
+    assert again == []
