@@ -1,0 +1,259 @@
+"""The device agent: an MQTT client that follows this device's desired state through the activation state
+machine, answers fleet commands, reports every step, and drains the outbox."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import queue
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+
+from edge import outbox
+from edge.agent.cache import release_key
+from edge.agent.commands import run_command
+from edge.agent.config import AgentConfig
+from edge.agent.host import AgentHost
+from edge.agent.statemachine import ActivationRecord, Machine
+from export.signing import TrustStore
+from fleet.protocol import Command, Desired, EventRecord, ProtocolError, Reported, Topics, decode, encode
+from shadowline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def make_client(config: AgentConfig, client_id: str) -> tuple[mqtt.Client, str, int, dict[str, Any]]:
+    """A paho client with a persistent session, the broker address, and the connect() keyword arguments."""
+    url = urlparse(config.broker_url)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        raise ConfigError(f"fleet.broker_url: expected mqtt://host:port or mqtts://host:port, got "
+                          f"{config.broker_url!r}")
+    v5 = config.mqtt_version == "5"
+    kwargs: dict[str, Any] = {}
+    if v5:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = config.session_expiry_s
+        kwargs = {"clean_start": False, "properties": props}
+    else:
+        # clean_session False: the broker keeps our subscriptions and queues QoS 1 messages while we are away
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                             protocol=mqtt.MQTTv311)
+    password = config.password
+    if config.password_file is not None:
+        try:
+            password = Path(config.password_file).read_text().strip()
+        except OSError as err:
+            raise ConfigError(f"fleet.password_file: cannot read {config.password_file}: {err}") from err
+    if password is not None or config.username is not None:
+        client.username_pw_set(config.username or client_id, password)
+    if config.tls is not None or url.scheme == "mqtts":
+        tls = config.tls
+        if tls is None:
+            client.tls_set()
+        else:
+            client.tls_set(ca_certs=str(tls.ca_file), certfile=str(tls.cert_file) if tls.cert_file else None,
+                           keyfile=str(tls.key_file) if tls.key_file else None)
+            client.tls_insecure_set(tls.insecure_skip_hostname)
+    client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)
+    client.max_queued_messages_set(0)
+    port = url.port or (8883 if url.scheme == "mqtts" else 1883)
+    return client, url.hostname, port, kwargs
+
+
+class Agent:
+    """`start()` connects and returns at once; the agent reconnects with exponential backoff on its own."""
+
+    def __init__(self, config: AgentConfig, host: AgentHost, trust: TrustStore | None = None) -> None:
+        self.config, self.host = config, host
+        self.device_id = host.device_id
+        self.topics = Topics(config.prefix)
+        if trust is None and config.trust_store is not None:
+            trust = TrustStore.load(config.trust_store)
+        self.client, self._host, self._port, self._connect_kwargs = make_client(config, self.device_id)
+        self.machine = Machine(config, host, trust=trust, report=self._on_step)
+        self.publisher = outbox.Publisher(
+            host.db_path, self.client, self.topics, self.device_id, batch_size=config.batch_size,
+            budget_bytes=int(config.outbox_budget_mb * (1 << 20)), poll_s=config.publish_interval_s,
+            on_overflow=self._on_overflow)
+        self.bad_messages = 0
+        self.connected = threading.Event()
+        self._queue: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._db: sqlite3.Connection | None = None
+        self._db_lock = threading.Lock()
+        status = self.topics.device(self.device_id, "status")
+        self.client.will_set(status, "offline", qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_publish = self.publisher.on_publish
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def start(self) -> Agent:
+        self._db = outbox.connect(self.host.db_path)
+        self._worker = threading.Thread(target=self._work, name=f"agent-{self.device_id}", daemon=True)
+        self._worker.start()
+        self.publisher.start()
+        self.client.connect_async(self._host, self._port, keepalive=self.config.keepalive_s,
+                                  **self._connect_kwargs)
+        self.client.loop_start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Say `offline` (a clean disconnect does not fire the last will) and stop every thread."""
+        self._stop.set()
+        self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout)
+        self.publisher.stop()
+        if self.client.is_connected():
+            self.client.publish(self.topics.device(self.device_id, "status"), "offline", qos=1,
+                                retain=True).wait_for_publish(2)
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self._db is not None:
+            self._db.close()
+
+    # -- MQTT callbacks (paho's network thread: never block here) ------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.warning("%s: broker refused the connection: %s", self.device_id, reason)
+            return
+        client.publish(self.topics.device(self.device_id, "status"), "online", qos=1, retain=True)
+        client.subscribe([(self.topics.device(self.device_id, "desired"), 1),
+                          (self.topics.device(self.device_id, "cmd"), 1)])
+        self.connected.set()
+        self._queue.put(("report", None))
+        self.publisher.wake()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.info("%s: disconnected (%s); reconnecting with backoff", self.device_id, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        parsed = self.topics.parse(msg.topic)
+        try:
+            if parsed is None or parsed[0] != self.device_id:
+                raise ProtocolError(f"{msg.topic}: not a topic of device {self.device_id}")
+            if parsed[1] == "desired":
+                if not msg.payload:
+                    return  # a cleared retained message
+                desired = decode(msg.topic, msg.payload, Desired)
+                if desired.device != self.device_id:
+                    raise ProtocolError(f"{msg.topic}: desired state for {desired.device!r}")
+                self._queue.put(("desired", desired))
+            elif parsed[1] == "cmd":
+                self._queue.put(("cmd", decode(msg.topic, msg.payload, Command)))
+            else:
+                raise ProtocolError(f"{msg.topic}: unexpected topic")
+        except ProtocolError as err:
+            # malformed input never stops the agent: counted, logged with its topic, reported
+            self.bad_messages += 1
+            log.warning("bad message on %s: %s", msg.topic, err)
+            self._queue.put(("bad", str(err)))
+
+    # -- worker --------------------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        try:
+            self.machine.resume()
+        except Exception as err:  # a broken cache must not keep the agent from following new desired states
+            log.exception("%s: resuming the activation failed", self.device_id)
+            self._event("agent_error", {"error": f"resume: {err}"})
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=self.config.report_interval_s)
+            except queue.Empty:
+                self.report()
+                continue
+            if item is None:
+                break
+            kind, value = item
+            try:
+                if kind == "desired":
+                    self._follow(self._latest(value))
+                elif kind == "cmd":
+                    run_command(self, value)
+                elif kind == "bad":
+                    self._event("bad_message", {"error": value, "count": self.bad_messages})
+                else:
+                    self.report()
+            except Exception as err:
+                log.exception("%s: %s failed", self.device_id, kind)
+                self._event("agent_error", {"error": f"{kind}: {err}"})
+                self.report()
+
+    def _latest(self, desired: Desired) -> Desired:
+        """Coalesce desired states that queued up while busy: only the newest revision matters."""
+        rest = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and item[0] == "desired":
+                desired = max(desired, item[1], key=lambda d: d.revision)
+            else:
+                rest.append(item)
+        for item in rest:
+            self._queue.put(item)
+        return desired
+
+    def _follow(self, desired: Desired) -> None:
+        if desired.revision <= self.machine.record.handled_revision:
+            self.report()  # an old or repeated (retained) desired state: nothing to do
+            return
+        self.machine.apply(desired)
+
+    # -- reporting -----------------------------------------------------------------------------------------------
+    def reported(self) -> Reported:
+        r: ActivationRecord = self.machine.record
+        active, candidate = self.host.current()
+        status = self.host.status()
+        activation = {"state": r.state.value, "source": r.source, "chain": r.chain, "steps": r.steps,
+                      "times": r.times, "skipped": r.skipped,
+                      "target": release_key(r.target) if r.target else None,
+                      "previous": release_key(r.previous) if r.previous else None,
+                      "committed": release_key(r.committed) if r.committed else None,
+                      "target_revision": r.target.revision if r.target else None}
+        return Reported(device=self.device_id, active=active.ref if active else None,
+                        candidate=candidate.ref if candidate else None, cached=self.machine.cache.keys(),
+                        desired_revision=r.handled_revision if r.handled_revision >= 0 else None,
+                        activation=activation, last_error=r.error, backends=list(status.get("backends", [])),
+                        hardware={"machine": platform.machine(), "system": platform.system(),
+                                  "python": platform.python_version()})
+
+    def report(self) -> None:
+        self.client.publish(self.topics.device(self.device_id, "reported"), encode(self.reported()), qos=1,
+                            retain=True)
+
+    def _on_step(self, record: ActivationRecord, event: str, detail: dict[str, Any]) -> None:
+        target = release_key(record.target) if record.target else None
+        self._event(f"activation.{event}", {**detail, "target": target, "source": record.source})
+        if event in ("step", "done", "error", "unchanged", "resume"):
+            self.report()
+
+    def _event(self, kind: str, detail: dict[str, Any]) -> None:
+        if self._db is None:
+            return
+        record = EventRecord(device=self.device_id, kind=kind, detail=detail)
+        with self._db_lock, self._db:
+            outbox.enqueue(self._db, "events", record.model_dump(mode="json"))
+        self.publisher.wake()
+
+    def _on_overflow(self, dropped: dict[str, int]) -> None:
+        with self._db_lock:
+            assert self._db is not None
+            totals = outbox.losses(self._db)
+        self._event("outbox_overflow", {"dropped": dropped, "total_dropped": totals,
+                                        "budget_mb": self.config.outbox_budget_mb})

@@ -1,0 +1,75 @@
+"""Test-side MQTT clients: a collector of device batches (what the fleet ingest would see) and a fleet stand-in
+that publishes desired states and commands."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+from fleet.protocol import Topics
+
+
+def connect(port: int, client_id: str, clean: bool = True) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
+    c.reconnect_delay_set(0.1, 0.5)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+class Collector:
+    """Subscribes to every device's batches, reported states and status with a persistent session."""
+
+    def __init__(self, port: int, prefix: str = "shadowline", client_id: str = "collector") -> None:
+        self.topics = Topics(prefix)
+        self.ids: Counter[str] = Counter()
+        self.records: dict[str, dict] = {}
+        self.reported: dict[str, dict] = {}
+        self.status: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.wait(lambda: self.client.is_connected(), 5)
+
+    def _on_connect(self, client, userdata, flags, reason, props) -> None:
+        client.subscribe([(self.topics.all_devices(k), 1) for k in
+                          ("predictions", "reviews", "metrics", "alerts", "events", "reported", "status")])
+
+    def _on_message(self, client, userdata, msg) -> None:
+        device, kind = self.topics.parse(msg.topic)
+        with self.lock:
+            if kind == "status":
+                self.status[device] = msg.payload.decode()
+            elif kind == "reported":
+                self.reported[device] = json.loads(msg.payload)
+            else:
+                for r in json.loads(msg.payload)["records"]:
+                    self.ids[r["id"]] += 1
+                    self.records[r["id"]] = {**r, "_kind": kind}
+
+    def events(self, device: str, kind: str | None = None) -> list[dict]:
+        with self.lock:
+            return [r for r in self.records.values() if r["_kind"] == "events" and r["device"] == device
+                    and (kind is None or r["kind"] == kind)]
+
+    @staticmethod
+    def wait(cond: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return True
+            time.sleep(step)
+        return cond()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
