@@ -39,7 +39,7 @@ if [[ -n "${SHADOWLINE_CONFIG_YAML:-}" ]]; then
     chmod 600 "$tmp"  # the config may hold broker credentials
     mv -f "$tmp" "$STATE_DIR/device.yaml"
     CONFIG="$STATE_DIR/device.yaml"
-    if [[ -n "${SHADOWLINE_CONFIG:-}" ]]; then
+    if [[ -n "${SHADOWLINE_CONFIG:-}" && "$SHADOWLINE_CONFIG" != /etc/shadowline/device.yaml ]]; then
         echo "shadowline-entrypoint: SHADOWLINE_CONFIG_YAML is set; ignoring SHADOWLINE_CONFIG=$SHADOWLINE_CONFIG" >&2
     fi
 else
