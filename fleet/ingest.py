@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from fleet.devices import Devices
-from fleet.protocol import (RECORD_TYPES, STATUS_OFFLINE, STATUS_ONLINE, Batch, ProtocolError, Reported, Topics,
+from fleet.protocol import (PROTOCOL_VERSION, RECORD_TYPES, STATUS_OFFLINE, STATUS_ONLINE, Batch, ProtocolError, Reported, Topics,
                             decode)
 from fleet.store import Store
 
@@ -90,6 +90,8 @@ class Ingest:
         elif kind in RECORD_TYPES:
             batch = decode(topic, payload, Batch)
             assert isinstance(batch, Batch)
+            if batch.version != PROTOCOL_VERSION:
+                raise ProtocolError(f"{topic}: batch version {batch.version} is not {PROTOCOL_VERSION}")
             if batch.device != device or batch.kind != kind:
                 raise ProtocolError(f"{topic}: batch of {batch.kind} from {batch.device!r} on this topic")
             model = RECORD_TYPES[kind]

@@ -98,7 +98,8 @@ def write_password_file(path: Path, users: dict[str, str]) -> None:
         if ":" in user or not user:
             raise ConfigError(f"broker user name {user!r} is not allowed")
         lines.append(f"{user}:{mosquitto_hash(password)}")
-    atomic_write_text(path, "\n".join(lines) + "\n", mode=0o600)
+    # 0640: the broker reads it as its own group after dropping root (chgrp mosquitto in production)
+    atomic_write_text(path, "\n".join(lines) + "\n", mode=0o640)
 
 
 def acl_text(topics: Topics, fleet_user: str) -> str:
@@ -135,7 +136,7 @@ def provision(directory: Path, devices: list[str], topics: Topics, fleet_user: s
     creds[fleet_user] = DeviceCredentials(device=fleet_user, username=fleet_user,
                                           password=fleet_password or device_password())
     write_password_file(directory / "passwd", {c.username: c.password for c in creds.values()})
-    atomic_write_text(directory / "acl", acl_text(topics, fleet_user))
+    atomic_write_text(directory / "acl", acl_text(topics, fleet_user), mode=0o640)
     atomic_write_text(directory / "credentials.json",
                       json.dumps({k: v.model_dump() for k, v in creds.items()}, indent=2) + "\n", mode=0o600)
     return creds

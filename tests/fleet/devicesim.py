@@ -1,0 +1,159 @@
+"""Test-side devices: plain paho clients that publish fleet.protocol batches with QoS 1 (retrying until PUBACK),
+and a light simulated fleet of devices that follows desired states and reports. The real device agent is
+edge/agent; these stand-ins exercise the fleet service's side of the contract only."""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fleet.broker import BrokerAddress
+from fleet.protocol import (Batch, Desired, PredictionRecord, Reported, ReviewRecord, Topics, decode, encode)
+
+
+def client(url: str, client_id: str, persistent: bool = False, **auth) -> mqtt.Client:
+    a = BrokerAddress.parse(url)
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
+    if auth:
+        c.username_pw_set(auth["username"], auth["password"])
+    c.reconnect_delay_set(0.05, 0.5)
+    c.connect_async(a.host, a.port, 30)
+    c.loop_start()
+    return c
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def publish_until_acked(c: mqtt.Client, topic: str, payload: bytes, timeout: float = 60.0) -> None:
+    """Publish with QoS 1 and wait for the PUBACK; if the connection drops first, publish again (the broker or
+    the fleet may then see it twice: ingest must not duplicate it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = c.publish(topic, payload, qos=1)
+        while not info.is_published():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no PUBACK for {topic}")
+            if not c.is_connected() and info.rc != mqtt.MQTT_ERR_SUCCESS:
+                break
+            time.sleep(0.005)
+        if info.is_published():
+            return
+        time.sleep(0.05)
+
+
+def predictions(device: str, n: int, release: str = "seal", revision: int = 1, latency: float = 10.0,
+                error_rate: float = 0.0, role: str = "active", seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        err = rng.random() < error_rate
+        out.append(PredictionRecord(device=device, source=f"folder:img{i}.jpg", release=release, revision=revision,
+                                    mode="shadow", role=role, decision="error" if err else rng.choice(["pass", "flag"]),
+                                    top_label="defect", top_score=rng.random(),
+                                    latency_ms={"total": latency * (0.8 + 0.4 * rng.random())},
+                                    error="boom" if err else None).model_dump(mode="json"))
+    return out
+
+
+def batch(device: str, kind: str, records: list[dict]) -> bytes:
+    return encode(Batch(device=device, kind=kind, records=records))
+
+
+class SimFleet:
+    """N simulated devices behind one MQTT connection: each follows its retained desired state, reports
+    `active` (or a failure, for releases using a bundle in `bad_bundles`) and streams predictions of the release
+    it runs with a per-release latency."""
+
+    def __init__(self, url: str, topics: Topics, devices: list[str], *, bad_bundles: set[str] = frozenset(),
+                 latency: dict[str, float] | None = None, predictions_per_report: int = 30) -> None:
+        self.topics, self.devices = topics, devices
+        self.bad_bundles, self.latency = set(bad_bundles), latency or {}
+        self.per_report = predictions_per_report
+        self.active: dict[str, str | None] = {d: None for d in devices}
+        self.candidate: dict[str, str | None] = {d: None for d in devices}
+        self.desired_seen: dict[str, int] = {}
+        self.commands: list[tuple[str, dict]] = []
+        self.queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        self.worker = threading.Thread(target=self._work, daemon=True)
+        self.worker.start()
+        self.c = client(url, f"sim-{id(self)}")
+        self.c.on_message = self._on_message
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([(topics.all_devices("desired"), 1),
+                                                               (topics.all_devices("cmd"), 1)])
+        wait_for(self.c.is_connected, 10, "simulated devices to connect")
+        for d in devices:
+            self.c.publish(topics.device(d, "status"), b"online", qos=1, retain=True).wait_for_publish(10)
+            self.report(d)
+
+    def _on_message(self, c, u, msg) -> None:
+        parsed = self.topics.parse(msg.topic)
+        if parsed is None or parsed[0] not in self.active:
+            return
+        # handled on a worker: publishing and waiting for PUBACKs inside paho's callback would block its loop
+        self.queue.put((msg.topic, msg.payload))
+
+    def _work(self) -> None:
+        while (item := self.queue.get()) is not None:
+            topic, payload = item
+            device, kind = self.topics.parse(topic)
+            if kind == "cmd":
+                self.commands.append((device, json.loads(payload)))
+                continue
+            if not payload:
+                self.active[device], self.candidate[device] = None, None
+                self.report(device)
+                continue
+            d = decode(topic, payload, Desired)
+            assert isinstance(d, Desired)
+            if d.revision <= self.desired_seen.get(device, 0):
+                continue
+            self.desired_seen[device] = d.revision
+            bundles = {s.bundle for s in d.release.stages} | {s.bundle for s in (d.candidate.stages if d.candidate else [])}
+            if bundles & self.bad_bundles:
+                self.report(device, state="failed", error=f"check failed for {sorted(bundles & self.bad_bundles)}")
+                continue
+            self.active[device] = d.release.ref
+            self.candidate[device] = d.candidate.ref if d.candidate else None
+            self.report(device, state="committed")
+            self.stream(device)
+
+    def report(self, device: str, state: str = "idle", error: str | None = None) -> None:
+        rep = Reported(device=device, active=self.active[device], candidate=self.candidate[device],
+                       desired_revision=self.desired_seen.get(device), activation={"state": state},
+                       last_error=error)
+        self.c.publish(self.topics.device(device, "reported"), encode(rep), qos=1, retain=True).wait_for_publish(10)
+
+    def stream(self, device: str) -> None:
+        for ref, role in ((self.active[device], "active"), (self.candidate[device], "candidate")):
+            if not ref or not self.per_report:
+                continue
+            name, _, rev = ref.partition("@")
+            recs = predictions(device, self.per_report, name, int(rev), self.latency.get(ref, 10.0), role=role,
+                               seed=hash((device, ref)) & 0xFFFF)
+            publish_until_acked(self.c, self.topics.device(device, "predictions"), batch(device, "predictions", recs))
+
+    def review(self, device: str, n: int, override_rate: float) -> None:
+        name, _, rev = (self.active[device] or "x@0").partition("@")
+        recs = [ReviewRecord(prediction_id=f"p{i}", device=device, inspector="ann", verdict="confirm",
+                             override=i < n * override_rate, model_decision="flag", release=name,
+                             revision=int(rev)).model_dump(mode="json") for i in range(n)]
+        publish_until_acked(self.c, self.topics.device(device, "reviews"), batch(device, "reviews", recs))
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.worker.join(10)
+        self.c.disconnect()
+        self.c.loop_stop()
