@@ -1,0 +1,137 @@
+"""CoreMLRunner: refused with a clear message off macOS; package discovery, spec metadata and the tensor->pixel
+mapping checked here on real Core ML packages; prediction itself in the `macos` test."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.runners.coreml import CoreMLRunner, find_package, tensor_to_images
+from edge.runners.base import RunnerError, TensorMeta
+from export.bundle import read_manifest
+from shadowline.errors import BackendUnavailable, BundleError
+
+ct = pytest.importorskip("coremltools")
+
+
+def _image_package(path: Path) -> Path:
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 8, 8))])
+    def prog(data):  # type: ignore[no-untyped-def]
+        return mb.mul(x=mb.reduce_mean(x=data, axes=[2, 3], keep_dims=False), y=np.float32(2.0), name="var_12")
+
+    model = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+                       inputs=[ct.ImageType(name="data", shape=(1, 3, 8, 8), color_layout=ct.colorlayout.BGR,
+                                            scale=1 / 255.0)],
+                       outputs=[ct.TensorType(name="var_12", dtype=np.float32)])
+    model.save(str(path))
+    return path
+
+
+def _tensor_package(path: Path) -> Path:
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import get_new_symbol
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(get_new_symbol(), 3, 8, 8))])
+    def prog(x):  # type: ignore[no-untyped-def]
+        return mb.reduce_max(x=x, axes=[1, 2, 3], keep_dims=False, name="score")
+
+    model = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+                       inputs=[ct.TensorType(name="x", shape=(ct.RangeDim(1, 8), 3, 8, 8), dtype=np.float32)],
+                       outputs=[ct.TensorType(name="score", dtype=np.float32)])
+    model.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle_with_coreml(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cm") / "pcb-aoi-v1.0"
+    shutil.copytree(bundles["pcb-aoi"], root)
+    (root / "coreml").mkdir()
+    _image_package(root / "coreml" / "pcb-aoi.mlpackage")
+    return root
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="checks the refusal on other platforms")
+def test_refused_off_macos_with_a_clear_message(bundle_with_coreml: Path) -> None:
+    r = CoreMLRunner(bundle_with_coreml / "model.onnx")
+    with pytest.raises(BackendUnavailable, match=f"Core ML prediction needs macOS \\(this is {sys.platform}\\)"):
+        r.load()
+    assert not r.is_loaded
+    with pytest.raises(RunnerError, match="before load"):
+        r.infer({"data": np.zeros((1, 3, 8, 8), np.float32)})
+
+
+def test_spec_metadata_on_any_platform(bundle_with_coreml: Path, tmp_path: Path) -> None:
+    r = CoreMLRunner(bundle_with_coreml)
+    assert r.input_metadata() == [TensorMeta("data", ("N", 3, 8, 8), "image/BGR")]
+    assert r.output_metadata() == [TensorMeta("var_12", (1, 3), "float32")]
+    assert r.package == bundle_with_coreml / "coreml" / "pcb-aoi.mlpackage"
+    flexible = CoreMLRunner(_tensor_package(tmp_path / "t.mlpackage"))
+    assert flexible.input_metadata() == [TensorMeta("x", ("N", 3, 8, 8), "float32")]
+    assert flexible.describe()["package"].endswith("t.mlpackage")
+
+
+def test_find_package(bundle_with_coreml: Path, bundles: dict[str, Path], tmp_path: Path) -> None:
+    pkg = bundle_with_coreml / "coreml" / "pcb-aoi.mlpackage"
+    assert find_package(bundle_with_coreml / "model.onnx") == (pkg, bundle_with_coreml)
+    assert find_package(pkg) == (pkg, bundle_with_coreml)
+    with pytest.raises(BundleError, match="export it with --coreml"):
+        find_package(bundles["squeezenet"])
+    two = tmp_path / "b"
+    shutil.copytree(bundle_with_coreml, two)
+    shutil.copytree(pkg, two / "coreml" / "second.mlpackage")
+    with pytest.raises(BundleError, match="several Core ML packages"):
+        find_package(two)
+
+
+def test_output_renamed_to_the_manifest_name(bundle_with_coreml: Path) -> None:
+    r = CoreMLRunner(bundle_with_coreml)
+    r.read_spec()
+    out = r._rename({"var_12": np.ones((1, 2), np.float32)})
+    assert list(out) == ["loss"]  # the manifest's output name for the PCB model
+    labels = read_manifest(bundle_with_coreml).labels
+    scores = {label: (i + 1) / 10 for i, label in enumerate(labels)}
+    probs = r._as_array(dict(reversed(scores.items())))  # a classifier's probability dictionary, any order
+    assert probs.tolist() == [[np.float32(scores[label]) for label in labels]]
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_tensor_back_to_pixels(bundles: dict[str, Path], order: str) -> None:
+    spec = read_manifest(bundles["squeezenet"]).input.model_copy(update={"color_order": order})
+    rgb = np.random.default_rng(0).integers(0, 256, size=(2, 224, 224, 3), dtype=np.uint8)
+    model_order = rgb if order == "RGB" else rgb[..., ::-1]
+    x = (model_order.astype(np.float32) * spec.scale - np.float32(spec.mean)) / np.float32(spec.std)
+    images = tensor_to_images(np.transpose(x, (0, 3, 1, 2)), spec)
+    assert len(images) == 2 and images[0].dtype == np.uint8 and images[0].shape == (224, 224, 3)
+    np.testing.assert_array_equal(np.stack(images), rgb)
+    with pytest.raises(RunnerError, match="NCHW"):
+        tensor_to_images(x[0], spec)
+
+
+def test_bad_compute_units() -> None:
+    with pytest.raises(RunnerError, match="compute_units"):
+        CoreMLRunner("x", compute_units="GPU")
+
+
+@pytest.mark.macos
+def test_predict_matches_reference_on_macos(keys: dict[str, Path], tmp_path: Path) -> None:
+    """On a Mac: the exported Core ML package, run by the runner, agrees with reference.npz."""
+    pytest.importorskip("export.coreml")
+    from export.bundle import load_bundle
+    from export.parity import Reference, compare
+    from export.reference import run_batched
+    from tests.conftest import export_preset
+
+    path = export_preset("pcb-aoi", tmp_path, keys["private"], coreml=True)
+    with load_bundle(path) as b, CoreMLRunner(b.model_path) as r:
+        ref = Reference.from_arrays(b.reference())
+        outs = run_batched(r, b.manifest.input.name, ref.inputs, 1)
+        check = compare(b.manifest, ref, outs, artifact="coreml", kind="coreml", precision="fp32")
+        assert check.passed, check.detail
+        assert r.describe()["platform"] == "darwin"
