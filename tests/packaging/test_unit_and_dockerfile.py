@@ -161,7 +161,9 @@ def test_docs_example_config_is_a_valid_device_config():
 
     from edge.config import DeviceConfig
 
+    import textwrap
+
     block = re.search(r"```yaml\n(.*?)```", DOC.read_text(), re.S).group(1)
-    cfg = DeviceConfig.model_validate(yaml.safe_load(block.replace("\n   ", "\n")))
+    cfg = DeviceConfig.model_validate(yaml.safe_load(textwrap.dedent(block)))
     assert cfg.fleet is not None and cfg.fleet.tls is not None
     assert str(cfg.store.path).startswith("/var/lib/shadowline/data")  # on the data volume
