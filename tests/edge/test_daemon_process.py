@@ -1,0 +1,177 @@
+"""The daemon as a real process on the shipped images: decisions, modes, actions, candidate, bad input, API."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from tests.conftest import Mosquitto
+from tests.edge.conftest import PCB, PHOTOS, VERIFY_T, MqttListener, WebhookServer, expected_photo_decisions, \
+    fill_inbox, pcb_release, photo_release, write_config
+
+CAND_VERIFY = {**VERIFY_T, "dog": 0.6}
+
+
+def active_records(db: Path) -> dict[str, list[dict]]:
+    """File name -> its active prediction records (read straight from the daemon's SQLite file)."""
+    with sqlite3.connect(db) as c:
+        rows = c.execute("SELECT source, record FROM predictions WHERE role = 'active'").fetchall()
+    out: dict[str, list[dict]] = {}
+    for source, rec in rows:
+        out.setdefault(source.removeprefix("folder:"), []).append(json.loads(rec))
+    return out
+
+
+def actions_config(hook: WebhookServer, broker: Mosquitto) -> dict:
+    return {"webhook": {"url": hook.url, "timeout_s": 2},
+            "mqtt": {"broker_url": broker.url, "topic": "plant/work-orders"},
+            "retry": {"backoff_s": 0.1, "max_backoff_s": 0.5}}
+
+
+def test_shadow_mode_records_everything_and_sends_nothing(tmp_path: Path, bundles, keys, daemons, mosquitto) -> None:
+    release = photo_release(bundles, actions=["webhook", "work_order_mqtt"])
+    release["candidate"] = photo_release(bundles, revision=2, verify=CAND_VERIFY)
+    listener = MqttListener(mosquitto.port, "plant/work-orders")
+    with WebhookServer() as hook:
+        cfg = write_config(tmp_path, keys, release, actions=actions_config(hook, mosquitto))
+        names = fill_inbox(tmp_path / "inbox", PHOTOS)
+        d = daemons(cfg)
+        st = d.wait_frames(len(names))
+        time.sleep(1.0)  # give any (wrong) action time to arrive
+        assert hook.hits == 0 and listener.messages == []
+    listener.close()
+
+    expected = expected_photo_decisions(bundles, VERIFY_T)
+    cand_expected = expected_photo_decisions(bundles, CAND_VERIFY)
+    recs = active_records(tmp_path / "shadowline.db")
+    assert sorted(recs) == sorted(names)
+    for name, (decision, classes) in expected.items():
+        (r,) = recs[name]
+        assert r["decision"] == decision and sorted(c for c, _ in r["flagged"]) == classes, name
+        assert r["mode"] == "shadow" and r["release"] == "photos" and r["revision"] == 1
+        assert r["models"] == {"screen": "squeezenet-v1.0", "verify": "yolox-nano-v1.0"}
+        assert set(r["latency_ms"]) >= {"decode", "screen", "total"}
+    assert st["decisions"]["flag"] == sum(d == "flag" for d, _ in expected.values()) > 0
+    # candidate: one shadow record per frame; disagreements point at the active record
+    with sqlite3.connect(tmp_path / "shadowline.db") as c:
+        cands = [json.loads(x) for (x,) in c.execute("SELECT record FROM predictions WHERE role='candidate'")]
+        deliveries = c.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0]
+        outbox = c.execute("SELECT COUNT(*) FROM outbox WHERE kind='predictions'").fetchone()[0]
+    assert deliveries == 0
+    assert outbox == 2 * len(names)  # every record reached the outbox in its own commit
+    by_id = {r["id"]: n for n, rs in recs.items() for r in rs}
+    disagreeing = {by_id[c["disagrees_with"]] for c in cands if c["disagrees_with"]}
+    assert len(cands) == len(names)
+    assert disagreeing == {n for n in names if expected[n] != cand_expected[n]} != set()
+    assert all(c["mode"] == "shadow" and c["role"] == "candidate" and c["revision"] == 2 for c in cands)
+    assert sorted(p.name for p in (tmp_path / "inbox" / "done").iterdir()) == sorted(names)
+    # retention kept every flagged frame and every disagreement
+    kept = {r["id"] for rs in recs.values() for r in rs if r["image_kept"]}
+    must = {r["id"] for rs in recs.values() for r in rs if r["decision"] == "flag"}
+    must |= {c["disagrees_with"] for c in cands if c["disagrees_with"]}
+    assert must <= kept
+    metrics = httpx.get(d.url + "/metrics").text
+    assert f'shadowline_frames_total{{source="folder"}} {len(names)}' in metrics
+    assert 'shadowline_latency_ms_bucket{stage="verify",le="+Inf"}' in metrics
+    assert "shadowline_queue_depth 0" in metrics
+    assert 'shadowline_flags_total{class="cat"}' in metrics
+
+
+def test_production_sends_exactly_one_action_per_flag(tmp_path: Path, bundles, keys, daemons, mosquitto) -> None:
+    listener = MqttListener(mosquitto.port, "plant/work-orders")
+    with WebhookServer(fail_first=2) as hook:  # the first two webhook calls fail: retried with backoff
+        cfg = write_config(tmp_path, keys, photo_release(bundles, mode="production",
+                                                        actions=["webhook", "work_order_mqtt"]),
+                           actions=actions_config(hook, mosquitto))
+        names = fill_inbox(tmp_path / "inbox", PHOTOS)
+        d = daemons(cfg)
+        d.wait_frames(len(names))
+        flagged = {r["id"] for rs in active_records(tmp_path / "shadowline.db").values() for r in rs
+                   if r["decision"] == "flag"}
+        expected = expected_photo_decisions(bundles, VERIFY_T)
+        assert len(flagged) == sum(dec == "flag" for dec, _ in expected.values()) > 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (len(hook.bodies) < len(flagged)
+                                               or len(listener.messages) < len(flagged)):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert sorted(b["id"] for b in hook.bodies) == sorted(flagged)
+        assert sorted(m["id"] for m in listener.messages) == sorted(flagged)
+        assert all(m["schema"] == "shadowline.work_order" and m["flagged"] for m in listener.messages)
+    listener.close()
+    with sqlite3.connect(tmp_path / "shadowline.db") as c:
+        states = c.execute("SELECT channel, state, COUNT(*) FROM deliveries GROUP BY channel, state").fetchall()
+        failed_attempts = c.execute("SELECT COUNT(*) FROM delivery_attempts WHERE ok = 0").fetchone()[0]
+        ok_attempts = c.execute("SELECT COUNT(*) FROM delivery_attempts WHERE ok = 1").fetchone()[0]
+    assert sorted(states) == [("webhook", "delivered", len(flagged)), ("work_order_mqtt", "delivered", len(flagged))]
+    assert failed_attempts == 2 and ok_attempts == 2 * len(flagged)
+
+
+def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=mode).save(buf, "PNG") if mode else Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_bad_input_is_recorded_and_the_daemon_keeps_running(tmp_path: Path, bundles, keys, daemons) -> None:
+    src = (PCB / "Defective_02.png").read_bytes()
+    rgb = np.asarray(Image.open(PCB / "Defective_02.png").convert("RGB"))
+    corrupt = bytearray(src)
+    i = corrupt.find(b"IDAT")
+    corrupt[i + 104: i + 404] = bytes(300)
+    bad = {"truncated.png": src[: len(src) // 2], "corrupt.png": bytes(corrupt), "empty.jpg": b"",
+           "notes.png": b"this is not an image\n", "bomb.png": _png(np.zeros((9000, 9000), np.uint8))}
+    fine = {"gray.png": _png(np.asarray(Image.fromarray(rgb).convert("L"))),
+            "rgba.png": _png(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])),
+            "sixteen.png": None}
+    buf = io.BytesIO()
+    Image.fromarray((np.asarray(Image.fromarray(rgb).convert("L")).astype(np.uint16) * 257)).save(buf, "PNG")
+    fine["sixteen.png"] = buf.getvalue()
+    assert Image.open(io.BytesIO(fine["sixteen.png"])).mode.startswith("I")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name, data in {**bad, **fine}.items():
+        (inbox / name).write_bytes(data)
+    fill_inbox(inbox, PCB)
+    cfg = write_config(tmp_path, keys, pcb_release(bundles), limits={"max_pixels": 40_000_000})
+    d = daemons(cfg)
+    st = d.wait_frames(len(bad) + len(fine) + 4)
+    assert st["errors"] == len(bad) and st["decisions"]["error"] == len(bad)
+    recs = active_records(tmp_path / "shadowline.db")
+    reasons = {"truncated.png": "truncated", "corrupt.png": "corrupt", "empty.jpg": "empty file",
+               "notes.png": "not a recognised image", "bomb.png": "over the limit of 40000000"}
+    for name, why in reasons.items():
+        (r,) = recs[name]
+        assert r["decision"] == "error" and why in r["error"], (name, r["error"])
+        assert (inbox / "failed" / name).exists()
+        assert why in (inbox / "failed" / f"{name}.reason.txt").read_text()
+    from edge.predictor import BundleModel
+    from edge.processing.image import decode_image
+    from export.bundle import load_bundle
+
+    with load_bundle(bundles["pcb-aoi"]) as b:
+        model = BundleModel(b).load()
+        for name, data in fine.items():  # converted, then decided like any other frame
+            score = model.predict([decode_image(data)])[0].scores["Defective"]
+            (r,) = recs[name]
+            assert r["decision"] == ("flag" if score >= 0.5 else "pass") and r["error"] is None, name
+            assert r["stages"][0]["scores"]["Defective"] == round(score, 6)
+            assert (inbox / "done" / name).exists()
+        model.close()
+    # still running: HTTP inference works, and a bad upload is a recorded 422
+    r = httpx.post(d.url + "/v1/infer", content=(PCB / "Normal_33.png").read_bytes(),
+                   headers={"Content-Type": "image/png"}, timeout=30)
+    assert r.status_code == 200 and r.json()["record"]["decision"] == "pass"
+    assert r.json()["record"]["source"] == "http"
+    r = httpx.post(d.url + "/v1/infer", content=b"\x89PNG\r\n\x1a\n broken", timeout=30)
+    assert r.status_code == 422 and "http: not a recognised image format" in r.json()["error"]
+    assert d.get("/v1/predictions/" + r.json()["record"]["id"])["decision"] == "error"
+    assert d.get("/readyz")["ready"] is True
+    assert httpx.get(d.url + "/healthz").json() == {"ok": True}
