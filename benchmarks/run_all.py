@@ -18,11 +18,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-RESULTS = HERE / "results"
 
 
-def scripts(only: list[str]) -> list[Path]:
-    found = sorted(p for p in HERE.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_"))
+def scripts(folder: Path, only: list[str]) -> list[Path]:
+    found = sorted(p for p in folder.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_"))
     if only:
         names = {p.stem: p for p in found}
         unknown = [n for n in only if n not in names]
@@ -36,7 +35,7 @@ def offers_quick(script: Path) -> bool:
     return "--quick" in script.read_text(encoding="utf-8", errors="replace")
 
 
-def run_one(script: Path, quick: bool, timeout: float) -> dict:
+def run_one(script: Path, quick: bool, timeout: float, results: Path) -> dict:
     args = [sys.executable, str(script)] + (["--quick"] if quick and offers_quick(script) else [])
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -52,7 +51,7 @@ def run_one(script: Path, quick: bool, timeout: float) -> dict:
         err = f"timed out after {timeout:g} s"
     seconds = time.perf_counter() - start
     lines = [ln for ln in out.splitlines() if ln.strip()]
-    result_file = RESULTS / f"{script.stem}.json"
+    result_file = results / f"{script.stem}.json"
     fresh = result_file.exists() and result_file.stat().st_mtime >= time.time() - seconds - 1
     return {"name": script.stem, "status": "ok" if rc == 0 else "failed", "exit_code": rc,
             "figure": lines[-1].strip() if lines else "", "seconds": round(seconds, 1),
@@ -85,24 +84,26 @@ def main() -> None:
     ap.add_argument("names", nargs="*", help="run only these benchmarks (file names without .py)")
     ap.add_argument("--quick", action="store_true", help="short runs (scripts' own --quick where offered)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per script (default 1800, quick 600)")
+    ap.add_argument("--dir", type=Path, default=HERE, help="folder of benchmark scripts (results in DIR/results)")
     args = ap.parse_args()
+    results = args.dir.resolve() / "results"
     timeout = args.timeout or (600.0 if args.quick else 1800.0)
     rows = []
-    for s in scripts(args.names):
+    for s in scripts(args.dir.resolve(), args.names):
         print(f"== {s.stem}", flush=True)
-        r = run_one(s, args.quick, timeout)
+        r = run_one(s, args.quick, timeout, results)
         print(f"   {r['status']} in {r['seconds']} s: {r['figure']}", flush=True)
         if r["status"] != "ok" and r["stderr_tail"]:
             print("   " + r["stderr_tail"].replace("\n", "\n   "), flush=True)
         rows.append(r)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     for name, text in (("SUMMARY.md", markdown(rows, args.quick)),
                        ("run_all.json", json.dumps({"quick": args.quick, "benchmarks": rows}, indent=2) + "\n")):
-        tmp = RESULTS / f".{name}.tmp"
+        tmp = results / f".{name}.tmp"
         tmp.write_text(text)
-        os.replace(tmp, RESULTS / name)
+        os.replace(tmp, results / name)
     ok = sum(r["status"] == "ok" for r in rows)
-    print(f"benchmarks: {ok}/{len(rows)} ok; summary in {RESULTS / 'SUMMARY.md'}")
+    print(f"benchmarks: {ok}/{len(rows)} ok; summary in {results / 'SUMMARY.md'}")
     sys.exit(0 if ok == len(rows) else 1)
 
 
