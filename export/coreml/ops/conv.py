@@ -9,18 +9,28 @@ from export.coreml.ops.registry import converts
 from shadowline.errors import ConversionError
 
 
-def spatial_pads(a: Attrs, n: int) -> tuple[str, list[int]]:
-    """ONNX (auto_pad, pads=[b0, b1, e0, e1]) -> MIL (pad_type, pad=[b0, e0, b1, e1])."""
+def same_pads(size: int, k: int, s: int, d: int, lower: bool) -> tuple[int, int]:
+    """ONNX SAME_UPPER/SAME_LOWER: output ceil(size/stride); the odd pixel of padding goes after (upper) or
+    before (lower)."""
+    total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+    small, big = total // 2, total - total // 2
+    return (big, small) if lower else (small, big)
+
+
+def spatial_pads(a: Attrs, n: int, in_hw=None, kernel=None, strides=None, dilations=None) -> tuple[str, list[int]]:
+    """ONNX (auto_pad, pads=[b0, b1, e0, e1]) -> MIL (pad_type, pad=[b0, e0, b1, e1]). SAME_* become explicit pads
+    (iOS15's conv has no same_lower), which needs the static input size."""
     auto = a.get("auto_pad", "NOTSET")
     pads = [int(p) for p in a.get("pads", [0] * 2 * n)]
     if auto == "NOTSET":
         return "custom", [v for i in range(n) for v in (pads[i], pads[i + n])]
     if auto == "VALID":
         return "valid", [0] * 2 * n
-    if auto == "SAME_UPPER":
-        return "same", [0] * 2 * n
-    if auto == "SAME_LOWER":
-        return "same_lower", [0] * 2 * n
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        if in_hw is None or not all(is_static(v) for v in in_hw):
+            raise a.unsupported("auto_pad", "SAME padding needs a static spatial input size")
+        return "custom", [v for i in range(n) for v in same_pads(int(in_hw[i]), int(kernel[i]), int(strides[i]),
+                                                                 int(dilations[i]), auto == "SAME_LOWER")]
     raise a.unsupported("auto_pad", "expected NOTSET, VALID, SAME_UPPER or SAME_LOWER")
 
 
@@ -43,10 +53,11 @@ def conv(g: Graph, node, a: Attrs) -> None:
     ks = a.get("kernel_shape")
     if ks is not None and list(ks) != list(w.shape[2:]):
         raise a.unsupported("kernel_shape", f"does not match the weight shape {list(w.shape[2:])}")
-    pad_type, pad = spatial_pads(a, 2)
-    kw = dict(x=x, weight=w, strides=[int(s) for s in a.get("strides", [1, 1])], pad_type=pad_type, pad=pad,
-              dilations=[int(d) for d in a.get("dilations", [1, 1])], groups=int(a.get("group", 1)),
-              name=node.output[0])
+    strides = [int(s) for s in a.get("strides", [1, 1])]
+    dilations = [int(d) for d in a.get("dilations", [1, 1])]
+    pad_type, pad = spatial_pads(a, 2, shape_of(x)[2:], w.shape[2:], strides, dilations)
+    kw = dict(x=x, weight=w, strides=strides, pad_type=pad_type, pad=pad, dilations=dilations,
+              groups=int(a.get("group", 1)), name=node.output[0])
     if b is not None:
         kw["bias"] = b
     g.set(node.output[0], mb.conv(**kw))

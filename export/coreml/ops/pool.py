@@ -27,7 +27,7 @@ def pool(g: Graph, node, a: Attrs) -> None:
         raise a.unsupported("dilations", "Core ML pooling has no dilation")
     if int(a.get("storage_order", 0)) != 0:
         raise a.unsupported("storage_order", "only row-major indices are supported")
-    pad_type, pad = spatial_pads(a, 2)
+    pad_type, pad = spatial_pads(a, 2, shape_of(x)[2:], kernel, strides, [1, 1])
     ceil_mode = bool(a.get("ceil_mode", 0)) and "ignore_ceil_mode" not in g.bugs
     common = dict(x=x, kernel_sizes=kernel, strides=strides, pad_type=pad_type, pad=pad, ceil_mode=ceil_mode,
                   name=node.output[0])

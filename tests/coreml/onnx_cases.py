@@ -1,0 +1,192 @@
+"""Small ONNX graphs for the executor self-tests (each exercises one supported op; a Flatten or Transpose feeds
+2-D ops), and the helpers to run them through ONNX Runtime and through converter + package + reference executor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edge.processing.spec import InputSpec, OutputSpec
+from export.manifest import BatchInfo, Manifest, Provenance, Thresholds
+
+I64_MAX = np.iinfo(np.int64).max
+RNG = np.random.default_rng(7)
+
+
+def manifest_for(input_name: str, shape: tuple, output: str = "y") -> Manifest:
+    """A raw-output (detector-style) manifest: the converter passes the op's output straight through."""
+    return Manifest(
+        name="optest", version="1.0", task="detect", labels=["a"],
+        input=InputSpec(name=input_name, shape=list(shape), color_order="RGB", resize="stretch"),
+        output=OutputSpec(names=[output], decoder="yolox"), batch=BatchInfo(dynamic=False), thresholds=Thresholds(),
+        files={}, provenance=Provenance(source_model="t.onnx", source_model_sha256="0" * 64, shadowline_version="0",
+                                        onnx_version="0", onnxruntime_version="0", python_version="3",
+                                        created_at="2026-01-01T00:00:00+00:00"))
+
+
+@dataclass
+class Case:
+    id: str
+    nodes: list
+    inits: dict[str, np.ndarray] = field(default_factory=dict)
+    opset: int = 13
+    hw: tuple[int, int] = (8, 8)
+
+    def model(self) -> onnx.ModelProto:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, *self.hw])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        inits = [numpy_helper.from_array(v, k) for k, v in self.inits.items()]
+        g = helper.make_graph(self.nodes, self.id, [x], [y], initializer=inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
+        m.ir_version = 7 if self.opset < 15 else 8
+        return m
+
+
+def n(op: str, inputs: list[str], outputs: list[str] | None = None, **attrs) -> onnx.NodeProto:
+    return helper.make_node(op, inputs, outputs or ["y"], name=f"{op.lower()}_under_test", **attrs)
+
+
+def w(*shape: int) -> np.ndarray:
+    return RNG.normal(0, 0.5, shape).astype(np.float32)
+
+
+def i64(*v: int) -> np.ndarray:
+    return np.asarray(v, np.int64)
+
+
+def f32(*v: float) -> np.ndarray:
+    return np.asarray(v, np.float32)
+
+
+CASES = [
+    Case("conv_pad1", [n("Conv", ["x", "w", "b"], pads=[1, 1, 1, 1])], {"w": w(4, 3, 3, 3), "b": w(4)}),
+    Case("conv_stride2_asym_pads", [n("Conv", ["x", "w"], strides=[2, 2], pads=[0, 1, 2, 0])], {"w": w(5, 3, 3, 3)},
+         hw=(9, 10)),
+    Case("conv_dilated", [n("Conv", ["x", "w"], dilations=[2, 2], pads=[2, 2, 2, 2])], {"w": w(2, 3, 3, 3)}),
+    Case("conv_depthwise", [n("Conv", ["x", "w"], group=3, pads=[1, 1, 1, 1], strides=[2, 2])], {"w": w(6, 1, 3, 3)}),
+    Case("conv_same_upper", [n("Conv", ["x", "w"], auto_pad="SAME_UPPER", strides=[2, 2])], {"w": w(2, 3, 4, 4)},
+         hw=(9, 9)),
+    Case("conv_same_lower", [n("Conv", ["x", "w"], auto_pad="SAME_LOWER", strides=[2, 2])], {"w": w(2, 3, 4, 4)},
+         hw=(9, 9)),
+    Case("conv_valid", [n("Conv", ["x", "w"], auto_pad="VALID", kernel_shape=[3, 2])], {"w": w(2, 3, 3, 2)}),
+    Case("convtranspose_stride2_pads", [n("ConvTranspose", ["x", "w", "b"], strides=[2, 2], pads=[1, 1, 1, 1])],
+         {"w": w(3, 4, 3, 3), "b": w(4)}),
+    Case("convtranspose_groups_outpad", [n("ConvTranspose", ["x", "w"], strides=[2, 2], group=3,
+                                           output_padding=[1, 1])], {"w": w(3, 2, 3, 3)}),
+    Case("relu", [n("Relu", ["x"])]),
+    Case("leakyrelu", [n("LeakyRelu", ["x"], alpha=0.2)]),
+    Case("sigmoid", [n("Sigmoid", ["x"])]),
+    Case("hardsigmoid", [n("HardSigmoid", ["x"], alpha=0.3, beta=0.4)]),
+    Case("hardswish", [n("HardSwish", ["x"])], opset=14),
+    Case("tanh", [n("Tanh", ["x"])]),
+    Case("clip_inputs", [n("Clip", ["x", "lo", "hi"])], {"lo": f32(-0.5)[0:1].reshape(()), "hi": f32(0.7).reshape(())}),
+    Case("clip_relu6", [n("Clip", ["x", "lo", "hi"])], {"lo": np.float32(0).reshape(()), "hi": np.float32(6).reshape(())}),
+    Case("clip_min_only", [n("Clip", ["x", "lo"])], {"lo": np.float32(0.1).reshape(())}),
+    Case("clip_opset7_attrs", [n("Clip", ["x"], min=-0.2, max=0.3)], opset=7),
+    Case("add_broadcast", [n("Add", ["x", "c"])], {"c": w(1, 3, 1, 1)}),
+    Case("sub_self", [n("Relu", ["x"], ["r"]), n("Sub", ["x", "r"])]),
+    Case("mul_broadcast", [n("Mul", ["x", "c"])], {"c": w(8)}),
+    Case("div_const", [n("Div", ["x", "c"])], {"c": f32(2.0, -4.0, 0.5).reshape(1, 3, 1, 1)}),
+    Case("matmul", [n("Flatten", ["x"], ["f"]), n("MatMul", ["f", "m"])], {"m": w(192, 5)}),
+    Case("gemm_transB_alpha_beta", [n("Flatten", ["x"], ["f"]), n("Gemm", ["f", "m", "c"], transB=1, alpha=0.5,
+                                                                    beta=2.0)], {"m": w(4, 192), "c": w(4)}),
+    Case("gemm_transA", [n("Flatten", ["x"], ["f"]), n("Transpose", ["f"], ["t"]), n("Gemm", ["t", "m"], transA=1)],
+         {"m": w(192, 3)}),
+    Case("batchnorm", [n("BatchNormalization", ["x", "s", "b", "m", "v"], epsilon=1e-3)],
+         {"s": w(3), "b": w(3), "m": w(3), "v": np.abs(w(3)) + 0.1}),
+    Case("maxpool_basic", [n("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2])]),
+    Case("maxpool_ceil_odd", [n("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)], hw=(10, 11)),
+    Case("maxpool_ceil_pads", [n("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                 ceil_mode=1)], hw=(10, 10)),
+    Case("maxpool_ceil_k2s3", [n("MaxPool", ["x"], kernel_shape=[2, 2], strides=[3, 3], ceil_mode=1)], hw=(10, 10)),
+    Case("maxpool_same_upper", [n("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")],
+         hw=(9, 9)),
+    Case("avgpool_same_lower", [n("AveragePool", ["x"], kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_LOWER")],
+         hw=(9, 9)),
+    Case("avgpool_exclude_pad", [n("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])]),
+    Case("avgpool_include_pad", [n("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                   count_include_pad=1)]),
+    Case("avgpool_ceil", [n("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)], hw=(10, 10)),
+    Case("avgpool_ceil_pads_include", [n("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                         ceil_mode=1, count_include_pad=1)], hw=(10, 10)),
+    Case("globalaveragepool", [n("GlobalAveragePool", ["x"])]),
+    Case("globalmaxpool", [n("GlobalMaxPool", ["x"])]),
+    Case("concat", [n("Relu", ["x"], ["r"]), n("Concat", ["x", "r"], axis=1)]),
+    Case("concat_negative_axis", [n("Sigmoid", ["x"], ["r"]), n("Concat", ["x", "r"], axis=-1)]),
+    Case("flatten_axis2", [n("Flatten", ["x"], axis=2)]),
+    Case("reshape_zero_minus1", [n("Reshape", ["x", "s"])], {"s": i64(0, 3, -1, 4)}),
+    Case("transpose", [n("Transpose", ["x"], perm=[0, 2, 3, 1])]),
+    Case("squeeze_unsqueeze_13", [n("GlobalAveragePool", ["x"], ["g"]), n("Squeeze", ["g", "a"], ["s"]),
+                                  n("Unsqueeze", ["s", "b"])], {"a": i64(2, 3), "b": i64(-1)}),
+    Case("squeeze_unsqueeze_11", [n("GlobalAveragePool", ["x"], ["g"]), n("Squeeze", ["g"], ["s"], axes=[3]),
+                                  n("Unsqueeze", ["s"], axes=[1])], opset=11),
+    Case("slice_steps", [n("Slice", ["x", "st", "en", "ax", "sp"])],
+         {"st": i64(0, 1), "en": i64(I64_MAX, I64_MAX), "ax": i64(2, 3), "sp": i64(2, 2)}),
+    Case("slice_negative", [n("Slice", ["x", "st", "en", "ax"])], {"st": i64(-5, 1), "en": i64(-1, 2), "ax": i64(3, 1)},
+         hw=(8, 9)),
+    Case("slice_reverse", [n("Slice", ["x", "st", "en", "ax", "sp"])],
+         {"st": i64(-1), "en": i64(-I64_MAX), "ax": i64(2), "sp": i64(-1)}),
+    Case("slice_hw_asymmetric", [n("Slice", ["x", "st", "en", "ax"])], {"st": i64(1, 0), "en": i64(4, 6),
+                                                                          "ax": i64(2, 3)}, hw=(7, 9)),
+    Case("slice_opset9_attrs", [n("Slice", ["x"], starts=[1], ends=[5], axes=[3])], opset=9),
+    Case("split_equal", [n("Split", ["x"], ["a", "b"], axis=2), n("Sub", ["a", "b"])]),
+    Case("split_sizes_13", [n("Split", ["x", "sz"], ["a", "b"], axis=1), n("Concat", ["b", "a"], axis=1)],
+         {"sz": i64(1, 2)}),
+    Case("resize_nearest_asym", [n("Resize", ["x", "", "sc"], mode="nearest", nearest_mode="floor",
+                                   coordinate_transformation_mode="asymmetric")], {"sc": f32(1, 1, 2, 2)}),
+    Case("resize_nearest_halfpixel", [n("Resize", ["x", "", "sc"], mode="nearest")], {"sc": f32(1, 1, 3, 2)}),
+    Case("resize_linear_halfpixel", [n("Resize", ["x", "", "sc"], mode="linear")], {"sc": f32(1, 1, 2, 2)}),
+    Case("resize_linear_align", [n("Resize", ["x", "", "", "sz"], mode="linear",
+                                   coordinate_transformation_mode="align_corners")], {"sz": i64(1, 3, 13, 5)}),
+    Case("resize_linear_asym", [n("Resize", ["x", "", "sc"], mode="linear",
+                                  coordinate_transformation_mode="asymmetric")], {"sc": f32(1, 1, 2, 3)}),
+    Case("resize_opset11_nearest", [n("Resize", ["x", "roi", "sc"], mode="nearest", nearest_mode="floor",
+                                      coordinate_transformation_mode="asymmetric")],
+         {"roi": f32(), "sc": f32(1, 1, 2, 2)}, opset=11),
+    Case("upsample_opset9", [n("Upsample", ["x", "sc"], mode="nearest")], {"sc": f32(1, 1, 2, 2)}, opset=9),
+    Case("pad_constant", [n("Pad", ["x", "p", "v"])], {"p": i64(0, 0, 1, 2, 0, 0, 3, 0), "v": f32(1.5)}, opset=13),
+    Case("pad_reflect", [n("Pad", ["x", "p"], mode="reflect")], {"p": i64(0, 0, 2, 1, 0, 0, 1, 2)}),
+    Case("pad_edge", [n("Pad", ["x", "p"], mode="edge")], {"p": i64(0, 0, 1, 0, 0, 0, 0, 3)}),
+    Case("pad_opset2_attrs", [n("Pad", ["x"], pads=[0, 0, 1, 1, 0, 0, 1, 1], value=-1.0)], opset=7),
+    Case("softmax_opset11_axis1", [n("Softmax", ["x"], axis=1)], opset=11),
+    Case("softmax_opset11_default", [n("Softmax", ["x"])], opset=11),
+    Case("softmax_opset13_axis1", [n("Softmax", ["x"], axis=1)]),
+    Case("reducemean_keepdims0", [n("ReduceMean", ["x"], axes=[2, 3], keepdims=0)]),
+    Case("reducemean_opset18", [n("ReduceMean", ["x", "ax"])], {"ax": i64(1)}, opset=18),
+    Case("constant_identity_dropout", [helper.make_node("Constant", [], ["c"], name="const",
+                                                        value=numpy_helper.from_array(w(1, 3, 1, 1))),
+                                       n("Identity", ["x"], ["i"]), n("Dropout", ["i"], ["d"]),
+                                       n("Add", ["d", "c"])]),
+]
+
+SUPPORTED = {"Conv", "ConvTranspose", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip",
+             "Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "BatchNormalization", "MaxPool", "AveragePool",
+             "GlobalAveragePool", "GlobalMaxPool", "Concat", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+             "Slice", "Split", "Resize", "Upsample", "Pad", "Softmax", "ReduceMean", "Constant", "Identity", "Dropout"}
+
+
+def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(["y"], {"x": x})[0]
+
+
+def run_coreml(model: onnx.ModelProto, x: np.ndarray, workdir: Path, precision: str = "fp32",
+               bugs: frozenset[str] = frozenset()) -> np.ndarray:
+    """Convert, save the package, load it back and evaluate it with the reference executor."""
+    from export.coreml.converter import convert
+    from export.coreml.executor import Executor, load_program
+    from export.coreml.package import save_package
+
+    path = workdir / "model.onnx"
+    onnx.save(model, str(path))
+    converted = convert(path, manifest_for("x", x.shape), precision, bugs=bugs)
+    package = workdir / "op.mlpackage"
+    save_package(converted.model, package)
+    _, prog = load_program(package)
+    return np.asarray(Executor(prog).run({"image": x})[converted.compared_var], np.float32)
