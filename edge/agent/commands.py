@@ -35,6 +35,14 @@ def rollback(agent: Agent, cmd: Command) -> None:
     m = agent.machine
     current = release_key(m.record.committed) if m.record.committed else None
     wanted = cmd.args.get("release")
+    if "to" in cmd.args and cmd.args["to"] is None:
+        # the fleet cleared our desired state: it has no earlier release for us; keep running what we run
+        rev = cmd.args.get("revision")
+        if isinstance(rev, int):
+            m.mark_handled(rev)
+        agent._event("command.rejected", {"id": cmd.id, "reason": "the fleet has no earlier release for this "
+                                          f"device; staying on {current}"})
+        return
     entries = [e for e in m.cache.index().releases if e.ready and e.key != current]
     if wanted:
         entries = [e for e in entries if e.key == wanted]

@@ -19,7 +19,7 @@ from edge.agent.cache import release_key
 from edge.agent.commands import run_command
 from edge.agent.config import AgentConfig
 from edge.agent.host import AgentHost
-from edge.agent.statemachine import ActivationRecord, Machine
+from edge.agent.statemachine import ActivationRecord, Machine, State
 from export.signing import TrustStore
 from fleet.protocol import Command, Desired, EventRecord, ProtocolError, Reported, Topics, decode, encode
 from shadowline.errors import ConfigError
@@ -117,8 +117,11 @@ class Agent:
             self._worker.join(timeout)
         self.publisher.stop()
         if self.client.is_connected():
-            self.client.publish(self.topics.device(self.device_id, "status"), "offline", qos=1,
-                                retain=True).wait_for_publish(2)
+            try:
+                self.client.publish(self.topics.device(self.device_id, "status"), "offline", qos=1,
+                                    retain=True).wait_for_publish(2)
+            except (RuntimeError, ValueError):
+                pass  # the connection went away meanwhile: the broker publishes our last will instead
         self.client.disconnect()
         self.client.loop_stop()
         if self._db is not None:
@@ -220,7 +223,10 @@ class Agent:
         r: ActivationRecord = self.machine.record
         active, candidate = self.host.current()
         status = self.host.status()
-        activation = {"state": r.state.value, "source": r.source, "chain": r.chain, "steps": r.steps,
+        # between activations the fleet reads the outcome of the last one (fleet.protocol.ACTIVATION_STATES)
+        state = r.state.value if r.state != State.IDLE else \
+            ("idle" if not r.chain else "committed" if r.error is None else "failed")
+        activation = {"state": state, "source": r.source, "chain": r.chain, "steps": r.steps,
                       "times": r.times, "skipped": r.skipped,
                       "target": release_key(r.target) if r.target else None,
                       "previous": release_key(r.previous) if r.previous else None,

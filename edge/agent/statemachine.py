@@ -132,6 +132,11 @@ class Machine:
         r.steps, r.chain, r.error, r.times, r.skipped = 0, [], None, {}, []
         return self._run(S.DOWNLOAD)
 
+    def mark_handled(self, revision: int) -> None:
+        """A desired revision answered without an activation (e.g. the fleet cleared our desired state)."""
+        self.record.handled_revision = max(self.record.handled_revision, revision)
+        self._save()
+
     def resume(self) -> ActivationRecord:
         """After a restart: continue an interrupted activation, or put the host back on the committed release."""
         if not self.busy:

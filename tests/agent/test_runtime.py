@@ -1,0 +1,125 @@
+"""The agent over MQTT against a real Mosquitto, with a plain paho client standing in for the fleet: it follows
+retained desired states, reports every step, obeys commands, survives malformed messages and broker restarts."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from edge.agent.config import AgentConfig
+from edge.agent.headless import HeadlessHost
+from edge.agent.runtime import Agent
+from fleet.protocol import Command, Topics, encode
+from tests.agent.conftest import PCB_IMAGES, desired_for
+from tests.agent.mqtt_helpers import Collector, connect
+
+
+@pytest.fixture
+def rig(tmp_path, mosquitto, keys):
+    col = Collector(mosquitto.port)
+    fleet = connect(mosquitto.port, "fleet-standin")
+    agents: list[Agent] = []
+
+    def start(device: str = "dev-1", **kw) -> Agent:
+        config = AgentConfig(broker_url=mosquitto.url, releases_dir=tmp_path / device / "releases",
+                             trust_store=keys["trust"], smoke_images=2, reconnect_min_s=0.1, reconnect_max_s=0.5,
+                             publish_interval_s=0.05, **kw)
+        agent = Agent(config, HeadlessHost(device, tmp_path / device, PCB_IMAGES)).start()
+        agents.append(agent)
+        return agent
+
+    yield start, col, fleet
+    for a in agents:
+        a.stop()
+    fleet.loop_stop()
+    col.close()
+
+
+def send(fleet, device: str, kind: str, payload: bytes, retain: bool = False) -> None:
+    fleet.publish(Topics().device(device, kind), payload, qos=1, retain=retain).wait_for_publish(5)
+
+
+def active(col: Collector, device: str) -> str | None:
+    with col.lock:
+        rep = col.reported.get(device) or {}
+    return rep.get("active") if rep.get("activation", {}).get("state") in ("committed", "failed") else None
+
+
+def test_follows_desired_reports_and_rolls_back_by_command(rig, tars, artifact_server):
+    start, col, fleet = rig
+    agent = start()
+    assert col.wait(lambda: col.status.get("dev-1") == "online", 5)
+    send(fleet, "dev-1", "desired", encode(desired_for(artifact_server, tars["v1.0"], "dev-1", 1)), retain=True)
+    assert col.wait(lambda: active(col, "dev-1") == "pcb-screen@1", 20)
+    send(fleet, "dev-1", "desired", encode(desired_for(artifact_server, tars["v1.1"], "dev-1", 2)), retain=True)
+    assert col.wait(lambda: active(col, "dev-1") == "pcb-screen@2", 20)
+    rep = col.reported["dev-1"]
+    assert rep["cached"] == ["pcb-screen@2", "pcb-screen@1"] and rep["desired_revision"] == 2
+    assert rep["activation"]["chain"] == ["download", "verify", "prepare", "check", "activate", "commit", "idle"]
+    # every step also travels as an event record through the outbox
+    assert col.wait(lambda: len(col.events("dev-1", "activation.step")) == 12, 10)
+
+    requests = len(artifact_server.requests)
+    send(fleet, "dev-1", "cmd", encode(Command(command="rollback")))
+    assert col.wait(lambda: active(col, "dev-1") == "pcb-screen@1", 10)
+    assert len(artifact_server.requests) == requests, "rollback needed no download"
+    assert agent.host.current()[0].ref == "pcb-screen@1"
+    assert col.reported["dev-1"]["activation"]["source"] == "cmd:rollback"
+
+
+def test_malformed_messages_are_counted_and_ignored(rig, tars, artifact_server):
+    start, col, fleet = rig
+    agent = start()
+    assert col.wait(lambda: col.status.get("dev-1") == "online", 5)
+    send(fleet, "dev-1", "desired", b"{not json")
+    send(fleet, "dev-1", "cmd", json.dumps({"schema": "shadowline.cmd", "command": "format-disk"}).encode())
+    other = desired_for(artifact_server, tars["v1.0"], "dev-2", 1)
+    send(fleet, "dev-1", "desired", encode(other))
+    assert col.wait(lambda: agent.bad_messages == 3, 5)
+    assert col.wait(lambda: len(col.events("dev-1", "bad_message")) == 3, 5)
+    assert any("dev-1/desired" in e["detail"]["error"] for e in col.events("dev-1", "bad_message"))
+    # still alive and following
+    send(fleet, "dev-1", "desired", encode(desired_for(artifact_server, tars["v1.0"], "dev-1", 1)), retain=True)
+    assert col.wait(lambda: active(col, "dev-1") == "pcb-screen@1", 20)
+
+
+def test_failed_check_reported_with_reason(rig, tars, artifact_server):
+    start, col, fleet = rig
+    agent = start()
+    send(fleet, "dev-1", "desired", encode(desired_for(artifact_server, tars["v1.0"], "dev-1", 1)), retain=True)
+    assert col.wait(lambda: active(col, "dev-1") == "pcb-screen@1", 20)
+    send(fleet, "dev-1", "desired", encode(desired_for(artifact_server, tars["bad"], "dev-1", 2)), retain=True)
+    assert col.wait(lambda: col.reported["dev-1"]["desired_revision"] == 2
+                    and col.reported["dev-1"]["activation"]["state"] == "failed", 20)
+    rep = col.reported["dev-1"]
+    assert rep["active"] == "pcb-screen@1" and "disagree with reference.npz" in rep["last_error"]
+    assert agent.host.current()[0].ref == "pcb-screen@1"
+
+
+def test_restart_resumes_and_last_will(tmp_path, rig, tars, artifact_server, mosquitto):
+    start, col, fleet = rig
+    agent = start()
+    send(fleet, "dev-1", "desired", encode(desired_for(artifact_server, tars["v1.0"], "dev-1", 1)), retain=True)
+    assert col.wait(lambda: active(col, "dev-1") == "pcb-screen@1", 20)
+    # the device dies without saying goodbye: the broker publishes its last will
+    agent.client._sock_close()
+    agent.client.loop_stop()
+    agent.publisher.stop()
+    assert col.wait(lambda: col.status.get("dev-1") == "offline", 10)
+    # a new process on the same disk: comes back online on the committed release without downloading
+    requests = len(artifact_server.requests)
+    again = start()
+    assert col.wait(lambda: col.status.get("dev-1") == "online", 10)
+    assert col.wait(lambda: again.host.current()[0] is not None, 10)
+    assert again.host.current()[0].ref == "pcb-screen@1" and len(artifact_server.requests) == requests
+    # broker restart: the agent reconnects by itself and keeps following
+    mosquitto.stop()
+    mosquitto.start()
+    send_after = connect(mosquitto.port, "fleet-standin-2")
+    assert col.wait(lambda: again.connected.is_set(), 10)
+    send(send_after, "dev-1", "desired", encode(desired_for(artifact_server, tars["v1.1"], "dev-1", 2)), retain=True)
+    assert col.wait(lambda: again.host.current()[0].ref == "pcb-screen@2", 20)
+    send_after.loop_stop()
+    time.sleep(0)
