@@ -56,8 +56,8 @@ class TensorRTRunner(Runner):
     def __init__(self, model_path: Path | str | None = None, *, engine_path: Path | str | None = None,
                  engine_bytes: bytes | None = None, precision: str = "auto", cache_dir: Path | str | None = None,
                  workspace_mb: int = 1024, max_batch: int | None = None, timing_cache: Path | str | None = None,
-                 device: int = 0, trust_store: Any = None, rebuild: bool = False,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 cache_max_mb: int | None = None, device: int = 0, trust_store: Any = None,
+                 rebuild: bool = False, progress: Callable[[str], None] | None = None) -> None:
         super().__init__()
         if model_path is not None and Path(model_path).suffix in ENGINE_SUFFIXES:
             engine_path, model_path = model_path, None
@@ -68,6 +68,7 @@ class TensorRTRunner(Runner):
         self._engine_bytes = engine_bytes
         self.device = device
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_max_bytes = cache_max_mb << 20 if cache_max_mb else None
         self.trust_store, self.rebuild = trust_store, rebuild
         self.progress = progress or (lambda _m: None)
         from export.tensorrt.builder import BuildSettings
@@ -97,7 +98,7 @@ class TensorRTRunner(Runner):
         from export.tensorrt.cache import EngineCache, default_cache_dir
         from export.tensorrt.prepare import prepare_engine
 
-        cache = EngineCache(self.cache_dir or default_cache_dir())
+        cache = EngineCache(self.cache_dir or default_cache_dir(), max_bytes=self.cache_max_bytes)
         with load_bundle(self._bundle_dir(), self.trust_store) as bundle:
             self.prepared = prepare_engine(bundle, cache, self.settings, self.device, self.progress,
                                            rebuild=self.rebuild, trt=self._trt)

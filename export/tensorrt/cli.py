@@ -19,14 +19,16 @@ import click
 @click.option("--max-batch", type=click.IntRange(min=1), help="largest batch of the profile (default: manifest's)")
 @click.option("--timing-cache", type=click.Path(path_type=Path),
               help="timing cache file, reused and updated (default: one per GPU inside the cache dir)")
+@click.option("--cache-max-mb", type=click.IntRange(min=1),
+              help="evict least recently used engines beyond this many MiB (default: no limit)")
 @click.option("--trust-store", type=click.Path(path_type=Path), help="directory of trusted *.pub keys")
 @click.option("--device", type=int, default=0, show_default=True, help="CUDA device index")
 @click.option("--rebuild", is_flag=True, help="ignore a cached engine and build again")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.option("--quiet", is_flag=True, help="no progress on stderr")
 def tensorrt_command(bundle: Path, precision: str, cache_dir: Path | None, workspace_mb: int, max_batch: int | None,
-                     timing_cache: Path | None, trust_store: Path | None, device: int, rebuild: bool, as_json: bool,
-                     quiet: bool) -> None:
+                     timing_cache: Path | None, cache_max_mb: int | None, trust_store: Path | None, device: int,
+                     rebuild: bool, as_json: bool, quiet: bool) -> None:
     """Build a TensorRT engine for BUNDLE on this device, check it against the bundle's reference.npz, and keep
     it in the engine cache (a cached engine with the same key is reused). Needs TensorRT and pycuda."""
     from export.bundle import load_bundle
@@ -37,7 +39,8 @@ def tensorrt_command(bundle: Path, precision: str, cache_dir: Path | None, works
 
     settings = BuildSettings(precision=precision, workspace_mb=workspace_mb, max_batch=max_batch,
                              timing_cache=timing_cache)
-    cache = EngineCache(cache_dir or default_cache_dir())
+    cache = EngineCache(cache_dir or default_cache_dir(),
+                        max_bytes=cache_max_mb << 20 if cache_max_mb else None)
     store = TrustStore.load(trust_store) if trust_store else None
     progress = (lambda _m: None) if (quiet or as_json) else (lambda m: click.echo(m, err=True))
     with load_bundle(bundle, store) as b:
