@@ -1,0 +1,118 @@
+"""Dashboard pages and controls over a real Fleet (SQLite store) through the ASGI app, without a browser."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fleet.api import create_app
+from fleet.config import FleetConfig
+from fleet.protocol import Reported
+from fleet.security import add_token
+from fleet.service import Fleet
+from tests.dashboard.world import populate
+
+
+@pytest.fixture
+def world(tmp_path: Path, bundles, keys) -> Iterator[tuple[Fleet, dict[str, str], list]]:
+    tokens_file = tmp_path / "tokens.json"
+    tokens = {r: add_token(tokens_file, f"{r}-user", [r]) for r in ("admin", "viewer", "inspector")}
+    published: list = []
+    fleet = Fleet(FleetConfig(data_dir=tmp_path / "fleet", trust_store=keys["trust"], tokens_file=tokens_file,
+                              public_url="http://fleet.test"), publish=lambda t, p, r: published.append((t, p, r)))
+    populate(fleet, bundles["pcb-aoi"])
+    yield fleet, tokens, published
+    fleet.close()
+
+
+def client_as(fleet: Fleet, token: str) -> TestClient:
+    c = TestClient(create_app(fleet))
+    r = c.post("/dashboard/login", data={"token": token, "next": "/dashboard/"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/dashboard/"
+    return c
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def test_login_required_and_bad_token(world):
+    fleet, tokens, _ = world
+    c = TestClient(create_app(fleet))
+    r = c.get("/dashboard/pillars", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/dashboard/login?next=/dashboard/pillars")
+    r = c.post("/dashboard/login", data={"token": "nope"}, follow_redirects=False)
+    assert "failed=1" in r.headers["location"]
+    r = c.post("/dashboard/login", data={"token": tokens["inspector"]}, follow_redirects=False)
+    assert "failed=1" in r.headers["location"]  # inspectors use the mobile API, not the dashboard
+    assert c.get("/metrics").status_code == 401
+
+
+def test_pages_show_the_store(world):
+    fleet, tokens, _ = world
+    c = client_as(fleet, tokens["viewer"])
+    devices = c.get("/dashboard/").text
+    assert "dev-a" in devices and "dev-b" in devices and "pcb-line@1" in devices
+    pillars = c.get("/dashboard/pillars", params={"window": "30d"}).text
+    n = len(list(fleet.store.predictions()))
+    assert f"<p>{n} predictions" in pillars and pillars.count("<svg") == 6
+    shadow = c.get("/dashboard/shadow", params={"release": "pcb-line@1", "group": "line-3", "days": 30}).text
+    assert 'id="verdict"' in shadow and "NO-GO" in shadow  # no sign-off yet
+    md = c.get("/dashboard/shadow/report", params={"release": "pcb-line@1", "group": "line-3", "days": 30,
+                                                   "format": "md"})
+    assert md.text.startswith("# Shadow report: pcb-line@1")
+    # a viewer sees no controls and cannot use them
+    assert 'id="promote"' not in shadow
+    r = c.post("/dashboard/shadow/promote", data={"release": "pcb-line@1", "group": "line-3",
+                                                   "csrf": csrf_of(c.get("/dashboard/alerts").text) if 'name="csrf"'
+                                                   in c.get("/dashboard/alerts").text else "x"})
+    assert r.status_code == 403
+
+
+def test_metrics_for_prometheus(world):
+    fleet, tokens, _ = world
+    c = TestClient(create_app(fleet))
+    text = c.get("/metrics", headers={"Authorization": f"Bearer {tokens['viewer']}"}).text
+    assert 'shadowline_fleet_records_total{kind="predictions"} ' + str(fleet.store.count("predictions")) in text
+    assert re.search(r'shadowline_fleet_devices\{status="online"\} 2\b', text)
+    for line in text.splitlines():
+        assert line.startswith("#") or re.match(r'^[a-z_0-9]+(\{[^}]*\})? -?[0-9.e+-]+$', line), line
+
+
+def test_rollback_is_confirmed_then_takes_effect(world):
+    fleet, tokens, published = world
+    c = client_as(fleet, tokens["admin"])
+    rid = fleet.rollouts.list()[-1]["id"]
+    page = c.get("/dashboard/rollouts").text
+    assert f'id="rollback-{rid}"' in page
+    csrf = csrf_of(page)
+    before = len(published)
+    first = c.post(f"/dashboard/rollouts/{rid}/rollback", data={"csrf": csrf})
+    assert "id=question" in first.text and fleet.rollouts.status(rid)["state"] != "rolled_back"
+    assert len(published) == before  # nothing happened before the confirmation
+    assert c.post(f"/dashboard/rollouts/{rid}/rollback", data={"csrf": "forged", "confirm": "yes"}).status_code == 403
+    done = c.post(f"/dashboard/rollouts/{rid}/rollback", data={"csrf": csrf, "confirm": "yes"})
+    assert "rolled_back" in done.text and fleet.rollouts.status(rid)["state"] == "rolled_back"
+    assert fleet.desired.current("dev-a")[0] == "pcb-line@1"
+
+
+def test_promotion_refused_then_overridden_with_audit(world):
+    fleet, tokens, _ = world
+    c = client_as(fleet, tokens["admin"])
+    rid = fleet.rollouts.list()[-1]["id"]
+    fleet.rollouts.rollback(rid)  # the group must be free for the production rollout
+    q = {"release": "pcb-line@1", "group": "line-3", "days": 30}
+    csrf = csrf_of(c.get("/dashboard/shadow", params=q).text)
+    refused = c.post("/dashboard/shadow/promote", data={**q, "csrf": csrf, "confirm": "yes"})
+    assert "promotion refused" in refused.text
+    ok = c.post("/dashboard/shadow/promote", data={**q, "csrf": csrf, "confirm": "yes",
+                                                   "reason": "weekend line idle; QA accepted the risk"})
+    assert "promoted: pcb-line@3" in ok.text and "admin override" in ok.text
+    assert fleet.releases.get("pcb-line@3").mode == "production"
+    assert [a.outcome for a in __import__("fleet.dashboard.data", fromlist=["x"]).audit_log(fleet).entries()] == [
+        "refused", "overridden"]
