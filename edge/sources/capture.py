@@ -72,13 +72,17 @@ class CaptureReader:
                 continue
             sampler = Sampler(self.cfg.sample_fps, self.cfg.every_n)
             t0 = time.monotonic()
+            # A file's clock is its frame index over its frame rate (POS_MSEC differs between OpenCV backends).
+            fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+            index = 0
             try:
                 while not self.stop.is_set():
                     ok, img = cap.read()
                     if not ok or img is None:
                         break
                     self.frames_read += 1
-                    t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0 if self.is_file else time.monotonic() - t0
+                    index += 1
+                    t = (index - 1) / fps if self.is_file and fps > 0 else time.monotonic() - t0
                     if not sampler.take(t):
                         continue
                     frame = Frame(source=f"capture:{self.name}#{self.frames_read - 1}", image=img, suffix=".jpg")

@@ -1,0 +1,119 @@
+"""The daemon in-process: the AgentHost contract (atomic activation), the capture source, HTTP backpressure."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.config import DeviceConfig
+from edge.daemon import Daemon, QueueFull
+from edge.processing.image import read_image
+from fleet.protocol import ReleaseSpec
+from shadowline.errors import BundleError
+from tests.edge.conftest import PCB, PHOTOS, pcb_release, photo_release
+
+
+def make_daemon(tmp_path: Path, keys, release: dict, **extra) -> Daemon:
+    cfg = DeviceConfig.model_validate({
+        "device_id": "dev-1", "trust_store": str(keys["trust"]), "release": release,
+        "api": {"enabled": False}, "runner": {"threads": 1}, "retention": {"sample_pct": 0.0},
+        **extra}).resolve(tmp_path)
+    return Daemon(cfg)
+
+
+def wait(cond, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.05)
+
+
+def test_activate_swaps_between_frames_and_keeps_old_on_failure(tmp_path: Path, bundles, keys) -> None:
+    inbox = tmp_path / "inbox"
+    d = make_daemon(tmp_path, keys, pcb_release(bundles),
+                    sources=[{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0}]).start()
+    try:
+        assert d.current()[0].ref == "pcb@1"
+        for f in sorted(PCB.iterdir()):
+            shutil.copy(f, inbox / f"a-{f.name}")
+        wait(lambda: d.metrics.value("frames_total") >= 4)
+        photos = ReleaseSpec.model_validate({**photo_release(bundles, revision=5), "stages": [
+            {**s, "bundle": Path(s["bundle"]).name} for s in photo_release(bundles)["stages"]]})
+        mapping = {"squeezenet-v1.0": bundles["squeezenet"], "yolox-nano-v1.0": bundles["yolox-nano"]}
+        broken = photos.model_copy(update={"revision": 6})
+        with pytest.raises(BundleError):
+            d.activate(broken, None, {})  # ids cannot be found without the mapping: nothing changes
+        assert d.current()[0].name == "pcb"
+        d.activate(photos, None, mapping)
+        assert d.current() == (photos, None)
+        for f in sorted(PHOTOS.iterdir()):
+            shutil.copy(f, inbox / f"b-{f.name}")
+        wait(lambda: d.metrics.value("frames_total") >= 4 + 9)
+        recs = d.store.predictions(limit=100)
+        by_source = {r["source"]: r for r in recs}
+        assert all(by_source[f"folder:a-{f.name}"]["release"] == "pcb" for f in PCB.iterdir())
+        assert all(by_source[f"folder:b-{f.name}"]["release"] == "photos"
+                   and by_source[f"folder:b-{f.name}"]["revision"] == 5 for f in PHOTOS.iterdir())
+        st = d.status()
+        assert st["release"] == "photos@5" and st["frames"] == 13 and st["ready"] is True
+        recent = d.recent_images(5)
+        assert len(recent) == 5 and all(p.is_file() for p in recent)
+    finally:
+        d.stop()
+
+
+def test_capture_source_samples_a_video_file(tmp_path: Path, bundles, keys) -> None:
+    video = tmp_path / "line.avi"
+    frames = [cv2.resize(read_image(f), (320, 240)) for f in sorted(PHOTOS.iterdir())]
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 240))
+    for im in frames:
+        for _ in range(5):
+            w.write(im)
+    w.release()
+    cap = cv2.VideoCapture(str(video))
+    n_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    assert n_frames == 5 * len(frames)
+    # 10 fps sampled at 2 fps: frames 0, 5, 10, ... (t = 0, 0.5, 1.0 s ...)
+    want = [f"capture:line#{i}" for i in range(0, n_frames, 5)]
+    d = make_daemon(tmp_path, keys, pcb_release(bundles),
+                    sources=[{"type": "capture", "url": str(video), "sample_fps": 2.0, "name": "line"}]).start()
+    try:
+        wait(lambda: d.metrics.value("frames_total") >= len(want) and d.queue.depth == 0)
+        time.sleep(0.3)
+        got = sorted((r["source"] for r in d.store.predictions(limit=200)), key=lambda s: int(s.split("#")[1]))
+        assert got == want
+        assert d.captures[0].frames_read == n_frames
+    finally:
+        d.stop()
+
+
+def test_http_backpressure_answers_queue_full(tmp_path: Path, bundles, keys) -> None:
+    d = make_daemon(tmp_path, keys, pcb_release(bundles), queue={"max_size": 1})
+    # not started: nothing consumes the queue, so the second upload finds it full
+    d.activate(ReleaseSpec.model_validate(pcb_release(bundles)), None, {})
+    data = (PCB / "Normal_33.png").read_bytes()
+    with pytest.raises(QueueFull, match="no decision within"):
+        d.submit(data, ".png", timeout=0.2)
+    with pytest.raises(QueueFull, match="queue full"):
+        d.submit(data, ".png", timeout=0.2)
+    assert d.queue.rejected == 1 and d.queue.depth == 1
+    d.stop()
+
+
+def test_sampler_rates() -> None:
+    from edge.sources.capture import Sampler
+
+    s = Sampler(2.0, 1)
+    taken = [i for i in range(30) if s.take(i / 10)]
+    assert taken == [0, 5, 10, 15, 20, 25]
+    s = Sampler(None, 3)
+    assert [i for i in range(10) if s.take(i)] == [0, 3, 6, 9]
+    s = Sampler(1.0, 1)  # after a 10 s gap it does not burst to catch up
+    assert [t for t in (0, 0.5, 1.0, 11.0, 11.2, 11.9, 12.0) if s.take(t)] == [0, 1.0, 11.0, 12.0]

@@ -1,0 +1,135 @@
+"""Store, retention, queue, actions and review rules on a real SQLite file (no models needed)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge.actions import ActionDispatcher
+from edge.api import is_override
+from edge.config import ActionsConfig, RetentionConfig
+from edge.retention import Retention
+from edge.sources import Frame
+from edge.sources.queue import FrameQueue
+from edge.store import Store
+from fleet.protocol import PredictionRecord, ReviewRecord
+from shadowline.errors import Conflict, NotFound
+from tests.conftest import free_port
+
+
+def rec(decision: str = "flag", **kw) -> PredictionRecord:
+    return PredictionRecord(device="d", source="folder:x.png", release="r", revision=1, mode="production",
+                            decision=decision, flagged=[("cat", 0.9)] if decision == "flag" else [], **kw)
+
+
+def test_commit_is_atomic_and_idempotent_by_frame_key(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db.sqlite")
+    a, c = rec(), rec("pass", role="candidate")
+    assert s.commit_frame([a, c], "folder:x.png:1:2", deliveries=[(a.id, "webhook", {"id": a.id})])
+    assert not s.commit_frame([rec()], "folder:x.png:1:2")  # the same frame again: nothing written
+    assert s.count() == 2
+    assert [r[0] for r in s.query("SELECT kind FROM outbox")] == ["predictions", "predictions"]
+    assert s.query("SELECT state FROM deliveries")[0][0] == "pending"
+    # a failing insert rolls back the records with their outbox rows
+    with pytest.raises(sqlite3.IntegrityError):
+        s.commit_frame([rec(), a], "folder:y.png:1:2")
+    assert s.count() == 2 and s.query("SELECT COUNT(*) FROM outbox")[0][0] == 2
+    assert s.query("PRAGMA journal_mode")[0][0] == "wal"
+    s.close()
+
+
+def test_reviews_and_overrides(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db.sqlite")
+    a = rec()
+    s.commit_frame([a], None)
+    r = ReviewRecord(prediction_id=a.id, device="d", inspector="i", verdict="false_positive", override=True,
+                     model_decision="flag", release="r", revision=1)
+    s.add_review(r)
+    with pytest.raises(Conflict):
+        s.add_review(r)
+    with pytest.raises(NotFound):
+        s.add_review(r.model_copy(update={"id": "x", "prediction_id": "nope"}))
+    assert s.reviews(prediction_id=a.id)[0]["override"] is True
+    assert s.query("SELECT COUNT(*) FROM outbox WHERE kind='reviews'")[0][0] == 1
+    assert is_override("confirm", "flag", ["cat"], None) is False
+    assert is_override("false_positive", "flag", ["cat"], None) is True
+    assert is_override("missed_defect", "pass", [], "dog") is True
+    assert is_override("missed_defect", "flag", ["cat"], "cat") is False
+    assert is_override("bad_image", "pass", [], None) is True
+    with pytest.raises(Conflict):
+        is_override("false_positive", "pass", [], None)
+    with pytest.raises(Conflict):
+        is_override("missed_defect", "pass", [], None)
+
+
+def test_retention_budget_evicts_oldest_unpinned_and_counts(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db.sqlite")
+    r = Retention(RetentionConfig(dir=tmp_path / "img", budget_mb=2.5 / 1024), s)  # 2.5 KiB
+    ids = []
+    for i in range(4):
+        p = rec()
+        path, size = r.save(p.id, bytes(1024), ".png")
+        s.commit_frame([p], None, kept={p.id: (path, size, ["flagged"])})
+        ids.append(p.id)
+    s.add_review(ReviewRecord(prediction_id=ids[0], device="d", inspector="i", verdict="confirm", override=False,
+                              model_decision="flag", release="r", revision=1))
+    assert r.enforce() == 2
+    left = {row[0] for row in s.query("SELECT prediction_id FROM kept_images")}
+    assert left == {ids[0], ids[3]}  # the reviewed (pinned) one survives the older-first rule
+    assert r.stats()["evicted"] == 2 and r.stats()["evicted_bytes"] == 2048
+    assert s.prediction(ids[1])["image_path"] is None
+    assert len(list((tmp_path / "img").rglob("*.png"))) == 2
+    orphan = tmp_path / "img" / "orphan.png"
+    orphan.write_bytes(b"x")
+    assert r.sweep_orphans() == 1 and not orphan.exists()
+
+
+def test_retention_reasons_sampling(tmp_path: Path) -> None:
+    import random
+
+    s = Store(tmp_path / "db.sqlite")
+    r = Retention(RetentionConfig(dir=tmp_path / "img", sample_pct=25.0), s, rng=random.Random(7))
+    assert r.reasons(None, error=True) == []
+    from edge.pipeline import Decision, FrameResult
+
+    quiet = FrameResult(Decision("r", 1, "shadow", "pass", [], [], {}, {}, False))
+    picks = sum(r.reasons(quiet) == ["sampled"] for _ in range(4000))
+    assert 800 < picks < 1200
+    loud = FrameResult(Decision("r", 1, "shadow", "flag", [("cat", 0.9)], [], {}, {}, True),
+                       Decision("r", 2, "shadow", "pass", [], [], {}, {}, False))
+    assert r.reasons(loud) == ["flagged", "near_threshold", "disagreement"]
+
+
+def test_queue_backpressure_modes() -> None:
+    q = FrameQueue(2)
+    stop = threading.Event()
+    assert q.put(Frame("a"), stop) and q.put_nowait(Frame("b"))
+    assert not q.put_nowait(Frame("c")) and q.rejected == 1
+    dropped = q.put_drop_oldest(Frame("d"))
+    assert dropped is not None and dropped.source == "a" and q.dropped == 1
+    stop.set()
+    assert q.put(Frame("e"), stop) is False  # a blocked folder put gives up on shutdown
+    assert [q.get(0.01).source, q.get(0.01).source] == ["b", "d"] and q.get(0.01) is None
+    assert q.high_water == 2
+
+
+def test_failed_deliveries_are_retried_then_marked_failed(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db.sqlite")
+    cfg = ActionsConfig.model_validate({"webhook": {"url": f"http://127.0.0.1:{free_port()}/hook", "timeout_s": 1},
+                                        "retry": {"max_attempts": 3, "backoff_s": 0.05, "max_backoff_s": 0.1}})
+    a = rec()
+    s.commit_frame([a], None, deliveries=[(a.id, "webhook", {"id": a.id})])
+    disp = ActionDispatcher(cfg, s, "d", threading.Event())
+    assert disp.channels([]) == ["webhook"] and disp.channels(["work_order_mqtt"]) == []
+    import time
+
+    deadline = time.monotonic() + 10
+    while disp.pending() and time.monotonic() < deadline:
+        disp.run_due()
+        time.sleep(0.02)
+    row = s.query("SELECT state, attempts, last_error FROM deliveries")[0]
+    assert row["state"] == "failed" and row["attempts"] == 3 and "ConnectError" in row["last_error"]
+    assert s.query("SELECT COUNT(*) FROM delivery_attempts WHERE ok = 0")[0][0] == 3
