@@ -146,3 +146,24 @@ def test_cli_without_tensorrt(monkeypatch: pytest.MonkeyPatch, bundles: dict[str
 
     assert main(["export", "tensorrt", str(bundles["pcb-aoi"]), "--cache-dir", str(tmp_path)]) == 8
     assert "python3-libnvinfer" in capsys.readouterr().err
+
+
+def test_cli_text_and_cache_budget(monkeypatch: pytest.MonkeyPatch, bundles: dict[str, Path], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("export.tensorrt.prepare.detect", lambda device=0: ORIN)
+    fake_trt.install(monkeypatch, "10.3.0.26")
+    from shadowline.cli import main
+
+    base = ["export", "tensorrt", "--cache-dir", str(tmp_path), "--cache-max-mb", "1"]
+    assert main(base + [str(bundles["pcb-aoi"])]) == 0
+    captured = capsys.readouterr()
+    assert "parity passed" in captured.out and "l4t-36.4.0" in captured.out and "sm 8.7" in captured.out
+    assert "[tensorrt] building fp16 engine" in captured.err  # progress on stderr
+    assert main(base + ["--quiet", str(bundles["pcb-aoi"])]) == 0
+    captured = capsys.readouterr()
+    assert "from cache" in captured.out and captured.err == ""
+    # The SqueezeNet engine (its ONNX alone is ~5 MB) exceeds the 1 MiB budget with the PCB engine: the least
+    # recently used one (PCB) is evicted, the new one kept.
+    assert main(base + ["--quiet", str(bundles["squeezenet"])]) == 0
+    (entry,) = EngineCache(tmp_path).entries()
+    assert entry.meta["bundle"].startswith("squeezenet")
