@@ -60,7 +60,7 @@ def feature_meta(feature: Any) -> TensorMeta:
         img = feature.type.imageType
         space = _COLOR_SPACES.get(img.colorSpace, str(img.colorSpace))
         channels = 1 if space.startswith("GRAYSCALE") else 3
-        return TensorMeta(feature.name, (1, channels, int(img.height), int(img.width)), f"image/{space}")
+        return TensorMeta(feature.name, ("N", channels, int(img.height), int(img.width)), f"image/{space}")
     if kind == "dictionaryType":
         return TensorMeta(feature.name, ("classes",), "dict")
     return TensorMeta(feature.name, (), kind or "unknown")
