@@ -1,0 +1,113 @@
+"""Two-stage cascade throughput with 5% of frames going to stage 2, against the theoretical 1 / (t1 + 0.05 t2)
+from the stage times measured in the same run. Goal: measured >= 0.9x theoretical.
+
+Screen: SqueezeNet with candidate class "golden retriever" at 0.5 (only the real dog photo passes it); verify:
+YOLOX-Nano. A round is 100 decoded frames: 5 copies of the dog photo and 95 frames of the other real images
+(which the screen passes), shuffled with a fixed seed. t1 is the screen stage alone per frame over all 100 frames;
+t2 is the verify stage alone per frame on the dog photo. Rounds alternate; medians reported. Prints the ratio last;
+writes benchmarks/results/two_stage.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+REALDATA = ROOT.parent / "shared" / "realdata"
+IMAGES = REALDATA / "images"
+
+
+def export(preset: str, model: str, out: Path) -> Path:
+    from export.exporter import export_model
+    from export.options import build_options, load_preset
+
+    path = REALDATA / "models" / model
+    bundle, _, _ = export_model(path, build_options(load_preset(preset, path), {}), out, None)
+    return bundle
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads per model")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="short run (CI)")
+    args = ap.parse_args()
+    if args.quick or os.environ.get("SHADOWLINE_BENCH_QUICK"):
+        args.rounds = 2
+
+    from edge.pipeline import build_pipeline, resolver_for
+    from edge.processing.image import read_image
+    from fleet.protocol import ReleaseSpec
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-two-stage-"))
+    try:
+        screen_b = export("squeezenet", "squeezenet1.0_fp32.onnx", tmp)
+        verify_b = export("yolox-nano", "yolox_nano.onnx", tmp)
+        stages = [{"role": "screen", "bundle": str(screen_b), "candidate_classes": ["golden retriever"],
+                   "threshold": 0.5},
+                  {"role": "verify", "bundle": str(verify_b), "thresholds": {"default": 0.5}}]
+        opts = {"threads": args.threads}
+        two = build_pipeline(ReleaseSpec(name="two", stages=stages), None, resolver_for(None), None,
+                             runner_options=opts)
+        screen_model = two.active.stages[0][1]
+        verify_model = two.active.stages[1][1]
+        dog = read_image(IMAGES / "photos" / "winml_dog.jpg")
+        others = [read_image(p) for d in ("pcb_winml", "photos") for p in sorted((IMAGES / d).iterdir())
+                  if p.name != "winml_dog.jpg"]
+        frames = [dog] * 5 + [others[i % len(others)] for i in range(95)]
+        random.Random(0).shuffle(frames)
+        for im in frames[:5] + [dog]:
+            two.run(im)  # warm-up
+        assert sum(len(two.run(im).active.stages) == 2 for im in frames) == 5, "exactly 5% must reach stage 2"
+
+        t1s, t2s, measured, theory = [], [], [], []
+        for r in range(args.rounds):
+            t0 = time.perf_counter()
+            for im in frames:
+                screen_model.predict([im])
+            t1 = (time.perf_counter() - t0) / len(frames)
+            t0 = time.perf_counter()
+            for _ in range(10):
+                verify_model.predict([dog])
+            t2 = (time.perf_counter() - t0) / 10
+            t0 = time.perf_counter()
+            for im in frames:
+                two.run(im)
+            fps = len(frames) / (time.perf_counter() - t0)
+            t1s.append(t1)
+            t2s.append(t2)
+            measured.append(fps)
+            theory.append(1.0 / (t1 + 0.05 * t2))
+            print(f"round {r + 1}: t1 {t1 * 1000:.1f} ms, t2 {t2 * 1000:.1f} ms, cascade {fps:.1f} fps, "
+                  f"theory {theory[-1]:.1f} fps")
+        two.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    t1, t2 = statistics.median(t1s), statistics.median(t2s)
+    m = statistics.median(measured)
+    th = 1.0 / (t1 + 0.05 * t2)
+    ratios = [a / b for a, b in zip(measured, theory)]
+    result = {"threads": args.threads, "frames_per_round": 100, "stage2_fraction": 0.05, "rounds": args.rounds,
+              "t1_ms": [round(x * 1000, 3) for x in t1s], "t2_ms": [round(x * 1000, 3) for x in t2s],
+              "measured_fps": measured, "theory_fps": theory, "t1_ms_median": round(t1 * 1000, 3),
+              "t2_ms_median": round(t2 * 1000, 3), "measured_fps_median": round(m, 2), "theory_fps_median": round(th, 2),
+              "ratio": round(statistics.median(ratios), 3), "goal": 0.9, "cpu_count": os.cpu_count()}
+    out = ROOT / "benchmarks" / "results" / "two_stage.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"two-stage throughput {m:.1f} fps vs theoretical 1/(t1+0.05 t2) = {th:.1f} fps "
+          f"(t1 {t1 * 1000:.1f} ms, t2 {t2 * 1000:.1f} ms): {statistics.median(ratios):.2f}x (goal >= 0.9x)")
+
+
+if __name__ == "__main__":
+    main()
