@@ -116,3 +116,18 @@ def test_promotion_refused_then_overridden_with_audit(world):
     assert fleet.releases.get("pcb-line@3").mode == "production"
     assert [a.outcome for a in __import__("fleet.dashboard.data", fromlist=["x"]).audit_log(fleet).entries()] == [
         "refused", "overridden"]
+
+
+def test_grafana_dashboard_queries_metrics_the_service_exports(world):
+    import json as _json
+
+    from tests.conftest import ROOT
+    fleet, tokens, _ = world
+    text = TestClient(create_app(fleet)).get("/metrics", headers={"Authorization": f"Bearer {tokens['viewer']}"}).text
+    exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    dash = _json.loads((ROOT / "deploy" / "grafana" / "shadowline-fleet.json").read_text())
+    used = {m for p in dash["panels"] for t in p.get("targets", [])
+            for m in re.findall(r"shadowline_fleet_[a-z_0-9]+", t["expr"])}
+    assert used and used <= exported, used - exported
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
