@@ -86,6 +86,7 @@ class SimFleet:
         self.candidate: dict[str, str | None] = {d: None for d in devices}
         self.desired_seen: dict[str, int] = {}
         self.commands: list[tuple[str, dict]] = []
+        self.errors: list[str] = []
         self.queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self.worker = threading.Thread(target=self._work, daemon=True)
         self.worker.start()
@@ -107,28 +108,33 @@ class SimFleet:
 
     def _work(self) -> None:
         while (item := self.queue.get()) is not None:
-            topic, payload = item
-            device, kind = self.topics.parse(topic)
-            if kind == "cmd":
-                self.commands.append((device, json.loads(payload)))
-                continue
-            if not payload:
-                self.active[device], self.candidate[device] = None, None
-                self.report(device)
-                continue
-            d = decode(topic, payload, Desired)
-            assert isinstance(d, Desired)
-            if d.revision <= self.desired_seen.get(device, 0):
-                continue
-            self.desired_seen[device] = d.revision
-            bundles = {s.bundle for s in d.release.stages} | {s.bundle for s in (d.candidate.stages if d.candidate else [])}
-            if bundles & self.bad_bundles:
-                self.report(device, state="failed", error=f"check failed for {sorted(bundles & self.bad_bundles)}")
-                continue
-            self.active[device] = d.release.ref
-            self.candidate[device] = d.candidate.ref if d.candidate else None
-            self.report(device, state="committed")
-            self.stream(device)
+            try:
+                self._handle(*item)
+            except Exception as err:  # kept for the test to assert on; a silent dead worker would look like a hang
+                self.errors.append(f"{item[0]}: {type(err).__name__}: {err}")
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        device, kind = self.topics.parse(topic)
+        if kind == "cmd":
+            self.commands.append((device, json.loads(payload)))
+            return
+        if not payload:
+            self.active[device], self.candidate[device] = None, None
+            self.report(device)
+            return
+        d = decode(topic, payload, Desired)
+        assert isinstance(d, Desired)
+        if d.revision <= self.desired_seen.get(device, 0):
+            return
+        self.desired_seen[device] = d.revision
+        bundles = {s.bundle for s in d.release.stages} | {s.bundle for s in (d.candidate.stages if d.candidate else [])}
+        if bundles & self.bad_bundles:
+            self.report(device, state="failed", error=f"check failed for {sorted(bundles & self.bad_bundles)}")
+            return
+        self.active[device] = d.release.ref
+        self.candidate[device] = d.candidate.ref if d.candidate else None
+        self.report(device, state="committed")
+        self.stream(device)
 
     def report(self, device: str, state: str = "idle", error: str | None = None) -> None:
         rep = Reported(device=device, active=self.active[device], candidate=self.candidate[device],
