@@ -116,6 +116,14 @@ class CoreMLRunner(Runner):
         assert self.package is not None
         self._model = ct.models.MLModel(str(self.package), compute_units=getattr(ct.ComputeUnit, self.compute_units))
 
+    def _core_ml_name(self, name: str) -> str:
+        """The package's own feature name for a feed: the converter names its one image input "image" while every
+        runner is fed under the manifest's input name."""
+        names = [f.name for f in self._spec.description.input]
+        if name not in names and len(names) == 1 and self._manifest is not None and name == self._manifest.input.name:
+            return names[0]
+        return name
+
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = {a.shape[0] for a in feeds.values()}
         if len(n) != 1:
@@ -123,7 +131,7 @@ class CoreMLRunner(Runner):
         batch = n.pop()
         per_sample: list[dict[str, Any]] = [{} for _ in range(batch)]
         for meta in self.input_metadata():
-            arr = feeds[meta.name]
+            arr, name = feeds[meta.name], self._core_ml_name(meta.name)
             if meta.dtype.startswith("image/"):
                 if self._manifest is None:
                     raise BundleError("coreml runner: an image-input package needs its bundle manifest to map "
@@ -131,15 +139,20 @@ class CoreMLRunner(Runner):
                 from PIL import Image
 
                 for i, img in enumerate(tensor_to_images(arr, self._manifest.input)):
-                    per_sample[i][meta.name] = Image.fromarray(img, "RGB")
+                    per_sample[i][name] = Image.fromarray(img, "RGB")
             else:
                 for i in range(batch):
-                    per_sample[i][meta.name] = arr[i : i + 1]
-        outs: dict[str, list[np.ndarray]] = {}
+                    per_sample[i][name] = arr[i : i + 1]
+        tensors: dict[str, list[np.ndarray]] = {}
+        dicts: dict[str, list[np.ndarray]] = {}
         for sample in per_sample:
             for name, value in self._model.predict(sample).items():
-                outs.setdefault(name, []).append(self._as_array(value))
-        return self._rename({k: np.concatenate(v) for k, v in outs.items()})
+                if isinstance(value, dict):
+                    dicts.setdefault(name, []).append(self._as_array(value))
+                elif np.asarray(value).dtype.kind in "fiu":
+                    tensors.setdefault(name, []).append(self._as_array(value))
+        return self._rename({k: np.concatenate(v) for k, v in tensors.items()},
+                            {k: np.concatenate(v) for k, v in dicts.items()})
 
     def _as_array(self, value: Any) -> np.ndarray:
         if isinstance(value, dict):
@@ -148,24 +161,32 @@ class CoreMLRunner(Runner):
         arr = np.asarray(value)
         return arr if arr.ndim else arr.reshape(1)
 
-    def _rename(self, outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Core ML may name outputs differently (var_NNN); a single unmatched output takes the manifest's name."""
+    def _rename(self, tensors: dict[str, np.ndarray], dicts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Map Core ML outputs to the manifest's output names: exact names first; else the one tensor output (the
+        converter's raw output, possibly renamed); else the one probability dictionary (a `probabilities` decoder's
+        only score output), as an array in label order. The predicted label string is dropped."""
+        outs = {**dicts, **tensors}
         if self._manifest is None:
             return outs
         wanted = self._manifest.output.names
         if all(w in outs for w in wanted):
             return {w: outs[w] for w in wanted}
-        arrays = {k: v for k, v in outs.items() if v.dtype.kind == "f"}
-        if len(wanted) == 1 and len(arrays) == 1:
-            return {wanted[0]: next(iter(arrays.values()))}
+        if len(wanted) == 1:
+            for group in (tensors, dicts):
+                if len(group) == 1:
+                    return {wanted[0]: next(iter(group.values()))}
         return outs
 
     def _close(self) -> None:
         self._model = None
 
     def input_metadata(self) -> list[TensorMeta]:
+        """The package's inputs; a single input is listed under the manifest's input name (what callers feed)."""
         spec = self._spec if self._spec is not None else self.read_spec()
-        return [feature_meta(f) for f in spec.description.input]
+        metas = [feature_meta(f) for f in spec.description.input]
+        if len(metas) == 1 and self._manifest is not None:
+            metas = [TensorMeta(self._manifest.input.name, metas[0].shape, metas[0].dtype)]
+        return metas
 
     def output_metadata(self) -> list[TensorMeta]:
         spec = self._spec if self._spec is not None else self.read_spec()

@@ -22,11 +22,11 @@ def _image_package(path: Path) -> Path:
     from coremltools.converters.mil import Builder as mb
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 8, 8))])
-    def prog(data):  # type: ignore[no-untyped-def]
-        return mb.mul(x=mb.reduce_mean(x=data, axes=[2, 3], keep_dims=False), y=np.float32(2.0), name="var_12")
+    def prog(image):  # type: ignore[no-untyped-def]
+        return mb.mul(x=mb.reduce_mean(x=image, axes=[2, 3], keep_dims=False), y=np.float32(2.0), name="var_12")
 
     model = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
-                       inputs=[ct.ImageType(name="data", shape=(1, 3, 8, 8), color_layout=ct.colorlayout.BGR,
+                       inputs=[ct.ImageType(name="image", shape=(1, 3, 8, 8), color_layout=ct.colorlayout.BGR,
                                             scale=1 / 255.0)],
                        outputs=[ct.TensorType(name="var_12", dtype=np.float32)])
     model.save(str(path))
@@ -69,7 +69,9 @@ def test_refused_off_macos_with_a_clear_message(bundle_with_coreml: Path) -> Non
 
 def test_spec_metadata_on_any_platform(bundle_with_coreml: Path, tmp_path: Path) -> None:
     r = CoreMLRunner(bundle_with_coreml)
+    # The package calls its input "image"; callers feed the manifest's input name ("data"), so that is listed.
     assert r.input_metadata() == [TensorMeta("data", ("N", 3, 8, 8), "image/BGR")]
+    assert r._core_ml_name("data") == "image"
     assert r.output_metadata() == [TensorMeta("var_12", (1, 3), "float32")]
     assert r.package == bundle_with_coreml / "coreml" / "pcb-aoi.mlpackage"
     flexible = CoreMLRunner(_tensor_package(tmp_path / "t.mlpackage"))
@@ -93,8 +95,13 @@ def test_find_package(bundle_with_coreml: Path, bundles: dict[str, Path], tmp_pa
 def test_output_renamed_to_the_manifest_name(bundle_with_coreml: Path) -> None:
     r = CoreMLRunner(bundle_with_coreml)
     r.read_spec()
-    out = r._rename({"var_12": np.ones((1, 2), np.float32)})
+    out = r._rename({"var_12": np.ones((1, 2), np.float32)}, {})
     assert list(out) == ["loss"]  # the manifest's output name for the PCB model
+    # A classifier package: probability dictionary plus the raw tensor under a renamed feature: the tensor wins.
+    both = r._rename({"loss_1": np.full((1, 2), 3.0, np.float32)}, {"probabilities": np.ones((1, 2), np.float32)})
+    assert list(both) == ["loss"] and both["loss"][0, 0] == 3.0
+    only_probs = r._rename({}, {"probabilities": np.ones((1, 2), np.float32)})
+    assert list(only_probs) == ["loss"]
     labels = read_manifest(bundle_with_coreml).labels
     scores = {label: (i + 1) / 10 for i, label in enumerate(labels)}
     probs = r._as_array(dict(reversed(scores.items())))  # a classifier's probability dictionary, any order
@@ -135,3 +142,54 @@ def test_predict_matches_reference_on_macos(keys: dict[str, Path], tmp_path: Pat
         check = compare(b.manifest, ref, outs, artifact="coreml", kind="coreml", precision="fp32")
         assert check.passed, check.detail
         assert r.describe()["platform"] == "darwin"
+
+
+class _ExecutorModel:
+    """Stands in for macOS Core ML prediction (which cannot run here): evaluates the saved package with the Core ML
+    exporter's numpy reference executor, taking PIL images as Core ML does (RGB pixels, converted to the package's
+    colour layout) and returning one label and one probability dictionary per sample, like MLModel.predict."""
+
+    def __init__(self, package: Path) -> None:
+        from export.coreml.executor import Executor, load_program
+
+        spec, prog = load_program(package)
+        self.executor = Executor(prog)
+        self.bgr = spec.description.input[0].type.imageType.colorSpace == 30
+
+    def predict(self, sample: dict) -> dict:
+        feeds = {}
+        for name, image in sample.items():
+            px = np.asarray(image, dtype=np.float32)
+            px = px[..., ::-1] if self.bgr else px
+            feeds[name] = np.ascontiguousarray(np.transpose(px, (2, 0, 1))[None])
+        out = self.executor.outputs(self.executor.run(feeds))
+        return {k: (v[0] if isinstance(v, list) else v) for k, v in out.items()}
+
+
+# PCB only: the numpy executor takes ~40 s on YOLOX's reference images, beyond this area's time budget.
+@pytest.mark.parametrize("preset", ["pcb-aoi"])
+def test_runner_on_exported_packages_with_a_reference_executor(keys: dict[str, Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch, preset: str) -> None:
+    """The runner's own work on Linux, with packages from the real Core ML exporter: the manifest input name fed
+    to the package's "image" input, tensors turned back into pixels, outputs mapped to the manifest's names."""
+    pytest.importorskip("export.coreml.executor")
+    from export.bundle import load_bundle
+    from export.parity import Reference, compare
+    from export.reference import run_batched
+    from tests.conftest import export_preset
+
+    path = export_preset(preset, tmp_path, keys["private"], coreml=True, coreml_precision="fp32")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    real_mlmodel = ct.models.MLModel
+
+    def mlmodel(package: str, skip_model_load: bool = False, **kw: object):
+        return real_mlmodel(package, skip_model_load=True) if skip_model_load else _ExecutorModel(Path(package))
+
+    monkeypatch.setattr(ct.models, "MLModel", mlmodel)
+    with load_bundle(path) as b, CoreMLRunner(b.model_path) as r:
+        assert [m.name for m in r.input_metadata()] == [b.manifest.input.name]
+        ref = Reference.from_arrays(b.reference())
+        outs = run_batched(r, b.manifest.input.name, ref.inputs, 2)
+        assert list(outs) == b.manifest.output.names
+        check = compare(b.manifest, ref, outs, artifact="coreml", kind="coreml", precision="fp32")
+    assert check.passed, check.detail
