@@ -3,8 +3,6 @@ downloads and Prometheus /metrics."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request
@@ -15,7 +13,7 @@ from fleet.analytics.gate import AdminOverride, PromotionGate
 from fleet.analytics.shadow import SignOff
 from fleet.analytics.windows import FLEET
 from fleet.dashboard import auth, data
-from fleet.dashboard.layout import button_form, confirm_page, e, hidden, page, table
+from fleet.dashboard.layout import confirm_page, e, hidden, page
 from fleet.dashboard.metrics import render_metrics
 from fleet.dashboard.views import alerts_body, devices_body, pillars_body, rollouts_body, shadow_body
 from shadowline.errors import ShadowlineError
@@ -285,7 +283,3 @@ def _short(err: Exception) -> str:
 def _shadow_url(release: str, group: str, days: int, adjudicators: str) -> str:
     return (f"/dashboard/shadow?release={quote(release)}&group={quote(group)}&days={days}"
             f"&adjudicators={quote(adjudicators)}")
-
-
-def _json(x: Any) -> str:
-    return json.dumps(x, separators=(",", ":"))

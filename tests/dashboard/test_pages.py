@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from fleet.api import create_app
 from fleet.config import FleetConfig
-from fleet.protocol import Reported
 from fleet.security import add_token
 from fleet.service import Fleet
 from tests.dashboard.world import populate
@@ -68,10 +66,12 @@ def test_pages_show_the_store(world):
     assert md.text.startswith("# Shadow report: pcb-line@1")
     # a viewer sees no controls and cannot use them
     assert 'id="promote"' not in shadow
+    # even with its own session's valid CSRF token, a viewer's action is refused for the role
+    (viewer_session,) = c.app.state.dashboard_sessions.values()
     r = c.post("/dashboard/shadow/promote", data={"release": "pcb-line@1", "group": "line-3",
-                                                   "csrf": csrf_of(c.get("/dashboard/alerts").text) if 'name="csrf"'
-                                                   in c.get("/dashboard/alerts").text else "x"})
-    assert r.status_code == 403
+                                                   "csrf": viewer_session.csrf, "confirm": "yes"})
+    assert r.status_code == 403 and "not an admin" in r.text
+    assert len(fleet.releases.list()) == 2
 
 
 def test_metrics_for_prometheus(world):
