@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import Mosquitto
@@ -175,3 +176,41 @@ def test_bad_input_is_recorded_and_the_daemon_keeps_running(tmp_path: Path, bund
     assert d.get("/v1/predictions/" + r.json()["record"]["id"])["decision"] == "error"
     assert d.get("/readyz")["ready"] is True
     assert httpx.get(d.url + "/healthz").json() == {"ok": True}
+
+
+def test_fleet_section_starts_the_agent_which_drains_the_outbox(tmp_path: Path, bundles, keys, daemons,
+                                                               mosquitto) -> None:
+    topic = "shadowline/dev/dev-1/predictions"
+    listener = MqttListener(mosquitto.port, topic)
+    cfg = write_config(tmp_path, keys, pcb_release(bundles),
+                       fleet={"broker_url": mosquitto.url, "releases_dir": "releases"})
+    names = fill_inbox(tmp_path / "inbox", PCB)
+    d = daemons(cfg)
+    d.wait_frames(len(names))
+    ids = {r["id"] for rs in active_records(tmp_path / "shadowline.db").values() for r in rs}
+    deadline = time.monotonic() + 30
+    got: set[str] = set()
+    while time.monotonic() < deadline and got != ids:
+        got = {rec["id"] for m in listener.messages for rec in m["records"]}
+        time.sleep(0.1)
+    listener.close()
+    assert got == ids
+    assert all(m["device"] == "dev-1" and m["kind"] == "predictions" for m in listener.messages)
+
+
+def test_fleet_section_without_agent_fails_clearly(tmp_path: Path, bundles, keys, monkeypatch) -> None:
+    import sys
+
+    from edge.config import load_config
+    from edge.daemon import Daemon
+    from shadowline.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "edge.agent.runtime", None)  # as if the agent were not installed
+    cfg = write_config(tmp_path, keys, pcb_release(bundles), fleet={"broker_url": "mqtt://127.0.0.1:1"},
+                       api={"enabled": False})
+    d = Daemon(load_config(cfg))
+    try:
+        with pytest.raises(ConfigError, match=r"fleet: the device agent \(edge.agent.runtime\) is not available"):
+            d.start()
+    finally:
+        d.stop()
