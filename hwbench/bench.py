@@ -117,6 +117,7 @@ def measure(bundle: Bundle, config: Config, options: BenchOptions,
         return ConfigResult(**base, status="skipped", reason=config.skip_reason)
     scoped = reset_peak_rss()
     runner: Runner | None = None
+    sampler: TegrastatsSampler | None = None
     try:
         opts = dict(config.runner_options)
         if config.backend == "onnxruntime" and options.threads:
@@ -135,9 +136,8 @@ def measure(bundle: Bundle, config: Config, options: BenchOptions,
         feeds = make_feeds(bundle, runner, config.batch)
         for _ in range(options.warmup):
             runner.infer(feeds)
-        sampler = TegrastatsSampler() if options.power else None
-        if sampler is not None and sampler.available:
-            sampler.start()
+        if options.power and TegrastatsSampler().available:
+            sampler = TegrastatsSampler().start()
         samples: list[float] = []
         started = clock()
         while len(samples) < options.max_iterations:
@@ -146,7 +146,8 @@ def measure(bundle: Bundle, config: Config, options: BenchOptions,
             samples.append((clock() - t) * 1000)
             if len(samples) >= options.min_iterations and clock() - started >= options.min_seconds:
                 break
-        power = sampler.stop() if sampler is not None and sampler.available else None
+        power = sampler.stop() if sampler is not None else None
+        sampler = None
         described = runner.describe()
     except ShadowlineError as err:
         status = "skipped" if isinstance(err, BackendUnavailable) else "failed"
@@ -154,6 +155,8 @@ def measure(bundle: Bundle, config: Config, options: BenchOptions,
     except Exception as err:  # a backend library's own error: report it, measure the other configurations
         return ConfigResult(**base, status="failed", reason=f"{type(err).__name__}: {err}")
     finally:
+        if sampler is not None:  # a failure inside the timed loop must not leave tegrastats running
+            sampler.stop()
         if runner is not None:
             runner.close()
     per_call = stats(samples)

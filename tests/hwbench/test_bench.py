@@ -23,7 +23,7 @@ from shadowline.errors import ConfigError
 OPTIONS = BenchOptions(warmup=3, min_iterations=15, max_iterations=400, min_seconds=0.4)
 
 
-def independent_median_ms(model: Path, x: np.ndarray, runs: int = 15) -> float:
+def independent_times_ms(model: Path, x: np.ndarray, runs: int = 15) -> list[float]:
     """The same model and input, timed with nothing but onnxruntime (ORT's default threading, as hwbench's)."""
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: x}
@@ -34,33 +34,37 @@ def independent_median_ms(model: Path, x: np.ndarray, runs: int = 15) -> float:
         t = time.perf_counter()
         sess.run(None, feed)
         times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+    return times
 
 
 @pytest.fixture(scope="module")
-def measured(bundles: dict[str, Path], keys) -> dict[str, tuple[float, float]]:
-    """name -> (hwbench P50 ms, independent median ms), measured back to back per model."""
+def measured(bundles: dict[str, Path], keys) -> dict[str, tuple]:
+    """name -> (hwbench result, independent timings before it, independent timings after it). Timing on both
+    sides of the hwbench run brackets the load that other processes put on this shared machine meanwhile."""
     from export.signing import TrustStore
 
     out = {}
     for name, path in bundles.items():
         with load_bundle(path, TrustStore.load(keys["trust"])) as b:
+            x = b.reference()["input"][:1]
+            before = independent_times_ms(b.model_path, x)
             report = benchmark(b, OPTIONS, DEFAULT_TARGETS, backends=["onnxruntime"], precisions=["fp32"],
                                batches=[1])
+            after = independent_times_ms(b.model_path, x)
             (c,) = report.ok()
-            x = b.reference()["input"][:1]
-            out[name] = (c, independent_median_ms(b.model_path, x))
+            out[name] = (c, before, after)
     return out
 
 
 @pytest.mark.parametrize("name", ["pcb-aoi", "squeezenet", "yolox-nano"])
 def test_report_agrees_with_independent_timing(measured, name: str):
-    c, independent = measured[name]
+    c, before, after = measured[name]
     assert c.status == "ok" and c.runner["active_providers"] == ["CPUExecutionProvider"]
-    ratio = c.latency_ms.p50 / independent
-    # the same work on a shared 2-core machine: within 2x either way; a unit slip (s vs ms), timing the warm-up
-    # or the preprocessing, or measuring a different batch would land far outside
-    assert 0.5 < ratio < 2.0, (c.latency_ms, independent)
+    medians = (statistics.median(before), statistics.median(after))
+    # the same work: inside 2x of the independent medians taken around it, and the best calls agree too; a unit
+    # slip (s vs ms), timing the warm-up or preprocessing, or another batch size would land far outside
+    assert min(medians) / 2 < c.latency_ms.p50 < max(medians) * 2, (c.latency_ms, medians)
+    assert 0.5 < c.latency_ms.min / min(before + after) < 2.0, (c.latency_ms, min(before + after))
     s = c.latency_ms
     assert s.min <= s.p50 <= s.p95 <= s.p99 <= s.max
     assert s.min <= s.avg <= s.max
@@ -72,8 +76,9 @@ def test_report_agrees_with_independent_timing(measured, name: str):
 
 def test_models_rank_as_independent_timing_does(measured):
     """YOLOX-Nano at 416x416 costs several times SqueezeNet at 224x224: both measurements must see that ratio."""
-    report_ratio = measured["yolox-nano"][0].latency_ms.p50 / measured["squeezenet"][0].latency_ms.p50
-    independent_ratio = measured["yolox-nano"][1] / measured["squeezenet"][1]
+    report_ratio = measured["yolox-nano"][0].latency_ms.min / measured["squeezenet"][0].latency_ms.min
+    independent_ratio = min(measured["yolox-nano"][1] + measured["yolox-nano"][2]) / \
+        min(measured["squeezenet"][1] + measured["squeezenet"][2])
     assert independent_ratio > 1.5
     assert 0.4 < report_ratio / independent_ratio < 2.5, (report_ratio, independent_ratio)
 
