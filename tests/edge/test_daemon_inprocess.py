@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from edge.config import DeviceConfig
 from edge.daemon import Daemon, QueueFull
+from edge.sources import Frame
 from edge.processing.image import read_image
 from fleet.protocol import ReleaseSpec
 from shadowline.errors import BundleError
@@ -117,3 +119,45 @@ def test_sampler_rates() -> None:
     assert [i for i in range(10) if s.take(i)] == [0, 3, 6, 9]
     s = Sampler(1.0, 1)  # after a 10 s gap it does not burst to catch up
     assert [t for t in (0, 0.5, 1.0, 11.0, 11.2, 11.9, 12.0) if s.take(t)] == [0, 1.0, 11.0, 12.0]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the simulated death
+def test_watchdog_marks_stalls_and_restarts_a_dead_worker(tmp_path: Path, bundles, keys) -> None:
+    d = make_daemon(tmp_path, keys, pcb_release(bundles), watchdog={"stall_s": 0.3})
+    gate = threading.Event()
+    real_process = d.process
+
+    def slow(frame):
+        gate.wait(10)  # a frame stuck in inference
+        return real_process(frame)
+
+    d.process = slow  # type: ignore[method-assign]
+    d.start()
+    try:
+        assert d.ready
+        d.queue.put_nowait(Frame(
+            "http", data=(PCB / "Normal_33.png").read_bytes(), suffix=".png"))
+        wait(lambda: d.stalled, 10)
+        assert not d.ready and d.status()["stalled"] is True
+        gate.set()
+        wait(lambda: d.metrics.value("frames_total") == 1 and not d.stalled, 30)
+        assert d.ready
+        # a worker that dies (not an ordinary exception: those are caught per frame) is restarted
+        real_get = d.queue.get
+        calls = {"n": 0}
+
+        def dying_get(timeout):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise SystemExit("simulated worker death")
+            return real_get(timeout)
+
+        d.queue.get = dying_get  # type: ignore[method-assign]
+        wait(lambda: d.worker_restarts == 1, 10)
+        d.queue.put_nowait(Frame(
+            "http", data=(PCB / "Normal_35.png").read_bytes(), suffix=".png"))
+        wait(lambda: d.metrics.value("frames_total") == 2, 30)
+        assert d.ready
+    finally:
+        gate.set()
+        d.stop()
