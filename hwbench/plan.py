@@ -89,6 +89,9 @@ def plan(bundle: Bundle, backends: list[str] | None = None, precisions: list[str
     for p in precisions:
         if p not in PRECISIONS:
             raise ConfigError(f"precision {p!r} is not one of {', '.join(PRECISIONS)}")
+    unknown = [b for b in backends or [] if b not in BACKENDS]
+    if unknown:
+        raise ConfigError(f"unknown backend(s) {unknown}; known: {', '.join(BACKENDS)}")
     sizes = batch_sizes(bundle, batches)
     has_fp16_onnx = FP16_ONNX in bundle.manifest.files
     configs: list[Config] = []
