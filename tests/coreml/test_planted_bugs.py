@@ -18,8 +18,9 @@ pytest.importorskip("coremltools")
 BUGS = [("pcb-aoi", "ignore_ceil_mode"), ("squeezenet", "softmax_axis_opset13"), ("yolox-nano", "slice_swap_hw")]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-@pytest.mark.parametrize("preset,bug", BUGS)
+# FP32 for all three; FP16 for the bug that top-1 cannot see (the other two fail FP16 at top-1/detection level
+# the same way, and each case costs a conversion plus a check).
+@pytest.mark.parametrize("preset,bug,precision", [(p, b, "fp32") for p, b in BUGS] + [(*BUGS[0], "fp16")])
 def test_planted_bug_fails_the_check(coreml_bundles, tmp_path, preset, bug, precision):
     with load_bundle(coreml_bundles[(preset, precision)]) as b:
         shutil.copy(b.path("model.onnx"), tmp_path / "model.onnx")
