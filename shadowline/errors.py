@@ -78,3 +78,10 @@ class NotFound(ShadowlineError):
 class Conflict(ShadowlineError):
     exit_code = 11
     http_status = 409
+
+
+class BuildCancelled(ShadowlineError):
+    """An engine build was stopped (a cancel event or its time limit) before TensorRT finished."""
+
+    exit_code = 12
+    http_status = 409

@@ -90,4 +90,7 @@ class OnnxRuntimeRunner(Runner):
     def describe(self) -> dict:
         return {"backend": self.backend, "model": str(self.model_path),
                 "requested_providers": [p[0] if isinstance(p, tuple) else p for p in self.requested],
-                "active_providers": self.active_providers, "threads": self.threads}
+                "active_providers": self.active_providers,
+                "missing_providers": [p[0] if isinstance(p, tuple) else p for p in self.requested
+                                      if (p[0] if isinstance(p, tuple) else p) not in self.active_providers],
+                "threads": self.threads}

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from export.tensorrt.profile import Profile
 from export.tensorrt.versions import BuildPlan, network_flags
-from shadowline.errors import BackendUnavailable, ModelRejected, ShadowlineError
+from shadowline.errors import BackendUnavailable, BuildCancelled, ModelRejected, ShadowlineError
 from shadowline.fsio import atomic_write_bytes
 
 INSTALL_HINT = ("TensorRT is not installed: on a Jetson (JetPack 6) `apt install python3-libnvinfer "
@@ -26,13 +26,6 @@ INSTALL_HINT = ("TensorRT is not installed: on a Jetson (JetPack 6) `apt install
                 "NVIDIA's index (pip install tensorrt --extra-index-url https://pypi.nvidia.com)")
 
 Progress = Callable[[str], None]
-
-
-class BuildCancelled(ShadowlineError):
-    """The build was stopped (a cancel event or its time limit) before TensorRT finished."""
-
-    exit_code = 12
-    http_status = 409
 
 
 class BuildSettings(BaseModel):
