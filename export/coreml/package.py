@@ -30,6 +30,30 @@ def _quiet(_: str) -> None:
     return None
 
 
+def version_problem(coremltools_version: str, numpy_version: str) -> str | None:
+    """Why this coremltools/numpy pair cannot convert, or None. coremltools 9.0 fails some conversions under
+    numpy 2.4 ("only 0-dimensional arrays can be converted to Python scalars")."""
+    major = lambda v: tuple(int(p) for p in v.split(".")[:2] if p.isdigit())  # noqa: E731
+    if major(coremltools_version) < (8, 0):
+        return f"coremltools {coremltools_version} is too old (the converter targets 9.0)"
+    if major(coremltools_version) == (9, 0) and major(numpy_version) >= (2, 4):
+        return f"coremltools 9.0 does not work with numpy {numpy_version}; install numpy<2.4"
+    return None
+
+
+def require_coremltools() -> None:
+    from shadowline.errors import BackendUnavailable
+
+    try:
+        import coremltools
+    except ImportError as err:
+        raise BackendUnavailable("Core ML export needs coremltools: pip install 'shadowline[coreml]' "
+                                 "(coremltools 9.0 with numpy<2.4)") from err
+    problem = version_problem(coremltools.__version__, np.__version__)
+    if problem:
+        raise BackendUnavailable(f"Core ML export: {problem}")
+
+
 def reference_pixels(reference: Reference, spec: InputSpec) -> np.ndarray:
     """Invert x = (pixel*scale - mean)/std: the image the device's camera path would hand to Core ML."""
     std = np.asarray(spec.std, np.float64).reshape(1, 3, 1, 1)
@@ -92,6 +116,7 @@ def build_and_check(staging: Path, manifest: Manifest, reference: Reference, pre
     """Convert staging/model.onnx, save staging/coreml/NAME.mlpackage, read it back, check its description and
     run it with the reference executor on the reference inputs. `bugs` plants converter bugs (tests only)."""
     staging = Path(staging)
+    require_coremltools()
     start = time.perf_counter()
     converted = convert(staging / "model.onnx", manifest, precision, max_batch=manifest.batch.max, bugs=bugs)
     package = staging / "coreml" / f"{manifest.name}.mlpackage"

@@ -119,3 +119,32 @@ def test_bad_onnx_file(tmp_path: Path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelRejected):
         convert(bad, manifest_for("x", (1, 3, 8, 8)), "fp32")
+
+
+@pytest.mark.parametrize("ct_version,np_version,ok", [("9.0", "2.3.5", True), ("9.0", "2.4.0", False),
+                                                      ("9.1", "2.4.1", True), ("7.2", "1.26.4", False)])
+def test_version_guard(ct_version, np_version, ok):
+    from export.coreml.package import version_problem
+
+    problem = version_problem(ct_version, np_version)
+    assert (problem is None) == ok
+    if not ok:
+        assert ct_version in problem
+
+
+def test_missing_coremltools_says_what_to_install(monkeypatch):
+    import builtins
+
+    from export.coreml.package import require_coremltools
+    from shadowline.errors import BackendUnavailable
+
+    real_import = builtins.__import__
+
+    def no_coremltools(name, *args, **kwargs):
+        if name == "coremltools" or name.startswith("coremltools."):
+            raise ImportError("No module named 'coremltools'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_coremltools)
+    with pytest.raises(BackendUnavailable, match=r"shadowline\[coreml\]"):
+        require_coremltools()
