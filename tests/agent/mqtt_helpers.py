@@ -41,6 +41,8 @@ class Collector:
         self.wait(lambda: self.client.is_connected(), 5)
 
     def _on_connect(self, client, userdata, flags, reason, props) -> None:
+        if flags.session_present:
+            return  # the broker kept our subscriptions and queue; re-subscribing is not needed
         client.subscribe([(self.topics.all_devices(k), 1) for k in
                           ("predictions", "reviews", "metrics", "alerts", "events", "reported", "status")])
 
