@@ -121,14 +121,16 @@ def squeeze(g: Graph, node, a: Attrs) -> None:
 @converts("Unsqueeze")
 def unsqueeze(g: Graph, node, a: Attrs) -> None:
     x = g.get(node, 0)
-    axes = _axes(g, node, a, len(shape_of(x)) + len(np.asarray(
-        g.const(node, 1, "axes") if g.opset >= 13 else a.values.get("axes", [])).reshape(-1)))
-    if axes is None:
+    raw = g.const(node, 1, "axes") if g.opset >= 13 else a.get("axes")
+    if raw is None:
         raise ConversionError(f"Unsqueeze node {node.name!r}: axes are required")
+    raw = [int(v) for v in np.asarray(raw).reshape(-1)]
+    out_rank = len(shape_of(x)) + len(raw)  # negative axes count in the output's rank
+    axes = sorted(v + out_rank if v < 0 else v for v in raw)
     if isinstance(x, np.ndarray):
         g.set(node.output[0], np.expand_dims(x, axis=tuple(axes)))
         return
-    g.set(node.output[0], _mb().expand_dims(x=x, axes=sorted(axes), name=node.output[0]))
+    g.set(node.output[0], _mb().expand_dims(x=x, axes=axes, name=node.output[0]))
 
 
 @converts("Slice")
