@@ -4,7 +4,7 @@ the same model at the same thread count, side by side in one run. Goal: daemon >
 The daemon is the real edge.daemon.Daemon with a watched folder: everything it does per frame counts (queue,
 SQLite commit with outbox row, retention, moving the file to done/). Its models are loaded before the clock starts;
 the files are renamed into the watched folder at t=0 and the clock stops when the last record is committed.
-Rounds alternate bare/daemon; medians are reported. Prints the ratio last; writes benchmarks/results/
+Rounds alternate bare/daemon; the figure is the median of the per-pair ratios. Prints the ratio last; writes benchmarks/results/
 daemon_throughput.json.
 """
 
@@ -101,8 +101,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="squeezenet", choices=sorted(MODELS))
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads for both")
-    ap.add_argument("--copies", type=int, default=8, help="copies of the 13 real images per round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--copies", type=int, default=4, help="copies of the 13 real images per round")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating bare/daemon pairs")
     ap.add_argument("--quick", action="store_true", help="short run (CI)")
     args = ap.parse_args()
     if args.quick or os.environ.get("SHADOWLINE_BENCH_QUICK"):
@@ -120,14 +120,17 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     b, d = statistics.median(bare), statistics.median(daemon)
+    # Other work on a shared machine moves both figures; the ratio within one adjacent pair is the steadier number.
+    ratio = statistics.median(x / y for x, y in zip(daemon, bare))
     result = {"model": args.model, "threads": args.threads, "frames_per_round": len(files), "rounds": args.rounds,
               "bare_fps": bare, "daemon_fps": daemon, "bare_fps_median": round(b, 2),
-              "daemon_fps_median": round(d, 2), "ratio": round(d / b, 3), "goal": 0.9, "cpu_count": os.cpu_count()}
+              "daemon_fps_median": round(d, 2), "pair_ratios": [round(x / y, 3) for x, y in zip(daemon, bare)],
+              "ratio": round(ratio, 3), "goal": 0.9, "cpu_count": os.cpu_count()}
     out = ROOT / "benchmarks" / "results" / "daemon_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"daemon throughput {d:.1f} fps vs bare loop {b:.1f} fps ({args.model}, {args.threads} threads): "
-          f"{d / b:.2f}x (goal >= 0.9x)")
+          f"{ratio:.2f}x (median of {args.rounds} side-by-side pairs; goal >= 0.9x)")
 
 
 if __name__ == "__main__":

@@ -372,6 +372,8 @@ class Daemon:
                   *(c.thread for c in self.captures)]:
             if t is not None and t.is_alive():
                 t.join(10)
+        for w in self.watchers:
+            w.close()
         self.actions.close()
         old = self.slot.swap(None)
         if old is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue as queue_mod
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pathlib import Path
 from edge.config import FolderSource
 from edge.sources import Frame, Outcome
 from edge.sources.queue import FrameQueue
-from shadowline.fsio import atomic_write_text, fsync_dir
+from shadowline.fsio import atomic_write_text
 
 log = logging.getLogger("shadowline.edge.folder")
 
@@ -39,12 +40,16 @@ class FolderWatcher:
         self._inflight: set[str] = set()
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"folder:{self.path.name}", daemon=True)
+        # Moves happen on their own thread so that the inference worker never waits on the file system.
+        self._finished: queue_mod.Queue[tuple[Path, Outcome] | None] = queue_mod.Queue()
+        self.mover = threading.Thread(target=self._move_loop, name=f"folder-mover:{self.path.name}", daemon=True)
         self.moved_done = 0
         self.moved_failed = 0
         self.recovered = 0
 
     def start(self) -> FolderWatcher:
         self.thread.start()
+        self.mover.start()
         return self
 
     def _candidates(self) -> list[Path]:
@@ -87,7 +92,7 @@ class FolderWatcher:
             with self._lock:
                 self._inflight.add(p.name)
             frame = Frame(source=f"folder:{p.name}", data=data, suffix=p.suffix, key=key,
-                          on_done=lambda out, p=p: self._finish(p, out))
+                          on_done=lambda out, p=p: self._finished.put((p, out)))
             if not self.queue.put(frame, self.stop):
                 with self._lock:
                     self._inflight.discard(p.name)
@@ -103,6 +108,21 @@ class FolderWatcher:
             with self._lock:
                 self._inflight.discard(path.name)
 
+    def _move_loop(self) -> None:
+        while True:
+            item = self._finished.get()
+            if item is None:
+                return
+            try:
+                self._finish(*item)
+            except Exception:  # the file stays; its committed key makes the next scan move it
+                log.exception("cannot move %s", item[0])
+
+    def close(self) -> None:
+        """Finish pending moves (called after the worker stopped)."""
+        self._finished.put(None)
+        self.mover.join(10)
+
     def _move(self, path: Path, decision: str, error: str | None) -> None:
         dest_dir = self.failed if decision == "error" else self.done
         dest = dest_dir / path.name
@@ -111,8 +131,9 @@ class FolderWatcher:
         try:
             if error is not None:
                 atomic_write_text(dest.with_name(dest.name + ".reason.txt"), error + "\n")
+            # No fsync: the record's commit is not fsynced either (WAL, synchronous=NORMAL). After a power loss a
+            # file that reappears in the folder is recognised by its committed key, or processed if that was lost.
             os.replace(path, dest)
-            fsync_dir(dest_dir)
         except FileNotFoundError:
             return
         if decision == "error":
