@@ -72,9 +72,8 @@ def create_app(daemon: Daemon) -> FastAPI:
     @app.get("/readyz")
     def readyz() -> JSONResponse:
         """Readiness: a release is loaded and checked, the worker runs and is not stalled."""
-        ready = daemon.ready
-        return JSONResponse({"ready": ready, "release": (daemon.current()[0] or None) and daemon.current()[0].ref},
-                            200 if ready else 503)
+        ready, active = daemon.ready, daemon.current()[0]
+        return JSONResponse({"ready": ready, "release": active.ref if active else None}, 200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
