@@ -38,20 +38,24 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str = "condition") 
 
 
 def publish_until_acked(c: mqtt.Client, topic: str, payload: bytes, timeout: float = 60.0) -> None:
-    """Publish with QoS 1 and wait for the PUBACK; if the connection drops first, publish again (the broker or
-    the fleet may then see it twice: ingest must not duplicate it)."""
+    """Publish with QoS 1 and wait for the PUBACK; if the connection drops first, publish again (paho may also
+    resend its own copy after reconnecting, so the fleet can see it twice: ingest must not duplicate it)."""
     deadline = time.monotonic() + timeout
-    while True:
+    while time.monotonic() < deadline:
+        if not c.is_connected():
+            time.sleep(0.02)
+            continue
         info = c.publish(topic, payload, qos=1)
-        while not info.is_published():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no PUBACK for {topic}")
-            if not c.is_connected() and info.rc != mqtt.MQTT_ERR_SUCCESS:
+        while time.monotonic() < deadline:
+            try:
+                if info.is_published():
+                    return
+            except RuntimeError:  # published while the connection was going down: try again
                 break
-            time.sleep(0.005)
-        if info.is_published():
-            return
-        time.sleep(0.05)
+            if not c.is_connected():
+                break
+            time.sleep(0.002)
+    raise TimeoutError(f"no PUBACK for {topic} within {timeout}s")
 
 
 def predictions(device: str, n: int, release: str = "seal", revision: int = 1, latency: float = 10.0,
