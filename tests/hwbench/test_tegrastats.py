@@ -78,3 +78,22 @@ def test_sampler_absent_is_harmless():
     s.exe = None
     assert not s.available
     assert s.start().stop() is None
+
+
+def test_power_is_sampled_during_the_timed_calls(bundles, tmp_path: Path, monkeypatch):
+    """On a Jetson `tegrastats` is on PATH; here the stand-in is, and hwbench's measurement picks it up."""
+    from export.bundle import load_bundle
+    from hwbench.bench import BenchOptions, measure
+    from hwbench.plan import Config
+
+    exe = tmp_path / "tegrastats"
+    exe.write_text(f"#!/bin/sh\nwhile true; do echo '{ORIN}'; sleep 0.02; done\n")
+    os.chmod(exe, 0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with load_bundle(bundles["squeezenet"]) as b:
+        r = measure(b, Config("onnxruntime", "fp32", 1, "cpu"), BenchOptions(min_iterations=5, min_seconds=0.4))
+        off = measure(b, Config("onnxruntime", "fp32", 1, "cpu"),
+                      BenchOptions(min_iterations=5, min_seconds=0, power=False))
+    assert r.status == "ok" and r.power is not None
+    assert r.power["samples"] >= 3 and r.power["power_avg_mw"] == 4786.0 and r.power["gpu_load_avg_pct"] == 37.0
+    assert off.power is None
