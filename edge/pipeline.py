@@ -23,13 +23,14 @@ from fleet.protocol import ReleaseSpec, StageOutput, StageSpec
 from shadowline.errors import BundleError, ConfigError, ShadowlineError
 
 
-@dataclass(frozen=True)
+@dataclass
 class StageRule:
     """What counts as a hit in one stage: `classes` (None = every class not ignored) at `thresholds`."""
 
     role: str
     classes: list[str] | None
     thresholds: Thresholds
+    _vectors: tuple[tuple[str, ...], np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_spec(cls, spec: StageSpec, labels: list[str], defaults: Thresholds) -> StageRule:
@@ -56,17 +57,45 @@ class StageRule:
             d["classes"] = list(self.classes)
         return d
 
-    def near(self, out: ModelOutput, band: float) -> bool:
-        """A score of a counted class lies within ±band×threshold of its threshold (the uncertain frames worth reviewing)."""
-        pairs = out.scores.items() if out.scores is not None else ((d.label, d.score) for d in out.detections)
-        for label, score in pairs:
-            if label in self.thresholds.ignore or (self.classes is not None and label not in self.classes):
+    def counts(self, label: str) -> bool:
+        return label not in self.thresholds.ignore and (self.classes is None or label in self.classes)
+
+    def _arrays(self, labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        if self._vectors is None or self._vectors[0] != labels:
+            thr = np.array([self.thresholds.for_class(x) for x in labels], dtype=np.float64)
+            mask = np.array([self.counts(x) for x in labels], dtype=bool)
+            self._vectors = (labels, thr, mask)
+        return self._vectors[1], self._vectors[2]
+
+    def evaluate(self, out: ModelOutput, band: float) -> tuple[list[tuple[str, float]], bool]:
+        """(hits: counted classes at or over their threshold, best first; near: a counted class scored within
+        ±band×threshold of its threshold, the uncertain frames worth reviewing)."""
+        if out.scores is not None:
+            # Vectorised: an ImageNet classifier has 1000 classes, and this runs on every frame.
+            labels = tuple(out.scores)
+            s = np.fromiter(out.scores.values(), dtype=np.float64, count=len(labels))
+            thr, mask = self._arrays(labels)
+            idx = np.nonzero(mask & (s >= thr))[0]
+            hits = sorted(((labels[i], float(s[i])) for i in idx), key=lambda kv: -kv[1])
+            near = bool(np.any(mask & (np.abs(s - thr) <= band * thr)))
+            return hits, near
+        found: dict[str, float] = {}
+        near = False
+        for d in out.detections:
+            if not self.counts(d.label):
                 continue
-            t = self.thresholds.for_class(label)
+            t = self.thresholds.for_class(d.label)
+            if d.score >= t:
+                found[d.label] = max(found.get(d.label, 0.0), d.score)
             # Relative band: an aggressive screen threshold of 0.1 must not make every near-zero score "near".
-            if abs(score - t) <= band * t:
-                return True
-        return False
+            near = near or abs(d.score - t) <= band * t
+        return sorted(found.items(), key=lambda kv: -kv[1]), near
+
+
+# A classifier with more labels than this records its counted classes plus the top few, not every score: 1000
+# ImageNet scores would make each record ~25 kB in the store, the outbox and every MQTT batch.
+FULL_SCORES_MAX = 20
+TOP_K = 5
 
 
 @dataclass
@@ -76,10 +105,23 @@ class StageResult:
     output: ModelOutput
     hits: list[tuple[str, float]]
     latency_ms: float
+    rule: StageRule | None = None
+
+    def recorded_scores(self) -> dict[str, float] | None:
+        scores = self.output.scores
+        if scores is None:
+            return None
+        if len(scores) <= FULL_SCORES_MAX:
+            return {k: round(v, 6) for k, v in scores.items()}
+        keep = set(sorted(scores, key=scores.__getitem__, reverse=True)[:TOP_K])
+        if self.rule is not None and self.rule.classes is not None:
+            keep |= set(self.rule.classes)
+        keep |= {c for c, _ in self.hits}
+        return {k: round(scores[k], 6) for k in sorted(keep, key=scores.__getitem__, reverse=True)}
 
     def to_protocol(self) -> StageOutput:
-        d = self.output.as_dict()
-        return StageOutput(role=self.role, bundle=self.bundle, scores=d.get("scores"), detections=d.get("detections"),
+        dets = [d.as_dict() for d in self.output.detections] if self.output.scores is None else None
+        return StageOutput(role=self.role, bundle=self.bundle, scores=self.recorded_scores(), detections=dets,
                            hits=[(c, round(s, 6)) for c, s in self.hits], latency_ms=round(self.latency_ms, 3))
 
 
@@ -147,10 +189,10 @@ class Cascade:
         for spec, model, rule in self.stages:
             t0 = time.perf_counter()
             out = model.predict([image])[0]
-            hits = out.hits(rule.thresholds, rule.classes)
+            hits, is_near = rule.evaluate(out, self.band)
             results.append(StageResult(spec.role, model.manifest.bundle_id, out, hits,
-                                       (time.perf_counter() - t0) * 1000))
-            near = near or rule.near(out, self.band)
+                                       (time.perf_counter() - t0) * 1000, rule))
+            near = near or is_near
             if not hits:
                 break  # a screen that finds no candidate ends the cascade: verify never sees the frame
         last = results[-1]
