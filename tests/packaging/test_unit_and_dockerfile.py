@@ -167,3 +167,17 @@ def test_docs_example_config_is_a_valid_device_config():
     cfg = DeviceConfig.model_validate(yaml.safe_load(textwrap.dedent(block)))
     assert cfg.fleet is not None and cfg.fleet.tls is not None
     assert str(cfg.store.path).startswith("/var/lib/shadowline/data")  # on the data volume
+
+
+def test_docs_commands_exist():
+    """Every `shadowline GROUP [COMMAND]` the page tells an operator to run resolves to a real command."""
+    text = DOC.read_text()
+    seen = set(re.findall(r"shadowline ((?:edge|export|hwbench|keys|fleet)(?: [a-z][a-z-]+)?)", text))
+    assert {"edge validate-config", "edge run", "export tensorrt"} <= {s for s in seen if " " in s}
+    ctx = click.Context(cli)
+    for phrase in seen:
+        words = phrase.split()
+        cmd = cli.get_command(ctx, words[0])
+        assert cmd is not None, phrase
+        if len(words) == 2 and isinstance(cmd, click.Group):
+            assert cmd.get_command(ctx, words[1]) is not None, f"`shadowline {phrase}` is not a command"
