@@ -124,7 +124,7 @@ class MqttClient:
 
     def __init__(self, url: str, client_id: str, *, username: str | None = None, password: str | None = None,
                  tls: BrokerTLS | None = None, persistent: bool = True, keepalive: int = 30,
-                 will: tuple[str, bytes] | None = None) -> None:
+                 will: tuple[str, bytes] | None = None, manual_ack: bool = False) -> None:
         self.address = BrokerAddress.parse(url)
         self.url = url
         self._subs: dict[str, int] = {}
@@ -133,7 +133,7 @@ class MqttClient:
         self.keepalive = keepalive
         self.last_rc: object = None
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent,
-                                  protocol=mqtt.MQTTv311)
+                                  protocol=mqtt.MQTTv311, manual_ack=manual_ack)
         self.client.max_inflight_messages_set(100)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(0.2, 5)
@@ -180,6 +180,11 @@ class MqttClient:
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         if self._handler is not None:
             self._handler(msg)
+
+    def ack(self, msg: mqtt.MQTTMessage) -> None:
+        """With manual_ack: acknowledge a QoS 1 message (after its records were committed)."""
+        if msg.qos > 0:
+            self.client.ack(msg.mid, msg.qos)
 
     def start(self, wait: float | None = 10.0) -> MqttClient:
         """Connect in the background (paho's network thread retries forever); wait for the first CONNACK."""

@@ -4,11 +4,12 @@ never raises: the MQTT thread must keep going, and the message is acknowledged s
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass, field
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from fleet.devices import Devices
 from fleet.protocol import (PROTOCOL_VERSION, RECORD_TYPES, STATUS_OFFLINE, STATUS_ONLINE, Batch, ProtocolError, Reported, Topics,
@@ -37,24 +38,67 @@ class Ingest:
     def __init__(self, store: Store, devices: Devices, topics: Topics) -> None:
         self.store, self.devices, self.topics = store, devices, topics
         self.stats = IngestStats()
+        self._known: set[str] = set()  # devices already registered (saves a lookup per batch)
 
     def subscriptions(self) -> list[str]:
         return [self.topics.all_devices(kind) for kind in Topics.FROM_DEVICE]
 
     def handle(self, topic: str, payload: bytes, retained: bool = False) -> bool:
         """Process one message; True if it was well formed (even if every record was a duplicate)."""
-        with self.stats.lock:
-            self.stats.messages += 1
+        return self.handle_many([(topic, payload)])[0]
+
+    def handle_many(self, messages: list[tuple[str, bytes]]) -> list[bool]:
+        """Process messages and commit all their records in one transaction (the caller acknowledges them to the
+        broker only after this returns). Never raises: whatever is wrong is counted as malformed, by topic."""
+        ok = [True] * len(messages)
+        pending: list[tuple[int, str, str, list]] = []  # (message index, topic, kind, records)
         try:
-            self._handle(topic, payload)
-            return True
-        except (ProtocolError, ValidationError, ValueError, TypeError, KeyError) as err:
-            self._malformed(topic, str(err))
-            return False
-        except Exception as err:  # a bug or a full disk must not kill the MQTT thread; count it and carry on
-            log.exception("ingest failed on %s", topic)
-            self._malformed(topic, f"{type(err).__name__}: {err}")
-            return False
+            self._process(messages, ok, pending)
+        finally:
+            with self.stats.lock:  # counted when done, so a reader seeing the count also sees the records
+                self.stats.messages += len(messages)
+        return ok
+
+    def _process(self, messages: list[tuple[str, bytes]], ok: list[bool], pending: list) -> None:
+        for i, (topic, payload) in enumerate(messages):
+            try:
+                got = self._handle(topic, payload)
+                if got is not None:
+                    pending.append((i, topic, *got))
+            except (ProtocolError, ValidationError, ValueError, TypeError, KeyError) as err:
+                ok[i] = False
+                self._malformed(topic, str(err))
+            except Exception as err:  # a bug must not kill the MQTT thread; count it and carry on
+                log.exception("ingest failed on %s", topic)
+                ok[i] = False
+                self._malformed(topic, f"{type(err).__name__}: {err}")
+        if not pending:
+            return
+        try:
+            groups: dict[str, list] = {}
+            for _, _, kind, recs in pending:
+                groups.setdefault(kind, []).extend(recs)
+            new = self.store.insert_many(groups)
+            self._count(sum(len(r) for *_, r in pending), new)
+        except Exception:  # e.g. one poisoned row, a full disk: retry message by message and count what fails
+            log.exception("group insert of %d messages failed; retrying one by one", len(pending))
+            for i, topic, kind, recs in pending:
+                try:
+                    self._count(len(recs), self.store.insert_many({kind: recs}))
+                except Exception as err:
+                    ok[i] = False
+                    self._malformed(topic, f"store: {type(err).__name__}: {err}")
+        for _, topic, *_ in pending:
+            device = topic.split("/")[-2]
+            if device not in self._known:
+                if self.store.get("devices", device) is None:
+                    self.devices.seen(device)
+                self._known.add(device)
+
+    def _count(self, total: int, new: int) -> None:
+        with self.stats.lock:
+            self.stats.records += new
+            self.stats.duplicates += total - new
 
     def _malformed(self, topic: str, error: str) -> None:
         with self.stats.lock:
@@ -65,7 +109,8 @@ class Ingest:
         except Exception:  # counting must not fail the handler either
             log.exception("could not count a malformed message on %s", topic)
 
-    def _handle(self, topic: str, payload: bytes) -> None:
+    def _handle(self, topic: str, payload: bytes) -> tuple[str, list] | None:
+        """Apply status and reported state at once; return (kind, validated records) of a batch to insert."""
         parsed = self.topics.parse(topic)
         if parsed is None:
             raise ProtocolError(f"{topic}: not a device topic under {self.topics.prefix}/dev/")
@@ -74,19 +119,21 @@ class Ingest:
             raise ProtocolError(f"{topic}: payload of {len(payload)} bytes is over {MAX_PAYLOAD}")
         if kind == "status":
             if not payload:
-                return  # a cleared retained status
+                return None  # a cleared retained status
             text = payload.decode("utf-8", errors="replace").strip()
             if text not in (STATUS_ONLINE, STATUS_OFFLINE):
                 raise ProtocolError(f"{topic}: status must be {STATUS_ONLINE!r} or {STATUS_OFFLINE!r}")
             self.devices.seen(device, text)
+            return None
         elif kind == "reported":
             if not payload:
-                return
+                return None
             rep = decode(topic, payload, Reported)
             assert isinstance(rep, Reported)
             if rep.device != device:
                 raise ProtocolError(f"{topic}: reported state of {rep.device!r} on the topic of {device!r}")
             self.devices.report(rep)
+            return None
         elif kind in RECORD_TYPES:
             batch = decode(topic, payload, Batch)
             assert isinstance(batch, Batch)
@@ -94,25 +141,38 @@ class Ingest:
                 raise ProtocolError(f"{topic}: batch version {batch.version} is not {PROTOCOL_VERSION}")
             if batch.device != device or batch.kind != kind:
                 raise ProtocolError(f"{topic}: batch of {batch.kind} from {batch.device!r} on this topic")
-            model = RECORD_TYPES[kind]
-            good, bad = [], []
-            for i, raw in enumerate(batch.records):
+            good, bad = self._records(kind, device, batch.records)
+            for b in bad:
+                self._malformed(topic, b)
+            return kind, good
+        else:
+            raise ProtocolError(f"{topic}: devices do not publish {kind!r}")
+
+    def _records(self, kind: str, device: str, raws: list[dict]) -> tuple[list, list[str]]:
+        """Validated records of a batch and the errors of the bad ones. The whole list is validated in one call
+        (the common case: all good); only a batch with a bad record is gone through one by one."""
+        model = RECORD_TYPES[kind]
+        try:
+            recs = _list_adapter(model).validate_python(raws)
+        except ValidationError:
+            recs = None
+        good, bad = [], []
+        for i, raw in enumerate(raws):
+            if recs is not None:
+                rec = recs[i]
+            else:
                 try:
                     rec = model.model_validate(raw)
                 except ValidationError as err:
                     bad.append(f"records[{i}]: {err.errors()[0]['loc']} {err.errors()[0]['msg']}")
                     continue
-                if rec.device != device:  # type: ignore[attr-defined]
-                    bad.append(f"records[{i}]: device {rec.device!r} differs from the topic")  # type: ignore
-                    continue
-                good.append(rec.model_dump(mode="json"))
-            new = self.store.insert_records(kind, good)
-            with self.stats.lock:
-                self.stats.records += new
-                self.stats.duplicates += len(good) - new
-            if self.store.get("devices", device) is None:
-                self.devices.seen(device)
-            for b in bad:
-                self._malformed(topic, b)
-        else:
-            raise ProtocolError(f"{topic}: devices do not publish {kind!r}")
+            if rec.device != device:  # type: ignore[attr-defined]
+                bad.append(f"records[{i}]: device {rec.device!r} differs from the topic")  # type: ignore
+                continue
+            good.append(rec)
+        return good, bad
+
+
+@functools.lru_cache(maxsize=None)
+def _list_adapter(model: type) -> TypeAdapter:
+    return TypeAdapter(list[model])  # type: ignore[valid-type]

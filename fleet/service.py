@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from fleet.security import Tokens
 from fleet.store import Store
 
 log = logging.getLogger(__name__)
+
+# messages committed per transaction at most: bounded so PUBACKs are not held back long under load
+INGEST_GROUP = 50
 
 
 class Fleet:
@@ -70,6 +74,8 @@ class FleetService:
         self._stop = threading.Event()
         self._reconnected = threading.Event()
         self._loop: threading.Thread | None = None
+        self._inbox: queue.Queue = queue.Queue()
+        self._ingester: threading.Thread | None = None
         self.loop_alive = threading.Event()
 
     @property
@@ -79,14 +85,16 @@ class FleetService:
     def start(self) -> FleetService:
         if self.config.broker_url is None:
             self.broker = EmbeddedBroker(self.config.embedded_broker_port).start()
+        # manual acknowledgement: a message is acknowledged only after the transaction holding its records
+        # committed, so a kill at any point leaves it unacknowledged (redelivered, ignored by id if it was in)
         self.mqtt = MqttClient(self.broker_url, self.config.client_id, username=self.config.mqtt_username,
-                               password=self.config.password(), tls=self.config.tls, persistent=True)
-        ingest = self.fleet.ingest
-        for f in ingest.subscriptions():
+                               password=self.config.password(), tls=self.config.tls, persistent=True,
+                               manual_ack=True)
+        for f in self.fleet.ingest.subscriptions():
             self.mqtt.subscribe(f, 1)
-        # paho acknowledges a QoS 1 message after this handler returns, and the handler commits first: a kill
-        # at any point leaves the message unacknowledged or committed (then redelivered and ignored by id).
-        self.mqtt.on_message(lambda m: ingest.handle(m.topic, m.payload, m.retain))
+        self.mqtt.on_message(self._inbox.put)
+        self._ingester = threading.Thread(target=self._ingest, name="ingest", daemon=True)
+        self._ingester.start()
         original = self.mqtt._on_connect
 
         def on_connect(*args) -> None:
@@ -100,6 +108,26 @@ class FleetService:
         self._loop = threading.Thread(target=self._run, name="rollout-loop", daemon=True)
         self._loop.start()
         return self
+
+    def _ingest(self) -> None:
+        """Drain the inbox in groups: one transaction for everything that arrived meanwhile, then the PUBACKs."""
+        while True:
+            first = self._inbox.get()
+            if first is None:
+                return
+            msgs = [first]
+            while len(msgs) < INGEST_GROUP:
+                try:
+                    m = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if m is None:
+                    self._inbox.put(None)
+                    break
+                msgs.append(m)
+            self.fleet.ingest.handle_many([(m.topic, m.payload) for m in msgs])
+            for m in msgs:
+                self.mqtt.ack(m)
 
     def _run(self) -> None:
         self.loop_alive.set()
@@ -125,6 +153,9 @@ class FleetService:
             self._loop.join(10)
         if self.mqtt is not None:
             self.mqtt.stop()
+        if self._ingester is not None:
+            self._inbox.put(None)
+            self._ingester.join(30)
         if self.broker is not None:
             self.broker.stop()
         self.fleet.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+from pydantic import BaseModel
 
 from fleet.protocol import (AlertRecord, EventRecord, MetricsRecord, PredictionRecord, ReviewRecord, now_iso)
 
@@ -31,17 +32,24 @@ _RECORD_COLUMNS: dict[str, dict[str, type]] = {
 }
 
 
-def _row_values(kind: str, rec: dict[str, Any]) -> tuple:
-    cols = _RECORD_COLUMNS[kind]
-    out: list[Any] = [rec["id"]]
-    for c in cols:
+def _row_values(kind: str, rec: BaseModel | dict[str, Any]) -> tuple:
+    """The row of one record: its id, the filter columns, and the whole record as JSON. A validated model is
+    serialised by pydantic's own (fast) JSON encoder; a dict, by json.dumps."""
+    if isinstance(rec, BaseModel):
+        get = rec.__dict__.get
+        record_json = rec.model_dump_json()
+    else:
+        get = rec.get
+        record_json = json.dumps(rec, separators=(",", ":"))
+    out: list[Any] = [get("id")]
+    for c in _RECORD_COLUMNS[kind]:
         if c == "latency_ms":
-            out.append((rec.get("latency_ms") or {}).get("total"))
+            out.append((get("latency_ms") or {}).get("total"))
         elif c == "override":
-            out.append(1 if rec.get("override") else 0)
+            out.append(1 if get("override") else 0)
         else:
-            out.append(rec.get(c))
-    out.append(json.dumps(rec, separators=(",", ":")))
+            out.append(get(c))
+    out.append(record_json)
     return tuple(out)
 
 
@@ -124,19 +132,27 @@ class Store:
         return _Tx(self)
 
     # -- ingest --------------------------------------------------------------------------------------------------
-    def insert_records(self, kind: str, records: list[dict[str, Any]]) -> int:
+    def insert_records(self, kind: str, records: list[BaseModel] | list[dict[str, Any]]) -> int:
         """Insert validated records of one kind in one transaction; returns how many were new (ids already
         stored are ignored: redelivery never duplicates)."""
-        if not records:
-            return 0
-        cols = ["id", *_RECORD_COLUMNS[kind], "record"]
-        sql = f"INSERT OR IGNORE INTO {kind} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        values = [_row_values(kind, r) for r in records]
+        return self.insert_many({kind: records})
+
+    def insert_many(self, groups: dict[str, list]) -> int:
+        """Insert records of several kinds in one transaction; returns how many were new."""
+        prepared = []
+        for kind, records in groups.items():
+            if kind not in _RECORD_COLUMNS:
+                raise ValueError(f"unknown record kind {kind!r}")
+            cols = ["id", *_RECORD_COLUMNS[kind], "record"]
+            sql = f"INSERT OR IGNORE INTO {kind} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+            prepared.append((sql, [_row_values(kind, r) for r in records]))
         with self.lock:
             before = self.conn.total_changes
             self.conn.execute("BEGIN")
             try:
-                self.conn.executemany(sql, values)
+                for sql, values in prepared:
+                    if values:
+                        self.conn.executemany(sql, values)
                 self.conn.execute("COMMIT")
             except BaseException:
                 self.conn.execute("ROLLBACK")
