@@ -47,12 +47,35 @@ class CaptureSource(_Cfg):
 Source = Annotated[Union[FolderSource, CaptureSource], Field(discriminator="type")]
 
 
+class TensorRTOptions(_Cfg):
+    """Passed to edge.runners.tensorrt.TensorRTRunner; the engine is built on the device and cached."""
+
+    cache_dir: Path | None = Field(None, description="engine cache directory (default: the runner's)")
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field("auto", description="engine precision")
+    workspace_mb: int = Field(1024, ge=16, description="builder workspace limit, MiB")
+    rebuild: bool = Field(False, description="ignore cached engines and build again")
+
+
+class CoreMLOptions(_Cfg):
+    compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"] = Field("ALL", description="Core ML units")
+
+
 class RunnerConfig(_Cfg):
     backend: Literal["onnxruntime", "tensorrt", "coreml"] = Field("onnxruntime", description="inference backend")
     providers: list[str] = Field(default_factory=lambda: ["cpu"],
                                  description="onnxruntime execution providers in order (tensorrt, cuda, cpu)")
     threads: int | None = Field(None, ge=1, description="intra-op threads (None: the runtime's default)")
     require_providers: bool = Field(False, description="fail at start-up if a listed provider is missing")
+    tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions, description="backend: tensorrt options")
+    coreml: CoreMLOptions = Field(default_factory=CoreMLOptions, description="backend: coreml options")
+
+    def runner_options(self) -> dict[str, Any]:
+        """Keyword arguments for the configured backend's runner."""
+        if self.backend == "onnxruntime":
+            return {"providers": self.providers, "threads": self.threads, "require_providers": self.require_providers}
+        if self.backend == "tensorrt":
+            return self.tensorrt.model_dump(exclude_none=True)
+        return self.coreml.model_dump()
 
 
 class QueueConfig(_Cfg):

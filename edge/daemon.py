@@ -45,9 +45,7 @@ def build_local_pipeline(config: DeviceConfig, bundles: dict[str, Path] | None =
 def build_pipeline_for(config: DeviceConfig, release: ReleaseSpec, candidate: ReleaseSpec | None,
                        bundles: dict[str, Path] | None = None) -> Pipeline:
     r = config.runner
-    opts: dict[str, Any] = {}
-    if r.backend == "onnxruntime":
-        opts = {"providers": r.providers, "threads": r.threads, "require_providers": r.require_providers}
+    opts = r.runner_options()
     trust = TrustStore.load(config.trust_store) if config.trust_store else None
     return build_pipeline(release, candidate, resolver_for(config.bundles_dir, bundles), trust, r.backend, opts,
                           config.retention.band)

@@ -107,3 +107,30 @@ def test_validate_config_loads_bundles(tmp_path: Path, bundles: dict[str, Path],
     r = CliRunner().invoke(cli, ["edge", "validate-config", str(p)])
     assert r.exit_code == 0, r.output
     assert "bundles verified" in r.output
+
+
+def test_runner_options_per_backend() -> None:
+    from edge.config import RunnerConfig
+
+    assert RunnerConfig(providers=["cuda", "cpu"], threads=2).runner_options() == {
+        "providers": ["cuda", "cpu"], "threads": 2, "require_providers": False}
+    trt = RunnerConfig.model_validate({"backend": "tensorrt", "tensorrt": {"precision": "fp16",
+                                                                          "cache_dir": "/var/cache/engines"}})
+    assert trt.runner_options() == {"cache_dir": Path("/var/cache/engines"), "precision": "fp16",
+                                    "workspace_mb": 1024, "rebuild": False}
+    assert RunnerConfig(backend="coreml").runner_options() == {"compute_units": "ALL"}
+
+
+def test_missing_backend_fails_at_start_with_install_hint(tmp_path: Path, bundles, keys) -> None:
+    from edge.config import load_config
+    from edge.daemon import Daemon
+    from shadowline.errors import BackendUnavailable
+    from tests.edge.conftest import pcb_release, write_config
+
+    cfg = write_config(tmp_path, keys, pcb_release(bundles), runner={"backend": "tensorrt"}, api={"enabled": False})
+    d = Daemon(load_config(cfg))
+    try:
+        with pytest.raises(BackendUnavailable, match="tensorrt"):
+            d.start()
+    finally:
+        d.stop()
