@@ -12,6 +12,7 @@ import pytest
 
 from fleet.protocol import Batch, EventRecord, Topics, decode
 from hwbench.publish import PublishError, PublishTarget, build_message, publish
+from hwbench.report import Report
 from shadowline.cli import main
 from shadowline.errors import ConfigError
 
@@ -37,7 +38,9 @@ def test_cli_writes_reports_for_each_shipped_bundle(bundles, keys, tmp_path: Pat
         rc = main(["hwbench", str(path), "--trust-store", str(keys["trust"]), "--out", str(tmp_path), *FAST])
         assert rc == 0
         bid = path.name
-        data = json.loads((tmp_path / f"hwbench-{bid}.json").read_text())
+        raw = (tmp_path / f"hwbench-{bid}.json").read_text()
+        data = json.loads(raw)
+        assert Report.model_validate_json(raw).bundle.id == bid  # the JSON reads back into the schema
         assert data["schema_id"] == "shadowline.hwbench" and data["bundle"]["id"] == bid
         ok = [c for c in data["configs"] if c["status"] == "ok"]
         assert {c["precision"] for c in ok} == {"fp32", "fp16"}
