@@ -62,6 +62,10 @@ def f32(*v: float) -> np.ndarray:
     return np.asarray(v, np.float32)
 
 
+def scalar(v: float) -> np.ndarray:
+    return np.asarray(v, np.float32).reshape(())
+
+
 CASES = [
     Case("conv_pad1", [n("Conv", ["x", "w", "b"], pads=[1, 1, 1, 1])], {"w": w(4, 3, 3, 3), "b": w(4)}),
     Case("conv_stride2_asym_pads", [n("Conv", ["x", "w"], strides=[2, 2], pads=[0, 1, 2, 0])], {"w": w(5, 3, 3, 3)},
@@ -83,9 +87,9 @@ CASES = [
     Case("hardsigmoid", [n("HardSigmoid", ["x"], alpha=0.3, beta=0.4)]),
     Case("hardswish", [n("HardSwish", ["x"])], opset=14),
     Case("tanh", [n("Tanh", ["x"])]),
-    Case("clip_inputs", [n("Clip", ["x", "lo", "hi"])], {"lo": f32(-0.5)[0:1].reshape(()), "hi": f32(0.7).reshape(())}),
-    Case("clip_relu6", [n("Clip", ["x", "lo", "hi"])], {"lo": np.float32(0).reshape(()), "hi": np.float32(6).reshape(())}),
-    Case("clip_min_only", [n("Clip", ["x", "lo"])], {"lo": np.float32(0.1).reshape(())}),
+    Case("clip_inputs", [n("Clip", ["x", "lo", "hi"])], {"lo": scalar(-0.5), "hi": scalar(0.7)}),
+    Case("clip_relu6", [n("Clip", ["x", "lo", "hi"])], {"lo": scalar(0), "hi": scalar(6)}),
+    Case("clip_min_only", [n("Clip", ["x", "lo"])], {"lo": scalar(0.1)}),
     Case("clip_opset7_attrs", [n("Clip", ["x"], min=-0.2, max=0.3)], opset=7),
     Case("add_broadcast", [n("Add", ["x", "c"])], {"c": w(1, 3, 1, 1)}),
     Case("sub_self", [n("Relu", ["x"], ["r"]), n("Sub", ["x", "r"])]),

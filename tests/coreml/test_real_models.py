@@ -98,7 +98,7 @@ def test_coreml_inspect_cli(coreml_bundles, keys):
     result = CliRunner().invoke(main, ["export", "coreml-inspect", bundle, "--trust-store", str(keys["trust"])])
     assert result.exit_code == 0, result.output
     assert "input  image: imageType 224x224 BGR" in result.output
-    assert "crane" in result.output or "labels tench" in result.output
+    assert "labels tench, Tinca tinca, goldfish" in result.output and "(1000 in all)" in result.output
     assert "parity fp16 task: pass" in result.output
     result = CliRunner().invoke(main, ["export", "coreml-inspect", bundle, "--json"])
     info = json.loads(result.output)
