@@ -69,7 +69,6 @@ class Daemon:
         self.slot = PipelineSlot()
         self.retention = Retention(config.retention, self.store)
         self.actions = ActionDispatcher(config.actions, self.store, self.device_id, self.stop_event)
-        self.trust = TrustStore.load(config.trust_store) if config.trust_store else None
         self.watchers: list[FolderWatcher] = []
         self.captures: list[CaptureReader] = []
         self.started_at = time.time()
@@ -351,6 +350,12 @@ class Daemon:
         self._server.install_signal_handlers = lambda: None  # the daemon owns SIGTERM/SIGINT
         self._server_thread = threading.Thread(target=self._server.run, name="api", daemon=True)
         self._server_thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if not self._server_thread.is_alive() or time.monotonic() > deadline:
+                # uvicorn logs the cause (address in use, permission) and ends its thread
+                raise ConfigError(f"api: cannot listen on {self.config.api.host}:{self.config.api.port}")
+            time.sleep(0.02)
 
     def _start_agent(self) -> None:
         try:
@@ -382,7 +387,11 @@ class Daemon:
         """Start, then block until SIGTERM/SIGINT, then stop cleanly (the frame in flight is finished)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
         log.info("device %s running; API %s", self.device_id,
                  f"http://{self.config.api.host}:{self.config.api.port}" if self.config.api.enabled else "off")
         while not self.stop_event.wait(0.5):

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from edge.config import DeviceConfig

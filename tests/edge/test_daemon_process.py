@@ -214,3 +214,29 @@ def test_fleet_section_without_agent_fails_clearly(tmp_path: Path, bundles, keys
             d.start()
     finally:
         d.stop()
+
+
+def test_start_up_errors_exit_with_a_clear_message(tmp_path: Path, bundles, keys) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        cfg = write_config(tmp_path / "a", keys, pcb_release(bundles), api={"port": port})
+        p = subprocess.run([sys.executable, "-m", "shadowline.cli", "edge", "run", "--config", str(cfg)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        busy.close()
+    assert p.returncode == 2 and f"api: cannot listen on 127.0.0.1:{port}" in p.stderr
+    bad = pcb_release(bundles)
+    bad["stages"][0]["bundle"] = str(tmp_path / "missing-v1.0")
+    cfg = write_config(tmp_path / "b", keys, bad)
+    p = subprocess.run([sys.executable, "-m", "shadowline.cli", "edge", "run", "--config", str(cfg)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 4 and "missing-v1.0' not found" in p.stderr
