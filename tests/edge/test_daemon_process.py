@@ -176,6 +176,7 @@ def test_bad_input_is_recorded_and_the_daemon_keeps_running(tmp_path: Path, bund
     assert d.get("/v1/predictions/" + r.json()["record"]["id"])["decision"] == "error"
     assert d.get("/readyz")["ready"] is True
     assert httpx.get(d.url + "/healthz").json() == {"ok": True}
+    assert d.stop() == 0  # SIGTERM: the frame in flight finishes, then a clean exit
 
 
 def test_fleet_section_starts_the_agent_which_drains_the_outbox(tmp_path: Path, bundles, keys, daemons,
