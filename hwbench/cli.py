@@ -44,7 +44,8 @@ def _csv(kind: type):
 @click.option("--device-id", envvar="SHADOWLINE_DEVICE_ID", help="this device's id (env SHADOWLINE_DEVICE_ID)")
 @click.option("--prefix", default="shadowline", show_default=True, help="the fleet's MQTT topic prefix")
 @click.option("--username", envvar="SHADOWLINE_MQTT_USERNAME", help="broker user (default: the device id)")
-@click.option("--password-file", type=click.Path(path_type=Path), help="file holding the broker password")
+@click.option("--password-file", type=click.Path(path_type=Path),
+              help="file holding the broker password (or env SHADOWLINE_MQTT_PASSWORD)")
 @click.option("--ca-file", type=click.Path(path_type=Path), help="broker CA certificate (mqtts)")
 @click.option("--quiet", is_flag=True, help="no progress lines")
 def hwbench_command(bundle: Path, trust_store: Path | None, backends: list[str] | None, precisions: list[str] | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import shutil
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -102,15 +103,43 @@ def test_publish_sends_one_capability_record(bundles, mosquitto, tmp_path: Path)
         {v["target"]: v for v in report["verdicts"]}["realtime-line"]["status"]
 
 
-def test_publish_needs_broker_authentication(tmp_path: Path):
+def test_publish_with_broker_credentials(bundles, tmp_path: Path):
+    """A broker that refuses anonymous clients: wrong password is refused with a clear error, the device's
+    credentials (user = device id by default, password from a file) get the record through."""
+    import subprocess
+
     from tests.conftest import Mosquitto
 
-    (tmp_path / "pw").write_text("")
-    broker = Mosquitto(tmp_path / "b", extra_conf="allow_anonymous false\n").start()
+    pwfile = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pwfile), "dev-1", "s3cret"], check=True,
+                   capture_output=True)
+    broker = Mosquitto(tmp_path / "b", extra_conf=f"allow_anonymous false\npassword_file {pwfile}\n"
+                       # as root, Mosquitto drops to user mosquitto, who cannot read pytest's private tmp dirs
+                       "user root\n").start()
     try:
-        target = PublishTarget(broker_url=broker.url, device_id="dev-1", timeout_s=3)
+        wrong = PublishTarget(broker_url=broker.url, device_id="dev-1", password="nope", timeout_s=3)
         with pytest.raises(PublishError, match="refused the connection"):
-            publish(target, {"x": 1})
+            publish(wrong, {"x": 1})
+        anonymous = PublishTarget(broker_url=broker.url, device_id="dev-1", timeout_s=3)
+        with pytest.raises(PublishError, match="refused the connection"):
+            publish(anonymous, {"x": 1})
+        (tmp_path / "pw").write_text("s3cret\n")
+        got: queue.Queue = queue.Queue()
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fleet")
+        sub.username_pw_set("dev-1", "s3cret")
+        sub.on_message = lambda _c, _u, msg: got.put(msg.payload)
+        sub.connect("127.0.0.1", broker.port)
+        sub.subscribe("shadowline/dev/dev-1/events", qos=1)
+        sub.loop_start()
+        time.sleep(0.3)
+        rc = main(["hwbench", str(bundles["squeezenet"]), "--precisions", "fp32", *FAST, "--out", str(tmp_path),
+                   "--publish", "--broker", broker.url, "--device-id", "dev-1", "--password-file",
+                   str(tmp_path / "pw")])
+        assert rc == 0
+        batch = decode("t", got.get(timeout=5), Batch)
+        assert batch.records[0]["kind"] == "capability"
+        sub.loop_stop()
+        sub.disconnect()
     finally:
         broker.stop()
 
