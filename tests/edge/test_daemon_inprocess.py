@@ -160,3 +160,43 @@ def test_watchdog_marks_stalls_and_restarts_a_dead_worker(tmp_path: Path, bundle
     finally:
         gate.set()
         d.stop()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # starlette's TestClient about httpx
+def test_review_api_rules(tmp_path: Path, bundles, keys) -> None:
+    from fastapi.testclient import TestClient
+
+    from edge.api import create_app
+
+    d = make_daemon(tmp_path, keys, pcb_release(bundles))
+    d.start()
+    try:
+        client = TestClient(create_app(d))
+        for name in ("Defective_02.png", "Normal_33.png"):
+            r = client.post("/v1/infer", content=(PCB / name).read_bytes(), headers={"Content-Type": "image/png"})
+            assert r.status_code == 200, r.text
+        flag = client.get("/v1/predictions", params={"decision": "flag"}).json()[0]
+        ok = client.get("/v1/predictions", params={"decision": "pass"}).json()[0]
+        assert flag["image_kept"] and flag["source"] == "http"
+        img = client.get(f"/v1/predictions/{flag['id']}/image")
+        assert img.status_code == 200 and img.content == (PCB / "Defective_02.png").read_bytes()
+        assert client.get(f"/v1/predictions/{ok['id']}/image").status_code == 404  # a pass is not kept
+        r = client.post("/v1/reviews", json={"prediction_id": ok["id"], "verdict": "false_positive"})
+        assert r.status_code == 409 and "did not flag" in r.json()["error"]
+        r = client.post("/v1/reviews", json={"prediction_id": "nope", "verdict": "confirm"})
+        assert r.status_code == 404
+        r = client.post("/v1/reviews", json={"prediction_id": ok["id"], "verdict": "looks fine"})
+        assert r.status_code == 422
+        r = client.post("/v1/reviews", json={"prediction_id": ok["id"], "verdict": "missed_defect",
+                                             "defect_class": "Defective", "inspector": "bo"})
+        assert r.status_code == 201 and r.json()["override"] is True and r.json()["model_decision"] == "pass"
+        r = client.post("/v1/reviews", json={"prediction_id": flag["id"], "verdict": "confirm"})
+        assert r.status_code == 201 and r.json()["override"] is False
+        assert {x["verdict"] for x in client.get("/v1/reviews").json()} == {"missed_defect", "confirm"}
+        assert client.get("/v1/review/queue").json() == []
+        assert client.get("/readyz").status_code == 200
+        st = client.get("/v1/status").json()
+        assert st["frames"] == 2 and st["backends"]["active"]["runners"][0]["active_providers"] == [
+            "CPUExecutionProvider"]
+    finally:
+        d.stop()
