@@ -92,13 +92,17 @@ def _publish_all(url: str, payloads: list[tuple[str, bytes]], publishers: int, r
         c.loop_stop()
 
 
-def mqtt_ingest(workdir: Path, batches: list[tuple[str, list[dict]]], publishers: int) -> tuple[float, int]:
+def mqtt_ingest(workdir: Path, batches: list[tuple[str, list[dict]]], publishers: int,
+                inflight: int) -> tuple[float, int]:
     import multiprocessing as mp
 
     from tests.conftest import Mosquitto
     from tests.fleet.devicesim import wait_for
 
-    broker = Mosquitto(workdir / "broker", extra_conf="user root\nallow_anonymous true\n").start()
+    # max_inflight_messages bounds how many unacknowledged messages the broker has out to the fleet; the fleet
+    # acknowledges after each commit, so a deeper window lets the next messages arrive while it commits
+    broker = Mosquitto(workdir / "broker", extra_conf=f"user root\nallow_anonymous true\n"
+                                                      f"max_inflight_messages {inflight}\n").start()
     svc = FleetService(FleetConfig(data_dir=workdir / "fleet", broker_url=broker.url,
                                    client_id=f"bench-{time.monotonic_ns()}")).start()
     topics = Topics()
@@ -132,6 +136,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=50, help="batches per device")
     ap.add_argument("--per-batch", type=int, default=200, help="records per batch (the agent's default batch_size)")
     ap.add_argument("--repeat", type=int, default=3, help="runs (median reported)")
+    ap.add_argument("--broker-inflight", type=int, default=20,
+                    help="Mosquitto max_inflight_messages (20 is Mosquitto's default; docs/fleet.md suggests 200)")
     ap.add_argument("--raw-rows-per-tx", type=int, default=1000,
                     help="rows per transaction of the raw baseline (1000: the FIELD-NOTES measurement)")
     args = ap.parse_args()
@@ -141,7 +147,7 @@ def main() -> None:
     for i in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             raw_s = raw_insert(Path(tmp) / "raw.db", batches, args.raw_rows_per_tx)
-            mqtt_s, stored = mqtt_ingest(Path(tmp), batches, args.devices)
+            mqtt_s, stored = mqtt_ingest(Path(tmp), batches, args.devices, args.broker_inflight)
         if stored != total:
             raise SystemExit(f"run {i}: stored {stored} of {total} records")
         run = {"records": total, "raw_s": raw_s, "mqtt_s": mqtt_s, "raw_per_s": total / raw_s,

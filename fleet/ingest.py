@@ -9,7 +9,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError, create_model
 
 from fleet.devices import Devices
 from fleet.protocol import (PROTOCOL_VERSION, RECORD_TYPES, STATUS_OFFLINE, STATUS_ONLINE, Batch, ProtocolError, Reported, Topics,
@@ -135,6 +135,13 @@ class Ingest:
             self.devices.report(rep)
             return None
         elif kind in RECORD_TYPES:
+            try:  # fast path: parse and validate the batch with its records in one pass
+                typed = _typed_batch(kind).model_validate_json(payload)
+            except ValidationError:
+                typed = None
+            if (typed is not None and typed.version == PROTOCOL_VERSION and typed.device == device
+                    and typed.kind == kind and all(r.device == device for r in typed.records)):
+                return kind, typed.records
             batch = decode(topic, payload, Batch)
             assert isinstance(batch, Batch)
             if batch.version != PROTOCOL_VERSION:
@@ -171,6 +178,13 @@ class Ingest:
                 continue
             good.append(rec)
         return good, bad
+
+
+@functools.lru_cache(maxsize=None)
+def _typed_batch(kind: str) -> type[Batch]:
+    """A Batch whose records are validated as RECORD_TYPES[kind] in the same pass as the envelope."""
+    return create_model(f"{kind.title()}Batch", __base__=Batch,
+                        records=(list[RECORD_TYPES[kind]], ...))  # type: ignore[valid-type]
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,6 +6,7 @@ workers and the rollout loop share it, and SQLite serialises writers anyway."""
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -32,25 +33,22 @@ _RECORD_COLUMNS: dict[str, dict[str, type]] = {
 }
 
 
+_GETTERS = {kind: operator.attrgetter("id", *cols) for kind, cols in _RECORD_COLUMNS.items()}
+_LATENCY_AT = 1 + list(_RECORD_COLUMNS["predictions"]).index("latency_ms")
+
+
 def _row_values(kind: str, rec: BaseModel | dict[str, Any]) -> tuple:
     """The row of one record: its id, the filter columns, and the whole record as JSON. A validated model is
-    serialised by pydantic's own (fast) JSON encoder; a dict, by json.dumps."""
+    read by attribute and serialised by pydantic's (fast) encoder; a dict goes through json.dumps."""
     if isinstance(rec, BaseModel):
-        get = rec.__dict__.get
-        record_json = rec.model_dump_json()
+        vals = _GETTERS[kind](rec)
+        record_json = rec.__pydantic_serializer__.to_json(rec).decode()
     else:
-        get = rec.get
+        vals = (rec.get("id"), *(rec.get(c) for c in _RECORD_COLUMNS[kind]))
         record_json = json.dumps(rec, separators=(",", ":"))
-    out: list[Any] = [get("id")]
-    for c in _RECORD_COLUMNS[kind]:
-        if c == "latency_ms":
-            out.append((get("latency_ms") or {}).get("total"))
-        elif c == "override":
-            out.append(1 if get("override") else 0)
-        else:
-            out.append(get(c))
-    out.append(record_json)
-    return tuple(out)
+    if kind == "predictions":  # the total latency is the column; the per-stage latencies stay in the record
+        vals = (*vals[:_LATENCY_AT], (vals[_LATENCY_AT] or {}).get("total"), *vals[_LATENCY_AT + 1:])
+    return (*vals, record_json)
 
 
 class Store:

@@ -172,7 +172,7 @@ def test_mobile_without_coreml_says_so(client, fleet, tokens, bundles):
     assert r.status_code == 404 and "no Core ML package" in r.json()["error"]
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
                            lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
                            max_leaves=12)
 
