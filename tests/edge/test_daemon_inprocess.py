@@ -162,16 +162,17 @@ def test_watchdog_marks_stalls_and_restarts_a_dead_worker(tmp_path: Path, bundle
         d.stop()
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # starlette's TestClient about httpx
 def test_review_api_rules(tmp_path: Path, bundles, keys) -> None:
-    from fastapi.testclient import TestClient
+    import httpx
 
-    from edge.api import create_app
+    from tests.conftest import free_port
 
+    port = free_port()
     d = make_daemon(tmp_path, keys, pcb_release(bundles))
+    d.config = d.config.model_copy(update={"api": d.config.api.model_copy(update={"enabled": True, "port": port})})
     d.start()
     try:
-        client = TestClient(create_app(d))
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         for name in ("Defective_02.png", "Normal_33.png"):
             r = client.post("/v1/infer", content=(PCB / name).read_bytes(), headers={"Content-Type": "image/png"})
             assert r.status_code == 200, r.text
