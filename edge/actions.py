@@ -14,8 +14,10 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
+from edge import outbox
 from edge.config import ActionsConfig
 from edge.store import Store
+from fleet.protocol import EventRecord
 
 log = logging.getLogger("shadowline.edge.actions")
 
@@ -112,7 +114,7 @@ class ActionDispatcher:
 
     def run_due(self) -> int:
         """Attempt every due pending delivery once; returns how many were attempted."""
-        rows = self.store.query("SELECT id, channel, payload, attempts FROM deliveries "
+        rows = self.store.query("SELECT id, prediction_id, channel, payload, attempts FROM deliveries "
                                 "WHERE state = 'pending' AND next_at <= ? ORDER BY id LIMIT 100", (time.time(),))
         for r in rows:
             if self.stop.is_set():
@@ -125,7 +127,12 @@ class ActionDispatcher:
             self.attempts += 1
             attempts = r["attempts"] + 1
             retry = self.cfg.retry
+            final = "action_delivered" if ok else ("action_failed" if attempts >= retry.max_attempts else None)
             with self.store.tx() as c:
+                if final is not None:  # the fleet sees each work order's outcome, not every retry
+                    outbox.enqueue(c, "events", EventRecord(device=self.device_id, kind=final, detail={
+                        "prediction_id": r["prediction_id"], "channel": r["channel"], "attempts": attempts,
+                        "detail": detail}).model_dump(mode="json"))
                 c.execute("INSERT INTO delivery_attempts (delivery_id, at, ok, detail) VALUES (?,?,?,?)",
                           (r["id"], time.time(), int(ok), detail))
                 if ok:

@@ -111,8 +111,12 @@ def test_production_sends_exactly_one_action_per_flag(tmp_path: Path, bundles, k
         states = c.execute("SELECT channel, state, COUNT(*) FROM deliveries GROUP BY channel, state").fetchall()
         failed_attempts = c.execute("SELECT COUNT(*) FROM delivery_attempts WHERE ok = 0").fetchone()[0]
         ok_attempts = c.execute("SELECT COUNT(*) FROM delivery_attempts WHERE ok = 1").fetchone()[0]
+        events = [json.loads(p) for (p,) in c.execute("SELECT payload FROM outbox WHERE kind='events'")]
     assert sorted(states) == [("webhook", "delivered", len(flagged)), ("work_order_mqtt", "delivered", len(flagged))]
     assert failed_attempts == 2 and ok_attempts == 2 * len(flagged)
+    delivered = [e for e in events if e["kind"] == "action_delivered"]
+    assert sorted((e["detail"]["prediction_id"], e["detail"]["channel"]) for e in delivered) == sorted(
+        (pid, ch) for pid in flagged for ch in ("webhook", "work_order_mqtt"))
 
 
 def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
