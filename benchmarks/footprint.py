@@ -3,7 +3,7 @@ start to ready, both measured in fresh subprocesses side by side in one run (med
 
 - bare: `python` + onnxruntime + numpy, one InferenceSession on the bundle's model.onnx, one inference -> ready.
 - daemon: when edge/daemon.py is committed, the real daemon (`shadowline edge run --config ...`, ready when
-  /readyz answers 200); otherwise the daemon-equivalent process: the daemon's imports (FastAPI, uvicorn, paho,
+  /readyz answers 200; memory read after one real image through POST /v1/infer); otherwise the daemon-equivalent process: the daemon's imports (FastAPI, uvicorn, paho,
   SQLite, the outbox, the agent seams), a verified signed bundle, edge.predictor.BundleModel and one prediction on a
   real image -> ready.
 
@@ -132,8 +132,9 @@ def daemon_config(work: Path, bundles_dir: Path, trust: Path, bundle_id: str, po
     return path
 
 
-def run_real_daemon(config: Path, port: int, timeout: float = 120) -> tuple[float, dict[str, float]]:
-    """Cold start of `shadowline edge run` to /readyz 200; RSS read from /proc once ready."""
+def run_real_daemon(config: Path, port: int, image: Path, timeout: float = 120) -> tuple[float, dict[str, float]]:
+    """Cold start of `shadowline edge run` to /readyz 200; then one real image through POST /v1/infer (the bare
+    side has run one inference too, so both hold their inference buffers) and RSS read from /proc."""
     start = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-m", "shadowline.cli", "edge", "run", "--config", str(config),
                           "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -145,10 +146,17 @@ def run_real_daemon(config: Path, port: int, timeout: float = 120) -> tuple[floa
                 raise RuntimeError(f"daemon exited with {p.returncode}: {p.stderr.read() if p.stderr else ''}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return (time.perf_counter() - start) * 1000, proc_rss(p.pid)
+                    ready = r.status == 200
             except OSError:
-                pass
+                ready = False
+            if ready:
+                ready_ms = (time.perf_counter() - start) * 1000
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/infer", data=image.read_bytes(),
+                                             headers={"content-type": "image/png"}, method="POST")
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"POST /v1/infer answered {r.status}")
+                return ready_ms, proc_rss(p.pid)
             time.sleep(0.02)
         raise RuntimeError("daemon did not become ready")
     finally:
@@ -200,7 +208,8 @@ def main() -> None:
                     port = free_port()
                     rundir = work / f"run-{n}-{i}"
                     rundir.mkdir()
-                    daemon.append(run_real_daemon(daemon_config(rundir, b.parent, trust, b.name, port), port))
+                    daemon.append(run_real_daemon(daemon_config(rundir, b.parent, trust, b.name, port), port,
+                                                  IMAGE_FOR[n]))
                 else:
                     daemon.append(run_until_ready([sys.executable, "-c", EQUIVALENT, str(b), str(trust),
                                                    str(IMAGE_FOR[n]), str(work / f"{n}-{i}.db")]))
