@@ -36,7 +36,8 @@ def _csv(kind: type):
               help="YAML file of use-case targets (default: real-time line, batch review, drone, mobile, Jetson)")
 @click.option("--images", "images_dir", type=click.Path(path_type=Path),
               help="folder of real images: measure pre/post-processing and judge whole frames, not inference alone")
-@click.option("--engine-cache", type=click.Path(path_type=Path), help="TensorRT engine cache directory")
+@click.option("--engine-cache", type=click.Path(path_type=Path), envvar="SHADOWLINE_ENGINE_CACHE",
+              help="TensorRT engine cache directory (env SHADOWLINE_ENGINE_CACHE)")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("."), show_default=True,
               help="directory for hwbench-BUNDLE.json, .md and .png")
 @click.option("--publish", is_flag=True, help="send the summary to the fleet as this device's capability record")

@@ -198,3 +198,24 @@ def test_processing_on_real_images_enters_the_verdict(bundles, tmp_path: Path):
     assert v["jetson-throughput"].value < c.throughput_ips  # whole frames take longer than inference alone
     with pytest.raises(ConfigError, match="no images"):
         list_images(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else tmp_path)
+
+
+def test_plan_on_a_gpu_build_of_onnxruntime(bundles, tmp_path: Path, monkeypatch):
+    """Where onnxruntime-gpu offers CUDA and TensorRT providers (a Jetson wheel), each is planned with the options
+    that make it comparable; the provider list is what such a build reports, the planning logic is real."""
+    from hwbench import plan as planmod
+
+    monkeypatch.setattr(planmod, "_ort_providers", lambda: {"TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                            "CPUExecutionProvider"})
+    with load_bundle(bundles["squeezenet"]) as b:
+        configs = {c.id: c for c in plan(b, backends=["onnxruntime"], engine_cache=tmp_path)}
+    assert set(configs) == {f"onnxruntime[{d}]/{p}/b1" for d in ("cpu", "cuda", "trt") for p in ("fp32", "fp16")}
+    cuda16 = configs["onnxruntime[cuda]/fp16/b1"]
+    assert cuda16.model_file == "model.fp16.onnx"
+    assert cuda16.runner_options["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    trt16 = configs["onnxruntime[trt]/fp16/b1"]
+    assert trt16.model_file == "model.onnx"  # TensorRT makes FP16 itself from the FP32 graph
+    name, opts = trt16.runner_options["providers"][0]
+    assert name == "TensorrtExecutionProvider" and opts["trt_fp16_enable"] is True
+    assert opts["trt_engine_cache_enable"] and opts["trt_engine_cache_path"] == str(tmp_path)
+    assert configs["onnxruntime[trt]/fp32/b1"].runner_options["providers"][0][1]["trt_fp16_enable"] is False
