@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 import uuid
 from typing import Any
@@ -83,9 +84,16 @@ def p95(values: list[float]) -> float | None:
 class Rollouts:
     def __init__(self, store: Store, releases: Releases, devices: Devices, desired: DesiredStates) -> None:
         self.store, self.releases, self.devices, self.desired = store, releases, devices, desired
+        # start, rollback (API threads) and tick (the rollout loop) change the same rollouts: one at a time, so
+        # a rollback can never be followed by a wave the loop was about to start
+        self.lock = threading.RLock()
 
     # -- commands ------------------------------------------------------------------------------------------------
     def start(self, req: RolloutRequest) -> dict[str, Any]:
+        with self.lock:
+            return self._start(req)
+
+    def _start(self, req: RolloutRequest) -> dict[str, Any]:
         spec = self.releases.get(req.release)
         members = [d["id"] for d in self.devices.list(group=req.group)]
         if not members:
@@ -116,6 +124,10 @@ class Rollouts:
 
     def rollback(self, rid: str, reason: str = "manual rollback") -> dict[str, Any]:
         """Return every device this rollout touched to the release it ran before; stops the rollout."""
+        with self.lock:
+            return self._rollback(rid, reason)
+
+    def _rollback(self, rid: str, reason: str) -> dict[str, Any]:
         ro = self._get(rid)
         targets = self.store.rows("SELECT * FROM rollout_targets WHERE rollout = ? AND state != 'planned'", (rid,))
         self._revert(rid, targets)
@@ -126,10 +138,13 @@ class Rollouts:
     def tick(self) -> None:
         """Advance every running rollout one step: judge finished waves, start the next, halt on a failed gate."""
         for r in self.store.rows("SELECT id FROM rollouts WHERE state = ?", (RUNNING,)):
-            self._advance(r["id"])
+            with self.lock:
+                self._advance(r["id"])
 
     def _advance(self, rid: str) -> None:
         ro = self._get(rid)
+        if ro["state"] != RUNNING:  # rolled back since the list was read
+            return
         plan = json.loads(ro["plan"])
         req = RolloutRequest.model_validate(plan["request"])
         wave = ro["wave"]

@@ -103,11 +103,19 @@ class FleetService:
 
         self.mqtt.client.on_connect = on_connect
         self.mqtt.start(wait=30)
-        self.fleet.attach(lambda topic, payload, retain: self.mqtt.publish(topic, payload, retain=retain,
-                                                                            timeout=30))
+        self.fleet.attach(self._publish)
         self._loop = threading.Thread(target=self._run, name="rollout-loop", daemon=True)
         self._loop.start()
         return self
+
+    def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Publish and wait for the PUBACK. With the broker away the message stays queued in paho and the stored
+        desired states are republished on reconnection, so an outage delays a rollout step, never fails it."""
+        assert self.mqtt is not None
+        try:
+            self.mqtt.publish(topic, payload, retain=retain, timeout=10)
+        except TimeoutError:
+            log.warning("broker unreachable: %s queued, will be delivered after reconnection", topic)
 
     def _ingest(self) -> None:
         """Drain the inbox in groups: one transaction for everything that arrived meanwhile, then the PUBACKs."""
