@@ -192,3 +192,15 @@ def test_fuzzed_uploads_and_ranges(client, tokens, raw, rng):
     assert 400 <= r.status_code < 500, r.text
     r = client.get("/artifacts/whatever.tar", headers={**auth(tokens["device"]), "Range": rng.encode("ascii", "replace").decode()})
     assert r.status_code == 404
+
+
+def test_dashboard_router_is_included_when_present(client):
+    import importlib.util
+
+    if importlib.util.find_spec("fleet.dashboard") is None:
+        pytest.skip("fleet.dashboard is not in this checkout")
+    from fleet.dashboard import router
+
+    ours = {getattr(r, "path", None) for r in client.app.routes}
+    theirs = {getattr(r, "path", None) for r in router.routes} - {None}
+    assert theirs and theirs <= ours
