@@ -28,8 +28,8 @@ def benchmark(bundle: Bundle, options: BenchOptions, targets: TargetSet, backend
             progress(f"pre/post-processing: {len(images)} image(s) x {image_repeats}")
         processing = measure_processing(bundle, images, image_repeats)
     judged = [{"id": r.id, "batch": r.batch, "throughput_ips": r.throughput_ips,
-               "latency_per_image_ms": r.latency_per_image_ms.model_dump()}
-              for r in results if r.status == "ok" and r.latency_per_image_ms is not None]
+               "latency_ms": r.latency_ms.model_dump()}
+              for r in results if r.status == "ok" and r.latency_ms is not None]
     lo, hi = (m.batch.min, m.batch.max) if m.batch.dynamic else (1, 1)
     info = BundleInfo(id=m.bundle_id, task=m.task, input_shape=list(m.input.shape),
                       model_sha256=m.files["model.onnx"].sha256, batch_range=[lo, hi])

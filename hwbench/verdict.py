@@ -1,7 +1,8 @@
 """Use-case targets and the verdict: does any configuration measured on this device meet each target?
 
-A latency target is judged on a per-image latency statistic (P95 by default: a line tolerates a rare slow frame,
-not a slow median) of the best configuration; a throughput target on images per second. A throughput range
+A latency target is judged on a latency statistic per call (P95 by default: a line tolerates a rare slow frame,
+not a slow median) of the best configuration: every image of a batch waits for the whole call, so batching buys
+throughput, never latency. A throughput target is judged on images per second. A throughput range
 (`min_ips`..`ideal_ips`, e.g. the Jetson 5-15 images/s of the field guide) gives `partial` between the two.
 """
 
@@ -22,7 +23,7 @@ class Target(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="short id, e.g. realtime-line")
     description: str = Field("", description="the use case in words")
-    max_latency_ms: float | None = Field(None, gt=0, description="per-image latency must stay below this")
+    max_latency_ms: float | None = Field(None, gt=0, description="latency of a frame must stay below this")
     metric: Metric = Field("p95", description="latency statistic judged against max_latency_ms")
     min_ips: float | None = Field(None, gt=0, description="images per second needed at the least")
     ideal_ips: float | None = Field(None, gt=0, description="images per second for a full pass (range top)")
@@ -81,7 +82,7 @@ class TargetVerdict(BaseModel):
 
 
 def judge(targets: TargetSet, configs: list[dict], overhead_ms: float = 0.0) -> list[TargetVerdict]:
-    """`configs`: dicts with `id`, `batch`, `latency_per_image_ms` {avg,p50,...} and `throughput_ips`.
+    """`configs`: dicts with `id`, `batch`, `latency_ms` {avg,p50,...} per call and `throughput_ips`.
     `overhead_ms` (measured pre- and post-processing per image) is added to every latency and its time taken out
     of throughput, so the verdict is about whole frames when it was measured."""
     verdicts: list[TargetVerdict] = []
@@ -95,8 +96,8 @@ def judge(targets: TargetSet, configs: list[dict], overhead_ms: float = 0.0) -> 
                 verdicts.append(TargetVerdict(target=t.name, description=t.description, requirement=req,
                                               status="n/a", unit="ms"))
                 continue
-            best = min(pool, key=lambda c: c["latency_per_image_ms"][t.metric])
-            value = best["latency_per_image_ms"][t.metric] + overhead_ms
+            best = min(pool, key=lambda c: c["latency_ms"][t.metric])
+            value = best["latency_ms"][t.metric] + overhead_ms
             status = "pass" if value < t.max_latency_ms else "fail"
             verdicts.append(TargetVerdict(target=t.name, description=t.description, requirement=req, status=status,
                                           best_config=best["id"], value=round(value, 3), unit="ms"))
