@@ -33,7 +33,8 @@ def _csv(kind: type):
 @click.option("--seconds", default=2.0, show_default=True, help="time each configuration at least this long")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
 @click.option("--targets", "targets_file", type=click.Path(path_type=Path),
-              help="YAML file of use-case targets (default: real-time line, batch review, drone, mobile, Jetson)")
+              help="YAML file of use-case targets (default: hwbench/targets.yaml: real-time line, batch review, "
+              "drone, mobile, Jetson)")
 @click.option("--images", "images_dir", type=click.Path(path_type=Path),
               help="folder of real images: measure pre/post-processing and judge whole frames, not inference alone")
 @click.option("--engine-cache", type=click.Path(path_type=Path), envvar="SHADOWLINE_ENGINE_CACHE",

@@ -43,20 +43,12 @@ class TargetSet(BaseModel):
     targets: list[Target] = Field(min_length=1, description="use cases to judge the device against")
 
 
-DEFAULT_TARGETS = TargetSet(targets=[
-    Target(name="realtime-line", description="real-time production line", max_latency_ms=100, max_batch=1),
-    Target(name="batch-review", description="batch review of captured images", max_latency_ms=500),
-    Target(name="drone", description="drone inspection", max_latency_ms=2000, max_batch=1),
-    Target(name="mobile-field", description="mobile field inspection", max_latency_ms=3000, max_batch=1),
-    Target(name="jetson-throughput", description="Jetson station, 5-15 images/s", min_ips=5, ideal_ips=15),
-])
+DEFAULT_TARGETS_FILE = Path(__file__).with_name("targets.yaml")
 
 
 def load_targets(path: Path | str | None) -> TargetSet:
-    """The targets of a YAML file (`targets: [...]`), or the defaults when no file is given."""
-    if path is None:
-        return DEFAULT_TARGETS
-    path = Path(path)
+    """The targets of a YAML file (`targets: [...]`), or the defaults (hwbench/targets.yaml) when none is given."""
+    path = Path(path) if path is not None else DEFAULT_TARGETS_FILE
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
@@ -69,6 +61,9 @@ def load_targets(path: Path | str | None) -> TargetSet:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"{path}: {loc}: {first['msg']} ({err.error_count()} error(s))") from err
+
+
+DEFAULT_TARGETS = load_targets(None)
 
 
 class TargetVerdict(BaseModel):
