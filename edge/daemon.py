@@ -135,11 +135,27 @@ class Daemon:
             "retention": self.retention.stats(),
             "actions": {"delivered": self.actions.delivered, "failed": self.actions.failed,
                         "pending": self.actions.pending()},
-            "backends": p.describe() if p else None,
+            "backends": self.backends(),
+            "pipeline": p.describe() if p else None,
             "stalled": self.stalled,
             "worker_restarts": self.worker_restarts,
             "last_error": self.last_error,
         }
+
+    def backends(self) -> list[str]:
+        """What really runs, e.g. ["onnxruntime:CPUExecutionProvider"] (the agent reports this list)."""
+        p = self.slot.current
+        if p is None:
+            return [self.config.runner.backend]
+        found: list[str] = []
+        for c in (p.active, p.candidate):
+            for r in (c.describe()["runners"] if c else []):
+                names = r.get("active_providers") or []
+                for n in names or [None]:
+                    key = f"{r['backend']}:{n}" if n else r["backend"]
+                    if key not in found:
+                        found.append(key)
+        return found
 
     # -- pipeline -----------------------------------------------------------------------------------------------
     def _check_actions(self, release: ReleaseSpec) -> None:

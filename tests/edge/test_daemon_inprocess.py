@@ -197,7 +197,7 @@ def test_review_api_rules(tmp_path: Path, bundles, keys) -> None:
         assert client.get("/v1/review/queue").json() == []
         assert client.get("/readyz").status_code == 200
         st = client.get("/v1/status").json()
-        assert st["frames"] == 2 and st["backends"]["active"]["runners"][0]["active_providers"] == [
-            "CPUExecutionProvider"]
+        assert st["frames"] == 2 and st["backends"] == ["onnxruntime:CPUExecutionProvider"]
+        assert st["pipeline"]["active"]["runners"][0]["active_providers"] == ["CPUExecutionProvider"]
     finally:
         d.stop()

@@ -201,6 +201,14 @@ def test_fleet_section_starts_the_agent_which_drains_the_outbox(tmp_path: Path, 
     listener.close()
     assert got == ids
     assert all(m["device"] == "dev-1" and m["kind"] == "predictions" for m in listener.messages)
+    # the agent reports what the daemon runs (retained), through the AgentHost contract
+    reported = MqttListener(mosquitto.port, "shadowline/dev/dev-1/reported")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not reported.messages:
+        time.sleep(0.1)
+    reported.close()
+    last = reported.messages[-1]
+    assert last["active"] == "pcb@1" and last["backends"] == ["onnxruntime:CPUExecutionProvider"]
 
 
 def test_fleet_section_without_agent_fails_clearly(tmp_path: Path, bundles, keys, monkeypatch) -> None:
