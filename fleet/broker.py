@@ -118,6 +118,15 @@ class EmbeddedBroker:
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
 
+def _acked(info: mqtt.MQTTMessageInfo) -> bool:
+    """PUBACK received. A message published while disconnected is queued by paho (rc NO_CONN) and sent after
+    reconnecting; is_published() raises for it, so read the flag it sets on the PUBACK."""
+    try:
+        return info.is_published()
+    except RuntimeError:
+        return bool(getattr(info, "_published", False))
+
+
 class MqttClient:
     """A paho-mqtt 2.x client that (re)subscribes on every connect, with a persistent session (clean_session
     False) so QoS 1 messages published while it was away are delivered when it comes back."""
@@ -208,10 +217,21 @@ class MqttClient:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if timeout is not None:
             deadline = time.monotonic() + timeout
-            while not info.is_published():
+            while not _acked(info):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no PUBACK for {topic} within {timeout}s")
                 time.sleep(0.002)
+
+    def publish_many(self, messages: list[tuple[str, bytes, bool]], *, qos: int = 1,
+                     timeout: float = 10.0) -> None:
+        """Publish every message, then wait until the broker acknowledged all of them."""
+        infos = [self.client.publish(t, p, qos=qos, retain=r) for t, p, r in messages]
+        deadline = time.monotonic() + timeout
+        for (topic, _, _), info in zip(messages, infos):
+            while not _acked(info):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no PUBACK for {topic} within {timeout}s")
+                time.sleep(0.001)
 
     def stop(self) -> None:
         self.client.disconnect()

@@ -12,14 +12,17 @@ from fleet.store import Store
 
 # publish(topic, payload, retain) -> returns once the broker acknowledged (QoS 1)
 Publish = Callable[[str, bytes, bool], None]
+# publish_many([(topic, payload, retain), ...]): publish all, then wait until the broker acknowledged all
+PublishMany = Callable[[list[tuple[str, bytes, bool]]], None]
 
 
 class DesiredStates:
     def __init__(self, store: Store, registry: Registry, releases: Releases, topics: Topics, public_url: str,
-                 publish: Publish) -> None:
+                 publish: Publish, publish_many: PublishMany | None = None) -> None:
         self.store, self.registry, self.releases, self.topics = store, registry, releases, topics
         self.public_url = public_url.rstrip("/")
         self.publish = publish
+        self.publish_many = publish_many or (lambda msgs: [publish(*m) for m in msgs] and None)
 
     def artifacts(self, *specs: ReleaseSpec | None) -> list[Artifact]:
         out: dict[str, Artifact] = {}
@@ -39,31 +42,50 @@ class DesiredStates:
             rollout: str | None = None) -> Desired | None:
         """Ask `device` to run `release` (+ `candidate` in shadow). `release=None` clears the retained desired
         state and sends a `rollback` command: the device has nothing earlier from this fleet to return to."""
-        spec = self.releases.get(release) if release else None
-        cand = self.releases.get(candidate) if candidate else None
+        return self.set_many([(device, release, candidate)], rollout)[0]
+
+    def set_many(self, changes: list[tuple[str, str | None, str | None]],
+                 rollout: str | None = None) -> list[Desired | None]:
+        """`set` for many devices at once: one transaction, then every message published before waiting for
+        the acknowledgements (a rollback of a hundred devices is one round of PUBACKs, not a hundred)."""
+        specs: dict[str, object] = {}
+        arts: dict[tuple, list[Artifact]] = {}
+
+        def spec_of(ref: str | None):
+            if ref and ref not in specs:
+                specs[ref] = self.releases.get(ref)
+            return specs.get(ref) if ref else None
+
+        out: list[Desired | None] = []
+        messages: list[tuple[str, bytes, bool]] = []
         with self.store.transaction() as st:
-            row = st.get("desired", device)
-            revision = (row["revision"] if row else 0) + 1
-            now = now_iso()
-            msg = None
-            if spec is not None:
-                msg = Desired(device=device, revision=revision, release=spec, candidate=cand,
-                              artifacts=self.artifacts(spec, cand), rollout=rollout, issued_at=now)
-            st.upsert("desired", {"device": device, "revision": revision, "release": release,
-                                  "candidate": candidate, "rollout": rollout,
-                                  "payload": encode(msg).decode() if msg else None, "issued_at": now}, pk="device")
-            st.upsert("desired_history", {"device": device, "revision": revision, "release": release,
-                                          "candidate": candidate, "rollout": rollout, "issued_at": now},
-                      pk=("device", "revision"))
-        # Published after the commit: if the broker is down the stored state is republished by republish().
-        topic = self.topics.device(device, "desired")
-        if msg is not None:
-            self.publish(topic, encode(msg), True)
-        else:
-            self.publish(topic, b"", True)
-            self.publish(self.topics.device(device, "cmd"),
-                         encode(Command(command="rollback", args={"to": None, "revision": revision})), False)
-        return msg
+            for device, release, candidate in changes:
+                spec, cand = spec_of(release), spec_of(candidate)
+                row = st.get("desired", device)
+                revision = (row["revision"] if row else 0) + 1
+                now = now_iso()
+                msg = None
+                if spec is not None:
+                    if (release, candidate) not in arts:
+                        arts[(release, candidate)] = self.artifacts(spec, cand)  # type: ignore[arg-type]
+                    msg = Desired(device=device, revision=revision, release=spec, candidate=cand,
+                                  artifacts=arts[(release, candidate)], rollout=rollout, issued_at=now)
+                payload = encode(msg) if msg else b""
+                st.upsert("desired", {"device": device, "revision": revision, "release": release,
+                                      "candidate": candidate, "rollout": rollout,
+                                      "payload": payload.decode() if msg else None, "issued_at": now},
+                          pk="device")
+                st.upsert("desired_history", {"device": device, "revision": revision, "release": release,
+                                              "candidate": candidate, "rollout": rollout, "issued_at": now},
+                          pk=("device", "revision"))
+                messages.append((self.topics.device(device, "desired"), payload, True))
+                if msg is None:
+                    cmd = Command(command="rollback", args={"to": None, "revision": revision})
+                    messages.append((self.topics.device(device, "cmd"), encode(cmd), False))
+                out.append(msg)
+        # Published after the commit: if the broker is down the stored states are republished by republish().
+        self.publish_many(messages)
+        return out
 
     def revision(self, device: str) -> int:
         row = self.store.get("desired", device)
@@ -72,9 +94,7 @@ class DesiredStates:
     def republish(self) -> int:
         """Publish every stored desired state again (retained, idempotent on the device by revision): run on
         every (re)connection so a state stored while the broker was away still reaches it."""
-        n = 0
-        for row in self.store.rows("SELECT device, payload FROM desired"):
-            topic = self.topics.device(row["device"], "desired")
-            self.publish(topic, row["payload"].encode() if row["payload"] else b"", True)
-            n += 1
-        return n
+        rows = self.store.rows("SELECT device, payload FROM desired")
+        self.publish_many([(self.topics.device(r["device"], "desired"),
+                            r["payload"].encode() if r["payload"] else b"", True) for r in rows])
+        return len(rows)

@@ -249,26 +249,34 @@ class Rollouts:
         req = RolloutRequest.model_validate(plan["request"])
         plan["waves"].append({"wave": wave, "started_iso": now_iso()})
         self._set(rid, wave=wave, plan=json.dumps(plan))
+        changes: list[tuple[str, str | None, str | None]] = []
+        failed: list[str] = []
         for t in self.store.rows("SELECT * FROM rollout_targets WHERE rollout = ? AND wave = ?", (rid, wave)):
             if req.shadow_first:
                 # production stays what the device runs now; the release runs beside it as the candidate
                 if t["previous"] is None:
-                    self.store.upsert("rollout_targets", {"rollout": rid, "device": t["device"], "state": "failed"},
-                                      pk=("rollout", "device"))
+                    failed.append(t["device"])
                     continue
-                self.desired.set(t["device"], t["previous"], plan["release"], rollout=rid)
+                changes.append((t["device"], t["previous"], plan["release"]))
             else:
-                self.desired.set(t["device"], plan["release"], None, rollout=rid)
-            self.store.upsert("rollout_targets", {"rollout": rid, "device": t["device"], "state": "activating",
-                                                  "started_at": str(time.time())}, pk=("rollout", "device"))
+                changes.append((t["device"], plan["release"], None))
+        self.desired.set_many(changes, rollout=rid)
+        now = str(time.time())
+        with self.store.transaction() as st:
+            for dev in failed:
+                st.upsert("rollout_targets", {"rollout": rid, "device": dev, "state": "failed"},
+                          pk=("rollout", "device"))
+            for dev, _, _ in changes:
+                st.upsert("rollout_targets", {"rollout": rid, "device": dev, "state": "activating",
+                                              "started_at": now}, pk=("rollout", "device"))
 
     def _revert(self, rid: str, targets: list[dict]) -> None:
-        for t in targets:
-            if t["state"] in ("planned", "rolled_back"):
-                continue
-            self.desired.set(t["device"], t["previous"], t["previous_candidate"], rollout=rid)
-            self.store.upsert("rollout_targets", {"rollout": rid, "device": t["device"], "state": "rolled_back"},
-                              pk=("rollout", "device"))
+        todo = [t for t in targets if t["state"] not in ("planned", "rolled_back")]
+        self.desired.set_many([(t["device"], t["previous"], t["previous_candidate"]) for t in todo], rollout=rid)
+        with self.store.transaction() as st:
+            for t in todo:
+                st.upsert("rollout_targets", {"rollout": rid, "device": t["device"], "state": "rolled_back"},
+                          pk=("rollout", "device"))
 
     def _get(self, rid: str) -> dict[str, Any]:
         ro = self.store.get("rollouts", rid)

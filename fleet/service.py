@@ -11,7 +11,7 @@ from pathlib import Path
 from export.signing import TrustStore
 from fleet.broker import EmbeddedBroker, MqttClient
 from fleet.config import FleetConfig
-from fleet.desired import DesiredStates, Publish
+from fleet.desired import DesiredStates, Publish, PublishMany
 from fleet.devices import Devices
 from fleet.ingest import Ingest
 from fleet.protocol import Topics
@@ -44,8 +44,9 @@ class Fleet:
         self.releases = Releases(self.store, self.registry)
         self.devices = Devices(self.store)
         self._publish = publish
+        self._publish_many: PublishMany | None = None
         self.desired = DesiredStates(self.store, self.registry, self.releases, self.topics, config.base_url,
-                                     self.publish)
+                                     self.publish, self.publish_many)
         self.rollouts = Rollouts(self.store, self.releases, self.devices, self.desired)
         self.ingest = Ingest(self.store, self.devices, self.topics)
 
@@ -55,8 +56,15 @@ class Fleet:
             raise BackendUnavailable("the fleet service is not connected to a broker")
         self._publish(topic, payload, retain)
 
-    def attach(self, publish: Publish) -> None:
-        self._publish = publish
+    def publish_many(self, messages: list[tuple[str, bytes, bool]]) -> None:
+        if self._publish_many is not None:
+            self._publish_many(messages)
+        else:
+            for m in messages:
+                self.publish(*m)
+
+    def attach(self, publish: Publish, publish_many: PublishMany | None = None) -> None:
+        self._publish, self._publish_many = publish, publish_many
 
     def close(self) -> None:
         self.store.close()
@@ -103,7 +111,7 @@ class FleetService:
 
         self.mqtt.client.on_connect = on_connect
         self.mqtt.start(wait=30)
-        self.fleet.attach(self._publish)
+        self.fleet.attach(self._publish, self._publish_many)
         self._loop = threading.Thread(target=self._run, name="rollout-loop", daemon=True)
         self._loop.start()
         return self
@@ -116,6 +124,13 @@ class FleetService:
             self.mqtt.publish(topic, payload, retain=retain, timeout=10)
         except TimeoutError:
             log.warning("broker unreachable: %s queued, will be delivered after reconnection", topic)
+
+    def _publish_many(self, messages: list[tuple[str, bytes, bool]]) -> None:
+        assert self.mqtt is not None
+        try:
+            self.mqtt.publish_many(messages, timeout=10)
+        except TimeoutError:
+            log.warning("broker unreachable: %d messages queued, delivered after reconnection", len(messages))
 
     def _ingest(self) -> None:
         """Drain the inbox in groups: one transaction for everything that arrived meanwhile, then the PUBACKs."""
