@@ -253,3 +253,45 @@ def test_start_up_errors_exit_with_a_clear_message(tmp_path: Path, bundles, keys
     p = subprocess.run([sys.executable, "-m", "shadowline.cli", "edge", "run", "--config", str(cfg)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 4 and "missing-v1.0' not found" in p.stderr
+
+
+@pytest.mark.slow
+def test_fleet_desired_state_swaps_the_running_daemon(tmp_path: Path, bundles, keys, daemons, mosquitto) -> None:
+    """The real agent inside the real daemon: a retained desired state is downloaded, verified, checked and
+    activated; frames after the swap carry the new release."""
+    import paho.mqtt.client as mqtt
+
+    from fleet.protocol import Topics, encode
+    from tests.agent.conftest import desired_for, make_tar
+    from tests.agent.servers import ArtifactServer
+    from tests.conftest import export_preset
+
+    out = tmp_path / "artifacts"
+    out.mkdir()
+    tar = make_tar(export_preset("pcb-aoi", tmp_path / "export", None, version="1.1"), out, keys["private"])
+    server = ArtifactServer(out).start()
+    try:
+        cfg = write_config(tmp_path, keys, pcb_release(bundles),
+                           fleet={"broker_url": mosquitto.url, "releases_dir": "releases",
+                                  "trust_store": str(keys["trust"])})
+        d = daemons(cfg)
+        fleet = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fleet")
+        fleet.connect("127.0.0.1", mosquitto.port)
+        fleet.loop_start()
+        desired = desired_for(server, tar, "dev-1", 1, release_revision=2)
+        fleet.publish(Topics().device("dev-1", "desired"), encode(desired), qos=1, retain=True).wait_for_publish(5)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and d.get("/v1/status")["release"] != "pcb-screen@2":
+            time.sleep(0.1)
+        fleet.loop_stop()
+        fleet.disconnect()
+        st = d.get("/v1/status")
+        assert st["release"] == "pcb-screen@2", st
+        assert st["pipeline"]["active"]["models"] == {"screen": "pcb-aoi-v1.1"}
+        names = fill_inbox(tmp_path / "inbox", PCB)
+        d.wait_frames(len(names))
+        recs = active_records(tmp_path / "shadowline.db")
+        assert {r["release"] for n in names for r in recs[n]} == {"pcb-screen"}
+        assert {r["models"]["screen"] for n in names for r in recs[n]} == {"pcb-aoi-v1.1"}
+    finally:
+        server.stop()
