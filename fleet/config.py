@@ -31,6 +31,8 @@ class FleetConfig(BaseModel):
     tokens_file: Path | None = Field(None, description="JSON file of API token hashes and roles")
     max_upload_mb: float = Field(2048, gt=0, description="largest bundle accepted by POST /api/bundles")
     rollout_tick_s: float = Field(0.2, gt=0, description="how often running rollouts are advanced")
+    publish_timeout_s: float = Field(10.0, gt=0, description="wait this long for the broker's PUBACK before "
+                                                             "leaving a message queued for after reconnection")
 
     @property
     def base_url(self) -> str:

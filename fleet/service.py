@@ -121,14 +121,14 @@ class FleetService:
         desired states are republished on reconnection, so an outage delays a rollout step, never fails it."""
         assert self.mqtt is not None
         try:
-            self.mqtt.publish(topic, payload, retain=retain, timeout=10)
+            self.mqtt.publish(topic, payload, retain=retain, timeout=self.config.publish_timeout_s)
         except TimeoutError:
             log.warning("broker unreachable: %s queued, will be delivered after reconnection", topic)
 
     def _publish_many(self, messages: list[tuple[str, bytes, bool]]) -> None:
         assert self.mqtt is not None
         try:
-            self.mqtt.publish_many(messages, timeout=10)
+            self.mqtt.publish_many(messages, timeout=self.config.publish_timeout_s)
         except TimeoutError:
             log.warning("broker unreachable: %d messages queued, delivered after reconnection", len(messages))
 

@@ -150,3 +150,33 @@ def test_fuzz_structured_batches(ingest, kind, records, version):
     else:
         # every record is accounted for: stored, a duplicate, or counted malformed
         assert r + d + m == len(records)
+
+
+def test_desired_state_set_while_the_broker_is_down_arrives_after_it_returns(config, tmp_path, bundles):
+    from fleet.protocol import ReleaseSpec, StageSpec
+    from tests.conftest import Mosquitto
+
+    broker = Mosquitto(tmp_path / "outage", extra_conf="user root\nallow_anonymous true\n").start()
+    svc = FleetService(config.model_copy(update={"broker_url": broker.url, "publish_timeout_s": 0.5})).start()
+    try:
+        fleet = svc.fleet
+        fleet.registry.push(bundles["pcb-aoi"])
+        fleet.releases.create(ReleaseSpec(name="p", stages=[StageSpec(role="verify", bundle=bundles["pcb-aoi"].name)]))
+        broker.kill()
+        wait_for(lambda: not svc.mqtt.connected, 10, "the fleet to notice the outage")
+        fleet.desired.set("dev-o", "p@1")  # returns after the publish timeout; the state is stored
+        assert fleet.desired.current("dev-o") == ("p@1", None)
+        broker.start()
+        wait_for(lambda: svc.ready, 30, "reconnection")
+        got = []
+        c = client(broker.url, "dev-o-reader")
+        c.on_message = lambda cl, u, m: got.append(json.loads(m.payload))
+        wait_for(c.is_connected, 10)
+        c.subscribe(svc.fleet.topics.device("dev-o", "desired"), 1)
+        wait_for(lambda: got, 20, "the desired state after the outage")
+        assert got[-1]["release"]["name"] == "p" and got[-1]["revision"] == 1
+        c.disconnect()
+        c.loop_stop()
+    finally:
+        svc.stop()
+        broker.stop()
