@@ -145,6 +145,7 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._db_lock = threading.RLock()
         self._acked: set[int] = set()
 
     def start(self) -> None:
@@ -157,9 +158,19 @@ class Publisher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._db_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def enqueue(self, kind: str, record: dict[str, Any]) -> None:
+        """Enqueue through the publisher's own connection (for the agent's events; the daemon uses its own)."""
+        with self._db_lock:
+            if self._conn is None:
+                raise RuntimeError("publisher not started")
+            with self._conn:
+                enqueue(self._conn, kind, record)
+        self._wake.set()
 
     def wake(self) -> None:
         """New rows or a new connection: look now instead of at the next poll."""
@@ -170,12 +181,13 @@ class Publisher:
         last_budget = 0.0
         while not self._stop.is_set():
             try:
-                if time.monotonic() - last_budget > 1.0:
-                    last_budget = time.monotonic()
-                    self._enforce()
-                progressed = self._settle()
-                if self.client.is_connected():
-                    progressed |= self._fill()
+                with self._db_lock:
+                    if time.monotonic() - last_budget > 1.0:
+                        last_budget = time.monotonic()
+                        self._enforce()
+                    progressed = self._settle()
+                    if self.client.is_connected():
+                        progressed |= self._fill()
             except sqlite3.Error as err:
                 # a locked or full disk: keep the rows, try again later
                 logging.getLogger(__name__).warning("outbox: %s", err)

@@ -134,8 +134,9 @@ class ReleaseCache:
         kept, dropped = [], []
         for r in index.releases:
             (kept if len(kept) < self.keep or r.key in protect else dropped).append(r)
-        index.releases = kept
-        self._save(index)
+        if dropped:
+            index.releases = kept
+            self._save(index)
         wanted = {self.bundle_dir(a).name for r in kept for a in r.desired.artifacts}
         wanted_tars = {self.tar_path(a).name for r in kept for a in r.desired.artifacts}
         for d in (self.root / "bundles").iterdir():

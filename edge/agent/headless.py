@@ -25,9 +25,12 @@ class HeadlessHost:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._db = self.workdir / "device.db"
-        with sqlite3.connect(self._db) as conn:
+        conn = sqlite3.connect(self._db)
+        try:
             conn.execute("PRAGMA journal_mode=WAL")
             ensure_schema(conn)
+        finally:
+            conn.close()
         self.images = list(images or [])
         self.load_models, self.keep_loaded = load_models, keep_loaded
         self._lock = threading.Lock()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import platform
 import queue
-import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -25,6 +25,7 @@ from fleet.protocol import Command, Desired, EventRecord, ProtocolError, Reporte
 from shadowline.errors import ConfigError
 
 log = logging.getLogger(__name__)
+REPORT_MIN_S = 0.25
 
 
 def make_client(config: AgentConfig, client_id: str) -> tuple[mqtt.Client, str, int, dict[str, Any]]:
@@ -89,8 +90,9 @@ class Agent:
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        self._db: sqlite3.Connection | None = None
-        self._db_lock = threading.Lock()
+        self._report_lock = threading.Lock()
+        self._last_report = 0.0
+        self._report_timer: threading.Timer | None = None
         status = self.topics.device(self.device_id, "status")
         self.client.will_set(status, "offline", qos=1, retain=True)
         self.client.on_connect = self._on_connect
@@ -100,10 +102,9 @@ class Agent:
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def start(self) -> Agent:
-        self._db = outbox.connect(self.host.db_path)
+        self.publisher.start()
         self._worker = threading.Thread(target=self._work, name=f"agent-{self.device_id}", daemon=True)
         self._worker.start()
-        self.publisher.start()
         self.client.connect_async(self._host, self._port, keepalive=self.config.keepalive_s,
                                   **self._connect_kwargs)
         self.client.loop_start()
@@ -112,6 +113,9 @@ class Agent:
     def stop(self, timeout: float = 10.0) -> None:
         """Say `offline` (a clean disconnect does not fire the last will) and stop every thread."""
         self._stop.set()
+        with self._report_lock:
+            if self._report_timer is not None:
+                self._report_timer.cancel()
         self._queue.put(None)
         if self._worker is not None:
             self._worker.join(timeout)
@@ -124,8 +128,7 @@ class Agent:
                 pass  # the connection went away meanwhile: the broker publishes our last will instead
         self.client.disconnect()
         self.client.loop_stop()
-        if self._db is not None:
-            self._db.close()
+        self.machine.close()
 
     # -- MQTT callbacks (paho's network thread: never block here) ------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -246,20 +249,47 @@ class Agent:
     def _on_step(self, record: ActivationRecord, event: str, detail: dict[str, Any]) -> None:
         target = release_key(record.target) if record.target else None
         self._event(f"activation.{event}", {**detail, "target": target, "source": record.source})
-        if event in ("step", "done", "error", "unchanged", "resume"):
+        if event in ("done", "unchanged"):
+            self.report()
+        elif event in ("step", "error", "resume"):
+            self._report_soon()
+
+    def _report_soon(self) -> None:
+        """Reported state at most every REPORT_MIN_S while steps fly by (a cached activation runs all six in
+        milliseconds, and a fleet of hundreds would flood ingest), with a trailing report so a long step (a
+        TensorRT build) is never shown stale. Every step still travels as an event."""
+        with self._report_lock:
+            now = time.monotonic()
+            if now - self._last_report >= REPORT_MIN_S:
+                self._last_report = now
+                publish = True
+            else:
+                publish = False
+                if self._report_timer is None:
+                    self._report_timer = threading.Timer(REPORT_MIN_S - (now - self._last_report),
+                                                         self._trailing_report)
+                    self._report_timer.daemon = True
+                    self._report_timer.start()
+        if publish:
+            self.report()
+
+    def _trailing_report(self) -> None:
+        with self._report_lock:
+            self._report_timer = None
+            self._last_report = time.monotonic()
+        if not self._stop.is_set():
             self.report()
 
     def _event(self, kind: str, detail: dict[str, Any]) -> None:
-        if self._db is None:
-            return
         record = EventRecord(device=self.device_id, kind=kind, detail=detail)
-        with self._db_lock, self._db:
-            outbox.enqueue(self._db, "events", record.model_dump(mode="json"))
-        self.publisher.wake()
+        try:
+            self.publisher.enqueue("events", record.model_dump(mode="json"))
+        except RuntimeError:
+            log.info("%s: event %s before start/after stop: %s", self.device_id, kind, detail)
 
     def _on_overflow(self, dropped: dict[str, int]) -> None:
-        with self._db_lock:
-            assert self._db is not None
-            totals = outbox.losses(self._db)
+        # called from the publisher's loop, which holds its (re-entrant) database lock
+        assert self.publisher._conn is not None
+        totals = outbox.losses(self.publisher._conn)
         self._event("outbox_overflow", {"dropped": dropped, "total_dropped": totals,
                                         "budget_mb": self.config.outbox_budget_mb})
