@@ -198,6 +198,11 @@ class Daemon:
 
         active = rec(result.active, "active")
         cand = rec(result.candidate, "candidate", active.id if result.disagree else None) if result.candidate else None
+        if result.candidate_error is not None and p.candidate is not None:
+            c = p.candidate.spec
+            cand = PredictionRecord(device=self.device_id, source=frame.source, release=c.name, revision=c.revision,
+                                    mode="shadow", role="candidate", models=p.candidate.models,
+                                    thresholds=p.candidate.thresholds, decision="error", error=result.candidate_error)
         return active, cand
 
     def process(self, frame: Frame) -> Outcome:
@@ -260,6 +265,8 @@ class Daemon:
             m.inc("flags_total", **{"class": cls})
         if cand is not None:
             m.inc("candidate_decisions_total", decision=cand.decision)
+            if cand.decision == "error":
+                m.inc("errors_total", reason="candidate")
             if cand.disagrees_with:
                 m.inc("candidate_disagreements_total")
         if result is not None:

@@ -157,6 +157,7 @@ class Decision:
 class FrameResult:
     active: Decision
     candidate: Decision | None = None
+    candidate_error: str | None = None  # the candidate failed on this frame; the active decision stands
 
     @property
     def disagree(self) -> bool:
@@ -214,7 +215,13 @@ class Pipeline:
         self._bundles, self._models = bundles or [], models or []
 
     def run(self, image: np.ndarray) -> FrameResult:
-        return FrameResult(self.active.run(image), self.candidate.run(image) if self.candidate else None)
+        result = FrameResult(self.active.run(image))
+        if self.candidate is not None:
+            try:
+                result.candidate = self.candidate.run(image)
+            except Exception as err:  # a challenger in shadow must never cost the champion its frame
+                result.candidate_error = f"candidate {self.candidate.spec.ref} failed: {type(err).__name__}: {err}"
+        return result
 
     def close(self) -> None:
         for m in self._models:

@@ -122,3 +122,22 @@ def test_slot_swap_waits_for_the_frame_in_flight() -> None:
     t.join(5)
     swapper.join(5)
     assert seen == ["old"] and slot.current == "new"
+
+
+def test_a_failing_candidate_never_costs_the_active_decision(bundles: dict[str, Path]) -> None:
+    from edge.pipeline import Pipeline
+
+    active = build_pipeline(ReleaseSpec.model_validate(pcb_release(bundles)), None, resolver_for(None), None)
+    cand = build_pipeline(ReleaseSpec.model_validate({**pcb_release(bundles), "revision": 2}), None,
+                          resolver_for(None), None)
+    try:
+        broken = cand.active
+        broken.stages[0][1].runner.close()  # infer() before load(): the candidate raises on every frame
+        p = Pipeline(active.active, broken)
+        r = p.run(read_image(PCB / "Defective_02.png"))
+        assert r.active.decision == "flag" and r.candidate is None
+        assert r.candidate_error is not None and "pcb@2 failed: RunnerError" in r.candidate_error
+        assert not r.disagree
+    finally:
+        active.close()
+        cand.close()
