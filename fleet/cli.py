@@ -103,7 +103,7 @@ def serve(config_path: Path | None, **overrides: Any) -> None:
 
 @fleet_group.group("token")
 def token_group() -> None:
-    """API tokens."""
+    """API bearer tokens for the admin API, inspectors and devices."""
 
 
 @token_group.command("create")
@@ -135,7 +135,7 @@ def credentials(out: Path, prefix: str, fleet_user: str, devices: tuple[str, ...
 
 @fleet_group.group("bundle")
 def bundle_group() -> None:
-    """Bundles in the fleet registry."""
+    """Bundles in the fleet registry: push (verified on arrival) and list."""
 
 
 @bundle_group.command("push")
@@ -190,7 +190,7 @@ def release_list(url: str, token: str | None) -> None:
 
 @fleet_group.group("rollout")
 def rollout_group() -> None:
-    """Staged rollouts."""
+    """Staged rollouts of a release to a device group: start one, follow its waves and gates."""
 
 
 @rollout_group.command("start")
