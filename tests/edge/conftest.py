@@ -205,26 +205,42 @@ class MqttListener:
         self.client.disconnect()
 
 
-def expected_photo_decisions(bundles: dict[str, Path], verify: dict[str, float]) -> dict[str, tuple[str, list[str]]]:
-    """By hand from the models' scores: screen hit = a screen class >= 0.1; then flag = a YOLOX detection at or
-    over its class threshold. Returns file name -> (decision, flagged classes)."""
+_RAW: dict[tuple[Path, Path], dict[str, tuple[dict[str, float], list[tuple[str, float]] | None]]] = {}
+
+
+def _raw_outputs(bundles: dict[str, Path]) -> dict[str, tuple[dict[str, float], list[tuple[str, float]] | None]]:
+    """Each photo's SqueezeNet scores and (for screen candidates) YOLOX detections, computed once per session."""
     from edge.predictor import BundleModel
     from edge.processing.image import read_image
     from export.bundle import load_bundle
 
+    key = (bundles["squeezenet"], bundles["yolox-nano"])
+    if key not in _RAW:
+        raw = {}
+        with load_bundle(bundles["squeezenet"]) as sb, load_bundle(bundles["yolox-nano"]) as yb:
+            sq, yo = BundleModel(sb).load(), BundleModel(yb).load()
+            for f in sorted(PHOTOS.iterdir()):
+                im = read_image(f)
+                scores = sq.predict([im])[0].scores
+                assert scores is not None
+                dets = None
+                if any(scores[c] >= SCREEN_T for c in SCREEN_CLASSES):
+                    dets = [(d.label, d.score) for d in yo.predict([im])[0].detections]
+                raw[f.name] = (scores, dets)
+            sq.close()
+            yo.close()
+        _RAW[key] = raw
+    return _RAW[key]
+
+
+def expected_photo_decisions(bundles: dict[str, Path], verify: dict[str, float]) -> dict[str, tuple[str, list[str]]]:
+    """By hand from the models' scores: screen hit = a screen class >= 0.1; then flag = a YOLOX detection at or
+    over its class threshold. Returns file name -> (decision, flagged classes)."""
     out: dict[str, tuple[str, list[str]]] = {}
-    with load_bundle(bundles["squeezenet"]) as sb, load_bundle(bundles["yolox-nano"]) as yb:
-        sq, yo = BundleModel(sb).load(), BundleModel(yb).load()
-        for f in sorted(PHOTOS.iterdir()):
-            im = read_image(f)
-            scores = sq.predict([im])[0].scores
-            assert scores is not None
-            if not any(scores[c] >= SCREEN_T for c in SCREEN_CLASSES):
-                out[f.name] = ("pass", [])
-                continue
-            dets = yo.predict([im])[0].detections
-            hit = sorted({d.label for d in dets if d.score >= verify.get(d.label, verify["default"])})
-            out[f.name] = ("flag" if hit else "pass", hit)
-        sq.close()
-        yo.close()
+    for name, (_, dets) in _raw_outputs(bundles).items():
+        if dets is None:
+            out[name] = ("pass", [])
+            continue
+        hit = sorted({label for label, score in dets if score >= verify.get(label, verify["default"])})
+        out[name] = ("flag" if hit else "pass", hit)
     return out
