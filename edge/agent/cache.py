@@ -9,7 +9,6 @@ download. Layout under `releases_dir`:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile

@@ -60,7 +60,8 @@ def download(url: str, dest: Path, sha256: str, size: int, *, token: str | None 
                 else:
                     raise BundleError(f"{url}: HTTP {resp.status_code}")
                 with open(part, mode) as fh:
-                    for chunk in resp.iter_bytes(CHUNK):
+                    # unsized: every received piece reaches the .part file, so an interrupted transfer resumes
+                    for chunk in resp.iter_bytes():
                         if have + len(chunk) > size:
                             fh.close()
                             part.unlink(missing_ok=True)
