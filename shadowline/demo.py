@@ -308,8 +308,11 @@ class Demo:
         if not all(overrides.values()):
             raise DemoFailed(f"expected overrides of both kinds, got {overrides}")
         self.summary["reviews"] = {"posted": posted, **overrides}
-        _wait(lambda: self.report(self.shadow_ref)["reviewed"] >= posted, 60, "the fleet to receive the verdicts",
-              step=0.5)
+        def received() -> bool:
+            rep = self.report(self.shadow_ref)
+            return rep["reviewed"] >= posted and rep["unresolved"] == 0  # adjudications too
+
+        _wait(received, 60, "the fleet to receive the verdicts and adjudications", step=0.5)
         _say("  fleet received every verdict")
 
     def report(self, ref: str, fmt: str = "json") -> Any:

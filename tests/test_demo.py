@@ -1,0 +1,109 @@
+"""`shadowline demo --quick` as a real process: what it printed and the state it left in --workdir (the fleet's
+SQLite store, the devices' stores, the promotion audit log) show that every step really happened."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REALDATA, ROOT
+
+DEVICES = {"demo-cam-1", "demo-cam-2", "demo-cam-3"}
+
+
+def _rows(db: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        return list(c.execute(sql))
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_every_step(tmp_path: Path, expected: dict) -> None:
+    work = tmp_path / "demo"
+    p = subprocess.run([sys.executable, "-m", "shadowline.cli", "demo", "--quick", "--workdir", str(work),
+                        "--realdata", str(REALDATA)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    out = p.stdout
+    assert p.returncode == 0, out[-3000:] + p.stderr[-3000:]
+    for i in range(1, 9):
+        assert f"step {i}/8" in out
+    assert "FAILED" not in out + p.stderr
+    assert "go/no-go with the default exit criteria: NO-GO" in out  # one quick run cannot cover 14 days
+    assert "AUDITED ADMIN OVERRIDE" in out
+    m = re.search(r"report pcb-line@2 active after ([0-9.]+) s", out)
+    assert m and 0 < float(m.group(1)) < 30
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/dashboard/ +\(log in with the admin token \S{20,}\)", out)
+
+    db = work / "fleet-data" / "fleet.db"
+    # predictions from every device, each image twice (two quick rounds), decided by the real model
+    per_device = dict(_rows(db, "SELECT device, count(*) FROM predictions WHERE release='pcb-line' AND revision=1 "
+                                "AND role='active' GROUP BY device"))
+    assert per_device == {d: 8 for d in DEVICES}
+    truth = expected["pcb-aoi_opset11"]
+    for (rec,) in _rows(db, "SELECT record FROM predictions"):
+        r = json.loads(rec)
+        name = r["source"].split("-", 1)[1]
+        want = truth[name]["scores"]["Defective"]
+        assert abs(r["stages"][0]["scores"]["Defective"] - want) < 0.02, (name, r["stages"][0])
+        assert r["decision"] == ("flag" if want >= 0.5 else "pass"), (name, r["decision"])
+        assert r["models"] == {"screen": "pcb-aoi-v1.0", "verify": "pcb-aoi-v1.0"}
+
+    # every prediction reviewed, with overrides of both kinds, each adjudicated
+    verdicts = dict(((v, o), n) for v, o, n in _rows(
+        db, "SELECT verdict, override, count(*) FROM reviews GROUP BY verdict, override"))
+    assert sum(n for (v, o), n in verdicts.items()) >= 24
+    assert verdicts.get(("false_positive", 1), 0) > 0 and verdicts.get(("missed_defect", 1), 0) > 0
+    reviewed = {pid for (pid,) in _rows(db, "SELECT DISTINCT prediction_id FROM reviews")}
+    assert reviewed == {pid for (pid,) in _rows(db, "SELECT id FROM predictions")}
+    assert {d for (d,) in _rows(db, "SELECT DISTINCT device FROM reviews")} == DEVICES
+
+    # revisions: shadow, promoted production, threshold-only child with the same bundles
+    rel = {ref: (parent, json.loads(spec)) for ref, parent, spec in _rows(db, "SELECT ref, parent, spec FROM releases")}
+    assert set(rel) == {"pcb-line@1", "pcb-line@2", "pcb-line@3"}
+    assert rel["pcb-line@1"][1]["mode"] == "shadow" and rel["pcb-line@2"][1]["mode"] == "production"
+    assert rel["pcb-line@2"][0] == "pcb-line@1" and rel["pcb-line@3"][0] == "pcb-line@2"
+    s2, s3 = rel["pcb-line@2"][1]["stages"], rel["pcb-line@3"][1]["stages"]
+    assert [s["bundle"] for s in s2] == [s["bundle"] for s in s3]
+    assert s2[1]["thresholds"] != s3[1]["thresholds"]
+
+    # rollouts: shadow and production completed, the retune rolled back; every device back on pcb-line@2
+    states = dict(_rows(db, "SELECT release, state FROM rollouts"))
+    assert states == {"pcb-line@1": "completed", "pcb-line@2": "completed", "pcb-line@3": "rolled_back"}
+    devices = {d: (json.loads(g), a) for d, g, a in _rows(db, "SELECT id, groups, active FROM devices")}
+    assert devices == {d: (["demo-line"], "pcb-line@2") for d in DEVICES}
+
+    audit = [json.loads(line) for line in (work / "fleet-data" / "promotion-audit.jsonl").read_text().splitlines()]
+    assert [a["outcome"] for a in audit] == ["overridden"]
+    assert "days" in audit[0]["failed_checks"] and audit[0]["reason"].strip()
+    assert (work / "fleet-data" / "shadow-signoffs.jsonl").read_text().count("demo-admin") == 1
+
+    # the devices' own stores hold the same predictions and reviews they sent
+    for d in DEVICES:
+        local = work / "devices" / d / "shadowline.db"
+        assert _rows(local, "SELECT count(*) FROM reviews")[0][0] >= 8
+
+    # stopped cleanly: no process of this workdir is left
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(work) not in ps
+
+
+def test_a_failing_step_exits_non_zero_naming_it(tmp_path: Path) -> None:
+    """A realdata folder without the model files: step 1 fails with the missing file named, nothing is left
+    running and the work directory is kept for inspection."""
+    fake = tmp_path / "realdata"
+    (fake / "models").mkdir(parents=True)
+    (fake / "images" / "pcb_winml").mkdir(parents=True)
+    work = tmp_path / "work"
+    p = subprocess.run([sys.executable, "-m", "shadowline.cli", "demo", "--quick", "--workdir", str(work),
+                        "--realdata", str(fake)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    assert "FAILED: step 1 (export the shipped models into signed bundles) failed" in p.stderr
+    assert "pcb-aoi_opset11.onnx not found" in p.stderr
+    assert (work / "keys" / "demo.key").exists()
+    no_models = subprocess.run([sys.executable, "-m", "shadowline.cli", "demo", "--realdata", str(tmp_path / "x")],
+                               cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert no_models.returncode != 0 and "has no models/" in no_models.stderr
