@@ -77,9 +77,13 @@ def backend_status(backend: str) -> str | None:
     return None
 
 
-def _coreml_package(bundle: Bundle) -> str | None:
+def _coreml_package(bundle: Bundle) -> tuple[str | None, str | None]:
+    """(package path, precision it was converted at) from the manifest; a package holds one precision only."""
+    info = bundle.manifest.extras.get("coreml") or {}
+    if info.get("package"):
+        return str(info["package"]), info.get("precision")
     names = sorted({f.split("/")[1] for f in bundle.manifest.files if f.startswith("coreml/") and f.count("/") >= 2})
-    return f"coreml/{names[0]}" if names else None
+    return (f"coreml/{names[0]}", None) if names else (None, None)
 
 
 def plan(bundle: Bundle, backends: list[str] | None = None, precisions: list[str] | None = None,
@@ -126,10 +130,12 @@ def plan(bundle: Bundle, backends: list[str] | None = None, precisions: list[str
                 if engine_cache is not None:
                     opts["cache_dir"] = engine_cache
             elif backend == "coreml":
-                pkg = _coreml_package(bundle)
+                pkg, pkg_precision = _coreml_package(bundle)
                 model_file = pkg or "coreml/"
-                if why is None and pkg is None:
+                if pkg is None:
                     why = "the bundle has no Core ML package (export with --coreml)"
+                elif pkg_precision is not None and pkg_precision != p:
+                    why = f"the bundle's Core ML package is {pkg_precision} (export --coreml-precision {p} for {p})"
             for n in sizes:
                 configs.append(Config(backend, p, n, "", model_file, why, dict(opts)))
     return configs

@@ -206,3 +206,20 @@ def test_plan_on_a_gpu_build_of_onnxruntime(bundles, tmp_path: Path, monkeypatch
     assert name == "TensorrtExecutionProvider" and opts["trt_fp16_enable"] is True
     assert opts["trt_engine_cache_enable"] and opts["trt_engine_cache_path"] == str(tmp_path)
     assert configs["onnxruntime[trt]/fp32/b1"].runner_options["providers"][0][1]["trt_fp16_enable"] is False
+
+
+def test_coreml_is_planned_at_its_package_precision(keys, tmp_path: Path, monkeypatch):
+    """A Core ML package holds one precision: the other is skipped with why; on Linux both are skipped anyway,
+    so the reasons are checked with the macOS check taken out of the way."""
+    from hwbench import plan as planmod
+    from tests.conftest import export_preset
+
+    path = export_preset("pcb-aoi", tmp_path, keys["private"], coreml=True, coreml_precision="fp16")
+    with load_bundle(path) as b:
+        original = planmod.backend_status
+        monkeypatch.setattr(planmod, "backend_status",
+                            lambda backend: None if backend == "coreml" else original(backend))
+        configs = {c.id: c for c in plan(b, backends=["coreml"], batches=[1])}
+        pkg = b.manifest.extras["coreml"]["package"]
+    assert configs["coreml/fp16/b1"].skip_reason is None and configs["coreml/fp16/b1"].model_file == pkg
+    assert "is fp16" in (configs["coreml/fp32/b1"].skip_reason or "")
