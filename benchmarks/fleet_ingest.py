@@ -118,7 +118,9 @@ def mqtt_ingest(workdir: Path, batches: list[tuple[str, list[dict]]], publishers
             raise SystemExit("publisher process did not connect")
         start = time.perf_counter()
         go.set()
-        wait_for(lambda: svc.fleet.store.count("predictions") >= total, 300, "ingest")
+        # poll the in-memory counter (records committed), not count(*): a table scan every 20 ms under the
+        # store's lock would slow down the ingest it measures; the stored count is checked once at the end
+        wait_for(lambda: svc.fleet.ingest.stats.records >= total, 300, "ingest")
         elapsed = time.perf_counter() - start
         stored = svc.fleet.store.count("predictions")
         proc.join(60)
@@ -147,21 +149,27 @@ def main() -> None:
     for i in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             raw_s = raw_insert(Path(tmp) / "raw.db", batches, args.raw_rows_per_tx)
+            raw_msg_s = raw_insert(Path(tmp) / "raw-msg.db", batches, args.per_batch)
             mqtt_s, stored = mqtt_ingest(Path(tmp), batches, args.devices, args.broker_inflight)
         if stored != total:
             raise SystemExit(f"run {i}: stored {stored} of {total} records")
         run = {"records": total, "raw_s": raw_s, "mqtt_s": mqtt_s, "raw_per_s": total / raw_s,
-               "ingest_per_s": total / mqtt_s, "ratio": raw_s / mqtt_s}
+               "ingest_per_s": total / mqtt_s, "ratio": raw_s / mqtt_s,
+               "raw_per_message_tx_per_s": total / raw_msg_s, "ratio_vs_per_message_tx": raw_msg_s / mqtt_s}
         runs.append(run)
         print(f"run {i}: {total} records  raw insert {run['raw_per_s']:,.0f}/s  "
-              f"MQTT->store {run['ingest_per_s']:,.0f}/s  ratio {run['ratio']:.2f}")
-    med = {k: statistics.median(r[k] for r in runs) for k in ("raw_per_s", "ingest_per_s", "ratio")}
+              f"MQTT->store {run['ingest_per_s']:,.0f}/s  ratio {run['ratio']:.2f}  "
+              f"(vs {args.per_batch} rows/tx: {run['raw_per_message_tx_per_s']:,.0f}/s, "
+              f"ratio {run['ratio_vs_per_message_tx']:.2f})")
+    med = {k: statistics.median(r[k] for r in runs) for k in ("raw_per_s", "ingest_per_s", "ratio",
+                                                               "raw_per_message_tx_per_s",
+                                                               "ratio_vs_per_message_tx")}
     result = {"benchmark": "fleet_ingest", "goal": "ratio >= 0.5", "params": vars(args), "runs": runs,
               "median": med, "machine": {"python": platform.python_version(), "cpu": platform.machine()}}
     out = ROOT / "benchmarks" / "results" / "fleet_ingest.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"durable ingest {med['ingest_per_s']:,.0f} predictions/s vs raw batched SQLite {med['raw_per_s']:,.0f}/s: "
-          f"ratio {med['ratio']:.2f} (goal >= 0.5)")
+    print(f"durable ingest {med['ingest_per_s']:,.0f} predictions/s vs raw batched SQLite "
+          f"({args.raw_rows_per_tx} rows/tx) {med['raw_per_s']:,.0f}/s: ratio {med['ratio']:.2f} (goal >= 0.5)")
 
 
 if __name__ == "__main__":
