@@ -82,7 +82,7 @@ def daemon_run(bundle: Path, files: list[Path], threads: int, work: Path) -> tup
     cfg = DeviceConfig.model_validate({
         "device_id": "bench", "api": {"enabled": False}, "runner": {"threads": threads},
         "release": {"name": "bench", "mode": "shadow", "stages": [{"role": "screen", "bundle": str(bundle)}]},
-        "sources": [{"type": "folder", "path": "inbox", "poll_s": 0.01, "settle_s": 0.0}],
+        "sources": [{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0.0}],
         "queue": {"max_size": 64}}).resolve(work)
     d = Daemon(cfg).start()
     try:
