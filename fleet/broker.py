@@ -138,6 +138,7 @@ class MqttClient:
         self.url = url
         self._subs: dict[str, int] = {}
         self._handler: MessageHandler | None = None
+        self._connected_callbacks: list[Callable[[], None]] = []
         self._connected = threading.Event()
         self.keepalive = keepalive
         self.last_rc: object = None
@@ -167,6 +168,10 @@ class MqttClient:
     def on_message(self, handler: MessageHandler) -> None:
         self._handler = handler
 
+    def on_connected(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on paho's thread: it must not block) after every successful (re)connection."""
+        self._connected_callbacks.append(callback)
+
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         self._subs[topic_filter] = qos
         if self._connected.is_set():
@@ -180,6 +185,8 @@ class MqttClient:
         for topic_filter, qos in self._subs.items():
             client.subscribe(topic_filter, qos)
         self._connected.set()
+        for callback in self._connected_callbacks:
+            callback()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()

@@ -103,13 +103,7 @@ class FleetService:
         self.mqtt.on_message(self._inbox.put)
         self._ingester = threading.Thread(target=self._ingest, name="ingest", daemon=True)
         self._ingester.start()
-        original = self.mqtt._on_connect
-
-        def on_connect(*args) -> None:
-            original(*args)
-            self._reconnected.set()
-
-        self.mqtt.client.on_connect = on_connect
+        self.mqtt.on_connected(self._reconnected.set)
         self.mqtt.start(wait=30)
         self.fleet.attach(self._publish, self._publish_many)
         self._loop = threading.Thread(target=self._run, name="rollout-loop", daemon=True)
