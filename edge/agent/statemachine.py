@@ -97,6 +97,7 @@ class Machine:
         self.root = Path(config.releases_dir)
         self.cache = ReleaseCache(self.root, config.keep_releases)
         self.path = self.root / "agent.db"
+        self._conn: sqlite3.Connection | None = None
         self.record = self._load()
         self._models: dict[str, Any] = {}
         self.last_checks: list[CheckResult] = []
@@ -125,7 +126,7 @@ class Machine:
         return ActivationRecord.model_validate_json(row[0]) if row else ActivationRecord()
 
     def _save(self, durable: bool = False) -> None:
-        conn = self._connect()
+        conn = self._conn or self._connect()
         try:
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             conn.execute("BEGIN IMMEDIATE")
@@ -133,7 +134,8 @@ class Machine:
                          (self.record.model_dump_json(by_alias=True),))
             conn.execute("COMMIT")
         finally:
-            conn.close()
+            if conn is not self._conn:
+                conn.close()
 
     def close(self) -> None:
         self._close_models()
@@ -182,6 +184,15 @@ class Machine:
             self.host.activate(c.release, c.candidate, self.cache.paths(c))
 
     def _run(self, state: State) -> ActivationRecord:
+        # one connection for the whole activation: closing the last connection checkpoints the WAL
+        self._conn = self._connect()
+        try:
+            return self._steps(state)
+        finally:
+            self._conn.close()
+            self._conn = None
+
+    def _steps(self, state: State) -> ActivationRecord:
         r = self.record
         while state != S.IDLE:
             r.state = state
