@@ -132,7 +132,9 @@ def plan(bundle: Bundle, backends: list[str] | None = None, precisions: list[str
             elif backend == "coreml":
                 pkg, pkg_precision = _coreml_package(bundle)
                 model_file = pkg or "coreml/"
-                if pkg is None:
+                if why is not None:
+                    pass  # the backend cannot run here at all: that is the reason to give
+                elif pkg is None:
                     why = "the bundle has no Core ML package (export with --coreml)"
                 elif pkg_precision is not None and pkg_precision != p:
                     why = f"the bundle's Core ML package is {pkg_precision} (export --coreml-precision {p} for {p})"
