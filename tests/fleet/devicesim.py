@@ -82,9 +82,10 @@ class SimFleet:
     it runs with a per-release latency."""
 
     def __init__(self, url: str, topics: Topics, devices: list[str], *, bad_bundles: set[str] = frozenset(),
-                 latency: dict[str, float] | None = None, predictions_per_report: int = 30) -> None:
+                 latency: dict[str, float] | None = None, predictions_per_report: int = 30,
+                 error_rate: dict[str, float] | None = None) -> None:
         self.topics, self.devices = topics, devices
-        self.bad_bundles, self.latency = set(bad_bundles), latency or {}
+        self.bad_bundles, self.latency, self.error_rate = set(bad_bundles), latency or {}, error_rate or {}
         self.per_report = predictions_per_report
         self.active: dict[str, str | None] = {d: None for d in devices}
         self.candidate: dict[str, str | None] = {d: None for d in devices}
@@ -151,7 +152,8 @@ class SimFleet:
             if not ref or not self.per_report:
                 continue
             name, _, rev = ref.partition("@")
-            recs = predictions(device, self.per_report, name, int(rev), self.latency.get(ref, 10.0), role=role,
+            recs = predictions(device, self.per_report, name, int(rev), self.latency.get(ref, 10.0),
+                               error_rate=self.error_rate.get(ref, 0.0), role=role,
                                seed=hash((device, ref)) & 0xFFFF)
             publish_until_acked(self.c, self.topics.device(device, "predictions"), batch(device, "predictions", recs))
 

@@ -44,10 +44,10 @@ def env(config: FleetConfig, mosquitto, bundles, bad_bundle):
     for d in DEVICES:
         fleet.devices.add(d, groups=["line-1"])
     sims = SimFleet(mosquitto.url, fleet.topics, DEVICES, bad_bundles={bad},
-                    latency={"seal@1": 10.0, "seal@2": 11.0, "seal@3": 40.0})
+                    latency={"seal@1": 10.0, "seal@2": 11.0, "seal@3": 40.0}, error_rate={"seal@4": 0.5})
     spec = lambda b: ReleaseSpec(name="seal" if b == good else "broken", stages=[StageSpec(role="verify", bundle=b)])
-    for _ in range(3):
-        fleet.releases.create(spec(good))  # seal@1..3 (same bundle: latency differs only in the simulation)
+    for _ in range(4):
+        fleet.releases.create(spec(good))  # seal@1..4 (same bundle: latency, errors differ only in the simulation)
     fleet.releases.create(spec(bad))  # broken@1
     base = fleet.rollouts.start(RolloutRequest(release="seal@1", group="line-1", waves=["100%"], gates=GATES))
     wait_for(lambda: fleet.rollouts.status(base["id"])["state"] != "running", 120, "baseline rollout")
@@ -143,3 +143,14 @@ def test_override_gate_and_conflicts(env):
     st = _wait_state(fleet, ro["id"], "halted")
     ov = st["gates"][0]["gates"]["override_rate"]
     assert ov["passed"] is False and ov["value"] == 0.5 and ov["samples"] == 20
+
+
+def test_error_rate_gate_halts(env):
+    svc, sims = env
+    fleet = svc.fleet
+    ro = fleet.rollouts.start(RolloutRequest(release="seal@4", group="line-1", waves=["1", "100%"], gates=GATES))
+    st = _wait_state(fleet, ro["id"], "halted")
+    err = st["gates"][0]["gates"]["error_rate"]
+    assert err["passed"] is False and err["value"] > 0.2 and err["samples"] >= 20
+    assert "error_rate" in st["reason"]
+    wait_for(lambda: set(sims.active.values()) == {"seal@1"}, 60, "canary back on seal@1")
