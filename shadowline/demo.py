@@ -428,7 +428,8 @@ def demo_command(realdata: Path | None, workdir: Path | None, quick: bool, keep_
     temp = workdir is None
     workdir = (workdir or Path(tempfile.mkdtemp(prefix="shadowline-demo-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGINT too: a demo started in the background of a script inherits an ignored SIGINT
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     t_start = time.perf_counter()
     demo: Demo | None = None
     failed: str | None = None
@@ -463,11 +464,14 @@ def demo_command(realdata: Path | None, workdir: Path | None, quick: bool, keep_
     except ShadowlineError as err:
         failed = f"{type(err).__name__}: {err}"
     finally:
+        for sig in previous:  # a second Ctrl-C must not cut the clean stop short
+            signal.signal(sig, signal.SIG_IGN)
         if demo is not None:
             _say("stopping the devices and the fleet service")
             demo.procs.stop()
             demo.http.close()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if temp and failed is None:
             shutil.rmtree(workdir, ignore_errors=True)
     if failed:

@@ -17,6 +17,17 @@ from tests.conftest import REALDATA, ROOT
 DEVICES = {"demo-cam-1", "demo-cam-2", "demo-cam-3"}
 
 
+def _command_lines() -> str:
+    """Every running process's full command line (ps would truncate them)."""
+    out = []
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append(cmd.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            pass  # the process ended meanwhile
+    return "\n".join(out)
+
+
 def _rows(db: Path, sql: str) -> list[tuple]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
         return list(c.execute(sql))
@@ -87,8 +98,7 @@ def test_quick_demo_runs_every_step(tmp_path: Path, expected: dict) -> None:
         assert _rows(local, "SELECT count(*) FROM reviews")[0][0] >= 8
 
     # stopped cleanly: no process of this workdir is left
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(work) not in ps
+    assert str(work) not in _command_lines()
 
 
 def test_a_failing_step_exits_non_zero_naming_it(tmp_path: Path) -> None:
@@ -107,3 +117,34 @@ def test_a_failing_step_exits_non_zero_naming_it(tmp_path: Path) -> None:
     no_models = subprocess.run([sys.executable, "-m", "shadowline.cli", "demo", "--realdata", str(tmp_path / "x")],
                                cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert no_models.returncode != 0 and "has no models/" in no_models.stderr
+
+
+@pytest.mark.slow
+def test_interrupt_stops_every_process(tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) while images stream: the devices and the fleet service are stopped, the demo says so and
+    exits non-zero."""
+    import signal
+    import time
+
+    work = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "shadowline.cli", "demo", "--quick", "--workdir", str(work),
+                             "--realdata", str(REALDATA)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            seen.append(line)
+            if "step 4/8" in line or time.monotonic() > deadline:
+                break
+        assert any("step 4/8" in line for line in seen), "".join(seen)
+        assert _command_lines().count(str(work)) >= 4, "fleet and three devices run before the interrupt"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1
+    assert "stopping the devices and the fleet service" in out and "FAILED: interrupted" in err
+    assert str(work) not in _command_lines()
