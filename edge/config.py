@@ -66,13 +66,18 @@ class RunnerConfig(_Cfg):
                                  description="onnxruntime execution providers in order (tensorrt, cuda, cpu)")
     threads: int | None = Field(None, ge=1, description="intra-op threads (None: the runtime's default)")
     require_providers: bool = Field(False, description="fail at start-up if a listed provider is missing")
+    session_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="onnxruntime session config entries, e.g. {session.intra_op.allow_spinning: '0'} so two "
+                    "models on a small CPU do not spin against each other")
     tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions, description="backend: tensorrt options")
     coreml: CoreMLOptions = Field(default_factory=CoreMLOptions, description="backend: coreml options")
 
     def runner_options(self) -> dict[str, Any]:
         """Keyword arguments for the configured backend's runner."""
         if self.backend == "onnxruntime":
-            return {"providers": self.providers, "threads": self.threads, "require_providers": self.require_providers}
+            return {"providers": self.providers, "threads": self.threads, "require_providers": self.require_providers,
+                    "session_config": self.session_config}
         if self.backend == "tensorrt":
             return self.tensorrt.model_dump(exclude_none=True)
         return self.coreml.model_dump()

@@ -30,12 +30,14 @@ class OnnxRuntimeRunner(Runner):
         providers: list[str | tuple[str, dict]] | None = None,
         threads: int | None = None,
         require_providers: bool = False,
+        session_config: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.model_path = Path(model_path)
         self.requested = [self._normalise(p) for p in (providers or ["CPUExecutionProvider"])]
         self.threads = threads
         self.require_providers = require_providers
+        self.session_config = dict(session_config or {})
         self._session = None
         self.active_providers: list[str] = []
 
@@ -55,6 +57,8 @@ class OnnxRuntimeRunner(Runner):
             opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        for key, value in self.session_config.items():
+            opts.add_session_config_entry(key, str(value))
         available = set(ort.get_available_providers())
         names = [p[0] if isinstance(p, tuple) else p for p in self.requested]
         missing = [n for n in names if n not in available]
@@ -93,4 +97,6 @@ class OnnxRuntimeRunner(Runner):
                 "active_providers": self.active_providers,
                 "missing_providers": [p[0] if isinstance(p, tuple) else p for p in self.requested
                                       if (p[0] if isinstance(p, tuple) else p) not in self.active_providers],
-                "threads": self.threads}
+                "threads": self.threads,
+                "session_config": {k: self._session.get_session_options().get_session_config_entry(k)
+                                   for k in self.session_config} if self._session is not None else {}}

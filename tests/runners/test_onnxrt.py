@@ -95,3 +95,18 @@ def test_registry() -> None:
 
     assert type(create_runner("tensorrt", PCB)) is TensorRTRunner
     assert type(create_runner("coreml", PCB)) is CoreMLRunner
+
+
+def test_session_config_entries_reach_the_session(bundles):
+    """Entries are applied to the live session (read back from it, not from what was asked)."""
+    from edge.runners.onnxrt import OnnxRuntimeRunner
+    from export.bundle import load_bundle
+
+    with load_bundle(bundles["pcb-aoi"]) as b:
+        r = OnnxRuntimeRunner(b.model_path, session_config={"session.intra_op.allow_spinning": "0"}).load()
+        assert r.describe()["session_config"] == {"session.intra_op.allow_spinning": "0"}
+        plain = OnnxRuntimeRunner(b.model_path).load()
+        with pytest.raises(RuntimeError, match="does not have configuration"):  # not set unless asked for
+            plain._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        r.close()
+        plain.close()
