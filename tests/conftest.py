@@ -4,6 +4,7 @@ Mosquitto process on a free port with its own config."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -94,6 +95,9 @@ class Mosquitto:
             f"persistence true\npersistence_location {self.workdir}/\n"
             f"log_dest file {self.workdir}/mosquitto.log\n"
             "max_queued_messages 100000\n"
+            # Started as root, Mosquitto drops to the `mosquitto` user, which cannot write pytest's private
+            # temp folders: its persistence and password files would silently not work.
+            + ("user root\n" if os.geteuid() == 0 and "user " not in (self.extra_conf or "") else "")
             + (self.extra_conf or "allow_anonymous true\n"))
         self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
