@@ -146,10 +146,10 @@ class Demo:
         def done() -> dict | None:
             nonlocal seen_wave
             st = self.api("GET", f"/api/rollouts/{rid}")
-            if st.get("wave", 0) != seen_wave and st["state"] == "running":
-                seen_wave = st.get("wave", 0)
-                _say(f"  rollout {rid}: wave {seen_wave + 1}/{len(st.get('sizes', []))} "
-                     f"({st.get('sizes', ['?'])[min(seen_wave, len(st.get('sizes', [1])) - 1)]} device(s))")
+            sizes, wave = st.get("sizes") or [], st.get("wave", 0)
+            if wave != seen_wave and st["state"] == "running" and wave < len(sizes):
+                seen_wave = wave
+                _say(f"  rollout {rid}: wave {wave + 1}/{len(sizes)} ({sizes[wave]} device(s) in total)")
             if st["state"] in ("halted", "failed", "rolled_back"):
                 raise DemoFailed(f"rollout {rid} of {ref} ended {st['state']}: {st.get('reason')}")
             return st if st["state"] == "completed" else None
@@ -283,7 +283,7 @@ class Demo:
     def review(self) -> None:
         posted, overrides, k = 0, {"false_positive": 0, "missed_defect": 0}, 0
         for name in DEVICES:
-            preds = self.device(name, "GET", f"/v1/predictions?limit=500&role=active")
+            preds = self.device(name, "GET", "/v1/predictions?limit=500&role=active")
             for p in sorted(preds, key=lambda p: p["source"]):
                 k += 1
                 flagged = p["decision"] == "flag"
@@ -333,6 +333,8 @@ class Demo:
             _say(f"    [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
         _say(f"  go/no-go with the default exit criteria: {'GO' if rep['go'] else 'NO-GO'}")
         self.summary["shadow_report"] = {k: rep[k] for k in ("cases", "reviewed", "evaluated", "go")}
+        (self.workdir / "shadow-report.md").write_text(self.report(self.shadow_ref, "md"))
+        _say(f"  full report: {self.workdir / 'shadow-report.md'} (also on the dashboard's Shadow report page)")
         session = self.dashboard_login()
         form = {"release": self.shadow_ref, "group": GROUP, "days": 14, "adjudicators": ADJUDICATOR}
         self.dashboard_post(session, "/dashboard/shadow/signoff", {**form, "note": "demo sign-off"})
