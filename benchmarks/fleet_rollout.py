@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -110,7 +111,8 @@ def main() -> None:
     result = {"devices": args.devices, "rounds": rounds, "rollout_median_s": round(rollout, 3),
               "rollback_median_s": round(rollback, 3), "rollback_goal_s": 2.0,
               "rollback_vs_rollout": round(rollback / rollout, 3),
-              "baseline": "full rollout of a new release to the same devices in the same round"}
+              "baseline": "full rollout of a new release to the same devices in the same round",
+              "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
     out = ROOT / "benchmarks" / "results" / "fleet_rollout.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"rollout to {args.devices} devices (baseline): {rollout:.2f} s median")
