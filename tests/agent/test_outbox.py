@@ -87,8 +87,8 @@ def test_rows_stay_until_acknowledged(tmp_path):
 
 # Two broker settings make a PUBACK durable across a kill -9: Mosquitto saves its state only every 30 minutes by
 # default (autosave_on_changes saves after every change instead), and started as root it drops to the `mosquitto`
-# user, which cannot write its persistence file into a root-owned 0700 test directory: without `user root` it
-# silently runs without persistence and forgets every queued message on restart.
+# user, which cannot write its persistence file into a root-owned 0700 test directory (then it silently runs
+# without persistence and forgets every queued message on restart; tests.conftest now adds `user root` itself).
 DURABLE = "allow_anonymous true\nautosave_interval 1\nautosave_on_changes true\nuser root\n"
 
 
