@@ -62,6 +62,25 @@ def _wait(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.2)
         time.sleep(step)
 
 
+# What a run writes in --workdir besides keys/ (kept: the signing key is the one thing worth reusing)
+OWN = ("fleet-data", "devices", "bundles", "logs", "trust", "tokens.json", "fleet.yaml", "demo-summary.json",
+       "shadow-report.md")
+
+
+def _reset(workdir: Path) -> None:
+    """A rerun in the same --workdir starts from a clean fleet and clean devices (a rebuilt bundle differs in its
+    signature and timestamps, and the fleet rightly refuses a different bundle under a registered id)."""
+    if not (workdir / "fleet.yaml").exists():
+        return
+    for name in OWN:
+        path = workdir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    _say("removed the previous run's state from the work directory (signing key kept)")
+
+
 class Processes:
     """Child processes in their own sessions (so a terminal Ctrl-C reaches only the demo, which then stops them in
     order: devices first, so their last outbox rows still reach the fleet)."""
@@ -345,8 +364,13 @@ class Demo:
             failed = ", ".join(c["name"] for c in rep["checks"] if not c["passed"])
             reason = (f"demo: a two-minute run cannot cover the 14-day shadow period; failed checks ({failed}) "
                       "accepted for demonstration only")
-            _say(f"  with the sign-off the default criteria still say NO-GO ({failed}): promoting through the gate "
-                 f"under an AUDITED ADMIN OVERRIDE; reason recorded: {reason!r}")
+            beyond_days = [c["name"] for c in rep["checks"] if not c["passed"] and c["name"] != "days"]
+            if beyond_days:
+                _say(f"  demo criteria (min days 0 + the recorded sign-off) would still fail {', '.join(beyond_days)}: "
+                     "the inspectors' overrides are real evidence against the model, so no criteria are bent to "
+                     "hide them")
+            _say(f"  default criteria with the sign-off: NO-GO ({failed}); promoting through the gate under an "
+                 f"AUDITED ADMIN OVERRIDE; reason recorded: {reason!r}")
         else:
             _say("  promoting through the gate: the default exit criteria are met")
         msg = self.dashboard_post(session, "/dashboard/shadow/promote", {**form, "reason": reason})
@@ -437,6 +461,7 @@ def demo_command(realdata: Path | None, workdir: Path | None, quick: bool, keep_
     failed: str | None = None
     try:
         _say(f"work directory {workdir}")
+        _reset(workdir)
         demo = Demo(realdata, workdir, quick)
         for i, (title, step) in enumerate(STEPS, 1):
             _say(f"step {i}/{len(STEPS) + 1}: {title}")

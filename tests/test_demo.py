@@ -148,3 +148,19 @@ def test_interrupt_stops_every_process(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "stopping the devices and the fleet service" in out and "FAILED: interrupted" in err
     assert str(work) not in _command_lines()
+
+
+def test_rerun_in_the_same_workdir_removes_only_the_demos_own_state(tmp_path: Path) -> None:
+    from shadowline.demo import OWN, _reset
+
+    (tmp_path / "devices" / "demo-cam-1").mkdir(parents=True)
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "demo.key").write_text("k")
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "tokens.json").write_text("{}")
+    _reset(tmp_path)  # no fleet.yaml: not a demo's folder, nothing is touched
+    assert (tmp_path / "devices").exists() and (tmp_path / "tokens.json").exists()
+    (tmp_path / "fleet.yaml").write_text("{}")
+    _reset(tmp_path)
+    assert not any((tmp_path / name).exists() for name in OWN)
+    assert (tmp_path / "keys" / "demo.key").read_text() == "k" and (tmp_path / "notes.txt").read_text() == "mine"
