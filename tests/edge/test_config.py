@@ -113,7 +113,9 @@ def test_runner_options_per_backend() -> None:
     from edge.config import RunnerConfig
 
     assert RunnerConfig(providers=["cuda", "cpu"], threads=2).runner_options() == {
-        "providers": ["cuda", "cpu"], "threads": 2, "require_providers": False}
+        "providers": ["cuda", "cpu"], "threads": 2, "require_providers": False, "session_config": {}}
+    no_spin = RunnerConfig.model_validate({"session_config": {"session.intra_op.allow_spinning": "0"}})
+    assert no_spin.runner_options()["session_config"] == {"session.intra_op.allow_spinning": "0"}
     trt = RunnerConfig.model_validate({"backend": "tensorrt", "tensorrt": {"precision": "fp16",
                                                                           "cache_dir": "/var/cache/engines"}})
     assert trt.runner_options() == {"cache_dir": Path("/var/cache/engines"), "precision": "fp16",
