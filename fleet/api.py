@@ -77,6 +77,11 @@ class MobileVerdict(BaseModel):
     note: str = Field("", max_length=2000)
 
 
+class HaltRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("manual halt", max_length=500, description="why the rollout is halted (kept on it)")
+
+
 def _artifact_response(request: Request, name: str) -> Response:
     fleet: Fleet = request.app.state.fleet
     path, size, sha = resolve(fleet.store, fleet.artifacts_dir, name)
@@ -170,6 +175,12 @@ def build_router() -> APIRouter:
             summary="Return every device the rollout touched to its previous release")
     def rollback(rid: str, request: Request, _: TokenEntry = Depends(admin)) -> dict[str, Any]:
         return request.app.state.fleet.rollouts.rollback(rid)
+
+    @r.post("/api/rollouts/{rid}/halt", tags=["rollouts"],
+            summary="Stop a running rollout from starting further waves; devices stay where they are")
+    def halt(rid: str, request: Request, body: HaltRequest | None = None,
+             _: TokenEntry = Depends(admin)) -> dict[str, Any]:
+        return request.app.state.fleet.rollouts.halt(rid, (body or HaltRequest()).reason)
 
     @r.get("/api/ingest", tags=["ingest"], summary="Ingest counters and malformed messages by topic")
     def ingest_stats(request: Request, _: TokenEntry = Depends(viewer)) -> dict[str, Any]:

@@ -222,6 +222,15 @@ def rollout_status(url: str, token: str | None, rollout_id: str | None) -> None:
     _out(api.call("GET", f"/api/rollouts/{rollout_id}") if rollout_id else api.call("GET", "/api/rollouts"))
 
 
+@rollout_group.command("halt")
+@_api_options
+@click.argument("rollout_id")
+@click.option("--reason", default="manual halt", show_default=True, help="Why it is halted (kept on the rollout).")
+def rollout_halt(url: str, token: str | None, rollout_id: str, reason: str) -> None:
+    """Stop a running rollout from starting further waves; devices stay where they are until a rollback."""
+    _out(Api(url, token).call("POST", f"/api/rollouts/{rollout_id}/halt", json={"reason": reason}))
+
+
 @fleet_group.command("rollback")
 @_api_options
 @click.argument("rollout_id")

@@ -134,6 +134,17 @@ class Rollouts:
         self._set(rid, state=ROLLED_BACK, reason=reason if ro["state"] != HALTED else f"{ro['reason']}; {reason}")
         return self.status(rid)
 
+    def halt(self, rid: str, reason: str = "manual halt") -> dict[str, Any]:
+        """Stop a running rollout from starting further waves. Devices keep the release they were given (a wave
+        in progress finishes activating); `rollback` afterwards returns them. Only a running rollout halts."""
+        with self.lock:
+            ro = self._get(rid)
+            if ro["state"] != RUNNING:
+                raise Conflict(f"rollout {rid} is {ro['state']}, not running: nothing to halt")
+            reason = reason.strip() or "manual halt"
+            self._set(rid, state=HALTED, reason=f"halted at wave {ro['wave']}: {reason}")
+            return self.status(rid)
+
     # -- progress ------------------------------------------------------------------------------------------------
     def tick(self) -> None:
         """Advance every running rollout one step: judge finished waves, start the next, halt on a failed gate."""

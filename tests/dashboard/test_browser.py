@@ -217,3 +217,27 @@ def test_metrics_endpoint_of_the_running_service(service):
     stored = api(service, "/api/ingest")["stored"]["predictions"]
     assert f'shadowline_fleet_records_total{{kind="predictions"}} {stored}' in text
     assert 'shadowline_fleet_rollouts{state="rolled_back"} 1' in text
+
+
+def test_halt_from_the_page_is_confirmed_and_stops_the_rollout(service, page):
+    # a group whose one device has no simulator: the rollout's first wave stays pending, so it is still running
+    admin = {"Authorization": f"Bearer {service['tokens']['admin']}"}
+    httpx.put(service["url"] + "/api/devices/dev-z", json={"groups": ["line-9"]}, headers=admin).raise_for_status()
+    r = httpx.post(service["url"] + "/api/rollouts", json={"release": "pcb-line@1", "group": "line-9",
+                                                            "waves": ["100%"]}, headers=admin)
+    r.raise_for_status()
+    rid = r.json()["id"]
+    page.goto(service["url"] + "/dashboard/rollouts")
+    assert page.locator(f"#halt-{rid}").count() == 1
+    page.click(f"#halt-{rid}")
+    page.wait_for_selector("#question")
+    assert rid in page.inner_text("#question") and "Halt" in page.inner_text("#question")
+    assert api(service, f"/api/rollouts/{rid}")["state"] == "running"  # nothing happens before confirming
+    page.screenshot(path=str(ARTIFACTS / "halt-confirm.png"), full_page=True)
+    page.click("#confirm")
+    page.wait_for_selector("#message")
+    assert f"rollout {rid}: halted" in page.inner_text("#message")
+    st = api(service, f"/api/rollouts/{rid}")
+    assert st["state"] == "halted" and st["reason"] == "halted at wave 0: halted from the dashboard by admin-user"
+    assert page.locator(f"#halt-{rid}").count() == 0  # no Halt control on a halted rollout; Roll back remains
+    assert page.locator(f"#rollback-{rid}").count() == 1
