@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fleet.analytics.alerts import AlertRules
 from fleet.broker import BrokerTLS
 from shadowline.errors import ConfigError
 
@@ -33,6 +34,22 @@ class FleetConfig(BaseModel):
     rollout_tick_s: float = Field(0.2, gt=0, description="how often running rollouts are advanced")
     publish_timeout_s: float = Field(10.0, gt=0, description="wait this long for the broker's PUBACK before "
                                                              "leaving a message queued for after reconnection")
+    monitor_interval_s: float = Field(60.0, ge=0, description="how often the alert rules run over the fleet's "
+                                                                "records (0: never; the dashboard can still run them)")
+    monitor_window: str = Field("1h", description="window the alert rules judge, e.g. 1h or 24h")
+    monitor_lookback_days: float = Field(60.0, gt=0, description="records this old at most feed each evaluation "
+                                                                 "(the baseline of a release is its first days)")
+    alert_rules: AlertRules = Field(default_factory=AlertRules, description="alert rule settings (defaults: the "
+                                                                            "field guide's)")
+
+    @field_validator("monitor_window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        from fleet.analytics.windows import WINDOWS
+
+        if v not in WINDOWS:
+            raise ValueError(f"unknown window {v!r}; known: {', '.join(WINDOWS)}")
+        return v
 
     @property
     def base_url(self) -> str:

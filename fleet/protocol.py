@@ -62,6 +62,15 @@ class Topics:
             raise ValueError(f"unknown device topic {kind!r}")
         return f"{self.prefix}/dev/+/{kind}"
 
+    # fleet-level topics: published by the fleet service itself, about the whole fleet (never from a device)
+    FLEET_TOPICS = ("alerts",)
+
+    def fleet(self, kind: str) -> str:
+        """A fleet-level topic, e.g. `{prefix}/fleet/alerts` (alerts the fleet service raised and cleared)."""
+        if kind not in self.FLEET_TOPICS:
+            raise ValueError(f"unknown fleet topic {kind!r}")
+        return f"{self.prefix}/fleet/{kind}"
+
     def parse(self, topic: str) -> tuple[str, str] | None:
         """(device id, kind) of a device topic under this prefix, or None."""
         parts = topic.split("/")

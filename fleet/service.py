@@ -14,6 +14,7 @@ from fleet.config import FleetConfig
 from fleet.desired import DesiredStates, Publish, PublishMany
 from fleet.devices import Devices
 from fleet.ingest import Ingest
+from fleet.monitoring import Monitor
 from fleet.protocol import Topics
 from fleet.registry import Registry
 from fleet.releases import Releases
@@ -49,6 +50,7 @@ class Fleet:
                                      self.publish, self.publish_many)
         self.rollouts = Rollouts(self.store, self.releases, self.devices, self.desired)
         self.ingest = Ingest(self.store, self.devices, self.topics)
+        self.monitor = Monitor(self.store, self.topics, config, self.publish)
 
     def publish(self, topic: str, payload: bytes, retain: bool) -> None:
         if self._publish is None:
@@ -85,6 +87,7 @@ class FleetService:
         self._inbox: queue.Queue = queue.Queue()
         self._ingester: threading.Thread | None = None
         self.loop_alive = threading.Event()
+        self._monitor: threading.Thread | None = None
 
     @property
     def broker_url(self) -> str:
@@ -108,6 +111,9 @@ class FleetService:
         self.fleet.attach(self._publish, self._publish_many)
         self._loop = threading.Thread(target=self._run, name="rollout-loop", daemon=True)
         self._loop.start()
+        if self.config.monitor_interval_s > 0:
+            self._monitor = threading.Thread(target=self._watch, name="monitor-loop", daemon=True)
+            self._monitor.start()
         return self
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
@@ -160,6 +166,14 @@ class FleetService:
                 log.exception("rollout loop")
         self.loop_alive.clear()
 
+    def _watch(self) -> None:
+        """The monitoring loop: its own thread, so a long evaluation never delays a rollout step."""
+        while not self._stop.wait(self.config.monitor_interval_s):
+            try:
+                self.fleet.monitor.run_once()
+            except Exception:  # one bad pass (a broken record, a full disk) must not end monitoring
+                log.exception("monitor loop")
+
     @property
     def ready(self) -> bool:
         return self.mqtt is not None and self.mqtt.connected and self.loop_alive.is_set()
@@ -168,6 +182,8 @@ class FleetService:
         self._stop.set()
         if self._loop is not None:
             self._loop.join(10)
+        if self._monitor is not None:
+            self._monitor.join(30)
         if self.mqtt is not None:
             self.mqtt.stop()
         if self._ingester is not None:

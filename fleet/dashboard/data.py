@@ -105,6 +105,10 @@ def alerts(fleet: Any, limit: int = 200) -> tuple[list[AlertRecord], list[AlertR
 
 def evaluate_alerts(fleet: Any, now: datetime | None = None, window: str = "1h") -> list[AlertRecord]:
     """Run the rules now, store the changes and return them."""
+    monitor = getattr(fleet, "monitor", None)
+    if monitor is not None and window == fleet.config.monitor_window:
+        # the service's own pass: same rules, same lock as its loop (never raised twice), and published
+        return monitor.run_once(now)
     now = now or now_utc()
     since = (now - timedelta(days=60)).isoformat()
     changes = evaluate_fleet(fleet.store.predictions(since=since), fleet.store.reviews(since=since),
