@@ -8,9 +8,9 @@ latency runs from submission to the commit of its record (its source's on_done).
 thread calls `Daemon.activate` (what the device agent calls on a new desired state), alternating a
 threshold-only revision and a swap to a different model, several times per repeat, a fresh daemon per repeat.
 
-Windows per swap: "before" = frames submitted in the `--before-s` seconds before activate() started and finished
-before it; "during" = frames that finished after activate() started and were submitted before it returned plus
-`--tail-s` (the backlog the swap left behind). Dropped = submitted frames without exactly one active record in the
+Windows per swap, of equal length: "during" = frames that finished after activate() started and were submitted
+before it returned plus `--tail-s` (the backlog the swap left behind); "before" = frames submitted in as many
+seconds before activate() started that finished before it. Swaps are `--gap-s` apart. Dropped = submitted frames without exactly one active record in the
 daemon's SQLite store (counted there, by each frame's unique source), queue rejections included. The figure is
 the median over all swaps of the per-swap ratio P99 during / P99 before. Prints it last; writes
 benchmarks/results/hot_swap.json.
@@ -53,8 +53,10 @@ def export_bundles(out: Path) -> tuple[dict[str, Path], Path]:
 
 def releases(bundles: dict[str, Path]) -> list[tuple[str, dict]]:
     """(kind of swap that leads to it, release) in cycle order: thresholds only, other model, back, thresholds."""
-    sq = lambda t: [{"role": "screen", "bundle": str(bundles["squeezenet"]), "candidate_classes": CAT_CLASSES,  # noqa: E731
-                     "threshold": t}]
+    def sq(t: float) -> list[dict]:
+        return [{"role": "screen", "bundle": str(bundles["squeezenet"]), "candidate_classes": CAT_CLASSES,
+                 "threshold": t}]
+
     pcb = [{"role": "screen", "bundle": str(bundles["pcb-aoi"]), "candidate_classes": ["Defective"],
             "threshold": 0.5}]
     return [("start", {"stages": sq(0.1)}), ("thresholds", {"stages": sq(0.3)}), ("model", {"stages": pcb}),
@@ -153,7 +155,7 @@ def one_repeat(rep: int, work: Path, trust: Path, rels: list[tuple[str, dict]], 
     try:
         service = capacity(d, images)
         feeder = Feeder(d, images, service / args.load, f"r{rep}").start()
-        time.sleep(args.before_s + 1.0)  # the queue reaches its steady state before the first window
+        time.sleep(args.gap_s)  # the queue reaches its steady state before the first window
         revision = 1
         for i in range(args.swaps):
             kind, rel = rels[1 + i % (len(rels) - 1)]
@@ -164,7 +166,8 @@ def one_repeat(rep: int, work: Path, trust: Path, rels: list[tuple[str, dict]], 
             swaps.append({"kind": kind, "from": revision, "to": revision + 1, "start": s0, "end": s1,
                           "activate_ms": round((s1 - s0) * 1000, 1)})
             revision += 1
-            time.sleep(max(args.before_s, args.tail_s) + 0.5)
+            # the next before-window must not reach back into this swap's during-window
+            time.sleep(max(args.gap_s, 2 * (args.tail_s + s1 - s0)) + 0.2)
         feeder.finish()
         sent = feeder.sent
         rows = d.store.query("SELECT source, COUNT(*) AS n, MIN(revision) AS rev FROM predictions "
@@ -177,7 +180,9 @@ def one_repeat(rep: int, work: Path, trust: Path, rels: list[tuple[str, dict]], 
     rejected = sum(not s.accepted for s in sent)
     wrong_rev = 0
     for sw in swaps:
-        before = [s for s in sent if s.done is not None and sw["start"] - args.before_s <= s.submitted
+        # windows of equal length, so both P99s come from samples of about the same size and image mix
+        span = sw["end"] - sw["start"] + args.tail_s
+        before = [s for s in sent if s.done is not None and sw["start"] - span <= s.submitted
                   and s.done < sw["start"]]
         during = [s for s in sent if s.done is not None and s.done >= sw["start"]
                   and s.submitted <= sw["end"] + args.tail_s]
@@ -202,12 +207,12 @@ def main() -> None:
     ap.add_argument("--swaps", type=int, default=6, help="swaps per repeat (thresholds, model, model, ...)")
     ap.add_argument("--load", type=float, default=0.35, help="stream rate as a fraction of the measured capacity")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads of the daemon")
-    ap.add_argument("--before-s", type=float, default=4.0, help="seconds of stream in each before-window")
-    ap.add_argument("--tail-s", type=float, default=1.0, help="seconds after activate() returns counted as during")
+    ap.add_argument("--gap-s", type=float, default=4.0, help="seconds of steady stream between two swaps")
+    ap.add_argument("--tail-s", type=float, default=2.0, help="seconds after activate() returns counted as during")
     ap.add_argument("--quick", action="store_true", help="short run (CI)")
     args = ap.parse_args()
     if args.quick or os.environ.get("SHADOWLINE_BENCH_QUICK"):
-        args.repeats, args.swaps, args.before_s = 2, 3, 2.5
+        args.repeats, args.swaps, args.gap_s, args.tail_s = 2, 3, 3.0, 1.5
     files = sorted(p for d in ("pcb_winml", "photos") for p in (IMAGES / d).iterdir())
     images = [(f.read_bytes(), f.suffix) for f in files]
     tmp = Path(tempfile.mkdtemp(prefix="bench-hotswap-"))
@@ -232,7 +237,7 @@ def main() -> None:
     dropped = sum(r["dropped"] for r in runs)
     twice = sum(r["processed_twice"] for r in runs)
     result = {"repeats": args.repeats, "swaps_per_repeat": args.swaps, "load": args.load, "threads": args.threads,
-              "before_s": args.before_s, "tail_s": args.tail_s, "runs": runs,
+              "gap_s": args.gap_s, "tail_s": args.tail_s, "runs": runs,
               "frames_submitted": sum(r["submitted"] for r in runs), "frames_dropped": dropped,
               "frames_processed_twice": twice, "wrong_revision": sum(r["wrong_revision"] for r in runs),
               "p99_before_ms_median": round(statistics.median(s["p99_before_ms"] for s in swaps), 2),
