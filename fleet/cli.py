@@ -263,5 +263,11 @@ def devices(url: str, token: str | None, group: str | None, tag: str | None, set
         click.echo("no devices", err=True)
 
 
+# registered last: fleet.cli_field uses the API helpers above
+from fleet.cli_field import promote_data, tune  # noqa: E402
+
+fleet_group.add_command(tune)
+fleet_group.add_command(promote_data)
+
 if __name__ == "__main__":
     sys.exit(fleet_group())
