@@ -153,6 +153,14 @@ def build_router() -> APIRouter:
                      _: TokenEntry = Depends(viewer)) -> list[dict[str, Any]]:
         return request.app.state.fleet.devices.list(group=group, tag=tag)
 
+    @r.get("/api/devices/{device}/capability", tags=["devices"],
+           summary="The device's latest capability record (hwbench --publish), as the device sent it")
+    def device_capability(device: str, request: Request, _: TokenEntry = Depends(viewer)) -> dict[str, Any]:
+        ev = request.app.state.fleet.store.latest_events("capability", device=device).get(device)
+        if ev is None:
+            raise NotFound(f"no capability record from device {device!r}")
+        return ev.model_dump(mode="json")
+
     @r.put("/api/devices/{device}", tags=["devices"], summary="Set groups/tags (registers the device if new)")
     def update_device(device: str, body: DeviceUpdate, request: Request,
                       _: TokenEntry = Depends(admin)) -> dict[str, Any]:

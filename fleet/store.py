@@ -236,6 +236,18 @@ class Store:
                until: str | None = None, limit: int | None = None, kind: str | None = None) -> Iterator[EventRecord]:
         yield from self._select("events", device, group, None, since, until, limit, {"kind": kind} if kind else None)
 
+    def latest_events(self, kind: str, device: str | None = None) -> dict[str, EventRecord]:
+        """The newest event of `kind` per device (e.g. each device's capability record), by device id."""
+        where, params = "kind = ?", [kind]
+        if device is not None:
+            where += " AND device = ?"
+            params.append(device)
+        # newest per device in SQL: the events table also holds every activation step and delivery
+        rows = self.rows(f"SELECT e.record FROM events e JOIN (SELECT device, max(created_at) AS at FROM events "
+                         f"WHERE {where} GROUP BY device) m ON e.device = m.device AND e.created_at = m.at "
+                         f"WHERE e.kind = ? ORDER BY e.device, e.id", [*params, kind])
+        return {r.device: r for r in (EventRecord.model_validate_json(x["record"]) for x in rows)}
+
 
 class _Tx:
     """`with store.transaction():` one BEGIN IMMEDIATE ... COMMIT under the store lock (rolled back on error)."""

@@ -66,14 +66,38 @@ def devices(fleet: Any, now: datetime | None = None) -> list[dict[str, Any]]:
     preds = list(fleet.store.predictions(since=_since(win)))
     mets = list(fleet.store.metrics(since=_since(win)))
     active = AlertTracker.from_history(fleet.store.alerts()).active
+    caps = fleet.store.latest_events("capability")
     out = []
     for d in fleet.devices.list():
         s = snapshot(preds, [], mets, win, Scope(device=d["id"]))
         total = s.health.latency_ms.get("total")
         out.append({**d, "predictions_24h": s.health.predictions, "error_rate_24h": s.health.error_rate,
                     "p95_ms_24h": total.p95 if total else None, "queue_depth": s.health.queue_depth,
-                    "alerts": sorted(rule for (dev, rule) in active if dev == d["id"])})
+                    "alerts": sorted(rule for (dev, rule) in active if dev == d["id"]),
+                    "capability": capability(caps[d["id"]]) if d["id"] in caps else None})
     return out
+
+
+def _fig(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def capability(ev: Any) -> dict[str, Any]:
+    """The headline of a device's latest capability record (hwbench --publish): bundle, when, the fastest
+    measured configuration, and the use-case verdicts. Missing or odd fields become None, never an error: the
+    record is the device's word, the page must render whatever arrived."""
+    d = ev.detail if isinstance(ev.detail, dict) else {}
+    configs = [c for c in d.get("configs") or [] if isinstance(c, dict)]
+    timed = [c for c in configs if _fig(c.get("p95_ms")) is not None]
+    best = min(timed, key=lambda c: _fig(c.get("p95_ms"))) if timed else None
+    verdicts = d.get("verdicts") if isinstance(d.get("verdicts"), dict) else {}
+    hw = d.get("hardware")
+    return {"bundle": d.get("bundle"), "measured_at": d.get("measured_at") or ev.created_at,
+            "hardware": hw if isinstance(hw, (str, dict)) else None,
+            "best_config": best.get("id") if best else None, "p95_ms": _fig(best.get("p95_ms")) if best else None,
+            "throughput_ips": _fig(best.get("throughput_ips")) if best else None,
+            "verdicts": {str(k): str(v.get("status")) for k, v in verdicts.items() if isinstance(v, dict)},
+            "configs": len(configs), "record_id": ev.id}
 
 
 def pillars(fleet: Any, device: str = FLEET, release: str | None = None, window: str = "24h",

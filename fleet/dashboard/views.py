@@ -20,6 +20,21 @@ def _status(s: str | None) -> str:
     return f'<span class="{cls}">{e(s or "unknown")}</span>'
 
 
+def _capability(c: dict[str, Any] | None) -> str:
+    """A device's latest capability record in one cell: bundle, fastest configuration, verdicts, when."""
+    if not c:
+        return '<span class="muted">–</span>'
+    fig = (f'{e(c["best_config"])}: P95 {num(c["p95_ms"], "{:.2f}")} ms, {num(c["throughput_ips"], "{:.1f}")} img/s'
+           if c.get("best_config") else "no configuration measured")
+    verdicts = " ".join(f'<span class="{"ok" if s == "pass" else "bad" if s == "fail" else "muted"}">{e(t)} {e(s)}'
+                        f'</span>' for t, s in sorted(c["verdicts"].items()))
+    hw = c.get("hardware")
+    title = e(json.dumps(hw, sort_keys=True) if isinstance(hw, dict) else (hw or ""))
+    return (f'<span class="capability" title="{title}">{e(c.get("bundle") or "?")} · {fig}'
+            f'{" · " + verdicts if verdicts else ""} · <span class="muted">{e(c.get("measured_at") or "")}</span>'
+            f'</span>')
+
+
 def devices_body(devices: list[dict[str, Any]]) -> str:
     online = sum(1 for d in devices if d.get("status") == "online")
     rows = [[f'<a href="/dashboard/pillars?device={quote(d["id"])}">{e(d["id"])}</a>', _status(d.get("status")),
@@ -27,10 +42,11 @@ def devices_body(devices: list[dict[str, Any]]) -> str:
              e((d.get("activation") or {}).get("state", "–")), str(d["predictions_24h"]), pct(d["error_rate_24h"]),
              num(d["p95_ms_24h"]), num(d["queue_depth"], "{:g}"),
              " ".join(f'<span class="bad">{e(a)}</span>' for a in d["alerts"]) or '<span class="ok">none</span>',
-             e(d.get("last_seen") or ""), e(d.get("last_error") or "")] for d in devices]
+             e(d.get("last_seen") or ""), e(d.get("last_error") or ""), _capability(d.get("capability"))]
+            for d in devices]
     return (f"<p id=summary>{len(devices)} devices, {online} online.</p>"
             + table(["device", "status", "release", "candidate", "groups", "activation", "predictions 24 h",
-                     "error rate 24 h", "P95 ms 24 h", "queue", "alerts", "last seen", "last error"], rows,
+                     "error rate 24 h", "P95 ms 24 h", "queue", "alerts", "last seen", "last error", "capability"], rows,
                     "devices"))
 
 
