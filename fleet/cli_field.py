@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from fleet.cli import Api, _api_options, _out
+from fleet.cli import Api, _api_options
 from shadowline.errors import ConfigError
 
 
