@@ -17,7 +17,8 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
 def walk(cmd: click.Command, path: list[str], ctx: click.Context | None = None) -> Iterator[tuple[list[str], click.Command, click.Context]]:
-    ctx = click.Context(cmd, info_name=path[-1], parent=ctx)
+    # A fixed width: click otherwise wraps to the terminal, and the file would differ between a shell and CI.
+    ctx = click.Context(cmd, info_name=path[-1], parent=ctx, terminal_width=100, max_content_width=100)
     yield path, cmd, ctx
     if isinstance(cmd, click.Group):
         for name in cmd.list_commands(ctx):
