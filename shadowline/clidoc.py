@@ -18,7 +18,10 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 def walk(cmd: click.Command, path: list[str], ctx: click.Context | None = None) -> Iterator[tuple[list[str], click.Command, click.Context]]:
     # A fixed width: click otherwise wraps to the terminal, and the file would differ between a shell and CI.
-    ctx = click.Context(cmd, info_name=path[-1], parent=ctx, terminal_width=100, max_content_width=100)
+    # The command's own settings too (the root's `-h`): click caches a command's help option from the first
+    # context that asks, so a bare context would render differently depending on what ran before.
+    settings = {**cmd.context_settings, "terminal_width": 100, "max_content_width": 100}
+    ctx = click.Context(cmd, info_name=path[-1], parent=ctx, **settings)
     yield path, cmd, ctx
     if isinstance(cmd, click.Group):
         for name in cmd.list_commands(ctx):

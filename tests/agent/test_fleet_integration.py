@@ -44,14 +44,14 @@ def test_canary_rollout_bad_release_halted_and_manual_rollback(tmp_path, mosquit
 
         first = rollout(rig, r1, ["100%"])
         assert rig.wait(lambda: state(rig, first) == "completed", 90), rig.fleet.rollouts.status(first)
-        assert rig.wait(lambda: rig.all_active(r1), 10)
+        assert rig.wait(lambda: rig.all_active(r1), 30)
 
         # staged: one canary, then 25%, then everyone
         second = rollout(rig, r2, ["1", "25%", "100%"])
         assert rig.wait(lambda: state(rig, second) == "completed", 90), rig.fleet.rollouts.status(second)
         status = rig.fleet.rollouts.status(second)
         assert status["sizes"] == [1, 5, 20] and all(g["passed"] for g in status["gates"])
-        assert rig.wait(lambda: rig.all_active(r2), 10)
+        assert rig.wait(lambda: rig.all_active(r2), 30)
         canary = next(t["device"] for t in status["targets"] if t["wave"] == 0)
 
         # a release whose reference outputs do not match its model: the canary's check refuses it
@@ -63,7 +63,7 @@ def test_canary_rollout_bad_release_halted_and_manual_rollback(tmp_path, mosquit
         row = rig.fleet.devices.get(bad_canary)
         assert "disagree with reference.npz" in row["last_error"]
         assert status["counts"] == {"rolled_back": 1, "planned": 19}, "only the canary ever saw the bad release"
-        assert rig.wait(lambda: rig.all_active(r2), 10), "every device still/again runs the good release"
+        assert rig.wait(lambda: rig.all_active(r2), 30), "every device still/again runs the good release"
         assert all(a.host.current()[0].ref == r2 for a in rig.agents.values())
 
         # manual rollback of the completed rollout: everyone returns to r1 from the cache, no download
