@@ -72,8 +72,9 @@ def hash_tree(root: Path) -> dict[str, FileEntry]:
 
 
 def finish_bundle(staging: Path, manifest: Manifest, destination: Path, signing_key=None,
-                  as_tar: bool = False, overwrite: bool = False) -> Path:
-    """Hash the staged files into the manifest, sign it, and move the bundle to `destination` atomically."""
+                  as_tar: bool = False, overwrite: bool = False) -> tuple[Path, Manifest]:
+    """Hash the staged files into the manifest, sign it, and move the bundle to `destination` atomically.
+    Returns the bundle's path and the manifest as written."""
     manifest = manifest.model_copy(update={"files": hash_tree(staging)})
     data = manifest.to_bytes()
     (staging / MANIFEST).write_bytes(data)
@@ -104,7 +105,7 @@ def finish_bundle(staging: Path, manifest: Manifest, destination: Path, signing_
     else:
         replace_tree(staging, destination)
     fsync_dir(destination.parent)
-    return destination
+    return destination, manifest
 
 
 def _parse_manifest(data: bytes, where: str) -> Manifest:

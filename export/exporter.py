@@ -177,13 +177,13 @@ def export_model(model_path: Path, opts: ExportOptions, out_dir: Path, signing_k
         runner.close()
         manifest = draft.model_copy(update={"parity": parity, "validation": validation})
         done = step("sign")
-        path = finish_bundle(staging, manifest, destination, signing_key, as_tar=as_tar, overwrite=force)
+        path, manifest = finish_bundle(staging, manifest, destination, signing_key, as_tar=as_tar,
+                                       overwrite=force)
         done()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    from export.bundle import read_manifest
-    return path, read_manifest(path), timings
+    return path, manifest, timings
 
 
 def _provenance(model_path: Path) -> Provenance:

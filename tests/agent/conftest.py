@@ -30,7 +30,7 @@ def make_tar(bundle_dir: Path, out: Path, private_key: Path, mutate=None) -> Pat
         mutate(staging)
     manifest = read_manifest(bundle_dir)
     return finish_bundle(staging, manifest, out / f"{manifest.bundle_id}.tar", load_private_key(private_key),
-                         as_tar=True)
+                         as_tar=True)[0]
 
 
 def _swap_reference_classes(staging: Path) -> None:

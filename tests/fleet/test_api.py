@@ -128,7 +128,7 @@ def _coreml_bundle(src: Path, out: Path, private_key: Path) -> Path:
     ct.convert(prog, convert_to="mlprogram").save(str(staging / "coreml" / "model.mlpackage"))
     m = read_manifest(src)
     m = m.model_copy(update={"version": m.version.split(".")[0] + ".9"})
-    return finish_bundle(staging, m, out / m.bundle_id, load_private_key(private_key))
+    return finish_bundle(staging, m, out / m.bundle_id, load_private_key(private_key))[0]
 
 
 def test_mobile_coreml_and_verdicts(client, fleet, tokens, bundles, keys, tmp_path):

@@ -114,7 +114,7 @@ def test_trt11_without_fp16_onnx(monkeypatch: pytest.MonkeyPatch, bundles: dict[
     shutil.copytree(bundles["pcb-aoi"], staging)
     (staging / "model.fp16.onnx").unlink()
     (staging / "manifest.sig").unlink()
-    path = finish_bundle(staging, read_manifest(bundles["pcb-aoi"]), tmp_path / "no-fp16")
+    path, _ = finish_bundle(staging, read_manifest(bundles["pcb-aoi"]), tmp_path / "no-fp16")
     with load_bundle(path) as b:
         with pytest.raises(ConfigError, match="no model.fp16.onnx"):
             prepare_engine(b, EngineCache(tmp_path / "c"), BuildSettings(precision="fp16"), device_info=ORIN)
