@@ -43,13 +43,12 @@ def image_files() -> list[Path]:
 
 def bare_loop(bundle: Path, files: list[Path], threads: int) -> tuple[float, float]:
     """(frames per second, CPU ms per frame) of: read file, decode, preprocess, ORT run, decode outputs."""
-    import numpy as np
     import onnxruntime as ort
 
-    from edge.processing.decode import decode_classification
-    from edge.processing.image import decode_image
-    from edge.processing.preprocess import preprocess
-    from export.bundle import load_bundle
+    from runtime.bundle import load_bundle
+    from runtime.processing.decode import decode_classification
+    from runtime.processing.image import decode_image
+    from runtime.processing.preprocess import preprocess
 
     with load_bundle(bundle) as b:
         m = b.manifest

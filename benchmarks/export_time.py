@@ -14,7 +14,7 @@ from pathlib import Path
 
 from export.exporter import export_model
 from export.options import build_options, load_preset
-from export.signing import generate_keys, load_private_key
+from runtime.signing import generate_keys, load_private_key
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT.parent / "shared" / "realdata" / "models"
@@ -46,7 +46,7 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / "export_time.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print("export time (median of %d, signed, with FP16): " % args.repeat
+    print(f"export time (median of {args.repeat}, signed, with FP16): "
           + ", ".join(f"{k} {v['median_s']:.2f} s" for k, v in results.items()))
 
 

@@ -33,9 +33,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
 
-    from export.signing import generate_keys
     from fleet.protocol import ReleaseSpec, StageSpec
     from fleet.rollout import Gates, RolloutRequest
+    from runtime.signing import generate_keys
     from tests.agent.conftest import PCB_IMAGES, make_tar
     from tests.agent.fleet_rig import FleetRig
     from tests.conftest import Mosquitto, export_preset

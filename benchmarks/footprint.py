@@ -4,7 +4,7 @@ start to ready, both measured in fresh subprocesses side by side in one run (med
 - bare: `python` + onnxruntime + numpy, one InferenceSession on the bundle's model.onnx, one inference -> ready.
 - daemon: when edge/daemon.py is committed, the real daemon (`shadowline edge run --config ...`, ready when
   /readyz answers 200; memory read after one real image through POST /v1/infer); otherwise the daemon-equivalent process: the daemon's imports (FastAPI, uvicorn, paho,
-  SQLite, the outbox, the agent seams), a verified signed bundle, edge.predictor.BundleModel and one prediction on a
+  SQLite, the outbox, the agent seams), a verified signed bundle, runtime.predictor.BundleModel and one prediction on a
   real image -> ready.
 
 Prints one line per model and the figure last; writes benchmarks/results/footprint.json.
@@ -60,10 +60,10 @@ import json, sys, sqlite3
 import fastapi, uvicorn, paho.mqtt.client
 from pathlib import Path
 import edge.outbox, edge.agent.host, edge.agent.config, fleet.protocol
-from edge.predictor import BundleModel
-from edge.processing.image import read_image
-from export.bundle import load_bundle
-from export.signing import TrustStore
+from runtime.predictor import BundleModel
+from runtime.processing.image import read_image
+from runtime.bundle import load_bundle
+from runtime.signing import TrustStore
 bundle = load_bundle(Path(sys.argv[1]), TrustStore.load(Path(sys.argv[2])))
 model = BundleModel(bundle).load()
 model.predict([read_image(sys.argv[3])])
@@ -171,7 +171,7 @@ def run_real_daemon(config: Path, port: int, image: Path, timeout: float = 120) 
 def export_bundles(out: Path, names: list[str]) -> tuple[dict[str, Path], Path]:
     from export.exporter import export_model
     from export.options import build_options, load_preset
-    from export.signing import generate_keys, load_private_key
+    from runtime.signing import generate_keys, load_private_key
 
     priv, pub, _ = generate_keys(out / "keys", "bench")
     trust = out / "trust"

@@ -41,7 +41,7 @@ CAT_CLASSES = ["tabby, tabby cat", "tiger cat", "Egyptian cat", "Persian cat", "
 
 def export_bundles(out: Path) -> tuple[dict[str, Path], Path]:
     """Signed bundles of the two classification models and a trust store holding the signer's public key."""
-    from export.signing import generate_keys
+    from runtime.signing import generate_keys
     from tests.conftest import export_preset
 
     priv, pub, _ = generate_keys(out / "keys", "bench")

@@ -41,12 +41,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer calls and rounds")
     ap.add_argument("--rounds", type=int, default=3, help="alternating hwbench / bare rounds per model")
     args = ap.parse_args()
-    from export.bundle import load_bundle
     from export.exporter import export_model
     from export.options import build_options, load_preset
     from hwbench.bench import BenchOptions
     from hwbench.run import benchmark
     from hwbench.verdict import DEFAULT_TARGETS
+    from runtime.bundle import load_bundle
 
     rounds = 1 if args.quick else args.rounds
     calls = 20 if args.quick else 100

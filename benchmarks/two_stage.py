@@ -46,8 +46,8 @@ def main() -> None:
         args.rounds = 2
 
     from edge.pipeline import build_pipeline, resolver_for
-    from edge.processing.image import read_image
     from fleet.protocol import ReleaseSpec
+    from runtime.processing.image import read_image
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-two-stage-"))
     try:

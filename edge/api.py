@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.protocol import ReviewRecord
-from shadowline.errors import Conflict, ImageError, NotFound, ShadowlineError
+from runtime.errors import Conflict, ImageError, NotFound, ShadowlineError
 
 if TYPE_CHECKING:
     from edge.daemon import Daemon

@@ -23,11 +23,11 @@ def predict_command(bundle: Path, images: tuple[Path, ...], trust_store: Path | 
                     as_json: bool) -> None:
     """Run BUNDLE on IMAGES (files or folders) and print each decision (flag/pass with the classes that caused it).
     A bad image is reported and the rest still run."""
-    from edge.predictor import BundleModel
-    from edge.processing.image import read_image
-    from export.bundle import load_bundle
-    from export.signing import TrustStore
-    from shadowline.errors import ImageError
+    from runtime.bundle import load_bundle
+    from runtime.errors import ImageError
+    from runtime.predictor import BundleModel
+    from runtime.processing.image import read_image
+    from runtime.signing import TrustStore
 
     files = [p for i in images for p in (sorted(x for x in i.iterdir() if x.is_file()) if i.is_dir() else [i])]
     store = TrustStore.load(trust_store) if trust_store else None
@@ -67,7 +67,7 @@ def run_command(config_path: Path, log_level: str) -> None:
 
     from edge.config import load_config
     from edge.daemon import Daemon
-    from shadowline.errors import ShadowlineError
+    from runtime.errors import ShadowlineError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -85,7 +85,7 @@ def run_command(config_path: Path, log_level: str) -> None:
 def validate_config_command(config_path: Path, check_bundles: bool) -> None:
     """Check a device config file and exit: every problem is printed as file:line: key.path: message."""
     from edge.config import load_config
-    from shadowline.errors import ShadowlineError
+    from runtime.errors import ShadowlineError
 
     try:
         cfg = load_config(config_path)

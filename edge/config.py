@@ -4,14 +4,14 @@ from YAML so that every error names the key path and the line it came from."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge.agent.config import AgentConfig
 from fleet.protocol import ReleaseSpec
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
 
 
 class _Cfg(BaseModel):
@@ -44,11 +44,11 @@ class CaptureSource(_Cfg):
     name: str | None = Field(None, description="source name in records (default: the url)")
 
 
-Source = Annotated[Union[FolderSource, CaptureSource], Field(discriminator="type")]
+Source = Annotated[FolderSource | CaptureSource, Field(discriminator="type")]
 
 
 class TensorRTOptions(_Cfg):
-    """Passed to edge.runners.tensorrt.TensorRTRunner; the engine is built on the device and cached."""
+    """Passed to runtime.runners.tensorrt.TensorRTRunner; the engine is built on the device and cached."""
 
     cache_dir: Path | None = Field(None, description="engine cache directory (default: the runner's)")
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field("auto", description="engine precision")
@@ -178,9 +178,6 @@ class DeviceConfig(_Cfg):
     def resolve(self, base: Path) -> DeviceConfig:
         """Make every relative path relative to `base` (the config file's folder)."""
 
-        def fix(p: Path | None) -> Path | None:
-            return None if p is None or p.is_absolute() else (base / p)
-
         def fix_keep(p: Path | None) -> Path | None:
             return p if p is None or p.is_absolute() else base / p
 
@@ -193,8 +190,8 @@ class DeviceConfig(_Cfg):
         srcs = []
         for s in self.sources:
             if isinstance(s, FolderSource):
-                srcs.append(s.model_copy(update={"path": fix_keep(s.path), "done_dir": fix(s.done_dir),
-                                                 "failed_dir": fix(s.failed_dir)}))
+                srcs.append(s.model_copy(update={"path": fix_keep(s.path), "done_dir": fix_keep(s.done_dir),
+                                                 "failed_dir": fix_keep(s.failed_dir)}))
             else:
                 srcs.append(s)
         upd["sources"] = srcs

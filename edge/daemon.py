@@ -19,16 +19,16 @@ from edge.actions import ActionDispatcher, work_order
 from edge.config import CaptureSource, DeviceConfig, FolderSource
 from edge.metrics import Metrics
 from edge.pipeline import FrameResult, Pipeline, PipelineSlot, build_pipeline, resolver_for
-from edge.processing.image import decode_image
 from edge.retention import Retention
 from edge.sources import Frame, Outcome
 from edge.sources.capture import CaptureReader
 from edge.sources.folder import FolderWatcher
 from edge.sources.queue import FrameQueue
 from edge.store import Store
-from export.signing import TrustStore
 from fleet.protocol import PredictionRecord, ReleaseSpec
-from shadowline.errors import ConfigError, ImageError, ShadowlineError
+from runtime.errors import ConfigError, ImageError, ShadowlineError
+from runtime.processing.image import decode_image
+from runtime.signing import TrustStore
 
 log = logging.getLogger("shadowline.edge.daemon")
 

@@ -85,5 +85,8 @@ class Metrics:
 def _labels(labels: tuple[tuple[str, str], ...]) -> str:
     if not labels:
         return ""
-    esc = (lambda s: str(s).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n"))
-    return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in labels) + "}"
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
+
+
+def _escape(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

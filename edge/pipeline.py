@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from edge.predictor import BundleModel, ModelOutput
-from export.bundle import Bundle, load_bundle
-from export.manifest import Thresholds
-from export.signing import TrustStore
 from fleet.protocol import ReleaseSpec, StageOutput, StageSpec
-from shadowline.errors import BundleError, ConfigError, ShadowlineError
+from runtime.bundle import Bundle, load_bundle
+from runtime.errors import BundleError, ConfigError, ShadowlineError
+from runtime.manifest import Thresholds
+from runtime.predictor import BundleModel, ModelOutput
+from runtime.signing import TrustStore
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 
 from edge import outbox
 from fleet.protocol import EventRecord, PredictionRecord, ReviewRecord
-from shadowline.errors import Conflict, NotFound
+from runtime.errors import Conflict, NotFound
 
 DDL = """
 CREATE TABLE IF NOT EXISTS predictions (

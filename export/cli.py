@@ -94,8 +94,8 @@ def export_model_command(model: Path, preset: str | None, version_: str | None, 
     """Export MODEL (ONNX) into a signed bundle. Refuses models ONNX Runtime cannot run, labels that do not fit,
     and (with --fp16/--coreml) artifacts that disagree with the reference."""
     from export.exporter import export_model
-    from export.signing import load_private_key
-    from shadowline.errors import ConfigError
+    from runtime.errors import ConfigError
+    from runtime.signing import load_private_key
 
     thresholds = {}
     for item in class_threshold:
@@ -128,8 +128,8 @@ def export_model_command(model: Path, preset: str | None, version_: str | None, 
 @click.option("--json", "as_json", is_flag=True, help="print the whole manifest as JSON")
 def inspect_command(bundle: Path, trust_store: Path | None, as_json: bool) -> None:
     """Verify BUNDLE (hashes; signature with --trust-store) and print its manifest."""
-    from export.bundle import load_bundle
-    from export.signing import TrustStore
+    from runtime.bundle import load_bundle
+    from runtime.signing import TrustStore
 
     store = TrustStore.load(trust_store) if trust_store else None
     with load_bundle(bundle, store) as b:
@@ -154,8 +154,8 @@ def inspect_command(bundle: Path, trust_store: Path | None, as_json: bool) -> No
 @click.option("--trust-store", type=click.Path(path_type=Path), required=True, help="directory of trusted keys")
 def verify_command(bundle: Path, trust_store: Path) -> None:
     """Check BUNDLE's signature and every file hash; exit non-zero naming the file or key on any mismatch."""
-    from export.bundle import load_bundle
-    from export.signing import TrustStore
+    from runtime.bundle import load_bundle
+    from runtime.signing import TrustStore
 
     with load_bundle(bundle, TrustStore.load(trust_store)) as b:
         click.echo(f"ok: {b.manifest.bundle_id} signed by {b.signer}, {len(b.manifest.files)} files verified")
@@ -172,7 +172,7 @@ def keys_group() -> None:
 @click.option("--name", default="signer", show_default=True, help="file name stem")
 def keys_generate(directory: Path, name: str) -> None:
     """Generate a key pair: NAME.key (private, 0600) and NAME.pub (put it in devices' trust stores)."""
-    from export.signing import generate_keys
+    from runtime.signing import generate_keys
 
     directory.mkdir(parents=True, exist_ok=True)
     priv, pub, kid = generate_keys(directory, name)
@@ -183,7 +183,7 @@ def keys_generate(directory: Path, name: str) -> None:
 @click.argument("key", type=click.Path(path_type=Path))
 def keys_show(key: Path) -> None:
     """Print the key id of a public (.pub) or private (.key) key file."""
-    from export.signing import key_id, load_private_key, load_public_key
+    from runtime.signing import key_id, load_private_key, load_public_key
 
     k = load_private_key(key).public_key() if key.suffix == ".key" else load_public_key(key)
     click.echo(key_id(k))

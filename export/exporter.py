@@ -11,18 +11,19 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge.processing.spec import InputSpec, LetterboxSpec, OutputSpec
-from edge.runners.onnxrt import OnnxRuntimeRunner
 from export.bundle import finish_bundle, npz_bytes
 from export.labels import check_labels, read_labels
-from export.manifest import BatchInfo, Manifest, ParityCheck, Provenance, Thresholds
 from export.options import ExportOptions
-from export.parity import compare
-from export.reference import build_reference, run_batched
+from export.reference import build_reference
 from export.validate import ModelInfo, validate_model
-from shadowline import __version__
-from shadowline.errors import ConfigError, LabelError, ModelRejected, ParityError
-from shadowline.fsio import sha256_file
+from runtime import __version__
+from runtime.errors import ConfigError, LabelError, ModelRejected, ParityError
+from runtime.fsio import sha256_file
+from runtime.manifest import BatchInfo, Manifest, ParityCheck, Provenance, Thresholds
+from runtime.parity import compare
+from runtime.processing.spec import InputSpec, LetterboxSpec, OutputSpec
+from runtime.runners.base import run_batched
+from runtime.runners.onnxrt import OnnxRuntimeRunner
 
 Progress = Callable[[str], None]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shadowline.errors import ModelRejected
+from runtime.errors import ModelRejected
 
 
 def toposort(graph) -> None:

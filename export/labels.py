@@ -6,7 +6,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from shadowline.errors import LabelError
+from runtime.errors import LabelError
 
 _INDEXED = re.compile(r"^(\d+)\s*[,:]\s*(.+)$")
 

@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 

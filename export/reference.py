@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.processing.image import read_image
-from edge.processing.preprocess import preprocess
-from edge.processing.spec import InputSpec
-from edge.runners.base import Runner
-from export.parity import Reference
-from shadowline.errors import ConfigError, ImageError
+from runtime.errors import ConfigError, ImageError
+from runtime.parity import Reference
+from runtime.processing.image import read_image
+from runtime.processing.preprocess import preprocess
+from runtime.processing.spec import InputSpec
+from runtime.runners.base import Runner, run_batched
 
 
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:
@@ -32,15 +32,6 @@ def load_images(paths: list[Path], spec: InputSpec, max_pixels: int) -> tuple[li
         except ImageError as err:
             skipped.append(str(err))
     return names, items, skipped
-
-
-def run_batched(runner: Runner, input_name: str, x: np.ndarray, max_batch: int) -> dict[str, np.ndarray]:
-    """Run `x` through the runner in chunks the model accepts (batch 1 for a static-batch model)."""
-    outs: dict[str, list[np.ndarray]] = {}
-    for i in range(0, len(x), max_batch):
-        for k, v in runner.infer({input_name: x[i : i + max_batch]}).items():
-            outs.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) for k, v in outs.items()}
 
 
 def build_reference(folder: Path, spec: InputSpec, runner: Runner, max_images: int, max_batch: int,

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shadowline.errors import ModelRejected
+from runtime.errors import ModelRejected
 
 _UNREGISTERED = re.compile(r"([\w.]+):(\w+)\((-?\d+)\) is not a registered function/op")
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}

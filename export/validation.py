@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.processing.decode import decode_classification
-from edge.runners.base import Runner
-from export.manifest import ClassMetrics, Thresholds, ValidationMetrics
-from export.reference import list_images, load_images, run_batched
-from edge.processing.spec import InputSpec
-from shadowline.errors import ConfigError
+from export.reference import list_images, load_images
+from runtime.errors import ConfigError
+from runtime.manifest import ClassMetrics, Thresholds, ValidationMetrics
+from runtime.processing.decode import decode_classification
+from runtime.processing.spec import InputSpec
+from runtime.runners.base import Runner, run_batched
 
 
 def labelled_images(folder: Path, mode: str, labels: list[str]) -> list[tuple[Path, str]]:

@@ -23,7 +23,7 @@ from fleet.releases import ThresholdChange
 from fleet.rollout import RolloutRequest
 from fleet.security import TokenEntry
 from fleet.service import Fleet
-from shadowline.errors import ConfigError, NotFound, ShadowlineError
+from runtime.errors import ConfigError, NotFound, ShadowlineError
 
 log = logging.getLogger(__name__)
 bearer = HTTPBearer(auto_error=False, description="fleet API token (shadowline fleet token create)")

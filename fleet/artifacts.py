@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fleet.store import Store
-from shadowline.errors import BundleError, NotFound
+from runtime.errors import BundleError, NotFound
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*\.(tar|coreml\.zip)$")
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")

@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ConfigDict, Field
 
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 import click
 import yaml
 
-from shadowline.errors import ConfigError, Conflict, NotFound, ShadowlineError
+from runtime.errors import ConfigError, Conflict, NotFound, ShadowlineError
 
 DEFAULT_URL = "http://127.0.0.1:8700"
 

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from fleet.cli import Api, _api_options
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
 
 
 def _class_recalls(values: tuple[str, ...]) -> dict[str, Any]:
@@ -56,14 +56,22 @@ def tune(bundle: Path, folder: Path, strategy: str, recall: float, class_recall:
          backend: str, release: str | None, url: str, token: str | None) -> None:
     """Tune per-class thresholds of BUNDLE on a labelled validation folder: prints the per-class table (precision,
     recall, F1, false positives, misses per threshold) and the proposed thresholds, writes the PR plot."""
-    from edge.predictor import BundleModel
-    from export.bundle import load_bundle
-    from export.signing import TrustStore
-    from fleet.analytics.tuning import (CostWeighted, MaxF1, MinRecall, TuningConfig, plot_pr, render_table,
-                                        retune_release, tune as run_tune)
+    from fleet.analytics.tuning import (
+        CostWeighted,
+        MaxF1,
+        MinRecall,
+        TuningConfig,
+        plot_pr,
+        render_table,
+        retune_release,
+    )
+    from fleet.analytics.tuning import tune as run_tune
     from fleet.analytics.tuning_data import samples_from_images
     from fleet.protocol import ReleaseSpec
-    from shadowline.fsio import atomic_write_text
+    from runtime.bundle import load_bundle
+    from runtime.fsio import atomic_write_text
+    from runtime.predictor import BundleModel
+    from runtime.signing import TrustStore
 
     default = {"max_f1": MaxF1(), "min_recall": MinRecall(recall=recall),
                "cost": CostWeighted(miss_cost=miss_cost, false_alarm_cost=false_alarm_cost)}[strategy]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fleet.analytics.alerts import AlertRules
 from fleet.broker import BrokerTLS
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
 
 
 class FleetConfig(BaseModel):

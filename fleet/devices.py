@@ -7,7 +7,7 @@ from typing import Any
 
 from fleet.protocol import DEVICE_ID_RE, Reported, now_iso
 from fleet.store import Store
-from shadowline.errors import ConfigError, NotFound
+from runtime.errors import ConfigError, NotFound
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:

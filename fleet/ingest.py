@@ -12,8 +12,17 @@ from dataclasses import dataclass, field
 from pydantic import TypeAdapter, ValidationError, create_model
 
 from fleet.devices import Devices
-from fleet.protocol import (PROTOCOL_VERSION, RECORD_TYPES, STATUS_OFFLINE, STATUS_ONLINE, Batch, ProtocolError, Reported, Topics,
-                            decode)
+from fleet.protocol import (
+    PROTOCOL_VERSION,
+    RECORD_TYPES,
+    STATUS_OFFLINE,
+    STATUS_ONLINE,
+    Batch,
+    ProtocolError,
+    Reported,
+    Topics,
+    decode,
+)
 from fleet.store import Store
 
 log = logging.getLogger(__name__)
@@ -180,13 +189,13 @@ class Ingest:
         return good, bad
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _typed_batch(kind: str) -> type[Batch]:
     """A Batch whose records are validated as RECORD_TYPES[kind] in the same pass as the envelope."""
     return create_model(f"{kind.title()}Batch", __base__=Batch,
                         records=(list[RECORD_TYPES[kind]], ...))  # type: ignore[valid-type]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _list_adapter(model: type) -> TypeAdapter:
     return TypeAdapter(list[model])  # type: ignore[valid-type]

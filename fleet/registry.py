@@ -12,11 +12,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from export.bundle import MANIFEST, SIGNATURE, load_bundle
-from export.signing import TrustStore
 from fleet.store import Store
-from shadowline.errors import BundleError, Conflict, NotFound
-from shadowline.fsio import fsync_dir, sha256_file
+from runtime.bundle import MANIFEST, SIGNATURE, load_bundle
+from runtime.errors import BundleError, Conflict, NotFound
+from runtime.fsio import fsync_dir, sha256_file
+from runtime.signing import TrustStore
 
 COREML_DIR = "coreml/"
 

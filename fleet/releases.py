@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet.protocol import ReleaseSpec, StageSpec, now_iso
 from fleet.registry import Registry
 from fleet.store import Store
-from shadowline.errors import ConfigError, NotFound
+from runtime.errors import ConfigError, NotFound
 
 
 class ThresholdChange(BaseModel):

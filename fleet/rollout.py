@@ -19,7 +19,7 @@ from fleet.devices import Devices
 from fleet.protocol import ACTIVATION_IN_PROGRESS, now_iso
 from fleet.releases import Releases
 from fleet.store import Store
-from shadowline.errors import Conflict, NotFound
+from runtime.errors import Conflict, NotFound
 
 RUNNING, COMPLETED, HALTED, ROLLED_BACK = "running", "completed", "halted", "rolled_back"
 

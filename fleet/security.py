@@ -18,8 +18,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleet.protocol import DEVICE_ID_RE, Topics
-from shadowline.errors import ConfigError
-from shadowline.fsio import atomic_write_bytes, atomic_write_text
+from runtime.errors import ConfigError
+from runtime.fsio import atomic_write_bytes, atomic_write_text
 
 Role = Literal["admin", "viewer", "inspector", "device"]
 ROLES: tuple[str, ...] = ("admin", "viewer", "inspector", "device")

@@ -8,7 +8,6 @@ import queue
 import threading
 from pathlib import Path
 
-from export.signing import TrustStore
 from fleet.broker import EmbeddedBroker, MqttClient
 from fleet.config import FleetConfig
 from fleet.desired import DesiredStates, Publish, PublishMany
@@ -21,6 +20,7 @@ from fleet.releases import Releases
 from fleet.rollout import Rollouts
 from fleet.security import Tokens
 from fleet.store import Store
+from runtime.signing import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Fleet:
 
     def publish(self, topic: str, payload: bytes, retain: bool) -> None:
         if self._publish is None:
-            from shadowline.errors import BackendUnavailable
+            from runtime.errors import BackendUnavailable
             raise BackendUnavailable("the fleet service is not connected to a broker")
         self._publish(topic, payload, retain)
 

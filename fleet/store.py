@@ -16,7 +16,7 @@ from typing import Any
 import sqlite_utils
 from pydantic import BaseModel
 
-from fleet.protocol import (AlertRecord, EventRecord, MetricsRecord, PredictionRecord, ReviewRecord, now_iso)
+from fleet.protocol import AlertRecord, EventRecord, MetricsRecord, PredictionRecord, ReviewRecord, now_iso
 
 RECORD_TABLES: dict[str, type] = {"predictions": PredictionRecord, "reviews": ReviewRecord, "metrics": MetricsRecord,
                                   "alerts": AlertRecord, "events": EventRecord}

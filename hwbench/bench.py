@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.runners.base import Runner
-from export.bundle import Bundle
 from hwbench.plan import Config, make_runner
 from hwbench.tegrastats import TegrastatsSampler
-from shadowline.errors import BackendUnavailable, ShadowlineError
+from runtime.bundle import Bundle
+from runtime.errors import BackendUnavailable, ShadowlineError
+from runtime.runners.base import Runner
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
 STATUS = Path("/proc/self/status")

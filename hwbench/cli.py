@@ -59,16 +59,16 @@ def hwbench_command(bundle: Path, trust_store: Path | None, backends: list[str] 
     latency (avg, P50, P95, P99, max; warm-up excluded), throughput, peak memory, power on a Jetson. Writes JSON,
     Markdown and a latency histogram, prints the verdict against the use-case targets, and with --publish sends
     the summary to the fleet."""
-    from export.bundle import load_bundle
-    from export.signing import TrustStore
     from hwbench.bench import BenchOptions
+    from hwbench.processing import list_images
     from hwbench.publish import PublishTarget
     from hwbench.publish import publish as send
-    from hwbench.processing import list_images
     from hwbench.report import capability_summary, write
     from hwbench.run import benchmark
     from hwbench.verdict import load_targets
-    from shadowline.errors import ConfigError
+    from runtime.bundle import load_bundle
+    from runtime.errors import ConfigError
+    from runtime.signing import TrustStore
 
     targets = load_targets(targets_file)
     images = list_images(images_dir) if images_dir is not None else None
@@ -103,6 +103,6 @@ def hwbench_command(bundle: Path, trust_store: Path | None, backends: list[str] 
         record_id = send(target, capability_summary(report))
         click.echo(f"published capability record {record_id} for device {target.device_id}")
     if not report.ok():
-        from shadowline.errors import BackendUnavailable
+        from runtime.errors import BackendUnavailable
 
         raise BackendUnavailable("no configuration could be measured on this device (see the report's 'Not measured')")

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.runners import BACKENDS, create_runner
-from edge.runners.base import Runner
-from export.bundle import Bundle
-from shadowline.errors import BackendUnavailable, ConfigError
+from runtime.bundle import Bundle
+from runtime.errors import BackendUnavailable, ConfigError
+from runtime.runners import BACKENDS, create_runner
+from runtime.runners.base import Runner
 
 FP16_ONNX = "model.fp16.onnx"
 PRECISIONS = ("fp32", "fp16")

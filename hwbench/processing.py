@@ -12,11 +12,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from edge.predictor import BundleModel
-from edge.processing.image import read_image
-from export.bundle import Bundle
 from hwbench.bench import Stats, stats
-from shadowline.errors import ConfigError, ImageError
+from runtime.bundle import Bundle
+from runtime.errors import ConfigError, ImageError
+from runtime.predictor import BundleModel
+from runtime.processing.image import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

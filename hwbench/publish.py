@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.protocol import Batch, EventRecord, Topics, encode
-from shadowline.errors import ConfigError, ShadowlineError
+from runtime.errors import ConfigError, ShadowlineError
 
 
 class PublishTarget(BaseModel):

@@ -12,11 +12,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from hwbench.bench import BenchOptions, ConfigResult
-from hwbench.env import Environment, summary as env_summary
+from hwbench.env import Environment
+from hwbench.env import summary as env_summary
 from hwbench.processing import ProcessingResult
 from hwbench.verdict import TargetVerdict
-from shadowline import __version__
-from shadowline.fsio import atomic_write_bytes, atomic_write_text
+from runtime import __version__
+from runtime.fsio import atomic_write_bytes, atomic_write_text
 
 SCHEMA_ID = "shadowline.hwbench"
 SCHEMA_VERSION = 1

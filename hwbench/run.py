@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from export.bundle import Bundle
 from hwbench import env as envmod
 from hwbench.bench import BenchOptions, run
 from hwbench.plan import plan
 from hwbench.processing import measure_processing
 from hwbench.report import BundleInfo, Report
 from hwbench.verdict import TargetSet, judge
+from runtime.bundle import Bundle
 
 
 def benchmark(bundle: Bundle, options: BenchOptions, targets: TargetSet, backends: list[str] | None = None,

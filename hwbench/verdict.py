@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
 
 Metric = Literal["avg", "p50", "p95", "p99", "max"]
 

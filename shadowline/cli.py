@@ -8,8 +8,8 @@ import sys
 
 import click
 
+from runtime.errors import ShadowlineError
 from shadowline import __version__
-from shadowline.errors import ShadowlineError
 
 # name -> (module, attribute, one-line help shown by `shadowline --help` without importing the module)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {

@@ -24,7 +24,7 @@ from urllib.parse import unquote
 
 import click
 
-from shadowline.errors import ShadowlineError
+from runtime.errors import ShadowlineError
 
 DEVICES = ("demo-cam-1", "demo-cam-2", "demo-cam-3")
 GROUP = "demo-line"
@@ -181,7 +181,7 @@ class Demo:
     def export(self) -> None:
         from export.exporter import export_model
         from export.options import build_options, load_preset
-        from export.signing import generate_keys, load_private_key
+        from runtime.signing import generate_keys, load_private_key
 
         keys = self.workdir / "keys"
         if not (keys / "demo.key").exists():

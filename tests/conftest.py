@@ -41,7 +41,7 @@ def expected() -> dict:
 
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from export.signing import generate_keys
+    from runtime.signing import generate_keys
 
     d = tmp_path_factory.mktemp("keys")
     priv, pub, kid = generate_keys(d, "signer")
@@ -57,7 +57,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def export_preset(preset: str, out: Path, private_key: Path | None, **overrides) -> Path:
     from export.exporter import export_model
     from export.options import build_options, load_preset
-    from export.signing import load_private_key
+    from runtime.signing import load_private_key
 
     model = MODELS / PRESETS[preset]
     opts = build_options(load_preset(preset, model), overrides)
@@ -109,7 +109,7 @@ class Mosquitto:
             except OSError:
                 if self.proc.poll() is not None:
                     log = (self.workdir / "mosquitto.log")
-                    raise RuntimeError(f"mosquitto exited: {log.read_text() if log.exists() else ''}")
+                    raise RuntimeError(f"mosquitto exited: {log.read_text() if log.exists() else ''}") from None
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start listening")
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from export.bundle import load_bundle
-from export.signing import TrustStore
 from fleet.protocol import Artifact, Desired
-from shadowline.errors import BundleError
-from shadowline.fsio import atomic_write_text, fsync_dir
+from runtime.bundle import load_bundle
+from runtime.errors import BundleError
+from runtime.fsio import atomic_write_text, fsync_dir
+from runtime.signing import TrustStore
 
 
 class CachedRelease(BaseModel):

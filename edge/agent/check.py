@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.predictor import BundleModel
-from edge.processing.image import read_image
-from export.bundle import load_bundle
-from export.manifest import ParityCheck
-from export.parity import Reference, compare
-from shadowline.errors import ImageError, ParityError
+from runtime.bundle import load_bundle
+from runtime.errors import ImageError, ParityError
+from runtime.manifest import ParityCheck
+from runtime.parity import Reference, compare
+from runtime.predictor import BundleModel
+from runtime.processing.image import read_image
 
 # The device runs the same FP32 ONNX the reference came from; only accumulation order may differ between CPUs.
 DEVICE_TOLERANCE = {"max_rel_to_peak": 1e-3}

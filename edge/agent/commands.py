@@ -8,7 +8,7 @@ import httpx
 
 from edge.agent.cache import release_key
 from fleet.protocol import Command
-from shadowline.fsio import sha256_file
+from runtime.fsio import sha256_file
 
 if TYPE_CHECKING:
     from edge.agent.runtime import Agent

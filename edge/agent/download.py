@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from shadowline.errors import BundleError
-from shadowline.fsio import CHUNK, fsync_dir
+from runtime.errors import BundleError
+from runtime.fsio import CHUNK, fsync_dir
 
 Progress = Callable[[int, int], None]
 

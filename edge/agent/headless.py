@@ -9,10 +9,10 @@ from collections import OrderedDict
 from pathlib import Path
 
 from edge.outbox import ensure_schema
-from edge.predictor import BundleModel
-from export.bundle import load_bundle
 from fleet.protocol import ReleaseSpec
-from shadowline.errors import BundleError
+from runtime.bundle import load_bundle
+from runtime.errors import BundleError
+from runtime.predictor import BundleModel
 
 
 class HeadlessHost:

@@ -20,9 +20,9 @@ from edge.agent.commands import run_command
 from edge.agent.config import AgentConfig
 from edge.agent.host import AgentHost
 from edge.agent.statemachine import ActivationRecord, Machine, State
-from export.signing import TrustStore
 from fleet.protocol import Command, Desired, EventRecord, ProtocolError, Reported, Topics, decode, encode
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
+from runtime.signing import TrustStore
 
 log = logging.getLogger(__name__)
 REPORT_MIN_S = 0.25

@@ -26,8 +26,8 @@ from edge.agent.check import CheckResult, check, prepare
 from edge.agent.config import AgentConfig
 from edge.agent.download import download
 from edge.agent.host import AgentHost
-from export.signing import TrustStore
 from fleet.protocol import Desired
+from runtime.signing import TrustStore
 
 log = logging.getLogger(__name__)
 

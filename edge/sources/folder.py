@@ -18,7 +18,7 @@ from pathlib import Path
 from edge.config import FolderSource
 from edge.sources import Frame, Outcome
 from edge.sources.queue import FrameQueue
-from shadowline.fsio import atomic_write_text
+from runtime.fsio import atomic_write_text
 
 log = logging.getLogger("shadowline.edge.folder")
 

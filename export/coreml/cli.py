@@ -15,12 +15,12 @@ def _packages(files: dict) -> list[str]:
 
 def inspect_bundle(bundle: Path, trust_store: Path | None = None) -> dict:
     """Inputs, outputs, labels, metadata and recorded parity of every Core ML package in a verified bundle."""
-    from export.bundle import load_bundle
     from export.coreml.describe import class_labels
     from export.coreml.executor import load_program
     from export.coreml.package import _features
-    from export.signing import TrustStore
-    from shadowline.errors import BundleError
+    from runtime.bundle import load_bundle
+    from runtime.errors import BundleError
+    from runtime.signing import TrustStore
 
     store = TrustStore.load(trust_store) if trust_store else None
     with load_bundle(bundle, store) as b:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from export.coreml.graph import Attrs, Graph, node_label
-from export.manifest import Manifest
-from shadowline.errors import ConversionError, ModelRejected
+from runtime.errors import ConversionError, ModelRejected
+from runtime.manifest import Manifest
 
 MIN_OPSET = 7  # older files (pre-release ONNX, e.g. the 2018 PCB model) use ops and semantics that no longer exist
 STANDARD_DOMAINS = {"", "ai.onnx"}
@@ -76,9 +76,9 @@ def _feature_name(name: str, taken: set[str]) -> str:
 
 def build_program(onnx_model, manifest: Manifest, max_batch: int, bugs: frozenset[str] = frozenset()):
     """The MIL program of `onnx_model` (image input named "image"); returns (program, names, batch range)."""
+    import coremltools as ct
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import Function, Program, get_new_symbol
-    import coremltools as ct
 
     from export.coreml.ops import CONVERTERS
 

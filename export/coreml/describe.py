@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from export.coreml.converter import LABEL
-from export.manifest import Manifest
+from runtime.manifest import Manifest
 
 
 @dataclass

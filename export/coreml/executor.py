@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from export.coreml import kernels
-from shadowline.errors import ConversionError
+from runtime.errors import ConversionError
 
 WEIGHTS = "Data/com.apple.CoreML/weights"
 OPS: dict[str, Callable[..., Any]] = {}

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from shadowline.errors import ConversionError
+from runtime.errors import ConversionError
 
 # Planted-bug variants of the converter, used only by tests to prove the parity check can fail.
 BUGS = frozenset({"ignore_ceil_mode", "softmax_axis_opset13", "slice_swap_hw"})

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from edge.processing.spec import InputSpec
 from export.coreml.converter import convert
 from export.coreml.describe import check_description
 from export.coreml.executor import Executor, load_program
-from export.manifest import Manifest, ParityCheck
-from export.parity import Reference, compare, elementwise_stats, task_output
+from runtime.manifest import Manifest, ParityCheck
+from runtime.parity import Reference, compare, elementwise_stats, task_output
+from runtime.processing.spec import InputSpec
 
 HERE = Path(__file__).parent
 # Tolerances of issue 3: FP32 element-wise (classifiers absolute, detectors relative to the largest value) + task;
@@ -42,7 +42,7 @@ def version_problem(coremltools_version: str, numpy_version: str) -> str | None:
 
 
 def require_coremltools() -> None:
-    from shadowline.errors import BackendUnavailable
+    from runtime.errors import BackendUnavailable
 
     try:
         import coremltools

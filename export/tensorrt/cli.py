@@ -31,11 +31,11 @@ def tensorrt_command(bundle: Path, precision: str, cache_dir: Path | None, works
                      rebuild: bool, as_json: bool, quiet: bool) -> None:
     """Build a TensorRT engine for BUNDLE on this device, check it against the bundle's reference.npz, and keep
     it in the engine cache (a cached engine with the same key is reused). Needs TensorRT and pycuda."""
-    from export.bundle import load_bundle
-    from export.signing import TrustStore
-    from export.tensorrt.builder import BuildSettings
-    from export.tensorrt.cache import EngineCache, default_cache_dir
-    from export.tensorrt.prepare import prepare_engine
+    from runtime.bundle import load_bundle
+    from runtime.loaders.tensorrt.builder import BuildSettings
+    from runtime.loaders.tensorrt.cache import EngineCache, default_cache_dir
+    from runtime.loaders.tensorrt.prepare import prepare_engine
+    from runtime.signing import TrustStore
 
     settings = BuildSettings(precision=precision, workspace_mb=workspace_mb, max_batch=max_batch,
                              timing_cache=timing_cache)

@@ -4,7 +4,6 @@ log. The fleet service passes its own audit store (anything with `append`)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleet.analytics.shadow import ShadowReport
 from fleet.protocol import new_id, now_iso
-from shadowline.errors import ConfigError, Conflict
+from runtime.errors import ConfigError, Conflict
 
 
 class AuditEntry(BaseModel):

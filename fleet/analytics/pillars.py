@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet.analytics.cases import NO_DEFECT, build_cases
 from fleet.analytics.windows import Scope, Window, days, parse_ts, select
 from fleet.protocol import MetricsRecord, PredictionRecord, ReviewRecord
-from shadowline.errors import NotFound
+from runtime.errors import NotFound
 
 # A device reports its outbox backlog under one of these names in MetricsRecord.values; the first found counts.
 QUEUE_KEYS = ("queue_depth", "outbox_depth", "outbox_pending")

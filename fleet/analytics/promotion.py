@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.processing.image import decode_image
 from fleet.analytics.cases import NO_DEFECT, model_finding, review_finding
 from fleet.analytics.windows import parse_ts
 from fleet.protocol import PredictionRecord, ReviewRecord, now_iso
-from shadowline.errors import ConfigError, ImageError
-from shadowline.fsio import replace_tree, sha256_bytes
+from runtime.errors import ConfigError, ImageError
+from runtime.fsio import replace_tree, sha256_bytes
+from runtime.processing.image import decode_image
 
 UNREVIEWED = "_unreviewed"
 

@@ -8,13 +8,13 @@ import hashlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.protocol import ReleaseSpec
-from shadowline.errors import ConfigError
-from shadowline.fsio import atomic_write_bytes
+from runtime.errors import ConfigError
+from runtime.fsio import atomic_write_bytes
 
 # 0.05 .. 0.95; rounded so that 0.15 is 0.15 and not 0.15000000000000002 (keys of the table and of the YAML).
 DEFAULT_GRID = [round(0.05 * k, 2) for k in range(1, 20)]
@@ -59,7 +59,7 @@ class CostWeighted(BaseModel):
     false_alarm_cost: float = Field(1.0, ge=0, description="cost of one false alarm")
 
 
-Strategy = Annotated[Union[MaxF1, MinRecall, CostWeighted], Field(discriminator="kind")]
+Strategy = Annotated[MaxF1 | MinRecall | CostWeighted, Field(discriminator="kind")]
 
 
 class TuningConfig(BaseModel):
@@ -168,7 +168,7 @@ def tune(samples: Sequence[Sample], config: TuningConfig | None = None) -> Tunin
 
 def render_table(result: TuningResult, cls: str) -> str:
     """The class's table in Markdown, the shape of the field guide's."""
-    lines = [f"| threshold | precision | recall | F1 | false positives | misses |", "|---|---|---|---|---|---|"]
+    lines = ["| threshold | precision | recall | F1 | false positives | misses |", "|---|---|---|---|---|---|"]
     chosen = result.proposed[cls].threshold
     for r in result.table[cls]:
         mark = " **<-**" if r.threshold == chosen else ""

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from edge.processing.image import read_image
 from fleet.analytics.cases import NO_DEFECT, model_finding, review_finding
 from fleet.analytics.tuning import Sample
 from fleet.protocol import PredictionRecord, ReviewRecord
-from shadowline.errors import ConfigError, ImageError
+from runtime.errors import ConfigError, ImageError
+from runtime.processing.image import read_image
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -63,7 +63,7 @@ def labelled_images(folder: Path, labels: list[str]) -> list[tuple[Path, list[st
 
 
 def samples_from_images(model, folder: Path, batch: int = 8) -> LabelledSet:
-    """Run `model` (an edge.predictor.BundleModel, loaded) over a labelled folder. Detectors give image-level
+    """Run `model` (an runtime.predictor.BundleModel, loaded) over a labelled folder. Detectors give image-level
     scores: the best detection of each class. Unreadable images are skipped with the reason, the rest go on."""
     labels = list(model.manifest.labels)
     items = labelled_images(folder, labels)

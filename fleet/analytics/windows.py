@@ -9,7 +9,7 @@ from typing import Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
 
 WINDOWS: dict[str, timedelta] = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "30d": timedelta(days=30)}
 FLEET = "*"  # scope key of fleet-wide figures; not a valid device id, so it cannot collide with one
@@ -106,9 +106,9 @@ def group_by(records: Iterable[R], by: Literal["device", "release", "revision"])
         if by == "device":
             key = r.device
         elif by == "release":
-            key = getattr(r, "release")
+            key = r.release
         else:
-            key = f"{getattr(r, 'release')}@{getattr(r, 'revision')}"
+            key = f"{r.release}@{r.revision}"
         groups[key].append(r)
     return dict(groups)
 

@@ -30,7 +30,7 @@ def line_chart(title: str, days: list[str], values: list[float | None], fmt: str
     if cur:
         segments.append(cur)
     lines = "".join(
-        f'<polyline fill="none" stroke="#2563eb" stroke-width="2" points="'
+        '<polyline fill="none" stroke="#2563eb" stroke-width="2" points="'
         + " ".join(f"{x:.1f},{y:.1f}" for x, y in seg) + '"/>'
         + "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#2563eb"/>' for x, y in seg)
         for seg in segments)

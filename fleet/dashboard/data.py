@@ -16,7 +16,7 @@ from fleet.analytics.pillars import Snapshot, TrendPoint, snapshot, trend
 from fleet.analytics.shadow import ExitCriteria, ShadowReport, SignOff, shadow_report
 from fleet.analytics.windows import FLEET, WINDOWS, Scope, Window
 from fleet.protocol import AlertRecord
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
 
 
 def now_utc() -> datetime:

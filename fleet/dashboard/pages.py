@@ -16,7 +16,7 @@ from fleet.dashboard import auth, data
 from fleet.dashboard.layout import confirm_page, e, hidden, page
 from fleet.dashboard.metrics import render_metrics
 from fleet.dashboard.views import alerts_body, devices_body, pillars_body, rollouts_body, shadow_body
-from shadowline.errors import ShadowlineError
+from runtime.errors import ShadowlineError
 
 
 def _login_redirect(request: Request) -> RedirectResponse:

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.bundle import finish_bundle, npz_bytes, read_manifest
-from export.signing import load_private_key
+from export.bundle import finish_bundle, npz_bytes
 from fleet.protocol import Artifact, Desired, ReleaseSpec, StageSpec
-from shadowline.fsio import sha256_file
+from runtime.bundle import read_manifest
+from runtime.fsio import sha256_file
+from runtime.signing import load_private_key
 from tests.agent.servers import ArtifactServer
 from tests.conftest import IMAGES, export_preset
 

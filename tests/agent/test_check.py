@@ -8,12 +8,12 @@ import pytest
 
 from edge.agent.cache import ReleaseCache
 from edge.agent.check import check, pick_backend, prepare
-from shadowline.errors import ParityError
+from runtime.errors import ParityError
 from tests.agent.conftest import PCB_IMAGES, release_for
 
 
 def unpack(tmp_path, tar, keys):
-    from export.signing import TrustStore
+    from runtime.signing import TrustStore
 
     cache = ReleaseCache(tmp_path / "cache")
     _, artifact = release_for(tar, 1)

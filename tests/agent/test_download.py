@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from edge.agent.download import download
-from shadowline.errors import BundleError
-from shadowline.fsio import sha256_file
+from runtime.errors import BundleError
+from runtime.fsio import sha256_file
 from tests.agent.servers import ArtifactServer
 
 

@@ -4,7 +4,6 @@ a manual rollback of a completed rollout."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from fleet.protocol import ReleaseSpec, StageSpec

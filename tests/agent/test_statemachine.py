@@ -10,7 +10,7 @@ import pytest
 from edge.agent.config import AgentConfig
 from edge.agent.headless import HeadlessHost
 from edge.agent.statemachine import MAX_STEPS, RESUME, TRANSITIONS, Machine, State
-from export.signing import TrustStore
+from runtime.signing import TrustStore
 from tests.agent.conftest import PCB_IMAGES, desired_for
 
 HAPPY = ["download", "verify", "prepare", "check", "activate", "commit", "idle"]

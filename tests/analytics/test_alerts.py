@@ -150,7 +150,7 @@ def test_disabled_rule_and_bad_config():
 
 
 def test_alert_records_roundtrip_the_protocol():
-    from fleet.protocol import AlertRecord, encode, decode
+    from fleet.protocol import AlertRecord, decode, encode
     p = preds_in(0, 100, decision="error")
     rec = AlertTracker().update(snapshot(p, [], [], hour(0)), None)[0]
     assert decode("t", encode(rec), AlertRecord) == rec

@@ -4,7 +4,7 @@ import pytest
 
 from fleet.analytics.pillars import PillarOptions, baseline, percentile, snapshot, trend
 from fleet.analytics.windows import Scope, Window, group_by, select
-from shadowline.errors import ConfigError, NotFound
+from runtime.errors import ConfigError, NotFound
 from tests.analytics.streams import at, pred, queue, review
 
 

@@ -9,7 +9,7 @@ import pytest
 from fleet.analytics.gate import AdminOverride, JsonlAuditLog, MemoryAuditLog, PromotionGate
 from fleet.analytics.shadow import ExitCriteria, SignOff, shadow_report
 from fleet.analytics.windows import Window
-from shadowline.errors import Conflict
+from runtime.errors import Conflict
 from tests.analytics.streams import at, pred, review
 
 QA = "qa"  # the adjudicator

@@ -9,11 +9,20 @@ import shutil
 import numpy as np
 import pytest
 
-from fleet.analytics.tuning import (CostWeighted, MaxF1, MinRecall, Sample, TuningConfig, plot_pr, render_table,
-                                    retune_release, tune)
+from fleet.analytics.tuning import (
+    CostWeighted,
+    MaxF1,
+    MinRecall,
+    Sample,
+    TuningConfig,
+    plot_pr,
+    render_table,
+    retune_release,
+    tune,
+)
 from fleet.analytics.tuning_data import samples_from_images, samples_from_verdicts
 from fleet.protocol import ReleaseSpec, StageOutput
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
 from tests.analytics.streams import at, pred, review
 from tests.conftest import IMAGES
 
@@ -147,9 +156,9 @@ def test_samples_from_verdicts():
 
 
 def test_real_pcb_model_on_real_images(bundles, keys, tmp_path, expected):
-    from edge.predictor import BundleModel
-    from export.bundle import load_bundle
-    from export.signing import TrustStore
+    from runtime.bundle import load_bundle
+    from runtime.predictor import BundleModel
+    from runtime.signing import TrustStore
 
     folder = tmp_path / "val"
     shutil.copytree(IMAGES / "pcb_winml", folder)

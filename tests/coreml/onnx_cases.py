@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edge.processing.spec import InputSpec, OutputSpec
-from export.manifest import BatchInfo, Manifest, Provenance, Thresholds
+from runtime.manifest import BatchInfo, Manifest, Provenance, Thresholds
+from runtime.processing.spec import InputSpec, OutputSpec
 
 I64_MAX = np.iinfo(np.int64).max
 RNG = np.random.default_rng(7)

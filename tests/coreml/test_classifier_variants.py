@@ -8,9 +8,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.bundle import load_bundle
 from export.exporter import export_model
 from export.options import build_options
+from runtime.bundle import load_bundle
 from tests.conftest import IMAGES
 
 pytest.importorskip("coremltools")

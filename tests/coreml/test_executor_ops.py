@@ -41,7 +41,7 @@ def test_fp16_ops_are_rounded(tmp_path):
 
 def test_shape_mismatch_is_caught(tmp_path):
     """The executor refuses a program whose declared shape its computation does not reproduce."""
-    from export.coreml.executor import ExecutorError, OPS
+    from export.coreml.executor import OPS, ExecutorError
 
     case = next(c for c in CASES if c.id == "maxpool_basic")
     x = RNG.normal(0, 1.0, (1, 3, *case.hw)).astype(np.float32)

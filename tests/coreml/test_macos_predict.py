@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.bundle import load_bundle
 from export.coreml.executor import Executor, load_program
 from export.coreml.package import reference_pixels
-from export.parity import Reference, compare
+from runtime.bundle import load_bundle
+from runtime.parity import Reference, compare
 
 pytestmark = pytest.mark.macos
 

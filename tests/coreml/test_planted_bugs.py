@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from export.bundle import load_bundle
 from export.coreml.package import build_and_check
-from export.parity import Reference
-from shadowline.errors import ParityError
+from runtime.bundle import load_bundle
+from runtime.errors import ParityError
+from runtime.parity import Reference
 from tests.coreml.onnx_cases import CASES, RNG, run_coreml, run_onnxruntime
 
 pytest.importorskip("coremltools")

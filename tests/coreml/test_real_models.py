@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from export.bundle import load_bundle
-from export.signing import TrustStore
-from shadowline.errors import BundleError
+from runtime.bundle import load_bundle
+from runtime.errors import BundleError
+from runtime.signing import TrustStore
 from tests.conftest import IMAGES, PRESETS
 
 CASES = [(p, prec) for prec in ("fp32", "fp16") for p in PRESETS]

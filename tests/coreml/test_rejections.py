@@ -10,9 +10,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export.coreml.converter import build_program
-from shadowline.errors import ConversionError, ModelRejected
-from tests.coreml.onnx_cases import manifest_for
+from runtime.errors import ConversionError, ModelRejected
 from tests.conftest import MODELS
+from tests.coreml.onnx_cases import manifest_for
 
 pytest.importorskip("coremltools")
 
@@ -136,7 +136,7 @@ def test_missing_coremltools_says_what_to_install(monkeypatch):
     import builtins
 
     from export.coreml.package import require_coremltools
-    from shadowline.errors import BackendUnavailable
+    from runtime.errors import BackendUnavailable
 
     real_import = builtins.__import__
 

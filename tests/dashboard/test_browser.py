@@ -3,7 +3,6 @@ simulated devices that obey their desired state over MQTT, and the dashboard dri
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

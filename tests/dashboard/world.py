@@ -25,9 +25,9 @@ def bundle_tar(bundle_dir: Path) -> bytes:
 
 def model_outputs(bundle_dir: Path) -> list[tuple[str, dict[str, float], float]]:
     """(image name, scores, measured ms) of the real PCB model on the real PCB images."""
-    from edge.predictor import BundleModel
-    from edge.processing.image import read_image
-    from export.bundle import load_bundle
+    from runtime.bundle import load_bundle
+    from runtime.predictor import BundleModel
+    from runtime.processing.image import read_image
 
     model = BundleModel(load_bundle(bundle_dir)).load()
     try:

@@ -210,9 +210,9 @@ _RAW: dict[tuple[Path, Path], dict[str, tuple[dict[str, float], list[tuple[str, 
 
 def _raw_outputs(bundles: dict[str, Path]) -> dict[str, tuple[dict[str, float], list[tuple[str, float]] | None]]:
     """Each photo's SqueezeNet scores and (for screen candidates) YOLOX detections, computed once per session."""
-    from edge.predictor import BundleModel
-    from edge.processing.image import read_image
-    from export.bundle import load_bundle
+    from runtime.bundle import load_bundle
+    from runtime.predictor import BundleModel
+    from runtime.processing.image import read_image
 
     key = (bundles["squeezenet"], bundles["yolox-nano"])
     if key not in _RAW:

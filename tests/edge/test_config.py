@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from edge.config import FolderSource, load_config, parse_config
+from runtime.errors import ConfigError
 from shadowline.cli import cli
-from shadowline.errors import ConfigError
 
 GOOD = """\
 device_id: line3-cam1
@@ -55,6 +55,19 @@ def test_good_config_loads_and_resolves_paths(tmp_path: Path) -> None:
     folder = cfg.sources[0]
     assert isinstance(folder, FolderSource) and folder.path == tmp_path / "inbox"
     assert cfg.store.path == tmp_path / "shadowline.db"
+    assert folder.done_dir is None and folder.failed_dir is None  # the source's own default: <path>/done, /failed
+
+
+def test_done_and_failed_dirs_absolute_kept_relative_resolved(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "archive" / "done"
+    text = GOOD.replace("    path: inbox\n", f"    path: inbox\n    done_dir: {elsewhere}\n    failed_dir: rejects\n")
+    p = tmp_path / "conf" / "device.yaml"
+    p.parent.mkdir()
+    p.write_text(text)
+    folder = load_config(p).sources[0]
+    assert isinstance(folder, FolderSource)
+    assert folder.done_dir == elsewhere  # an absolute path stays where the admin put it
+    assert folder.failed_dir == tmp_path / "conf" / "rejects"  # a relative one is relative to the config file
 
 
 @pytest.mark.parametrize("old,new,where", [
@@ -126,7 +139,7 @@ def test_runner_options_per_backend() -> None:
 def test_missing_backend_fails_at_start_with_install_hint(tmp_path: Path, bundles, keys) -> None:
     from edge.config import load_config
     from edge.daemon import Daemon
-    from shadowline.errors import BackendUnavailable
+    from runtime.errors import BackendUnavailable
     from tests.edge.conftest import pcb_release, write_config
 
     cfg = write_config(tmp_path, keys, pcb_release(bundles), runner={"backend": "tensorrt"}, api={"enabled": False})

@@ -13,9 +13,9 @@ import pytest
 from edge.config import DeviceConfig
 from edge.daemon import Daemon, QueueFull
 from edge.sources import Frame
-from edge.processing.image import read_image
 from fleet.protocol import ReleaseSpec
-from shadowline.errors import BundleError
+from runtime.errors import BundleError
+from runtime.processing.image import read_image
 from tests.edge.conftest import PCB, PHOTOS, pcb_release, photo_release
 
 

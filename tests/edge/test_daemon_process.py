@@ -14,8 +14,18 @@ import pytest
 from PIL import Image
 
 from tests.conftest import Mosquitto
-from tests.edge.conftest import PCB, PHOTOS, VERIFY_T, MqttListener, WebhookServer, expected_photo_decisions, \
-    fill_inbox, pcb_release, photo_release, write_config
+from tests.edge.conftest import (
+    PCB,
+    PHOTOS,
+    VERIFY_T,
+    MqttListener,
+    WebhookServer,
+    expected_photo_decisions,
+    fill_inbox,
+    pcb_release,
+    photo_release,
+    write_config,
+)
 
 CAND_VERIFY = {**VERIFY_T, "dog": 0.6}
 
@@ -137,7 +147,7 @@ def test_bad_input_is_recorded_and_the_daemon_keeps_running(tmp_path: Path, bund
             "rgba.png": _png(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])),
             "sixteen.png": None}
     buf = io.BytesIO()
-    Image.fromarray((np.asarray(Image.fromarray(rgb).convert("L")).astype(np.uint16) * 257)).save(buf, "PNG")
+    Image.fromarray(np.asarray(Image.fromarray(rgb).convert("L")).astype(np.uint16) * 257).save(buf, "PNG")
     fine["sixteen.png"] = buf.getvalue()
     assert Image.open(io.BytesIO(fine["sixteen.png"])).mode.startswith("I")
     inbox = tmp_path / "inbox"
@@ -157,9 +167,9 @@ def test_bad_input_is_recorded_and_the_daemon_keeps_running(tmp_path: Path, bund
         assert r["decision"] == "error" and why in r["error"], (name, r["error"])
         assert (inbox / "failed" / name).exists()
         assert why in (inbox / "failed" / f"{name}.reason.txt").read_text()
-    from edge.predictor import BundleModel
-    from edge.processing.image import decode_image
-    from export.bundle import load_bundle
+    from runtime.bundle import load_bundle
+    from runtime.predictor import BundleModel
+    from runtime.processing.image import decode_image
 
     with load_bundle(bundles["pcb-aoi"]) as b:
         model = BundleModel(b).load()
@@ -216,7 +226,7 @@ def test_fleet_section_without_agent_fails_clearly(tmp_path: Path, bundles, keys
 
     from edge.config import load_config
     from edge.daemon import Daemon
-    from shadowline.errors import ConfigError
+    from runtime.errors import ConfigError
 
     monkeypatch.setitem(sys.modules, "edge.agent.runtime", None)  # as if the agent were not installed
     cfg = write_config(tmp_path, keys, pcb_release(bundles), fleet={"broker_url": "mqtt://127.0.0.1:1"},

@@ -9,12 +9,20 @@ from pathlib import Path
 import pytest
 
 from edge.pipeline import PipelineSlot, build_pipeline, resolver_for
-from edge.processing.image import read_image
-from export.signing import TrustStore
 from fleet.protocol import ReleaseSpec
-from shadowline.errors import BundleError, ConfigError, SignatureError
-from tests.edge.conftest import PCB, PHOTOS, SCREEN_CLASSES, SCREEN_T, VERIFY_T, expected_photo_decisions, \
-    pcb_release, photo_release
+from runtime.errors import BundleError, ConfigError, SignatureError
+from runtime.processing.image import read_image
+from runtime.signing import TrustStore
+from tests.edge.conftest import (
+    PCB,
+    PHOTOS,
+    SCREEN_CLASSES,
+    SCREEN_T,
+    VERIFY_T,
+    expected_photo_decisions,
+    pcb_release,
+    photo_release,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +69,8 @@ def test_candidate_disagreements(photo_pipeline, bundles: dict[str, Path]) -> No
 def test_single_stage_pcb(bundles: dict[str, Path]) -> None:
     p = build_pipeline(ReleaseSpec.model_validate(pcb_release(bundles)), None, resolver_for(None), None)
     try:
-        from edge.predictor import BundleModel
-        from export.bundle import load_bundle
+        from runtime.bundle import load_bundle
+        from runtime.predictor import BundleModel
 
         with load_bundle(bundles["pcb-aoi"]) as b:
             m = BundleModel(b).load()
@@ -91,7 +99,7 @@ def test_unknown_class_and_unsigned_bundle_are_refused(bundles: dict[str, Path],
                        None, resolver_for(tmp_path), None)
     other = tmp_path / "other-trust"
     other.mkdir()
-    from export.signing import generate_keys
+    from runtime.signing import generate_keys
 
     generate_keys(other, "stranger")
     with pytest.raises(SignatureError):

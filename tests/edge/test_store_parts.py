@@ -16,7 +16,7 @@ from edge.sources import Frame
 from edge.sources.queue import FrameQueue
 from edge.store import Store
 from fleet.protocol import PredictionRecord, ReviewRecord
-from shadowline.errors import Conflict, NotFound
+from runtime.errors import Conflict, NotFound
 from tests.conftest import free_port
 
 
@@ -69,7 +69,7 @@ def test_retention_budget_evicts_oldest_unpinned_and_counts(tmp_path: Path) -> N
     s = Store(tmp_path / "db.sqlite")
     r = Retention(RetentionConfig(dir=tmp_path / "img", budget_mb=2.5 / 1024), s)  # 2.5 KiB
     ids = []
-    for i in range(4):
+    for _ in range(4):
         p = rec()
         path, size = r.save(p.id, bytes(1024), ".png")
         s.commit_frame([p], None, kept={p.id: (path, size, ["flagged"])})

@@ -9,7 +9,7 @@ import pytest
 
 from export.exporter import export_model
 from export.options import build_options, load_preset
-from shadowline.errors import ConfigError, LabelError, ModelRejected
+from runtime.errors import ConfigError, LabelError, ModelRejected
 from tests.conftest import IMAGES, MODELS
 
 
@@ -55,7 +55,7 @@ def test_duplicate_labels_refused_unless_deduplicated(tmp_path):
 
 def test_calibration_folder_with_corrupt_and_empty_files(tmp_path, keys):
     """Bad calibration files are skipped and reported by name in the manifest; the export still succeeds."""
-    from export.signing import load_private_key
+    from runtime.signing import load_private_key
 
     calib = tmp_path / "calib"
     shutil.copytree(IMAGES / "pcb_winml", calib)
@@ -106,8 +106,8 @@ def test_unknown_option_in_preset_names_the_key(tmp_path):
 
 
 def test_tar_export(tmp_path, keys):
-    from export.bundle import load_bundle
-    from export.signing import TrustStore, load_private_key
+    from runtime.bundle import load_bundle
+    from runtime.signing import TrustStore, load_private_key
 
     model = MODELS / "pcb-aoi_opset11.onnx"
     path, _, _ = export_model(model, opts("pcb-aoi", model, validation=None), tmp_path / "out",

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.processing.decode import decode_classification, nms_per_class
-from edge.processing.image import decode_image
-from edge.processing.preprocess import preprocess, resize
-from edge.processing.spec import InputSpec
-from shadowline.errors import ImageError
+from runtime.errors import ImageError
+from runtime.processing.decode import decode_classification, nms_per_class
+from runtime.processing.image import decode_image
+from runtime.processing.preprocess import preprocess, resize
+from runtime.processing.spec import InputSpec
 from tests.conftest import IMAGES
 
 

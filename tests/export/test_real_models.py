@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.predictor import BundleModel
-from edge.processing.decode import iou_matrix
-from edge.processing.image import read_image
-from export.bundle import load_bundle
-from export.signing import TrustStore
+from runtime.bundle import load_bundle
+from runtime.predictor import BundleModel
+from runtime.processing.decode import iou_matrix
+from runtime.processing.image import read_image
+from runtime.signing import TrustStore
 from tests.conftest import IMAGES
 
 
@@ -94,8 +94,8 @@ def test_fp16_variant_passes_task_check(bundles, trust, preset):
 
 def test_reference_npz_holds_device_preprocessing(bundles, trust):
     """reference.npz inputs equal what the device's own preprocessing makes of the same calibration images."""
-    from edge.processing.preprocess import preprocess
-    from export.parity import Reference
+    from runtime.parity import Reference
+    from runtime.processing.preprocess import preprocess
 
     with load_bundle(bundles["squeezenet"], trust) as b:
         ref = Reference.from_arrays(b.reference())
@@ -107,8 +107,8 @@ def test_reference_npz_holds_device_preprocessing(bundles, trust):
 
 def test_per_class_nms_keeps_overlapping_classes(bundles, trust):
     """With per-class NMS (DESIGN default) the kitten keeps its overlapping 'cat' box; class-agnostic drops it."""
-    from edge.processing.decode import decode_yolox
-    from export.parity import Reference
+    from runtime.parity import Reference
+    from runtime.processing.decode import decode_yolox
 
     with load_bundle(bundles["yolox-nano"], trust) as b:
         m = b.manifest

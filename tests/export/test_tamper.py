@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from export.bundle import load_bundle
-from export.signing import TrustStore
-from shadowline.errors import BundleError, SignatureError
+from runtime.bundle import load_bundle
+from runtime.errors import BundleError, SignatureError
+from runtime.signing import TrustStore
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_unlisted_extra_file_is_refused(copy):
 
 
 def test_untrusted_signer_is_refused_naming_the_key(copy, keys, tmp_path):
-    from export.signing import load_private_key, sign
+    from runtime.signing import load_private_key, sign
 
     (copy / "manifest.sig").write_bytes(sign((copy / "manifest.json").read_bytes(),
                                              load_private_key(keys["other_private"])))

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet.broker import BrokerAddress
-from fleet.protocol import (Batch, Desired, PredictionRecord, Reported, ReviewRecord, Topics, decode, encode)
+from fleet.protocol import Batch, Desired, PredictionRecord, Reported, ReviewRecord, Topics, decode, encode
 
 
 def client(url: str, client_id: str, persistent: bool = False, **auth) -> mqtt.Client:

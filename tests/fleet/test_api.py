@@ -14,8 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from export.bundle import finish_bundle, read_manifest
-from export.signing import load_private_key
+from export.bundle import finish_bundle
+from runtime.bundle import read_manifest
+from runtime.signing import load_private_key
 from tests.fleet.conftest import auth
 
 ADMIN_ROUTES = [("post", "/api/releases", {"name": "x", "stages": [{"role": "verify", "bundle": "b-v1.0"}]}),

@@ -6,7 +6,7 @@ import pytest
 
 from fleet.broker import BrokerAddress
 from fleet.config import load_config
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
 
 
 def test_yaml_and_overrides(tmp_path):

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge.predictor import BundleModel
-from edge.processing.image import read_image
-from export.bundle import load_bundle
 from fleet.cli import fleet_group
 from fleet.protocol import PredictionRecord, ReleaseSpec, ReviewRecord, StageSpec
+from runtime.bundle import load_bundle
+from runtime.predictor import BundleModel
+from runtime.processing.image import read_image
 from tests.conftest import IMAGES
 from tests.fleet.apiserver import ApiServer
 

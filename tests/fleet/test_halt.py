@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from fleet.cli import fleet_group
 from fleet.protocol import ReleaseSpec, Reported, StageSpec
 from fleet.rollout import RolloutRequest
-from shadowline.errors import Conflict, NotFound
+from runtime.errors import Conflict, NotFound
 from tests.fleet.apiserver import ApiServer
 from tests.fleet.conftest import auth
 

@@ -13,7 +13,7 @@ import pytest
 from fleet.config import FleetConfig, load_config
 from fleet.protocol import AlertRecord, Batch, PredictionRecord, Topics, encode
 from fleet.service import FleetService
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
 from tests.fleet.devicesim import wait_for
 
 

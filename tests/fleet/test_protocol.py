@@ -9,8 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from fleet.protocol import (ACTIVATION_IN_PROGRESS, ACTIVATION_STATES, Batch, Command, Desired, ProtocolError,
-                            Reported, Topics, decode, encode)
+from fleet.protocol import (
+    ACTIVATION_IN_PROGRESS,
+    ACTIVATION_STATES,
+    Batch,
+    Command,
+    Desired,
+    ProtocolError,
+    Reported,
+    Topics,
+    decode,
+    encode,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("fleet", "edge", "export", "hwbench", "shadowline", "benchmarks")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from export.bundle import load_bundle
-from export.signing import load_private_key, sign
 from fleet.protocol import ReleaseSpec, StageSpec
 from fleet.releases import ThresholdChange
-from shadowline.errors import BundleError, ConfigError, Conflict, NotFound, SignatureError
-from shadowline.fsio import sha256_file
+from runtime.bundle import load_bundle
+from runtime.errors import BundleError, ConfigError, Conflict, NotFound, SignatureError
+from runtime.fsio import sha256_file
+from runtime.signing import load_private_key, sign
 
 
 def _copy(bundle: Path, tmp_path: Path) -> Path:

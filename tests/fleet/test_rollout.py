@@ -133,7 +133,7 @@ def test_override_gate_and_conflicts(env):
     fleet = svc.fleet
     gates = GATES.model_copy(update={"soak_s": 1.5, "min_reviews": 10, "max_override_rate": 0.2})
     ro = fleet.rollouts.start(RolloutRequest(release="seal@2", group="line-1", waves=["1", "100%"], gates=gates))
-    from shadowline.errors import Conflict
+    from runtime.errors import Conflict
 
     with pytest.raises(Conflict, match="still running"):
         fleet.rollouts.start(RolloutRequest(release="seal@3", group="line-1"))

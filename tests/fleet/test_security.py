@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fleet.broker import BrokerTLS, MqttClient
 from fleet.protocol import Topics
 from fleet.security import make_tls, mosquitto_hash, provision
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
 from tests.conftest import Mosquitto
 from tests.fleet.devicesim import wait_for
 

@@ -11,14 +11,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge.runners.onnxrt import OnnxRuntimeRunner
-from export.bundle import load_bundle
 from hwbench import bench as benchmod
 from hwbench.bench import BenchOptions, measure, peak_rss_mb
 from hwbench.plan import Config, batch_sizes, plan
 from hwbench.run import benchmark
 from hwbench.verdict import DEFAULT_TARGETS
-from shadowline.errors import ConfigError
+from runtime.bundle import load_bundle
+from runtime.errors import ConfigError
+from runtime.runners.onnxrt import OnnxRuntimeRunner
 
 OPTIONS = BenchOptions(warmup=3, min_iterations=15, max_iterations=400, min_seconds=0.4)
 
@@ -41,7 +41,7 @@ def independent_times_ms(model: Path, x: np.ndarray, runs: int = 15) -> list[flo
 def measured(bundles: dict[str, Path], keys) -> dict[str, tuple]:
     """name -> (hwbench result, independent timings before it, independent timings after it). Timing on both
     sides of the hwbench run brackets the load that other processes put on this shared machine meanwhile."""
-    from export.signing import TrustStore
+    from runtime.signing import TrustStore
 
     out = {}
     for name, path in bundles.items():
@@ -160,14 +160,17 @@ def test_a_broken_configuration_does_not_stop_the_others(bundles):
 
 def test_tensorrt_configuration_reaches_the_real_runner(bundles, tmp_path: Path):
     """The plan's options fit the TensorRT runner's constructor; without TensorRT here, load() is what refuses."""
-    from edge.runners.tensorrt import TensorRTRunner
     from hwbench.plan import make_runner
+    from runtime.loaders.tensorrt.loader import EngineFromBundle
+    from runtime.runners.tensorrt import TensorRTRunner
 
     with load_bundle(bundles["pcb-aoi"]) as b:
         cfg = Config("tensorrt", "fp16", 1, runner_options={"precision": "fp16", "cache_dir": tmp_path})
         runner = make_runner(b, cfg)
         assert isinstance(runner, TensorRTRunner)
-        assert runner.settings.precision == "fp16" and runner.cache_dir == tmp_path
+        loader = runner.engine  # the runner is handed the engine cache's loader, which builds on the device
+        assert isinstance(loader, EngineFromBundle)
+        assert loader.settings.precision == "fp16" and loader.cache_dir == tmp_path
         r = measure(b, cfg, BenchOptions(min_iterations=1, min_seconds=0))
     assert r.status == "skipped" and ("tensorrt" in (r.reason or "").lower() or "pycuda" in (r.reason or ""))
 

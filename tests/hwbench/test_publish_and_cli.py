@@ -14,8 +14,8 @@ import pytest
 from fleet.protocol import Batch, EventRecord, Topics, decode
 from hwbench.publish import PublishError, PublishTarget, build_message, publish
 from hwbench.report import Report
+from runtime.errors import ConfigError
 from shadowline.cli import main
-from shadowline.errors import ConfigError
 
 FAST = ["--warmup", "1", "--iterations", "5", "--seconds", "0", "--quiet"]
 
@@ -35,7 +35,7 @@ def subscribe(broker_url: str, topic: str) -> tuple[mqtt.Client, queue.Queue]:
 
 
 def test_cli_writes_reports_for_each_shipped_bundle(bundles, keys, tmp_path: Path, capsys):
-    for name, path in bundles.items():
+    for path in bundles.values():
         rc = main(["hwbench", str(path), "--trust-store", str(keys["trust"]), "--out", str(tmp_path), *FAST])
         assert rc == 0
         bid = path.name

@@ -82,9 +82,9 @@ def test_sampler_absent_is_harmless():
 
 def test_power_is_sampled_during_the_timed_calls(bundles, tmp_path: Path, monkeypatch):
     """On a Jetson `tegrastats` is on PATH; here the stand-in is, and hwbench's measurement picks it up."""
-    from export.bundle import load_bundle
     from hwbench.bench import BenchOptions, measure
     from hwbench.plan import Config
+    from runtime.bundle import load_bundle
 
     exe = tmp_path / "tegrastats"
     exe.write_text(f"#!/bin/sh\nwhile true; do echo '{ORIN}'; sleep 0.02; done\n")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from export.bundle import load_bundle
 from hwbench.bench import BenchOptions
 from hwbench.run import benchmark
 from hwbench.verdict import DEFAULT_TARGETS
+from runtime.bundle import load_bundle
 
 pytestmark = pytest.mark.gpu
 

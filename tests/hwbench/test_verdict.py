@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hwbench.verdict import DEFAULT_TARGETS, judge, load_targets
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
 
 
 def cfg(id_: str, batch: int, p95: float, ips: float) -> dict:

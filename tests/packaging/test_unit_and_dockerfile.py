@@ -13,8 +13,8 @@ import click
 import pytest
 
 from edge.config import ApiConfig
+from runtime.errors import ConfigError
 from shadowline.cli import cli
-from shadowline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "systemd" / "shadowline-edge.service"
@@ -157,11 +157,11 @@ def test_docs_name_every_setting_the_entrypoint_reads():
 
 
 def test_docs_example_config_is_a_valid_device_config():
+    import textwrap
+
     import yaml
 
     from edge.config import DeviceConfig
-
-    import textwrap
 
     block = re.search(r"```yaml\n(.*?)```", DOC.read_text(), re.S).group(1)
     cfg = DeviceConfig.model_validate(yaml.safe_load(textwrap.dedent(block)))

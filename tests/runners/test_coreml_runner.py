@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.runners.coreml import CoreMLRunner, find_package, tensor_to_images
-from edge.runners.base import RunnerError, TensorMeta
-from export.bundle import read_manifest
-from shadowline.errors import BackendUnavailable, BundleError
+from runtime.bundle import read_manifest
+from runtime.errors import BackendUnavailable, BundleError
+from runtime.runners.base import RunnerError, TensorMeta
+from runtime.runners.coreml import CoreMLRunner, find_package, tensor_to_images
 
 ct = pytest.importorskip("coremltools")
 
@@ -130,9 +130,9 @@ def test_bad_compute_units() -> None:
 def test_predict_matches_reference_on_macos(keys: dict[str, Path], tmp_path: Path) -> None:
     """On a Mac: the exported Core ML package, run by the runner, agrees with reference.npz."""
     pytest.importorskip("export.coreml")
-    from export.bundle import load_bundle
-    from export.parity import Reference, compare
     from export.reference import run_batched
+    from runtime.bundle import load_bundle
+    from runtime.parity import Reference, compare
     from tests.conftest import export_preset
 
     path = export_preset("pcb-aoi", tmp_path, keys["private"], coreml=True)
@@ -173,9 +173,9 @@ def test_runner_on_exported_packages_with_a_reference_executor(keys: dict[str, P
     """The runner's own work on Linux, with packages from the real Core ML exporter: the manifest input name fed
     to the package's "image" input, tensors turned back into pixels, outputs mapped to the manifest's names."""
     pytest.importorskip("export.coreml.executor")
-    from export.bundle import load_bundle
-    from export.parity import Reference, compare
     from export.reference import run_batched
+    from runtime.bundle import load_bundle
+    from runtime.parity import Reference, compare
     from tests.conftest import export_preset
 
     path = export_preset(preset, tmp_path, keys["private"], coreml=True, coreml_precision="fp32")

@@ -6,10 +6,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge.runners import create_runner
-from edge.runners.base import RunnerError
-from edge.runners.onnxrt import OnnxRuntimeRunner
-from shadowline.errors import BackendUnavailable
+from runtime.errors import BackendUnavailable
+from runtime.runners import create_runner
+from runtime.runners.base import RunnerError
+from runtime.runners.onnxrt import OnnxRuntimeRunner
 from tests.conftest import MODELS
 
 PCB = MODELS / "pcb-aoi_opset11.onnx"
@@ -63,7 +63,7 @@ def test_input_checks() -> None:
         good = np.zeros((1, 3, 224, 224), np.float32)
         assert r.infer({"data_0": good})["softmaxout_1"].shape == (1, 1000, 1, 1)
         assert r.last_inference_time is not None
-        for bad, what in [(np.zeros((2, 3, 224, 224), np.float32), "batch"),
+        for bad, _what in [(np.zeros((2, 3, 224, 224), np.float32), "batch"),
                           (np.zeros((1, 3, 227, 227), np.float32), "size"),
                           (np.zeros((3, 224, 224), np.float32), "rank")]:
             with pytest.raises(RunnerError, match="has shape"):
@@ -90,8 +90,8 @@ def test_registry() -> None:
     assert isinstance(create_runner("onnxruntime", PCB), OnnxRuntimeRunner)
     with pytest.raises(BackendUnavailable, match="unknown backend 'openvino'; known: onnxruntime, tensorrt, coreml"):
         create_runner("openvino", PCB)
-    from edge.runners.coreml import CoreMLRunner
-    from edge.runners.tensorrt import TensorRTRunner
+    from runtime.runners.coreml import CoreMLRunner
+    from runtime.runners.tensorrt import TensorRTRunner
 
     assert type(create_runner("tensorrt", PCB)) is TensorRTRunner
     assert type(create_runner("coreml", PCB)) is CoreMLRunner
@@ -99,8 +99,8 @@ def test_registry() -> None:
 
 def test_session_config_entries_reach_the_session(bundles):
     """Entries are applied to the live session (read back from it, not from what was asked)."""
-    from edge.runners.onnxrt import OnnxRuntimeRunner
-    from export.bundle import load_bundle
+    from runtime.bundle import load_bundle
+    from runtime.runners.onnxrt import OnnxRuntimeRunner
 
     with load_bundle(bundles["pcb-aoi"]) as b:
         r = OnnxRuntimeRunner(b.model_path, session_config={"session.intra_op.allow_spinning": "0"}).load()

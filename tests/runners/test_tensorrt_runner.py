@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.predictor import BundleModel
-from edge.runners import create_runner
-from edge.runners.base import RunnerError
-from edge.runners.onnxrt import OnnxRuntimeRunner
-from edge.runners.tensorrt import TensorRTRunner
-from export.bundle import load_bundle
-from export.tensorrt.device import DeviceInfo
-from shadowline.errors import BackendUnavailable
+from runtime.bundle import load_bundle
+from runtime.errors import BackendUnavailable
+from runtime.loaders.tensorrt.device import DeviceInfo
+from runtime.loaders.tensorrt.loader import EngineFromBundle
+from runtime.predictor import BundleModel
+from runtime.runners import create_runner
+from runtime.runners.base import RunnerError
+from runtime.runners.onnxrt import OnnxRuntimeRunner
+from runtime.runners.tensorrt import TensorRTRunner
 from tests.conftest import IMAGES
 from tests.tensorrt import fake_trt
 
@@ -29,7 +30,7 @@ from tests.tensorrt import fake_trt
 def fake(monkeypatch: pytest.MonkeyPatch):
     trt, drv = fake_trt.install(monkeypatch, "10.3.0.26")
     # The stand-in has no /etc/nv_tegra_release to read: pin the device identity.
-    monkeypatch.setattr("export.tensorrt.prepare.detect",
+    monkeypatch.setattr("runtime.loaders.tensorrt.prepare.detect",
                         lambda device=0: DeviceInfo(gpu_name="Orin", compute_capability="8.7", l4t="36.4.0"))
     return trt, drv
 
@@ -41,7 +42,8 @@ def _ort(bundle: Path, x: np.ndarray) -> dict[str, np.ndarray]:
 
 def test_dynamic_batch_and_split(fake, bundles: dict[str, Path], tmp_path: Path) -> None:
     trt, drv = fake
-    with TensorRTRunner(bundles["pcb-aoi"] / "model.onnx", cache_dir=tmp_path, max_batch=4, precision="fp32") as r:
+    loader = EngineFromBundle(bundles["pcb-aoi"] / "model.onnx", cache_dir=tmp_path, max_batch=4, precision="fp32")
+    with TensorRTRunner(loader) as r:
         assert [m.name for m in r.input_metadata()] == ["data"]
         assert r.input_metadata()[0].shape == ("N", 3, 227, 227) and r.input_metadata()[0].dtype == "float32"
         assert r.output_metadata()[0].name == "loss" and r.output_metadata()[0].shape == ("N", 2)
@@ -66,7 +68,7 @@ def test_dynamic_batch_and_split(fake, bundles: dict[str, Path], tmp_path: Path)
 
 
 def test_static_model_refuses_other_batches(fake, bundles: dict[str, Path], tmp_path: Path) -> None:
-    with TensorRTRunner(bundles["squeezenet"], cache_dir=tmp_path) as r:
+    with TensorRTRunner(EngineFromBundle(bundles["squeezenet"], cache_dir=tmp_path)) as r:
         assert r.input_metadata()[0].shape == (1, 3, 224, 224)
         x = np.zeros((2, 3, 224, 224), np.float32)
         with pytest.raises(RunnerError, match="shape"):
@@ -79,28 +81,30 @@ def test_static_model_refuses_other_batches(fake, bundles: dict[str, Path], tmp_
 
 def test_second_runner_uses_the_cache(fake, bundles: dict[str, Path], tmp_path: Path) -> None:
     trt, _ = fake
-    with TensorRTRunner(bundles["pcb-aoi"], cache_dir=tmp_path) as r:
+    with TensorRTRunner(EngineFromBundle(bundles["pcb-aoi"], cache_dir=tmp_path)) as r:
         assert not r.describe()["cache_hit"]
-    with TensorRTRunner(bundles["pcb-aoi"], cache_dir=tmp_path) as r2:
+    with TensorRTRunner(EngineFromBundle(bundles["pcb-aoi"], cache_dir=tmp_path)) as r2:
         assert r2.describe()["cache_hit"] and r2.describe()["parity_passed"] == "checked when cached"
     assert trt.build_count == 1
 
 
 def test_engine_file_and_foreign_engine(fake, bundles: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
-    with TensorRTRunner(bundles["pcb-aoi"], cache_dir=tmp_path) as r:
-        engine = r.prepared.path
+    loader = EngineFromBundle(bundles["pcb-aoi"], cache_dir=tmp_path)
+    with TensorRTRunner(loader):
+        assert loader.prepared is not None
+        engine = loader.prepared.path
     with TensorRTRunner(engine) as r:  # an .engine path is run as is
         assert r.describe()["engine"] == str(engine)
         assert r.infer({"data": np.zeros((3, 3, 227, 227), np.float32)})["loss"].shape == (3, 2)
     # The same engine on another TensorRT version: refused with a rebuild hint, nothing left allocated.
     trt, drv = fake_trt.install(monkeypatch, "10.4.0")
     with pytest.raises(BackendUnavailable, match="rebuild it on this device"):
-        TensorRTRunner(engine_path=engine).load()
+        TensorRTRunner(engine).load()
     assert drv.state["stack"] == [] and drv.state["retained"] == 0
 
 
 def test_bundle_model_predicts_like_onnxruntime(fake, bundles: dict[str, Path], tmp_path: Path) -> None:
-    from edge.processing.image import read_image
+    from runtime.processing.image import read_image
 
     images = [read_image(p) for p in sorted((IMAGES / "pcb_winml").iterdir())[:4]]
     with load_bundle(bundles["pcb-aoi"]) as b:
@@ -121,7 +125,7 @@ def test_threads_share_one_runner(fake, bundles: dict[str, Path], tmp_path: Path
     x = np.random.default_rng(1).normal(size=(2, 3, 227, 227)).astype(np.float32)
     want = _ort(bundles["pcb-aoi"], x)["loss"]
     errors: list[BaseException] = []
-    with TensorRTRunner(bundles["pcb-aoi"], cache_dir=tmp_path, precision="fp32") as r:
+    with TensorRTRunner(EngineFromBundle(bundles["pcb-aoi"], cache_dir=tmp_path, precision="fp32")) as r:
         def work() -> None:
             try:
                 for _ in range(5):
@@ -138,11 +142,11 @@ def test_threads_share_one_runner(fake, bundles: dict[str, Path], tmp_path: Path
 
 
 def test_argument_errors() -> None:
-    with pytest.raises(RunnerError, match="exactly one"):
-        TensorRTRunner()
-    with pytest.raises(RunnerError, match="exactly one"):
-        TensorRTRunner("bundle-dir", engine_bytes=b"x")
-    r = TensorRTRunner(engine_bytes=b"x")
+    with pytest.raises(RunnerError, match="not a serialized engine"):
+        TensorRTRunner("bundle-dir")  # a runner never builds: a bundle goes through EngineFromBundle
+    with pytest.raises(RunnerError, match="must be bytes"):
+        TensorRTRunner(42)  # type: ignore[arg-type]
+    r = TensorRTRunner(b"x")
     with pytest.raises(RunnerError, match="before load"):
         r.infer({"data": np.zeros((1, 3, 2, 2), np.float32)})
     with pytest.raises(RunnerError, match="load\\(\\) first"):

@@ -9,12 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from export.bundle import read_manifest
-from export.tensorrt.builder import (BuildCancelled, BuildSettings, ProgressReporter, build_engine,
-                                     import_tensorrt)
-from export.tensorrt.profile import profile_for
-from export.tensorrt.versions import TrtVersion, plan_build
-from shadowline.errors import BackendUnavailable, ModelRejected
+from runtime.bundle import read_manifest
+from runtime.errors import BackendUnavailable, ModelRejected
+from runtime.loaders.tensorrt.builder import (
+    BuildCancelled,
+    BuildSettings,
+    ProgressReporter,
+    build_engine,
+    import_tensorrt,
+)
+from runtime.loaders.tensorrt.profile import profile_for
+from runtime.loaders.tensorrt.versions import TrtVersion, plan_build
 from tests.tensorrt import fake_trt
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from export.tensorrt.cache import CacheKey, EngineCache, default_cache_dir
-from shadowline.errors import BundleError, ConfigError
+from runtime.errors import BundleError, ConfigError
+from runtime.loaders.tensorrt.cache import CacheKey, EngineCache, default_cache_dir
 
 BASE = dict(onnx_sha256="a" * 64, trt_version="10.3.0", compute_capability="8.7", platform="l4t-36.4.0",
             precision="fp16", profile="data:1x3x227x227/4x3x227x227/8x3x227x227")

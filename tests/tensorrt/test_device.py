@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from export.tensorrt.device import (DeviceInfo, detect, parse_driver_version, parse_nv_tegra_release,
-                                    parse_nvidia_smi)
-from shadowline.errors import BackendUnavailable
+from runtime.errors import BackendUnavailable
+from runtime.loaders.tensorrt.device import (
+    DeviceInfo,
+    detect,
+    parse_driver_version,
+    parse_nv_tegra_release,
+    parse_nvidia_smi,
+)
 from tests.tensorrt import fake_trt
 
 TEGRA = {

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.predictor import BundleModel
-from edge.processing.decode import iou_matrix
-from edge.processing.image import read_image
-from export.bundle import load_bundle
-from export.tensorrt.builder import BuildSettings
-from export.tensorrt.cache import EngineCache
-from export.tensorrt.prepare import prepare_engine
+from runtime.bundle import load_bundle
+from runtime.loaders.tensorrt.builder import BuildSettings
+from runtime.loaders.tensorrt.cache import EngineCache
+from runtime.loaders.tensorrt.prepare import prepare_engine
+from runtime.predictor import BundleModel
+from runtime.processing.decode import iou_matrix
+from runtime.processing.image import read_image
 from tests.conftest import IMAGES
 
 pytestmark = pytest.mark.gpu

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.bundle import load_bundle
-from export.tensorrt.builder import BuildSettings
-from export.tensorrt.cache import EngineCache
-from export.tensorrt.check import tolerances_for
-from export.tensorrt.device import DeviceInfo
-from export.tensorrt.prepare import prepare_engine
-from shadowline.errors import ConfigError, ParityError
+from runtime.bundle import load_bundle
+from runtime.errors import ConfigError, ParityError
+from runtime.loaders.tensorrt.builder import BuildSettings
+from runtime.loaders.tensorrt.cache import EngineCache
+from runtime.loaders.tensorrt.check import tolerances_for
+from runtime.loaders.tensorrt.device import DeviceInfo
+from runtime.loaders.tensorrt.prepare import prepare_engine
 from tests.tensorrt import fake_trt
 
 ORIN = DeviceInfo(gpu_name="Orin", compute_capability="8.7", l4t="36.4.0", driver="540.4.0")
@@ -108,7 +108,8 @@ def test_trt11_without_fp16_onnx(monkeypatch: pytest.MonkeyPatch, bundles: dict[
     fake_trt.install(monkeypatch, "11.0.0")
     import shutil
 
-    from export.bundle import finish_bundle, read_manifest
+    from export.bundle import finish_bundle
+    from runtime.bundle import read_manifest
 
     staging = tmp_path / "staging"
     shutil.copytree(bundles["pcb-aoi"], staging)
@@ -150,7 +151,7 @@ def test_cli_without_tensorrt(monkeypatch: pytest.MonkeyPatch, bundles: dict[str
 
 def test_cli_text_and_cache_budget(monkeypatch: pytest.MonkeyPatch, bundles: dict[str, Path], tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("export.tensorrt.prepare.detect", lambda device=0: ORIN)
+    monkeypatch.setattr("runtime.loaders.tensorrt.prepare.detect", lambda device=0: ORIN)
     fake_trt.install(monkeypatch, "10.3.0.26")
     from shadowline.cli import main
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from export.bundle import read_manifest
-from export.tensorrt.profile import Profile, profile_for
-from shadowline.errors import ConfigError
+from runtime.bundle import read_manifest
+from runtime.errors import ConfigError
+from runtime.loaders.tensorrt.profile import Profile, profile_for
 
 
 def test_dynamic_batch_from_manifest(bundles: dict[str, Path]) -> None:

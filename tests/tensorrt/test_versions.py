@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from export.tensorrt.versions import (TrtVersion, check_supported, network_flags, onnx_has_qdq, plan_build,
-                                      resolve_precision)
-from shadowline.errors import BackendUnavailable, ConfigError, ModelRejected
+from runtime.errors import BackendUnavailable, ConfigError, ModelRejected
+from runtime.loaders.tensorrt.versions import (
+    TrtVersion,
+    check_supported,
+    network_flags,
+    onnx_has_qdq,
+    plan_build,
+    resolve_precision,
+)
 from tests.conftest import MODELS
 from tests.tensorrt.fake_trt import make_tensorrt
 

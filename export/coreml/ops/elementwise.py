@@ -6,7 +6,7 @@ import numpy as np
 
 from export.coreml.graph import Attrs, Graph, shape_of
 from export.coreml.ops.registry import converts
-from shadowline.errors import ConversionError
+from runtime.errors import ConversionError
 
 _NUMPY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
 

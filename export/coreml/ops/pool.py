@@ -5,7 +5,7 @@ from __future__ import annotations
 from export.coreml.graph import Attrs, Graph, shape_of
 from export.coreml.ops.conv import spatial_pads
 from export.coreml.ops.registry import converts
-from shadowline.errors import ConversionError
+from runtime.errors import ConversionError
 
 
 def _mb():

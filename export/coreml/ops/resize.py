@@ -6,7 +6,7 @@ import numpy as np
 
 from export.coreml.graph import Attrs, Graph, is_static, shape_of
 from export.coreml.ops.registry import converts
-from shadowline.errors import ConversionError
+from runtime.errors import ConversionError
 
 # ONNX coordinate_transformation_mode -> Core ML resize_bilinear sampling_mode
 _LINEAR_MODES = {"half_pixel": "UNALIGN_CORNERS", "pytorch_half_pixel": "UNALIGN_CORNERS",

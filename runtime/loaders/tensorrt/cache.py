@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shadowline.errors import BundleError, ConfigError
-from shadowline.fsio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from runtime.errors import BundleError, ConfigError
+from runtime.fsio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 
 INDEX_VERSION = 1
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from edge.processing.decode import Detection, decode_classification, decode_yolox
-from edge.processing.preprocess import preprocess
-from edge.runners import create_runner
-from edge.runners.base import Runner
-from export.bundle import Bundle
-from export.manifest import Thresholds
+from runtime.bundle import Bundle
+from runtime.manifest import Thresholds
+from runtime.processing.decode import Detection, decode_classification, decode_yolox
+from runtime.processing.preprocess import preprocess
+from runtime.runners import create_runner
+from runtime.runners.base import Runner
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""TensorRT backend: a checked engine from the engine cache (built on this device on first use), pycuda device
+"""TensorRT backend: runs a serialized engine (given, or from a loader such as the engine cache's), pycuda device
 memory allocated once for the profile's largest shapes, asynchronous copies and `execute_async_v3` on one stream,
 dynamic batch through `set_input_shape` (larger batches are split to the profile maximum).
 
@@ -18,12 +18,25 @@ from typing import Any
 
 import numpy as np
 
-from edge.runners.base import Runner, RunnerError, TensorMeta
-from shadowline.errors import BackendUnavailable
+from runtime.errors import BackendUnavailable
+from runtime.runners.base import Runner, RunnerError, TensorMeta
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+INSTALL_HINT = ("TensorRT is not installed: on a Jetson (JetPack 6) `apt install python3-libnvinfer "
+                "python3-libnvinfer-dev` for the system Python (or use the nvcr.io/nvidia/l4t-jetpack image), then "
+                "`pip install 'shadowline[tensorrt]'` for pycuda; on an x86 GPU host install TensorRT 10/11 from "
+                "NVIDIA's index (pip install tensorrt --extra-index-url https://pypi.nvidia.com)")
+
 PYCUDA_HINT = ("pycuda is not installed: pip install 'shadowline[tensorrt]' (source build: set CUDA_ROOT and put "
                "/usr/local/cuda/bin on PATH)")
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError as err:
+        raise BackendUnavailable(INSTALL_HINT) from err
+    return trt
 
 
 def import_pycuda() -> Any:
@@ -47,35 +60,26 @@ class _Tensor:
 
 
 class TensorRTRunner(Runner):
-    """Run a TensorRT engine. Give a bundle (its directory, tar, or its model.onnx path as `create_runner` does):
-    the engine comes from the cache or is built and checked first. Or give `engine_path`/`engine_bytes` to run a
-    serialized engine as is (the parity check itself does that)."""
+    """Run a serialized TensorRT engine. `engine` is the engine's bytes, the path of an `.engine`/`.plan`/`.trt`
+    file, or a loader: a callable returning the bytes, called once in `load()` with this runner's CUDA context
+    current (`runtime.loaders.tensorrt.EngineFromBundle` builds, checks and caches one for a bundle). The runner
+    itself never builds an engine (Polygraphy's split between loaders and runners)."""
 
     backend = "tensorrt"
 
-    def __init__(self, model_path: Path | str | None = None, *, engine_path: Path | str | None = None,
-                 engine_bytes: bytes | None = None, precision: str = "auto", cache_dir: Path | str | None = None,
-                 workspace_mb: int = 1024, max_batch: int | None = None, timing_cache: Path | str | None = None,
-                 cache_max_mb: int | None = None, device: int = 0, trust_store: Any = None,
-                 rebuild: bool = False, progress: Callable[[str], None] | None = None) -> None:
+    def __init__(self, engine: bytes | Path | str | Callable[[], bytes], *, device: int = 0) -> None:
         super().__init__()
-        if model_path is not None and Path(model_path).suffix in ENGINE_SUFFIXES:
-            engine_path, model_path = model_path, None
-        if sum(x is not None for x in (model_path, engine_path, engine_bytes)) != 1:
-            raise RunnerError("tensorrt runner: give exactly one of a bundle/model path, engine_path, engine_bytes")
-        self.model_path = Path(model_path) if model_path is not None else None
-        self.engine_path = Path(engine_path) if engine_path is not None else None
-        self._engine_bytes = engine_bytes
+        if isinstance(engine, (str, Path)):
+            path = Path(engine)
+            if path.suffix not in ENGINE_SUFFIXES:
+                raise RunnerError(f"tensorrt runner: {path} is not a serialized engine ({', '.join(ENGINE_SUFFIXES)});"
+                                  " build one from a bundle with runtime.loaders.tensorrt.EngineFromBundle")
+            engine = path
+        elif not isinstance(engine, bytes) and not callable(engine):
+            raise RunnerError(f"tensorrt runner: engine must be bytes, an engine file or a loader, not "
+                              f"{type(engine).__name__}")
+        self.engine = engine
         self.device = device
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.cache_max_bytes = cache_max_mb << 20 if cache_max_mb else None
-        self.trust_store, self.rebuild = trust_store, rebuild
-        self.progress = progress or (lambda _m: None)
-        from export.tensorrt.builder import BuildSettings
-
-        self.settings = BuildSettings(precision=precision, workspace_mb=workspace_mb, max_batch=max_batch,
-                                      timing_cache=Path(timing_cache) if timing_cache else None)
-        self.prepared: Any = None  # export.tensorrt.prepare.PreparedEngine when built from a bundle
         self._trt: Any = None
         self._cuda: Any = None
         self._cuda_ctx: Any = None
@@ -87,23 +91,18 @@ class TensorRTRunner(Runner):
         self.trt_version: str | None = None
         self.gpu_name: str | None = None
 
+    @property
+    def engine_path(self) -> Path | None:
+        return self.engine if isinstance(self.engine, Path) else None
+
+    def _engine_bytes(self) -> bytes:
+        if isinstance(self.engine, bytes):
+            return self.engine
+        if isinstance(self.engine, Path):
+            return self.engine.read_bytes()
+        return self.engine()
+
     # -- loading -----------------------------------------------------------------------------------------------
-    def _bundle_dir(self) -> Path:
-        assert self.model_path is not None
-        p = self.model_path
-        return p.parent if p.is_file() and p.suffix == ".onnx" else p
-
-    def _engine_from_bundle(self) -> bytes:
-        from export.bundle import load_bundle
-        from export.tensorrt.cache import EngineCache, default_cache_dir
-        from export.tensorrt.prepare import prepare_engine
-
-        cache = EngineCache(self.cache_dir or default_cache_dir(), max_bytes=self.cache_max_bytes)
-        with load_bundle(self._bundle_dir(), self.trust_store) as bundle:
-            self.prepared = prepare_engine(bundle, cache, self.settings, self.device, self.progress,
-                                           rebuild=self.rebuild, trt=self._trt)
-        return self.prepared.path.read_bytes()
-
     @contextmanager
     def _active(self) -> Iterator[None]:
         """Make this runner's CUDA context current on the calling thread (the daemon infers from a worker)."""
@@ -114,8 +113,6 @@ class TensorRTRunner(Runner):
             self._cuda.Context.pop()
 
     def _load(self) -> None:
-        from export.tensorrt.builder import import_tensorrt
-
         self._trt = trt = import_tensorrt()
         self._cuda = cuda = import_pycuda()
         self.trt_version = str(trt.__version__)
@@ -130,11 +127,7 @@ class TensorRTRunner(Runner):
             raise BackendUnavailable(f"tensorrt runner: no usable CUDA device {self.device}: {err}") from err
         try:
             with self._active():
-                data = self._engine_bytes
-                if data is None:
-                    data = (self.engine_path.read_bytes() if self.engine_path is not None
-                            else self._engine_from_bundle())
-                self._deserialize(data)
+                self._deserialize(self._engine_bytes())
                 self._allocate()
         except BaseException:
             self._release()
@@ -281,9 +274,9 @@ class TensorRTRunner(Runner):
                              "device": self.device}
         if self._tensors:
             d["batch"] = {"min": self.min_batch, "max": self.max_batch}
-        if self.prepared is not None:
-            d.update({k: v for k, v in self.prepared.summary().items() if k != "parity"})
-            d["parity_passed"] = self.prepared.check.passed if self.prepared.check else "checked when cached"
+        summary = getattr(self.engine, "summary", None)  # a loader tells what it built or found in the cache
+        if callable(summary) and summary() is not None:
+            d.update(summary())
         elif self.engine_path is not None:
             d["engine"] = str(self.engine_path)
         return d

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from shadowline.errors import ImageError
+from runtime.errors import ImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 

@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.bundle import Bundle
-from export.manifest import ParityCheck
-from export.tensorrt.builder import BuildSettings, Progress, build_engine, import_tensorrt
-from export.tensorrt.cache import CacheKey, EngineCache
-from export.tensorrt.check import check_engine
-from export.tensorrt.device import DeviceInfo, detect
-from export.tensorrt.profile import Profile, profile_for
-from export.tensorrt.versions import BuildPlan, TrtVersion, installed_version, plan_build, resolve_precision
-from shadowline.errors import ParityError
+from runtime.bundle import Bundle
+from runtime.errors import ParityError
+from runtime.loaders.tensorrt.builder import BuildSettings, Progress, build_engine, import_tensorrt
+from runtime.loaders.tensorrt.cache import CacheKey, EngineCache
+from runtime.loaders.tensorrt.check import check_engine
+from runtime.loaders.tensorrt.device import DeviceInfo, detect
+from runtime.loaders.tensorrt.profile import Profile, profile_for
+from runtime.loaders.tensorrt.versions import BuildPlan, TrtVersion, installed_version, plan_build, resolve_precision
+from runtime.manifest import ParityCheck
 
 
 @dataclass

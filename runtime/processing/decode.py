@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.processing.preprocess import Transform
-from edge.processing.spec import OutputSpec
+from runtime.processing.preprocess import Transform
+from runtime.processing.spec import OutputSpec
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from shadowline.errors import BackendUnavailable, ConfigError, ModelRejected
+from runtime.errors import BackendUnavailable, ConfigError, ModelRejected
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from edge.processing.spec import InputSpec
+from runtime.processing.spec import InputSpec
 
 _INTERP = {
     "bilinear": cv2.INTER_LINEAR,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shadowline.errors import BackendUnavailable
+from runtime.errors import BackendUnavailable
 
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 PROC_DRIVER_VERSION = Path("/proc/driver/nvidia/version")

@@ -12,8 +12,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shadowline.errors import ConfigError, SignatureError
-from shadowline.fsio import atomic_write_bytes
+from runtime.errors import ConfigError, SignatureError
+from runtime.fsio import atomic_write_bytes
 
 ALGORITHM = "ed25519"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from export.manifest import Manifest
-from shadowline.errors import ConfigError
+from runtime.errors import ConfigError
+from runtime.manifest import Manifest
 
 
 class Profile(BaseModel):

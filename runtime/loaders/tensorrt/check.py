@@ -1,16 +1,17 @@
 """The gate into the engine cache: run a freshly built engine on reference.npz and judge it with the same rules
-as every other artifact (`export.parity.compare`, kind "tensorrt")."""
+as every other artifact (`runtime.parity.compare`, kind "tensorrt")."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from export.bundle import Bundle
-from export.manifest import ParityCheck
-from export.parity import Reference, compare
-from export.reference import run_batched
-from export.tensorrt.profile import Profile
+from runtime.bundle import Bundle
+from runtime.loaders.tensorrt.profile import Profile
+from runtime.manifest import ParityCheck
+from runtime.parity import Reference, compare
+from runtime.runners.base import run_batched
+from runtime.runners.tensorrt import TensorRTRunner
 
 # FP32 (TF32 off) differs from ONNX Runtime only by kernel order: a relative error above 1e-3 of the output's peak
 # is a wrong engine, not rounding. Reduced precisions are judged at task level, like the FP16 ONNX at export, with
@@ -29,13 +30,10 @@ def tolerances_for(precision: str) -> tuple[dict[str, float] | None, dict[str, f
 def check_engine(engine: bytes | Path, bundle: Bundle, precision: str, profile: Profile, device: int = 0,
                  artifact: str = "tensorrt-engine") -> ParityCheck:
     """Run `engine` on every reference input (in batches the profile accepts) and compare with the reference."""
-    from edge.runners.tensorrt import TensorRTRunner  # edge's runner does the device-memory work
-
     manifest = bundle.manifest
     reference = Reference.from_arrays(bundle.reference())
     elementwise, task = tolerances_for(precision)
-    runner = (TensorRTRunner(engine_bytes=engine, device=device) if isinstance(engine, bytes)
-              else TensorRTRunner(engine_path=Path(engine), device=device))
+    runner = TensorRTRunner(engine if isinstance(engine, bytes) else Path(engine), device=device)
     start = time.perf_counter()
     with runner:
         outputs = run_batched(runner, manifest.input.name, reference.inputs, profile.batch[2])

@@ -15,15 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from export.tensorrt.profile import Profile
-from export.tensorrt.versions import BuildPlan, network_flags
-from shadowline.errors import BackendUnavailable, BuildCancelled, ModelRejected, ShadowlineError
-from shadowline.fsio import atomic_write_bytes
-
-INSTALL_HINT = ("TensorRT is not installed: on a Jetson (JetPack 6) `apt install python3-libnvinfer "
-                "python3-libnvinfer-dev` for the system Python (or use the nvcr.io/nvidia/l4t-jetpack image), then "
-                "`pip install 'shadowline[tensorrt]'` for pycuda; on an x86 GPU host install TensorRT 10/11 from "
-                "NVIDIA's index (pip install tensorrt --extra-index-url https://pypi.nvidia.com)")
+from runtime.errors import BuildCancelled, ModelRejected
+from runtime.fsio import atomic_write_bytes
+from runtime.loaders.tensorrt.profile import Profile
+from runtime.loaders.tensorrt.versions import BuildPlan, network_flags
+from runtime.runners.tensorrt import import_tensorrt
 
 Progress = Callable[[str], None]
 
@@ -38,14 +34,6 @@ class BuildSettings(BaseModel):
     timing_cache: Path | None = Field(None, description="timing cache file (default: one per GPU in the cache dir)")
     optimization_level: int | None = Field(None, ge=0, le=5, description="builder optimisation level (default 3)")
     time_limit_s: float | None = Field(None, gt=0, description="cancel a build that takes longer than this")
-
-
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError as err:
-        raise BackendUnavailable(INSTALL_HINT) from err
-    return trt
 
 
 class ProgressReporter:

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.processing.decode import Detection, decode_classification, decode_yolox, iou_matrix
-from edge.processing.preprocess import Transform
-from export.manifest import Manifest, ParityCheck
+from runtime.manifest import Manifest, ParityCheck
+from runtime.processing.decode import Detection, decode_classification, decode_yolox, iou_matrix
+from runtime.processing.preprocess import Transform
 
 # Task-level tolerances (issue: detections matched by class with IoU > 0.9, score within 0.05 for FP16).
 DEFAULT_TASK = {"iou": 0.9, "score": 0.05}

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.runners.base import Runner, RunnerError, TensorMeta
-from shadowline.errors import BackendUnavailable, BundleError
+from runtime.errors import BackendUnavailable, BundleError
+from runtime.runners.base import Runner, RunnerError, TensorMeta
 
 COREMLTOOLS_HINT = "pip install 'shadowline[coreml]' (coremltools 9.0)"
 _ARRAY_DTYPES = {65568: "float32", 65552: "float16", 65600: "float64", 131104: "int32", 131080: "int8"}
@@ -100,7 +100,7 @@ class CoreMLRunner(Runner):
         ct = import_coremltools()
         self.package, root = find_package(self.source)
         if root is not None and self._manifest is None:
-            from export.bundle import read_manifest
+            from runtime.bundle import read_manifest
 
             self._manifest = read_manifest(root)
         self._spec = ct.models.MLModel(str(self.package), skip_model_load=True).get_spec()

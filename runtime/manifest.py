@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edge.processing.spec import InputSpec, OutputSpec
+from runtime.processing.spec import InputSpec, OutputSpec
 
 SCHEMA_ID = "shadowline.bundle.manifest"
 SCHEMA_VERSION = 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shadowline.errors import ShadowlineError
+from runtime.errors import ShadowlineError
 
 
 @dataclass(frozen=True)
@@ -91,3 +91,12 @@ class Runner(ABC):
 
     @abstractmethod
     def output_metadata(self) -> list[TensorMeta]: ...
+
+
+def run_batched(runner: Runner, input_name: str, x: np.ndarray, max_batch: int) -> dict[str, np.ndarray]:
+    """Run `x` through the runner in chunks the model accepts (batch 1 for a static-batch model)."""
+    outs: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(x), max_batch):
+        for k, v in runner.infer({input_name: x[i : i + max_batch]}).items():
+            outs.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in outs.items()}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.runners.base import Runner, TensorMeta
-from shadowline.errors import BackendUnavailable
+from runtime.errors import BackendUnavailable
+from runtime.runners.base import Runner, TensorMeta
 
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
            "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8"}
