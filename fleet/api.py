@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fleet.artifacts import RangeNotSatisfiable, iter_file, parse_range, resolve
+from fleet.artifacts import resolve
 from fleet.protocol import DEVICE_ID_RE, ReleaseSpec, ReviewRecord
 from fleet.releases import ThresholdChange
 from fleet.rollout import RolloutRequest
 from fleet.security import TokenEntry
 from fleet.service import Fleet
-from runtime.errors import ConfigError, NotFound, ShadowlineError
+from runtime.errors import BundleError, ConfigError, NotFound, ShadowlineError
 
 log = logging.getLogger(__name__)
 bearer = HTTPBearer(auto_error=False, description="fleet API token (shadowline fleet token create)")
@@ -83,23 +83,17 @@ class HaltRequest(BaseModel):
 
 
 def _artifact_response(request: Request, name: str) -> Response:
+    """Starlette's FileResponse serves Range requests (single, suffix, multi-range as multipart/byteranges, 416
+    past the end). It is handed the stat that `resolve` checked against the registry, so the length it announces
+    is the registered size."""
     fleet: Fleet = request.app.state.fleet
     path, size, sha = resolve(fleet.store, fleet.artifacts_dir, name)
-    headers = {"Accept-Ranges": "bytes", "ETag": f'"{sha}"', "X-Content-SHA256": sha}
-    try:
-        rng = parse_range(request.headers.get("range"), size)
-    except RangeNotSatisfiable:
-        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
-    if rng is None:
-        start, end, status = 0, size - 1, 200
-    else:
-        (start, end), status = rng, 206
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    headers["Content-Length"] = str(end - start + 1 if size else 0)
+    st = os.stat(path)
+    if st.st_size != size:  # replaced between the check and now: refuse rather than announce another length
+        raise BundleError(f"artifact {name!r} changed on disk while being served; retry")
     media = "application/x-tar" if name.endswith(".tar") else "application/zip"
-    if request.method == "HEAD" or size == 0:
-        return Response(status_code=status, headers=headers, media_type=media)
-    return StreamingResponse(iter_file(path, start, end), status_code=status, headers=headers, media_type=media)
+    return FileResponse(path, media_type=media, stat_result=st,
+                        headers={"ETag": f'"{sha}"', "X-Content-SHA256": sha})
 
 
 def build_router() -> APIRouter:

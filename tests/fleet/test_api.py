@@ -95,7 +95,14 @@ def test_artifact_range_resume_and_traversal(client, fleet, tokens, bundles):
     assert mid.content == full.content[10:20]
     past = client.get(url, headers={**h, "Range": f"bytes={info['size']}-"})
     assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{info['size']}"
-    assert client.get(url, headers={**h, "Range": "bytes=0-1,5-9"}).status_code == 200  # multi-range: whole file
+    # several ranges: one multipart/byteranges answer whose parts carry exactly the bytes asked for
+    multi = client.get(url, headers={**h, "Range": "bytes=0-1,5-9"})
+    assert multi.status_code == 206 and multi.headers["content-type"].startswith("multipart/byteranges; boundary=")
+    boundary = multi.headers["content-type"].split("boundary=")[1].encode()
+    parts = [p for p in multi.content.split(b"--" + boundary) if p.strip(b"\r\n-")]
+    got = {p.split(b"Content-Range: ")[1].split(b"\r\n")[0].decode(): p.split(b"\r\n\r\n", 1)[1][:-2]
+           for p in parts}
+    assert got == {f"bytes 0-1/{info['size']}": full.content[0:2], f"bytes 5-9/{info['size']}": full.content[5:10]}
     head = client.head(url, headers=h)
     assert head.status_code == 200 and head.headers["content-length"] == str(info["size"])
     for name in ("..%2Ffleet.db", "..%2F..%2Fetc%2Fpasswd", "fleet.db", "%2Fetc%2Fpasswd", "x.tar",
