@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from edge.agent.config import AgentConfig
 from fleet.protocol import ReleaseSpec
@@ -47,40 +47,63 @@ class CaptureSource(_Cfg):
 Source = Annotated[FolderSource | CaptureSource, Field(discriminator="type")]
 
 
-class TensorRTOptions(_Cfg):
-    """Passed to runtime.runners.tensorrt.TensorRTRunner; the engine is built on the device and cached."""
+class OnnxRuntimeRunnerConfig(_Cfg):
+    """`backend: onnxruntime` (the default): runtime.runners.onnxrt.OnnxRuntimeRunner."""
 
+    backend: Literal["onnxruntime"] = "onnxruntime"
+    providers: list[str] = Field(default_factory=lambda: ["cpu"],
+                                 description="onnxruntime execution providers in order (tensorrt, cuda, cpu)")
+    threads: int | None = Field(None, ge=1, description="intra-op threads (None: the runtime's default)")
+    require_providers: bool = Field(False, description="fail at start-up if a listed provider is missing")
+    spinning: bool = Field(
+        False, description="let idle intra-op threads spin waiting for work. Off by default: on a small CPU the "
+                           "spinning threads take cores from the decode workers and from the other stage's model")
+    session_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="more onnxruntime session config entries (they override `spinning`)")
+
+    def runner_options(self) -> dict[str, Any]:
+        """Keyword arguments for the runner."""
+        spin = "1" if self.spinning else "0"
+        session = {"session.intra_op.allow_spinning": spin, "session.inter_op.allow_spinning": spin,
+                   **self.session_config}
+        return {"providers": self.providers, "threads": self.threads, "require_providers": self.require_providers,
+                "session_config": session}
+
+
+class TensorRTRunnerConfig(_Cfg):
+    """`backend: tensorrt`: runtime.runners.tensorrt.TensorRTRunner; the engine is built on the device and cached."""
+
+    backend: Literal["tensorrt"]
     cache_dir: Path | None = Field(None, description="engine cache directory (default: the runner's)")
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field("auto", description="engine precision")
     workspace_mb: int = Field(1024, ge=16, description="builder workspace limit, MiB")
     rebuild: bool = Field(False, description="ignore cached engines and build again")
 
+    def runner_options(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"backend"}, exclude_none=True)
 
-class CoreMLOptions(_Cfg):
+
+class CoreMLRunnerConfig(_Cfg):
+    """`backend: coreml` (macOS): runtime.runners.coreml.CoreMLRunner."""
+
+    backend: Literal["coreml"]
     compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"] = Field("ALL", description="Core ML units")
 
-
-class RunnerConfig(_Cfg):
-    backend: Literal["onnxruntime", "tensorrt", "coreml"] = Field("onnxruntime", description="inference backend")
-    providers: list[str] = Field(default_factory=lambda: ["cpu"],
-                                 description="onnxruntime execution providers in order (tensorrt, cuda, cpu)")
-    threads: int | None = Field(None, ge=1, description="intra-op threads (None: the runtime's default)")
-    require_providers: bool = Field(False, description="fail at start-up if a listed provider is missing")
-    session_config: dict[str, str] = Field(
-        default_factory=dict,
-        description="onnxruntime session config entries, e.g. {session.intra_op.allow_spinning: '0'} so two "
-                    "models on a small CPU do not spin against each other")
-    tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions, description="backend: tensorrt options")
-    coreml: CoreMLOptions = Field(default_factory=CoreMLOptions, description="backend: coreml options")
-
     def runner_options(self) -> dict[str, Any]:
-        """Keyword arguments for the configured backend's runner."""
-        if self.backend == "onnxruntime":
-            return {"providers": self.providers, "threads": self.threads, "require_providers": self.require_providers,
-                    "session_config": self.session_config}
-        if self.backend == "tensorrt":
-            return self.tensorrt.model_dump(exclude_none=True)
-        return self.coreml.model_dump()
+        return self.model_dump(exclude={"backend"})
+
+
+def _default_backend(value: Any) -> Any:
+    # `backend` may be left out for ONNX Runtime (the default); a discriminated union needs its tag.
+    if isinstance(value, dict) and "backend" not in value:
+        return {"backend": "onnxruntime", **value}
+    return value
+
+
+# One model per backend, chosen by `backend`: a key of another backend is an error, not silently ignored.
+RunnerConfig = Annotated[OnnxRuntimeRunnerConfig | TensorRTRunnerConfig | CoreMLRunnerConfig,
+                         Field(discriminator="backend"), BeforeValidator(_default_backend)]
 
 
 class QueueConfig(_Cfg):
@@ -150,7 +173,8 @@ class DeviceConfig(_Cfg):
     release: LocalRelease | None = Field(None, description="standalone release (the fleet agent may replace it)")
     bundles_dir: Path | None = Field(None, description="where stage bundle ids are looked up")
     trust_store: Path | None = Field(None, description="directory of public keys; bundles must be signed by one")
-    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    runner: RunnerConfig = Field(default_factory=OnnxRuntimeRunnerConfig,
+                                 description="inference backend and its options (by `backend`)")
     sources: list[Source] = Field(default_factory=list, description="folder watchers and captures")
     queue: QueueConfig = Field(default_factory=QueueConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -187,7 +211,7 @@ class DeviceConfig(_Cfg):
             "store": self.store.model_copy(update={"path": fix_keep(self.store.path)}),
             "retention": self.retention.model_copy(update={"dir": fix_keep(self.retention.dir)}),
         }
-        srcs = []
+        srcs: list[FolderSource | CaptureSource] = []
         for s in self.sources:
             if isinstance(s, FolderSource):
                 srcs.append(s.model_copy(update={"path": fix_keep(s.path), "done_dir": fix_keep(s.done_dir),
@@ -206,8 +230,25 @@ class DeviceConfig(_Cfg):
 
 
 # -- loading with line numbers -----------------------------------------------------------------------------------
+# pydantic puts a discriminated union's tag into an error's location right after the field (`runner.tensorrt.x`,
+# `sources.1.capture.fps`); the tag is a value in the document, not a key, so it is dropped from the path shown.
+_UNION_TAGS: dict[str, set[str]] = {"runner": {"onnxruntime", "tensorrt", "coreml"},
+                                    "sources": {"folder", "capture"}}
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for i, key in enumerate(loc):
+        if i >= 1 and loc[0] in _UNION_TAGS and key in _UNION_TAGS[loc[0]]:
+            at_tag = i == 1 if loc[0] == "runner" else (i == 2 and isinstance(loc[1], int))
+            if at_tag:
+                continue
+        out.append(key)
+    return tuple(out)
+
+
 def _node_at(node: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
-    """The deepest YAML node along `loc` (pydantic's error location), for its line number."""
+    """The deepest YAML node along `loc` (a cleaned pydantic error location), for its line number."""
     for key in loc:
         if isinstance(node, yaml.MappingNode):
             nxt = None
@@ -215,23 +256,23 @@ def _node_at(node: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
                 if str(k.value) == str(key):
                     nxt = k if key == loc[-1] else v
                     break
-            if nxt is not None:  # absent: a missing key (report its parent) or a union tag (skip it)
-                node = nxt
+            if nxt is None:  # absent: a missing key, reported at its parent
+                break
+            node = nxt
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
         else:
-            # discriminated-union tags (e.g. 'folder') appear in loc but not in the document
-            continue
+            break
     return node
 
 
 def _describe(err: ValidationError, root: yaml.Node | None, where: str) -> str:
     lines = []
     for e in err.errors():
-        loc = tuple(e["loc"])
+        loc = _clean_loc(tuple(e["loc"]))
         node = _node_at(root, loc)
         line = f":{node.start_mark.line + 1}" if node is not None else ""
-        path = ".".join(str(p) for p in loc if not (isinstance(p, str) and p in ("folder", "capture"))) or "(top)"
+        path = ".".join(str(p) for p in loc) or "(top)"
         msg = e["msg"].replace("Value error, ", "", 1)
         lines.append(f"{where}{line}: {path}: {msg}")
     return "\n".join(lines)

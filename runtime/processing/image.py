@@ -1,7 +1,10 @@
 """Decode untrusted image bytes into an 8-bit BGR array, or fail with an ImageError that says why.
 
-Pillow decodes (it raises on truncated files where OpenCV's imdecode quietly returns a grey-filled image, and it
-reads the size from the header before decoding, which stops decompression bombs); OpenCV does everything after.
+Pillow reads the header first (format, mode, size: decompression bombs are refused before any pixel is decoded).
+Plain 8-bit PNG and JPEG files, most of what cameras and line scanners write, are then decoded by OpenCV, about
+twice as fast, with pixels identical to Pillow's (checked on every shipped image in tests/runtime); everything else
+(alpha, palettes, 16-bit, EXIF rotation, anything OpenCV refuses or that looks truncated) goes through Pillow,
+which raises on truncated and corrupt files with a message that says so.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import io
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -25,11 +29,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
+            opened = Image.open(io.BytesIO(data))
+            w, h = opened.size
             if w * h > max_pixels:
                 raise ImageError(f"{name}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels}")
-            im.load()
+            fast = _fast_decode(data, opened)
+            if fast is not None:
+                return fast
+            opened.load()
     except ImageError:
         raise
     except UnidentifiedImageError as err:
@@ -38,11 +45,42 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
         raise ImageError(f"{name}: decompression bomb refused ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{name}: corrupt or truncated image ({err})") from err
+    im: Image.Image = opened
     try:
-        im = ImageOps.exif_transpose(im) or im
+        im = ImageOps.exif_transpose(opened) or opened
     except Exception:  # a broken EXIF block is not a reason to lose the frame
         pass
     return _to_bgr8(im, name)
+
+
+_IMREAD = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+def _fast_decode(data: bytes, im: Image.Image) -> np.ndarray | None:
+    """OpenCV's decode where it gives exactly Pillow's pixels; None: use Pillow."""
+    if im.format == "JPEG":
+        if im.mode not in ("RGB", "L") or im.getexif().get(0x0112, 1) != 1:
+            return None  # CMYK/YCCK and rotated photos: Pillow's conversion and exif_transpose
+        if data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) < 0:
+            return None  # no end-of-image marker near the end: let Pillow say the file is truncated
+    elif im.format == "PNG":
+        # RGBA is fine only when every pixel is opaque (checked below); an eXIf chunk before the pixels may rotate.
+        if im.mode not in ("RGB", "L", "RGBA") or "exif" in im.info or "transparency" in im.info:
+            return None
+    else:
+        return None
+    buf = np.frombuffer(data, np.uint8)
+    if im.mode == "RGBA":
+        bgra = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4 or bgra.dtype != np.uint8:
+            return None
+        if not bool((bgra[:, :, 3] == 255).all()):
+            return None  # real transparency: Pillow composites it on white
+        return cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR)
+    out = cv2.imdecode(buf, _IMREAD)  # None on a corrupt or truncated file: Pillow then reports why
+    if out is None or out.ndim != 3 or out.dtype != np.uint8 or out.shape[:2] != (im.size[1], im.size[0]):
+        return None
+    return out
 
 
 def _to_bgr8(im: Image.Image, name: str) -> np.ndarray:

@@ -123,17 +123,45 @@ def test_validate_config_loads_bundles(tmp_path: Path, bundles: dict[str, Path],
 
 
 def test_runner_options_per_backend() -> None:
-    from edge.config import RunnerConfig
+    from pydantic import TypeAdapter
 
-    assert RunnerConfig(providers=["cuda", "cpu"], threads=2).runner_options() == {
-        "providers": ["cuda", "cpu"], "threads": 2, "require_providers": False, "session_config": {}}
-    no_spin = RunnerConfig.model_validate({"session_config": {"session.intra_op.allow_spinning": "0"}})
-    assert no_spin.runner_options()["session_config"] == {"session.intra_op.allow_spinning": "0"}
-    trt = RunnerConfig.model_validate({"backend": "tensorrt", "tensorrt": {"precision": "fp16",
-                                                                          "cache_dir": "/var/cache/engines"}})
+    from edge.config import CoreMLRunnerConfig, OnnxRuntimeRunnerConfig, RunnerConfig, TensorRTRunnerConfig
+
+    runner = TypeAdapter(RunnerConfig)
+    ort = runner.validate_python({"providers": ["cuda", "cpu"], "threads": 2})  # backend left out: onnxruntime
+    assert isinstance(ort, OnnxRuntimeRunnerConfig)
+    # idle spinning is off unless asked for: spinning intra-op threads take the decode workers' cores
+    assert ort.runner_options() == {
+        "providers": ["cuda", "cpu"], "threads": 2, "require_providers": False,
+        "session_config": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}}
+    spin = runner.validate_python({"spinning": True, "session_config": {"session.inter_op.allow_spinning": "0"}})
+    assert spin.runner_options()["session_config"] == {"session.intra_op.allow_spinning": "1",
+                                                       "session.inter_op.allow_spinning": "0"}
+    trt = runner.validate_python({"backend": "tensorrt", "precision": "fp16", "cache_dir": "/var/cache/engines"})
+    assert isinstance(trt, TensorRTRunnerConfig)
     assert trt.runner_options() == {"cache_dir": Path("/var/cache/engines"), "precision": "fp16",
                                     "workspace_mb": 1024, "rebuild": False}
-    assert RunnerConfig(backend="coreml").runner_options() == {"compute_units": "ALL"}
+    coreml = runner.validate_python({"backend": "coreml"})
+    assert isinstance(coreml, CoreMLRunnerConfig) and coreml.runner_options() == {"compute_units": "ALL"}
+
+
+RUNNER_BASE = "device_id: cam-1\nfleet: {broker_url: 'mqtt://fleet:1883'}\nrunner:\n"
+
+
+@pytest.mark.parametrize("runner,where", [
+    # an ONNX Runtime key under another backend is an error at start-up, not silently ignored
+    ("  backend: tensorrt\n  precision: fp16\n  providers: [cuda]\n", ":6: runner.providers: Extra inputs"),
+    ("  backend: coreml\n  threads: 2\n", ":5: runner.threads: Extra inputs"),
+    ("  threads: 2\n  precision: fp16\n", ":5: runner.precision: Extra inputs"),
+    ("  backend: tensorrt\n  precision: int4\n", ":5: runner.precision: Input should be"),
+    ("  backend: tensorflow\n", ":3: runner: Input tag 'tensorflow' found using 'backend' does not match"),
+])
+def test_runner_keys_belong_to_their_backend(tmp_path: Path, runner: str, where: str) -> None:
+    p = tmp_path / "device.yaml"
+    p.write_text(RUNNER_BASE + runner)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert f"{p}{where}" in str(e.value)
 
 
 def test_missing_backend_fails_at_start_with_install_hint(tmp_path: Path, bundles, keys) -> None:
