@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fleet.alerting.config import AlertingConfig
 from fleet.analytics.alerts import AlertRules
 from fleet.broker import BrokerTLS
 from runtime.errors import ConfigError
@@ -41,6 +42,8 @@ class FleetConfig(BaseModel):
                                                                  "(the baseline of a release is its first days)")
     alert_rules: AlertRules = Field(default_factory=AlertRules, description="alert rule settings (defaults: the "
                                                                             "field guide's)")
+    alerting: AlertingConfig = Field(default_factory=AlertingConfig, description="severity per rule, runbook links, "
+                                     "grouping, and the channels alerts are sent to (webhook, e-mail)")
 
     @field_validator("monitor_window")
     @classmethod

@@ -1,6 +1,7 @@
 """The fleet's monitoring pass: run the alert rules (fleet.analytics.monitor) over the stored records, store the
-alerts that were raised or cleared, and publish each change on the fleet-level alerts topic. The fleet service
-calls it from its monitor loop every `monitor_interval_s`."""
+alerts that were raised or cleared (with their configured severity), publish each change on the fleet-level
+alerts topic and hand it to the observers (the notifier). The fleet service calls it from its monitor loop every
+`monitor_interval_s`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
+from fleet.alerting.severity import severity_of
 from fleet.analytics.monitor import evaluate_fleet
 from fleet.config import FleetConfig
 from fleet.protocol import AlertRecord, Topics, encode
@@ -25,6 +27,7 @@ class Monitor:
         # the dashboard's "evaluate now" and the loop may run together: one pass at a time, so an alert that one
         # pass raised is in the history the other reads, and is never raised twice
         self.lock = threading.Lock()
+        self.observers: list[Callable[[list[AlertRecord]], None]] = []
 
     def run_once(self, now: datetime | None = None) -> list[AlertRecord]:
         """One evaluation at `now` (default: the current time): the alerts that changed state, stored and
@@ -35,13 +38,26 @@ class Monitor:
             changes = evaluate_fleet(self.store.predictions(since=since), self.store.reviews(since=since),
                                      self.store.metrics(since=since), self.store.alerts(), now,
                                      self.config.monitor_window, self.config.alert_rules)
+            sev = self.config.alerting.severity
+            changes = [a.model_copy(update={"severity": severity_of(a.rule, sev).value}) for a in changes]
             if changes:
                 self.store.insert_records("alerts", [a.model_dump(mode="json") for a in changes])
-        topic = self.topics.fleet("alerts")
         for a in changes:
             log.info("alert %s: %s %s (%s)", a.state, a.device, a.rule, a.message)
+        self.announce(changes)
+        return changes
+
+    def announce(self, changes: list[AlertRecord]) -> None:
+        """Publish stored changes on `{prefix}/fleet/alerts` (each raise and clear, for machines) and hand them to
+        the observers (the notifier, for people). A publish failure is logged: the alert is stored already."""
+        topic = self.topics.fleet("alerts")
+        for a in changes:
             try:
                 self.publish(topic, encode(a), False)
             except Exception:  # stored already; the dashboard and API show it even if no subscriber heard it
                 log.exception("publishing alert %s failed", a.id)
-        return changes
+        for observe in self.observers:
+            try:
+                observe(changes)
+            except Exception:  # a notifier bug must not stop monitoring
+                log.exception("alert observer failed")

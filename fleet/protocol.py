@@ -155,6 +155,8 @@ class AlertRecord(_Msg):
     value: float | None = None
     threshold: float | None = None
     message: str = ""
+    severity: Literal["critical", "warning", "info"] | None = Field(
+        None, description="set by the fleet from its alerting config when it stores the alert; devices leave it out")
 
 
 class EventRecord(_Msg):

@@ -8,6 +8,7 @@ import queue
 import threading
 from pathlib import Path
 
+from fleet.alerting import AlertBook, JsonlActionLog, NotificationLog, Notifier
 from fleet.broker import EmbeddedBroker, MqttClient
 from fleet.config import FleetConfig
 from fleet.desired import DesiredStates, Publish, PublishMany
@@ -51,6 +52,12 @@ class Fleet:
         self.rollouts = Rollouts(self.store, self.releases, self.devices, self.desired)
         self.ingest = Ingest(self.store, self.devices, self.topics)
         self.monitor = Monitor(self.store, self.topics, config, self.publish)
+        # acknowledge / silence / resolve, and the notifier that tells people (webhook, e-mail)
+        self.alerts = AlertBook(self.store, JsonlActionLog(data / "alert-actions.jsonl"), config.alerting,
+                                lock=self.monitor.lock, announce=self.monitor.announce)
+        self.notifier = Notifier(config.alerting, self.alerts, NotificationLog(data / "alert-notifications.jsonl"),
+                                 dashboard_url=config.base_url)
+        self.monitor.observers.append(self.notifier.observe)
 
     def publish(self, topic: str, payload: bytes, retain: bool) -> None:
         if self._publish is None:
@@ -88,6 +95,7 @@ class FleetService:
         self._ingester: threading.Thread | None = None
         self.loop_alive = threading.Event()
         self._monitor: threading.Thread | None = None
+        self._notify: threading.Thread | None = None
 
     @property
     def broker_url(self) -> str:
@@ -114,6 +122,9 @@ class FleetService:
         if self.config.monitor_interval_s > 0:
             self._monitor = threading.Thread(target=self._watch, name="monitor-loop", daemon=True)
             self._monitor.start()
+        if self.fleet.notifier.enabled:
+            self._notify = threading.Thread(target=self._notifications, name="notify-loop", daemon=True)
+            self._notify.start()
         return self
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
@@ -174,6 +185,14 @@ class FleetService:
             except Exception:  # one bad pass (a broken record, a full disk) must not end monitoring
                 log.exception("monitor loop")
 
+    def _notifications(self) -> None:
+        """Send due alert notifications: its own thread, so a slow SMTP server never delays monitoring."""
+        while not self._stop.wait(self.config.alerting.tick_s):
+            try:
+                self.fleet.notifier.flush()
+            except Exception:  # one failing pass must not end notifications
+                log.exception("notify loop")
+
     @property
     def ready(self) -> bool:
         return self.mqtt is not None and self.mqtt.connected and self.loop_alive.is_set()
@@ -184,6 +203,8 @@ class FleetService:
             self._loop.join(10)
         if self._monitor is not None:
             self._monitor.join(30)
+        if self._notify is not None:
+            self._notify.join(30)
         if self.mqtt is not None:
             self.mqtt.stop()
         if self._ingester is not None:
