@@ -30,8 +30,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 REALDATA = ROOT.parent / "shared" / "realdata"
@@ -121,7 +119,9 @@ class Feeder:
 
 
 def p99(values: list[float]) -> float:
-    return float(np.percentile(values, 99)) if values else float("nan")
+    from runtime.stats import percentile
+
+    return percentile(values, 99) if values else float("nan")
 
 
 def make_daemon(work: Path, trust: Path, release: dict, threads: int | None):

@@ -20,6 +20,7 @@ from fleet.protocol import ACTIVATION_IN_PROGRESS, now_iso
 from fleet.releases import Releases
 from fleet.store import Store
 from runtime.errors import Conflict, NotFound
+from runtime.stats import percentile
 
 RUNNING, COMPLETED, HALTED, ROLLED_BACK = "running", "completed", "halted", "rolled_back"
 
@@ -75,10 +76,8 @@ def wave_sizes(waves: list[str], total: int) -> list[int]:
 
 
 def p95(values: list[float]) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, math.ceil(0.95 * len(s)) - 1)]
+    """The nearest-rank P95 (runtime.stats), None without values."""
+    return percentile(values, 95) if values else None
 
 
 class Rollouts:

@@ -17,10 +17,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from hwbench.plan import Config, make_runner
-from hwbench.tegrastats import TegrastatsSampler
 from runtime.bundle import Bundle
 from runtime.errors import BackendUnavailable, ShadowlineError
 from runtime.runners.base import Runner
+from runtime.stats import percentile
+from runtime.tegrastats import TegrastatsSampler
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
 STATUS = Path("/proc/self/status")
@@ -70,7 +71,7 @@ class ConfigResult(BaseModel):
 
 def stats(samples: list[float]) -> Stats:
     a = np.asarray(samples, dtype=np.float64)
-    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    p50, p95, p99 = (percentile(samples, q) for q in (50, 95, 99))
     return Stats(avg=round(float(a.mean()), 4), p50=round(float(p50), 4), p95=round(float(p95), 4),
                  p99=round(float(p99), 4), max=round(float(a.max()), 4), min=round(float(a.min()), 4))
 

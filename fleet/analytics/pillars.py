@@ -3,7 +3,6 @@ override rate and business impact; a release's baseline; daily trend points for 
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
@@ -14,6 +13,7 @@ from fleet.analytics.cases import NO_DEFECT, build_cases
 from fleet.analytics.windows import Scope, Window, days, parse_ts, select
 from fleet.protocol import MetricsRecord, PredictionRecord, ReviewRecord
 from runtime.errors import NotFound
+from runtime.stats import percentile
 
 # A device reports its outbox backlog under one of these names in MetricsRecord.values; the first found counts.
 QUEUE_KEYS = ("queue_depth", "outbox_depth", "outbox_pending")
@@ -28,15 +28,6 @@ class PillarOptions(BaseModel):
                                           "the last band includes its upper edge")
     adjudicators: list[str] = Field(default_factory=list, description="reviewers whose verdict is the adjudicated "
                                     "outcome in shadow comparisons")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (the value at rank ceil(q/100 * n)): always one of the measured values."""
-    if not values:
-        return 0.0
-    s = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(s)))
-    return s[rank - 1]
 
 
 class LatencyStats(BaseModel):

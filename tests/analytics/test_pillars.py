@@ -28,7 +28,8 @@ def test_health_figures_by_hand():
 
 def test_percentile_nearest_rank():
     assert percentile([5.0], 99) == 5.0
-    assert percentile([], 95) == 0.0
+    with pytest.raises(ValueError, match="no values"):  # no data is the caller's to say, never 0
+        percentile([], 95)
     assert percentile(list(map(float, range(1, 101))), 95) == 95.0
 
 

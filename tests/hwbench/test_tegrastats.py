@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from hwbench.tegrastats import TegrastatsSampler, parse_line, summarize
+from runtime.tegrastats import TegrastatsSampler, parse_line, summarize
 
 ORIN = ("11-22-2026 04:10:00 RAM 2448/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) "
         "CPU [2%@729,1%@729,0%@729,0%@729,off,off] EMC_FREQ 0% GR3D_FREQ 37% cpu@47.5C soc2@46.968C "

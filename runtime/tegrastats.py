@@ -1,4 +1,5 @@
-"""Power and load on a Jetson from `tegrastats`, sampled while a configuration runs.
+"""Power, temperatures and load on a Jetson from `tegrastats`: sampled while hwbench times a configuration, and
+in the background by the device daemon for its windowed metrics records.
 
 tegrastats prints one line per interval. Rails are `NAME current/average` in mW; JetPack 5+ appends `mW` to
 each figure, JetPack 4 (POM_5V_IN ...) does not. The board's input rail (VDD_IN on Orin/Xavier NX, POM_5V_IN on
@@ -12,6 +13,7 @@ import shutil
 import statistics
 import subprocess
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VDD_IN_TOTAL")
@@ -77,10 +79,13 @@ def summarize(samples: list[TegraSample]) -> dict[str, float | int | None]:
 class TegrastatsSampler:
     """Runs `tegrastats --interval MS` in the background between start() and stop()."""
 
-    def __init__(self, interval_ms: int = 100, exe: str | None = None) -> None:
+    def __init__(self, interval_ms: int = 100, exe: str | None = None, keep: int | None = None) -> None:
+        """`keep`: only the last `keep` samples are kept (a daemon samples for months); None keeps all of a run."""
         self.interval_ms = interval_ms
         self.exe = exe or shutil.which("tegrastats")
+        self.keep = keep
         self.samples: list[TegraSample] = []
+        self._recent: deque[TegraSample] = deque(maxlen=keep or 1)
         self._proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
 
@@ -103,7 +108,14 @@ class TegrastatsSampler:
         for line in self._proc.stdout:
             s = parse_line(line)
             if s is not None:
-                self.samples.append(s)
+                self._recent.append(s)
+                if self.keep is None:
+                    self.samples.append(s)
+
+    @property
+    def latest(self) -> TegraSample | None:
+        """The newest sample, or None before the first line."""
+        return self._recent[-1] if self._recent else None
 
     def stop(self) -> dict[str, float | int | None] | None:
         if self._proc is None:
@@ -117,4 +129,4 @@ class TegrastatsSampler:
         if self._thread is not None:
             self._thread.join(3)
         self._proc = None
-        return summarize(self.samples)
+        return summarize(self.samples if self.keep is None else list(self._recent))
