@@ -228,14 +228,14 @@ class Notifier:
             log.warning("alert notification %s to %s failed (attempt %d%s): %s", n.id, ch.name, attempt,
                         ", giving up" if final else "", err)
             self.log.append(Delivery(notification=n, channel=ch.name, outcome="gave_up" if final else "failed",
-                                     attempt=attempt, error=str(err)))
+                                     attempt=attempt, error=str(err), at=self.clock()))
             if not final:
                 wait = BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)]
                 with self._mu:
                     self._retries.append(_Retry(ch, n, attempt + 1, self.clock() + wait))
             return
         log.info("alert notification %s (%s, %d alerts) sent to %s", n.id, n.status, len(n.alerts), ch.name)
-        self.log.append(Delivery(notification=n, channel=ch.name, outcome="sent", attempt=attempt))
+        self.log.append(Delivery(notification=n, channel=ch.name, outcome="sent", attempt=attempt, at=self.clock()))
 
     def pending(self) -> int:
         """Retries waiting (for tests and /metrics)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from email.message import EmailMessage
+from email.policy import SMTP
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet.alerting.severity import Severity
 from fleet.protocol import new_id, now_iso
 
+SMTP_POLICY = SMTP.clone(max_line_length=998)
 # Alertmanager's "no end yet" for a firing alert
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -123,7 +125,7 @@ def text(n: Notification) -> str:
         lines.append(f"{status.upper()} ({len(group)})")
         for a in sorted(group, key=lambda a: (-a.severity.rank, a.device)):
             where = "whole fleet" if a.device == "*" else f"device {a.device}"
-            lines.append(f"- [{a.severity.value}] {a.rule} on {where}: {a.message}")
+            lines.append(f"- [{a.severity.value}] {a.rule} on {where}" + (f": {a.message}" if a.message else ""))
             since = f"  since {a.starts_at}" + (f", cleared {a.ends_at}" if a.ends_at else "")
             if a.flaps:
                 since += f"; raised {a.flaps} times since the last message (flapping)"
@@ -140,7 +142,9 @@ def text(n: Notification) -> str:
 
 
 def email(n: Notification, sender: str, to: list[str], prefix: str) -> EmailMessage:
-    msg = EmailMessage()
+    # SMTP line endings, and long headers kept on one line (RFC 5322 allows 998): a subject folded at 78 comes
+    # back with a leading space in some clients
+    msg = EmailMessage(policy=SMTP_POLICY)
     msg["Subject"] = subject(n, prefix)
     msg["From"] = sender
     msg["To"] = ", ".join(to)

@@ -4,6 +4,7 @@ each on a free loopback port in its own thread."""
 from __future__ import annotations
 
 import email
+import email.policy
 import json
 import threading
 from email.message import Message
@@ -25,7 +26,7 @@ class SmtpReceiver:
 
         class Handler:
             async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
-                receiver.messages.append((list(envelope.rcpt_tos), email.message_from_bytes(envelope.content)))
+                receiver.messages.append((list(envelope.rcpt_tos), email.message_from_bytes(envelope.content, policy=email.policy.default)))
                 return "250 Message accepted for delivery"
 
         self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
