@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fleet.alerting.config import AlertingConfig
 from fleet.analytics.alerts import AlertRules
+from fleet.analytics.shadow import ExitCriteria
 from fleet.broker import BrokerTLS
 from runtime.errors import ConfigError
 
@@ -44,6 +45,12 @@ class FleetConfig(BaseModel):
                                                                             "field guide's)")
     alerting: AlertingConfig = Field(default_factory=AlertingConfig, description="severity per rule, runbook links, "
                                      "grouping, and the channels alerts are sent to (webhook, e-mail)")
+    adjudicators: list[str] = Field(default_factory=list, description="reviewers (QA leads) whose latest verdict "
+                                    "decides a case: it upholds or overturns the line inspector's. Every figure, "
+                                    "the shadow report and the gate use this one list; without adjudicators every "
+                                    "dispute stays unresolved")
+    exit_criteria: ExitCriteria = Field(default_factory=ExitCriteria, description="what a shadow period must show "
+                                        "for GO (the shadow report, the API, the CLI and the gate use these)")
 
     @field_validator("monitor_window")
     @classmethod

@@ -1,7 +1,7 @@
-"""The fleet's monitoring pass: run the alert rules (fleet.analytics.monitor) over the stored records, store the
-alerts that were raised or cleared (with their configured severity), publish each change on the fleet-level
-alerts topic and hand it to the observers (the notifier). The fleet service calls it from its monitor loop every
-`monitor_interval_s`."""
+"""The fleet's monitoring pass: run the alert rules (fleet.analytics.alerts.evaluate_fleet) over the stored records,
+store the alerts that were raised or cleared (with their configured severity), publish each change on the
+fleet-level alerts topic and hand it to the observers (the notifier). The fleet service calls it from its monitor
+loop every `monitor_interval_s`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from fleet.alerting.severity import severity_of
-from fleet.analytics.monitor import evaluate_fleet
+from fleet.analytics.alerts import evaluate_fleet
+from fleet.analytics.pillars import PillarOptions
 from fleet.config import FleetConfig
 from fleet.protocol import AlertRecord, Topics, encode
 from fleet.store import Store
@@ -37,7 +38,8 @@ class Monitor:
         with self.lock:
             changes = evaluate_fleet(self.store.predictions(since=since), self.store.reviews(since=since),
                                      self.store.metrics(since=since), self.store.alerts(), now,
-                                     self.config.monitor_window, self.config.alert_rules)
+                                     self.config.monitor_window, self.config.alert_rules,
+                                     PillarOptions(adjudicators=self.config.adjudicators))
             sev = self.config.alerting.severity
             changes = [a.model_copy(update={"severity": severity_of(a.rule, sev).value}) for a in changes]
             if changes:

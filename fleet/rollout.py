@@ -10,17 +10,21 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fleet.analytics import figures
+from fleet.analytics.cases import review_cases
+from fleet.analytics.windows import Window, parse_ts
 from fleet.desired import DesiredStates
 from fleet.devices import Devices
 from fleet.protocol import ACTIVATION_IN_PROGRESS, now_iso
 from fleet.releases import Releases
 from fleet.store import Store
 from runtime.errors import Conflict, NotFound
-from runtime.stats import percentile
 
 RUNNING, COMPLETED, HALTED, ROLLED_BACK = "running", "completed", "halted", "rolled_back"
 
@@ -75,14 +79,11 @@ def wave_sizes(waves: list[str], total: int) -> list[int]:
     return out
 
 
-def p95(values: list[float]) -> float | None:
-    """The nearest-rank P95 (runtime.stats), None without values."""
-    return percentile(values, 95) if values else None
-
-
 class Rollouts:
-    def __init__(self, store: Store, releases: Releases, devices: Devices, desired: DesiredStates) -> None:
+    def __init__(self, store: Store, releases: Releases, devices: Devices, desired: DesiredStates,
+                 adjudicators: Sequence[str] = ()) -> None:
         self.store, self.releases, self.devices, self.desired = store, releases, devices, desired
+        self.adjudicators = list(adjudicators)  # whose verdicts decide a case in the override-rate gate
         # start, rollback (API threads) and tick (the rollout loop) change the same rollouts: one at a time, so
         # a rollback can never be followed by a wave the loop was about to start
         self.lock = threading.RLock()
@@ -221,35 +222,41 @@ class Rollouts:
         gates["activation"] = {"value": frac, "limit": g.min_activation_success, "passed": frac >= g.min_activation_success,
                                "detail": {d: s for d, s in states.items() if s != "active"}}
         role = "candidate" if req.shadow_first else "active"
+        wave = set(devices)
+        # the figures are fleet.analytics.figures', the same functions the pillars and alert rules use
+        preds = [p for p in self.store.predictions(release=ref, since=since, role=role) if p.device in wave]
+        n = len(preds)
+        err = figures.error_rate(preds)
+        gates["error_rate"] = {"value": err.value, "limit": g.max_error_rate, "samples": n,
+                               "passed": None if n < g.min_predictions or err.value is None
+                               else err.value <= g.max_error_rate}
+        new_p95 = figures.latency_p95(preds)
         marks = ", ".join("?" * len(devices))
-        rows = self.store.rows(f"SELECT decision, latency_ms FROM predictions WHERE release = ? AND revision = ? AND "
-                               f"role = ? AND created_at >= ? AND device IN ({marks})",
-                               (name, int(rev), role, since, *devices))
-        n = len(rows)
-        err = sum(1 for r in rows if r["decision"] == "error") / n if n else None
-        gates["error_rate"] = {"value": err, "limit": g.max_error_rate, "samples": n,
-                               "passed": None if n < g.min_predictions else err <= g.max_error_rate}
-        new_p95 = p95([r["latency_ms"] for r in rows if r["latency_ms"] is not None])
         prev_refs = {t["previous"] for t in self.store.rows(
             f"SELECT previous FROM rollout_targets WHERE device IN ({marks}) AND previous IS NOT NULL "
             f"AND previous != ?", (*devices, ref))}
         old: list[float] = []
         for pref in prev_refs:
             pname, _, prev = pref.partition("@")
+            # the store's latency_ms column is each record's latency_ms["total"] (fleet/store.py): the same values
+            # figures.latencies reads, without parsing every record of the previous release
             old += [r["latency_ms"] for r in self.store.rows(
                 f"SELECT latency_ms FROM predictions WHERE release = ? AND revision = ? AND role = 'active' AND "
                 f"latency_ms IS NOT NULL AND device IN ({marks})", (pname, int(prev), *devices))]
-        old_p95 = p95(old)
+        old_p95 = figures.percentile(old, 95)
         ratio = new_p95 / old_p95 if new_p95 is not None and old_p95 else None
         enough = n >= g.min_predictions and len(old) >= g.min_predictions and ratio is not None
         gates["latency_p95"] = {"value": ratio, "limit": g.max_latency_ratio, "new_p95_ms": new_p95,
-                                "previous_p95_ms": old_p95, "passed": ratio <= g.max_latency_ratio if enough else None}
-        reviews = self.store.rows(f"SELECT override FROM reviews WHERE release = ? AND revision = ? AND "
-                                  f"created_at >= ? AND device IN ({marks})", (name, int(rev), since, *devices))
-        m = len(reviews)
-        rate = sum(r["override"] for r in reviews) / m if m else None
-        gates["override_rate"] = {"value": rate, "limit": g.max_override_rate, "samples": m,
-                                  "passed": None if m < g.min_reviews else rate <= g.max_override_rate}
+                                "previous_p95_ms": old_p95,
+                                "passed": ratio <= g.max_latency_ratio if enough and ratio is not None else None}
+        # every verdict on the release from these devices, so that a later adjudication of an earlier case is
+        # recognised; the cases judged are those whose first verdict came after the wave started
+        reviews = [r for r in self.store.reviews(release=ref) if r.device in wave]
+        judged = Window(start=parse_ts(since), end=datetime.now(timezone.utc) + timedelta(seconds=1))
+        over = figures.override_rate(review_cases(reviews, self.adjudicators, judged))
+        gates["override_rate"] = {"value": over.rate, "limit": g.max_override_rate, "samples": over.reviews,
+                                  "passed": None if over.reviews < g.min_reviews or over.rate is None
+                                  else over.rate <= g.max_override_rate}
         return {"passed": all(v["passed"] is not False for v in gates.values()), "gates": gates}
 
     # -- helpers -------------------------------------------------------------------------------------------------

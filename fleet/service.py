@@ -49,7 +49,7 @@ class Fleet:
         self._publish_many: PublishMany | None = None
         self.desired = DesiredStates(self.store, self.registry, self.releases, self.topics, config.base_url,
                                      self.publish, self.publish_many)
-        self.rollouts = Rollouts(self.store, self.releases, self.devices, self.desired)
+        self.rollouts = Rollouts(self.store, self.releases, self.devices, self.desired, config.adjudicators)
         self.ingest = Ingest(self.store, self.devices, self.topics)
         self.monitor = Monitor(self.store, self.topics, config, self.publish)
         # acknowledge / silence / resolve, and the notifier that tells people (webhook, e-mail)
@@ -160,6 +160,7 @@ class FleetService:
                     break
                 msgs.append(m)
             self.fleet.ingest.handle_many([(m.topic, m.payload) for m in msgs])
+            assert self.mqtt is not None  # started before this thread
             for m in msgs:
                 self.mqtt.ack(m)
 

@@ -47,6 +47,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _fig(x: float | None, fmt: str = "{:.3f}") -> str:
+    return "no data" if x is None else fmt.format(x)
+
+
 def _say(msg: str) -> None:
     click.echo(f"[demo] {msg}")
 
@@ -86,7 +90,8 @@ class Processes:
     order: devices first, so their last outbox rows still reach the fleet)."""
 
     def __init__(self, logs: Path) -> None:
-        self.logs, self.procs = logs, []
+        self.logs = logs
+        self.procs: list[tuple[str, subprocess.Popen]] = []
         logs.mkdir(parents=True, exist_ok=True)
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
@@ -216,7 +221,9 @@ class Demo:
         fleet_cfg = self.workdir / "fleet.yaml"
         fleet_cfg.write_text(json.dumps({
             "data_dir": str(self.workdir / "fleet-data"), "trust_store": str(self.trust), "tokens_file": str(tokens),
-            "http_port": self.http_port, "embedded_broker_port": self.mqtt_port, "rollout_tick_s": 0.1}))
+            "http_port": self.http_port, "embedded_broker_port": self.mqtt_port, "rollout_tick_s": 0.1,
+            # the QA lead's verdicts decide disputed cases on every surface (report, dashboard, API, gate)
+            "adjudicators": [ADJUDICATOR]}))
         self.procs.start("fleet", ["fleet", "serve", "--config", str(fleet_cfg)])
         for name in DEVICES:
             home = self.workdir / "devices" / name
@@ -336,26 +343,30 @@ class Demo:
 
     def report(self, ref: str, fmt: str = "json") -> Any:
         r = self.http.get(self.url + "/dashboard/shadow/report", headers={"Authorization": f"Bearer {self.admin}"},
-                          params={"release": ref, "group": GROUP, "days": 14, "adjudicators": ADJUDICATOR,
-                                  "format": fmt})
+                          params={"release": ref, "group": GROUP, "days": 14, "format": fmt})
         if r.status_code != 200:
             raise DemoFailed(f"shadow report: HTTP {r.status_code}: {r.text[:300]}")
         return r.json() if fmt == "json" else r.text
 
     def promote(self) -> None:
         rep = self.report(self.shadow_ref)
+        o = rep["override_rate"]
         _say(f"  shadow report of {self.shadow_ref} on {GROUP}: {rep['cases']} cases, {rep['reviewed']} reviewed, "
-             f"{rep['evaluated']} evaluated, agreement {rep['agreement_rate']:.0%}")
-        _say(f"  model recall {rep['model_recall']:.2f} vs inspector recall {rep['inspector_recall']:.2f}; "
-             f"model false-positive rate {rep['fp_rate']:.2f}; {rep['coverage']['days']} day(s) covered")
+             f"{rep['disputed']} disputed ({rep['adjudicated']} adjudicated by {', '.join(rep['adjudicators'])}, "
+             f"{rep['unresolved']} unresolved), override rate {_fig(o['rate'], '{:.1%}')} "
+             f"({o['overrides']} of {o['reviews']})")
+        _say(f"  model recall {_fig(rep['model_recall'])} vs inspector recall {_fig(rep['inspector_recall'])}; "
+             f"model false-positive rate {_fig(rep['fp_rate'])}; missed defects {rep['missed_defects']}; "
+             f"{rep['coverage']['days']} day(s) covered")
         for c in rep["checks"]:
             _say(f"    [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
         _say(f"  go/no-go with the default exit criteria: {'GO' if rep['go'] else 'NO-GO'}")
-        self.summary["shadow_report"] = {k: rep[k] for k in ("cases", "reviewed", "evaluated", "go")}
+        self.summary["shadow_report"] = {k: rep[k] for k in ("cases", "reviewed", "disputed", "unresolved",
+                                                              "model_recall", "fp_rate", "go")}
         (self.workdir / "shadow-report.md").write_text(self.report(self.shadow_ref, "md"))
         _say(f"  full report: {self.workdir / 'shadow-report.md'} (also on the dashboard's Shadow report page)")
         session = self.dashboard_login()
-        form = {"release": self.shadow_ref, "group": GROUP, "days": 14, "adjudicators": ADJUDICATOR}
+        form = {"release": self.shadow_ref, "group": GROUP, "days": 14}
         self.dashboard_post(session, "/dashboard/shadow/signoff", {**form, "note": "demo sign-off"})
         _say("  sign-off recorded by demo-admin on the dashboard")
         rep = self.report(self.shadow_ref)  # the gate judges the report with the sign-off in it

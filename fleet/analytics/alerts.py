@@ -1,16 +1,20 @@
-"""Alert rules over pillar snapshots, and the tracker that turns them into AlertRecords: raised once when a
-condition starts to hold, cleared once when it stops. Defaults are the field guide's."""
+"""Alert rules over pillar snapshots, the tracker that turns them into AlertRecords (raised once when a condition
+starts to hold, cleared once when it stops), and one pass of the rules over a whole fleet (`evaluate_fleet`).
+Defaults are the field guide's."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet.analytics.pillars import Snapshot
-from fleet.analytics.windows import parse_ts
-from fleet.protocol import AlertRecord, now_iso
+from fleet.analytics.figures import confidence_drop
+from fleet.analytics.pillars import Baseline, PillarOptions, Snapshot, baseline, snapshot
+from fleet.analytics.windows import FLEET, Scope, Window, parse_ts, select
+from fleet.protocol import AlertRecord, MetricsRecord, PredictionRecord, ReviewRecord, now_iso
 
 # Figures such as 0.45 - 0.30 come out as 0.15000000000000002; a rule on "more than 15 points" must not fire there.
 EPS = 1e-9
@@ -85,16 +89,23 @@ class Condition(BaseModel):
     message: str = ""
 
 
+def _over(value: float | None, limit: float, enough: bool) -> bool | None:
+    """Strictly above `limit` (with EPS); None (not judged) without enough data or without a figure."""
+    if not enough or value is None:
+        return None
+    return value > limit + EPS
+
+
 def evaluate(rules: AlertRules, now: Snapshot, base: Snapshot | None) -> list[Condition]:
-    """Judge every enabled rule on `now` against `base` (rules that need a baseline are skipped without one)."""
+    """Judge every enabled rule on `now` against `base` (rules that need a baseline are skipped without one). The
+    figures are the snapshot's (fleet.analytics.figures); a rule only compares them with its threshold."""
     out: list[Condition] = []
     h, d, o = now.health, now.distribution, now.overrides
     r = rules.error_rate
     if r.enabled:
-        ok = h.predictions >= r.min_samples
-        out.append(Condition(rule="error_rate", active=(h.error_rate > r.max_rate + EPS) if ok else None,
+        out.append(Condition(rule="error_rate", active=_over(h.error_rate, r.max_rate, h.predictions >= r.min_samples),
                              value=h.error_rate, threshold=r.max_rate,
-                             message=f"error rate {h.error_rate:.2%} over {h.predictions} predictions "
+                             message=f"error rate {_pct(h.error_rate, 2)} over {h.predictions} predictions "
                                      f"(limit {r.max_rate:.2%})"))
     q = rules.queue_growing
     if q.enabled and h.queue_series:
@@ -106,17 +117,17 @@ def evaluate(rules: AlertRules, now: Snapshot, base: Snapshot | None) -> list[Co
                              message=f"queue depth over the last {len(tail)} readings: {tail}"))
     o_r = rules.override_rate
     if o_r.enabled:
-        ok = o.overall.reviews >= o_r.min_reviews
-        out.append(Condition(rule="override_rate", active=(o.overall.rate > o_r.max_overall + EPS) if ok else None,
+        out.append(Condition(rule="override_rate",
+                             active=_over(o.overall.rate, o_r.max_overall, o.overall.reviews >= o_r.min_reviews),
                              value=o.overall.rate, threshold=o_r.max_overall,
-                             message=f"override rate {o.overall.rate:.1%} of {o.overall.reviews} reviews "
+                             message=f"override rate {_pct(o.overall.rate)} of {o.overall.reviews} reviewed cases "
                                      f"(limit {o_r.max_overall:.0%})"))
         for cls, rate in o.per_class.items():
-            ok = rate.reviews >= o_r.min_class_reviews
-            out.append(Condition(rule=f"override_rate:{cls}", active=(rate.rate > o_r.max_class + EPS) if ok else None,
+            out.append(Condition(rule=f"override_rate:{cls}",
+                                 active=_over(rate.rate, o_r.max_class, rate.reviews >= o_r.min_class_reviews),
                                  value=rate.rate, threshold=o_r.max_class,
-                                 message=f"override rate for {cls} {rate.rate:.1%} of {rate.reviews} reviews "
-                                         f"(limit {o_r.max_class:.0%})"))
+                                 message=f"override rate for {cls} {_pct(rate.rate)} of {rate.reviews} reviewed "
+                                         f"cases (limit {o_r.max_class:.0%})"))
     if base is None:
         return out
     bh, bd = base.health, base.distribution
@@ -125,7 +136,7 @@ def evaluate(rules: AlertRules, now: Snapshot, base: Snapshot | None) -> list[Co
         cur = getattr(h.latency_ms[lr.stage], lr.statistic)
         ref = getattr(bh.latency_ms[lr.stage], lr.statistic)
         ok = h.latency_ms[lr.stage].count >= lr.min_samples and ref > 0
-        out.append(Condition(rule=f"latency:{lr.stage}", active=(cur > lr.factor * ref + EPS) if ok else None,
+        out.append(Condition(rule=f"latency:{lr.stage}", active=_over(cur, lr.factor * ref, ok),
                              value=cur, threshold=lr.factor * ref,
                              message=f"{lr.stage} latency {lr.statistic} {cur:.1f} ms vs baseline {ref:.1f} ms "
                                      f"(limit {lr.factor:g}x)"))
@@ -133,33 +144,36 @@ def evaluate(rules: AlertRules, now: Snapshot, base: Snapshot | None) -> list[Co
     if sr.enabled:
         ok = d.predictions >= sr.min_samples and bd.predictions > 0
         for cls in sorted(set(d.share) | set(bd.share)):
+            # a class absent from one side has a share of 0 there: both sides were measured
             move = d.share.get(cls, 0.0) - bd.share.get(cls, 0.0)
-            out.append(Condition(rule=f"class_share:{cls}", active=(abs(move) > sr.max_points + EPS) if ok else None,
+            out.append(Condition(rule=f"class_share:{cls}", active=_over(abs(move), sr.max_points, ok),
                                  value=move, threshold=sr.max_points,
                                  message=f"share of {cls} {d.share.get(cls, 0.0):.1%} vs baseline "
                                          f"{bd.share.get(cls, 0.0):.1%} (limit {sr.max_points * 100:g} points)"))
     cr = rules.confidence_drop
     if cr.enabled:
         for cls, ref in sorted(bd.mean_confidence.items()):
-            if cls not in d.mean_confidence or ref <= 0:
+            drop = confidence_drop(d.mean_confidence.get(cls), ref)
+            if drop is None:
                 continue
-            n_cls = round(d.share.get(cls, 0.0) * d.predictions)
-            drop = (ref - d.mean_confidence[cls]) / ref
             out.append(Condition(rule=f"confidence_drop:{cls}",
-                                 active=(drop > cr.max_drop + EPS) if n_cls >= cr.min_samples else None,
+                                 active=_over(drop, cr.max_drop, d.counts.get(cls, 0) >= cr.min_samples),
                                  value=drop, threshold=cr.max_drop,
                                  message=f"mean confidence of {cls} {d.mean_confidence[cls]:.3f} vs baseline "
                                          f"{ref:.3f} (drop {drop:.1%}, limit {cr.max_drop:.0%})"))
     lc = rules.low_confidence_spike
-    if lc.enabled:
-        ok = d.predictions >= lc.min_samples and bd.predictions > 0
+    if lc.enabled and bd.low_confidence_share is not None:
         limit = max(lc.factor * bd.low_confidence_share, bd.low_confidence_share + lc.min_points)
         out.append(Condition(rule="low_confidence_spike",
-                             active=(d.low_confidence_share > limit + EPS) if ok else None,
+                             active=_over(d.low_confidence_share, limit, d.predictions >= lc.min_samples),
                              value=d.low_confidence_share, threshold=limit,
-                             message=f"low-confidence share {d.low_confidence_share:.1%} vs baseline "
+                             message=f"low-confidence share {_pct(d.low_confidence_share)} vs baseline "
                                      f"{bd.low_confidence_share:.1%}"))
     return out
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "no data" if x is None else f"{x:.{digits}%}"
 
 
 class AlertTracker:
@@ -202,3 +216,41 @@ class AlertTracker:
                 changes.append(AlertRecord(device=device, created_at=at or now_iso(), rule=rule, state="cleared",
                                            value=c.value, threshold=c.threshold, message=c.message))
         return changes
+
+
+def evaluate_fleet(predictions: Iterable[PredictionRecord], reviews: Iterable[ReviewRecord],
+                   metrics: Iterable[MetricsRecord], history: Iterable[AlertRecord], now: datetime | str,
+                   window: str = "1h", rules: AlertRules | None = None, opts: PillarOptions | None = None,
+                   baseline_days: float = 7.0) -> list[AlertRecord]:
+    """One pass of the rules over a fleet: every device and the whole fleet, each against the baseline of the
+    release it mostly ran in the window. Returns the alerts raised or cleared at `now`; `history` (stored alerts)
+    tells which are raised already. The caller stores and publishes them (fleet.monitoring)."""
+    preds, revs, mets = list(predictions), list(reviews), list(metrics)
+    win = Window.last(window, end=now)
+    tracker = AlertTracker.from_history(history, rules)
+    recent = select(preds, win)
+    cache: dict[str, Baseline | None] = {}
+
+    def base_for(scope_preds: list[PredictionRecord]) -> Baseline | None:
+        if not scope_preds:
+            return None
+        ref = Counter(f"{p.release}@{p.revision}" for p in scope_preds).most_common(1)[0][0]
+        if ref not in cache:
+            mine = select(preds, None, Scope(release=ref))
+            start = parse_ts(mine[0].created_at) if mine else None
+            # the baseline is the release's first days, but never the window being judged: that would hide
+            # every change
+            end = min(start + timedelta(days=baseline_days), win.start) if start else None
+            cache[ref] = (baseline(preds, revs, mets, ref, window=Window(start=start, end=end), opts=opts)
+                          if start is not None and end is not None and end > start else None)
+        return cache[ref]
+
+    changes: list[AlertRecord] = []
+    devices = sorted({p.device for p in recent} | {m.device for m in select(mets, win)}
+                     | {r.device for r in select(revs, win)})
+    for device in devices + [FLEET]:
+        scope = Scope(device=device)
+        now_snap = snapshot(preds, revs, mets, win, scope, opts)
+        b = base_for(select(recent, None, scope))
+        changes += tracker.update(now_snap, b.snapshot if b else None, at=win.end.isoformat())
+    return changes

@@ -84,7 +84,9 @@ class Decision(BaseModel):
 def _summary(report: ShadowReport) -> dict:
     return {"go": report.go, "window": [report.window.start.isoformat(), report.window.end.isoformat()],
             "days": report.coverage.days, "model_recall": report.model_recall,
-            "inspector_recall": report.inspector_recall, "fp_rate": report.fp_rate, "evaluated": report.evaluated}
+            "inspector_recall": report.inspector_recall, "fp_rate": report.fp_rate, "reviewed": report.reviewed,
+            "unresolved": report.unresolved, "override_rate": report.override_rate.rate,
+            "adjudicators": report.adjudicators}
 
 
 class PromotionGate:

@@ -3,17 +3,18 @@ override rate and business impact; a release's baseline; daily trend points for 
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet.analytics.cases import NO_DEFECT, build_cases
+from fleet.analytics import figures
+from fleet.analytics.cases import NO_DEFECT, Case, review_cases
+from fleet.analytics.figures import Rate
 from fleet.analytics.windows import Scope, Window, days, parse_ts, select
 from fleet.protocol import MetricsRecord, PredictionRecord, ReviewRecord
 from runtime.errors import NotFound
-from runtime.stats import percentile
 
 # A device reports its outbox backlog under one of these names in MetricsRecord.values; the first found counts.
 QUEUE_KEYS = ("queue_depth", "outbox_depth", "outbox_pending")
@@ -26,8 +27,8 @@ class PillarOptions(BaseModel):
                                                               "low-confidence")
     confidence_bands: list[float] = Field([0.0, 0.5, 0.7, 0.9, 1.0], description="band edges for override rates; "
                                           "the last band includes its upper edge")
-    adjudicators: list[str] = Field(default_factory=list, description="reviewers whose verdict is the adjudicated "
-                                    "outcome in shadow comparisons")
+    adjudicators: list[str] = Field(default_factory=list, description="reviewers whose verdict decides a case "
+                                    "(the fleet config's `adjudicators`)")
 
 
 class LatencyStats(BaseModel):
@@ -40,7 +41,7 @@ class LatencyStats(BaseModel):
 class Health(BaseModel):
     predictions: int = 0
     errors: int = 0
-    error_rate: float = 0.0
+    error_rate: float | None = Field(None, description="figures.error_rate; None without predictions")
     throughput_per_min: float = 0.0
     latency_ms: dict[str, LatencyStats] = Field(default_factory=dict, description="per stage plus 'total'")
     queue_depth: float | None = Field(None, description="last reported backlog in the window")
@@ -48,32 +49,30 @@ class Health(BaseModel):
 
 
 class Distribution(BaseModel):
-    predictions: int = 0
-    share: dict[str, float] = Field(default_factory=dict, description="share of predictions per top class")
+    predictions: int = Field(0, description="scored predictions (errors left out)")
+    counts: dict[str, int] = Field(default_factory=dict, description="scored predictions per top class")
+    share: dict[str, float] = Field(default_factory=dict, description="figures.class_share")
     mean_confidence: dict[str, float] = Field(default_factory=dict, description="mean top score per top class")
     histogram: list[int] = Field(default_factory=lambda: [0] * HIST_BINS, description="top scores in 10 bins of 0.1")
-    low_confidence_share: float = 0.0
-
-
-class Rate(BaseModel):
-    reviews: int = 0
-    overrides: int = 0
-    rate: float = 0.0
+    low_confidence_share: float | None = Field(None, description="figures.low_confidence_share; None without "
+                                                                 "scored predictions")
 
 
 class Overrides(BaseModel):
-    overall: Rate = Field(default_factory=Rate)
+    overall: Rate = Field(default_factory=Rate, description="figures.override_rate over the window's cases")
     per_class: dict[str, Rate] = Field(default_factory=dict, description="keyed by the model's top class")
     per_band: dict[str, Rate] = Field(default_factory=dict, description="keyed by confidence band 'lo-hi'")
-    false_positive_corrected: int = 0
-    missed_defect_caught: int = 0
+    false_positive_corrected: int = Field(0, description="overridden cases decided as false_positive")
+    missed_defect_caught: int = Field(0, description="overridden cases decided as missed_defect")
     bad_image: int = 0
+    disputed: int = 0
+    unresolved: int = Field(0, description="figures.unresolved_disputes")
 
 
 class Impact(BaseModel):
     actions_sent: int = Field(0, description="production flags of the active release (each triggers its actions)")
-    model_caught_inspector_missed: int = 0
-    inspector_caught_model_missed: int = 0
+    model_caught_inspector_missed: int = Field(0, description="figures.model_only_catches")
+    missed_defects: int = Field(0, description="figures.missed_defects: outcome a defect, the model passed")
 
 
 class Snapshot(BaseModel):
@@ -85,43 +84,35 @@ class Snapshot(BaseModel):
     impact: Impact
 
 
-def _rate(n: int, k: int) -> Rate:
-    return Rate(reviews=n, overrides=k, rate=k / n if n else 0.0)
-
-
 def health(predictions: Sequence[PredictionRecord], metrics: Sequence[MetricsRecord], window: Window) -> Health:
     n = len(predictions)
-    errors = sum(1 for p in predictions if p.decision == "error")
-    per_stage: dict[str, list[float]] = defaultdict(list)
-    for p in predictions:
-        for stage, ms in p.latency_ms.items():
-            per_stage[stage].append(ms)
-    lat = {k: LatencyStats(count=len(v), avg=sum(v) / len(v), p95=percentile(v, 95), p99=percentile(v, 99))
-           for k, v in sorted(per_stage.items())}
+    err = figures.error_rate(predictions)
+    lat: dict[str, LatencyStats] = {}
+    for stage in sorted({k for p in predictions for k in p.latency_ms}):
+        v = figures.latencies(predictions, stage)
+        p95, p99 = figures.latency_p95(predictions, stage), figures.percentile(v, 99)
+        assert p95 is not None and p99 is not None  # the stage was reported, so v is not empty
+        lat[stage] = LatencyStats(count=len(v), avg=sum(v) / len(v), p95=p95, p99=p99)
     series: list[tuple[str, float]] = []
     for m in metrics:
         key = next((k for k in QUEUE_KEYS if k in m.values), None)
         if key is not None:
             series.append((m.created_at, m.values[key]))
-    return Health(predictions=n, errors=errors, error_rate=errors / n if n else 0.0,
+    return Health(predictions=n, errors=err.count, error_rate=err.value,
                   throughput_per_min=n / (window.seconds / 60) if window.seconds > 0 else 0.0, latency_ms=lat,
                   queue_depth=series[-1][1] if series else None, queue_series=series)
 
 
 def distribution(predictions: Sequence[PredictionRecord], opts: PillarOptions) -> Distribution:
-    scored = [p for p in predictions if p.decision != "error" and p.top_label is not None and p.top_score is not None]
-    n = len(scored)
-    counts = Counter(p.top_label for p in scored)
-    conf: dict[str, list[float]] = defaultdict(list)
+    scored = figures.scored(predictions)
     hist = [0] * HIST_BINS
-    low = 0
     for p in scored:
-        conf[p.top_label].append(p.top_score)  # type: ignore[index, arg-type]
-        hist[min(HIST_BINS - 1, max(0, int(p.top_score * HIST_BINS)))] += 1  # type: ignore[operator]
-        low += p.top_score < opts.low_confidence  # type: ignore[operator]
-    return Distribution(predictions=n, share={k: c / n for k, c in sorted(counts.items())},
-                        mean_confidence={k: sum(v) / len(v) for k, v in sorted(conf.items())}, histogram=hist,
-                        low_confidence_share=low / n if n else 0.0)
+        hist[min(HIST_BINS - 1, max(0, int((p.top_score or 0.0) * HIST_BINS)))] += 1
+    counts = figures.class_counts(scored)
+    return Distribution(predictions=len(scored), counts=dict(sorted(counts.items())),
+                        share=figures.class_share(scored), mean_confidence=figures.mean_confidence(scored),
+                        histogram=hist, low_confidence_share=figures.low_confidence_share(scored,
+                                                                                          opts.low_confidence).value)
 
 
 def _band(score: float | None, edges: list[float]) -> str | None:
@@ -133,47 +124,49 @@ def _band(score: float | None, edges: list[float]) -> str | None:
     return None
 
 
-def overrides(reviews: Sequence[ReviewRecord], opts: PillarOptions) -> Overrides:
-    """Override rates; a bad-image verdict says nothing about the model, so it is counted apart, not in a rate."""
-    judged = [r for r in reviews if r.verdict != "bad_image"]
-    per_class: dict[str, list[bool]] = defaultdict(list)
-    per_band: dict[str, list[bool]] = defaultdict(list)
-    for r in judged:
-        per_class[r.top_label or NO_DEFECT].append(r.override)
-        band = _band(r.top_score, opts.confidence_bands)
+def overrides(cases: Sequence[Case], opts: PillarOptions) -> Overrides:
+    """Override rates over cases (figures.override_rate); a bad image says nothing about the model, so it is
+    counted apart, not in a rate."""
+    judged = figures.judged(cases)
+    per_class: dict[str, list[Case]] = defaultdict(list)
+    per_band: dict[str, list[Case]] = defaultdict(list)
+    for c in judged:
+        per_class[c.top_label or NO_DEFECT].append(c)
+        band = _band(c.top_score, opts.confidence_bands)
         if band is not None:
-            per_band[band].append(r.override)
+            per_band[band].append(c)
     return Overrides(
-        overall=_rate(len(judged), sum(r.override for r in judged)),
-        per_class={k: _rate(len(v), sum(v)) for k, v in sorted(per_class.items())},
-        per_band={k: _rate(len(v), sum(v)) for k, v in sorted(per_band.items())},
-        false_positive_corrected=sum(1 for r in judged if r.override and r.verdict == "false_positive"),
-        missed_defect_caught=sum(1 for r in judged if r.override and r.verdict == "missed_defect"),
-        bad_image=len(reviews) - len(judged))
+        overall=figures.override_rate(judged),
+        per_class={k: figures.override_rate(v) for k, v in sorted(per_class.items())},
+        per_band={k: figures.override_rate(v) for k, v in sorted(per_band.items())},
+        false_positive_corrected=sum(1 for c in judged if c.overridden and c.verdict == "false_positive"),
+        missed_defect_caught=sum(1 for c in judged if c.overridden and c.verdict == "missed_defect"),
+        bad_image=sum(1 for c in cases if c.bad_image), disputed=sum(1 for c in judged if c.disputed),
+        unresolved=figures.unresolved_disputes(cases))
 
 
-def impact(predictions: Sequence[PredictionRecord], reviews: Sequence[ReviewRecord], opts: PillarOptions) -> Impact:
-    cases = build_cases(predictions, reviews, opts.adjudicators)
-    defects = [c for c in cases if c.truth not in (None, NO_DEFECT) and c.inspector is not None]
+def impact(predictions: Sequence[PredictionRecord], cases: Sequence[Case]) -> Impact:
     return Impact(
         actions_sent=sum(1 for p in predictions if p.mode == "production" and p.role == "active"
                          and p.decision == "flag"),
-        model_caught_inspector_missed=sum(1 for c in defects if c.model != NO_DEFECT and c.inspector == NO_DEFECT),
-        inspector_caught_model_missed=sum(1 for c in defects if c.model == NO_DEFECT and c.inspector != NO_DEFECT))
+        model_caught_inspector_missed=figures.model_only_catches(cases), missed_defects=figures.missed_defects(cases))
 
 
 def snapshot(predictions: Iterable[PredictionRecord], reviews: Iterable[ReviewRecord],
              metrics: Iterable[MetricsRecord], window: Window, scope: Scope | None = None,
              opts: PillarOptions | None = None) -> Snapshot:
-    """All four pillars for the records inside `window` and `scope`."""
+    """All four pillars for the records inside `window` and `scope`. Verdict figures are over the cases whose
+    first verdict falls in the window (fleet.analytics.cases.review_cases): pass the verdicts from before the window
+    too, so that a later adjudication of an earlier case is recognised as such (the fleet reads
+    `monitor_lookback_days` of them)."""
     scope = scope or Scope()
     opts = opts or PillarOptions()
     preds = select(predictions, window, scope)
-    revs = select(reviews, window, scope)
+    cases = review_cases(select(reviews, None, scope), opts.adjudicators, window)
     mets = select(metrics, window, scope)
     return Snapshot(scope=scope, window=window, health=health(preds, mets, window),
-                    distribution=distribution(preds, opts), overrides=overrides(revs, opts),
-                    impact=impact(preds, revs, opts))
+                    distribution=distribution(preds, opts), overrides=overrides(cases, opts),
+                    impact=impact(preds, cases))
 
 
 class Baseline(BaseModel):
@@ -205,13 +198,13 @@ def baseline(predictions: Sequence[PredictionRecord], reviews: Sequence[ReviewRe
 class TrendPoint(BaseModel):
     day: str
     predictions: int
-    error_rate: float
+    error_rate: float | None
     latency_p95_ms: float | None
     throughput_per_min: float
-    low_confidence_share: float
+    low_confidence_share: float | None
     share: dict[str, float]
     mean_confidence: dict[str, float]
-    override_rate: float
+    override_rate: float | None
     reviews: int
     actions_sent: int
     queue_depth: float | None

@@ -9,7 +9,7 @@ from typing import Any
 from fleet.analytics.alerts import AlertTracker
 from fleet.analytics.pillars import snapshot
 from fleet.analytics.windows import FLEET, Scope, Window
-from fleet.dashboard.data import now_utc
+from fleet.decisions import now_utc, pillar_options, review_since
 
 
 def _label(v: str) -> str:
@@ -39,10 +39,11 @@ def render_metrics(fleet: Any) -> str:
                [({"kind": k}, float(fleet.store.count(k))) for k in ("predictions", "reviews", "metrics", "alerts",
                                                                       "events")])
     preds = list(fleet.store.predictions(since=win.start.isoformat()))
-    revs = list(fleet.store.reviews(since=win.start.isoformat()))
+    revs = list(fleet.store.reviews(since=review_since(fleet, win.start)))
     mets = list(fleet.store.metrics(since=win.start.isoformat()))
     scopes = [FLEET] + [d["id"] for d in devices]
-    snaps = {s: snapshot(preds, revs, mets, win, Scope(device=s)) for s in scopes}
+    opts = pillar_options(fleet)
+    snaps = {s: snapshot(preds, revs, mets, win, Scope(device=s), opts) for s in scopes}
 
     def per(fn) -> list[tuple[dict[str, str], float]]:
         rows = []
@@ -55,13 +56,13 @@ def render_metrics(fleet: Any) -> str:
     out.metric("shadowline_fleet_predictions_1h", "gauge", "Predictions in the last hour.",
                per(lambda x: x.health.predictions))
     out.metric("shadowline_fleet_error_rate_1h", "gauge", "Share of predictions with decision=error, last hour.",
-               per(lambda x: x.health.error_rate if x.health.predictions else None))
+               per(lambda x: x.health.error_rate))
     out.metric("shadowline_fleet_latency_p95_ms_1h", "gauge", "P95 total latency in ms, last hour.",
                per(lambda x: x.health.latency_ms["total"].p95 if "total" in x.health.latency_ms else None))
     out.metric("shadowline_fleet_low_confidence_share_1h", "gauge", "Share of low-confidence predictions, last hour.",
-               per(lambda x: x.distribution.low_confidence_share if x.distribution.predictions else None))
-    out.metric("shadowline_fleet_override_rate_1h", "gauge", "Share of reviews that override the model, last hour.",
-               per(lambda x: x.overrides.overall.rate if x.overrides.overall.reviews else None))
+               per(lambda x: x.distribution.low_confidence_share))
+    out.metric("shadowline_fleet_override_rate_1h", "gauge", "Share of reviewed cases whose deciding verdict "
+               "overrides the model (first verdict in the last hour).", per(lambda x: x.overrides.overall.rate))
     out.metric("shadowline_fleet_queue_depth", "gauge", "Last reported outbox backlog in the last hour.",
                per(lambda x: x.health.queue_depth))
     out.metric("shadowline_fleet_actions_sent_1h", "gauge", "Production flags (actions sent), last hour.",

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from fleet.analytics.gate import AdminOverride, PromotionGate
+from fleet import decisions
 from fleet.analytics.shadow import SignOff
 from fleet.analytics.windows import FLEET
 from fleet.dashboard import auth, data
@@ -114,7 +114,7 @@ def build_router() -> APIRouter:
 
     @r.get("/dashboard/shadow")
     def shadow_page(request: Request, release: str = "", group: str = "", days: int = Query(14, ge=1, le=365),
-                    adjudicators: str = "", message: str = "") -> Response:
+                    message: str = "") -> Response:
         s = _who(request)
         if s is None:
             return _login_redirect(request)
@@ -122,22 +122,22 @@ def build_router() -> APIRouter:
         report, error = None, ""
         if release and group:
             try:
-                report = data.shadow(fleet, release, group, days, _names(adjudicators))
+                report = data.shadow(fleet, release, group, days)
             except ShadowlineError as err:
                 error = str(err)
         audit = [a for a in data.audit_log(fleet).entries() if not release or a.release == release]
-        body = shadow_body(report, [x["ref"] for x in fleet.releases.list()], release, group, days, adjudicators,
-                           audit, s.csrf, s.admin, error)
+        body = shadow_body(report, [x["ref"] for x in fleet.releases.list()], release, group, days,
+                           ", ".join(fleet.config.adjudicators), audit, s.csrf, s.admin, error)
         return _html(page("Shadow report", body, s.name, "/dashboard/shadow", message))
 
     @r.get("/dashboard/shadow/report")
     def shadow_download(request: Request, release: str, group: str, days: int = Query(14, ge=1, le=365),
-                        adjudicators: str = "", format: str = Query("json", pattern="^(json|md)$")) -> Response:
+                        format: str = Query("json", pattern="^(json|md)$")) -> Response:
         s = _who(request) or auth.bearer_entry(request)
         if s is None:
             return _login_redirect(request)
         try:
-            report = data.shadow(request.app.state.fleet, release, group, days, _names(adjudicators))
+            report = data.shadow(request.app.state.fleet, release, group, days)
         except ShadowlineError as err:
             return PlainTextResponse(str(err), status_code=err.http_status)
         if format == "md":
@@ -145,20 +145,21 @@ def build_router() -> APIRouter:
         return Response(report.to_json(), media_type="application/json")
 
     # -- controls: each one runs only after the confirmation page's explicit submit ----------------------------
-    def _control(request: Request, csrf: str) -> tuple[auth.Session | None, Response | None]:
+    def _control(request: Request, csrf: str) -> auth.Session | Response:
+        """The admin session allowed to act, or the response that refuses (login, or 403)."""
         try:
-            return auth.require_admin(request, csrf), None
+            return auth.require_admin(request, csrf)
         except auth.LoginRequired:
-            return None, _login_redirect(request)
+            return _login_redirect(request)
         except auth.NotAllowed as err:
-            return None, _refused(_who(request), str(err))
+            return _refused(_who(request), str(err))
 
     @r.post("/dashboard/rollouts/start")
     def start(request: Request, release: str = Form(...), group: str = Form(...), waves: str = Form("1,100%"),
               shadow_first: str = Form(""), csrf: str = Form(""), confirm: str = Form("")) -> Response:
-        s, denied = _control(request, csrf)
-        if denied:
-            return denied
+        s = _control(request, csrf)
+        if isinstance(s, Response):
+            return s
         fields = {"release": release, "group": group, "waves": waves, "shadow_first": shadow_first}
         if confirm != "yes":
             how = "as candidate beside production (shadow first)" if shadow_first else "replacing the current release"
@@ -180,9 +181,9 @@ def build_router() -> APIRouter:
                        confirm: str = Form("")) -> Response:
         if action not in ("halt", "rollback"):
             return _html(page("Unknown action", f"<p id=error>no action {e(action)!r}</p>"), 404)
-        s, denied = _control(request, csrf)
-        if denied:
-            return denied
+        s = _control(request, csrf)
+        if isinstance(s, Response):
+            return s
         rollouts = request.app.state.fleet.rollouts
         if confirm != "yes":
             q = (f"Roll back rollout {rid}? Every device it touched returns to the release it ran before."
@@ -203,55 +204,48 @@ def build_router() -> APIRouter:
 
     @r.post("/dashboard/alerts/evaluate")
     def evaluate(request: Request, csrf: str = Form("")) -> Response:
-        s, denied = _control(request, csrf)
-        if denied:
-            return denied
+        s = _control(request, csrf)
+        if isinstance(s, Response):
+            return s
         changes = data.evaluate_alerts(request.app.state.fleet)
         msg = f"{len(changes)} alert(s) changed: " + ", ".join(f"{a.device} {a.rule} {a.state}" for a in changes)
         return RedirectResponse(f"/dashboard/alerts?message={quote(msg)}", status_code=303)
 
     @r.post("/dashboard/shadow/signoff")
     def signoff(request: Request, release: str = Form(...), group: str = Form(...), note: str = Form(""),
-                days: int = Form(14), adjudicators: str = Form(""), csrf: str = Form(""),
-                confirm: str = Form("")) -> Response:
-        s, denied = _control(request, csrf)
-        if denied:
-            return denied
-        fields = {"release": release, "group": group, "note": note, "days": days, "adjudicators": adjudicators}
-        back = _shadow_url(release, group, days, adjudicators)
+                days: int = Form(14), csrf: str = Form(""), confirm: str = Form("")) -> Response:
+        s = _control(request, csrf)
+        if isinstance(s, Response):
+            return s
+        fields = {"release": release, "group": group, "note": note, "days": days}
+        back = _shadow_url(release, group, days)
         if confirm != "yes":
             return _html(confirm_page("Sign off", f"Sign off the shadow period of {release} on {group} as {s.name}?",
                                       "/dashboard/shadow/signoff", fields, s.csrf, s.name, back))
-        data.record_signoff(request.app.state.fleet, release, group, SignOff(by=s.name, note=note))
-        return RedirectResponse(back + f"&message={quote(f'signed off by {s.name}')}", status_code=303)
+        try:
+            data.record_signoff(request.app.state.fleet, release, group, SignOff(by=s.name, note=note))
+            msg = f"signed off by {s.name}"
+        except ShadowlineError as err:
+            msg = f"not signed off: {err}"
+        return RedirectResponse(back + f"&message={quote(msg)}", status_code=303)
 
     @r.post("/dashboard/shadow/promote")
     def promote(request: Request, release: str = Form(...), group: str = Form(...), reason: str = Form(""),
-                days: int = Form(14), adjudicators: str = Form(""), csrf: str = Form(""),
-                confirm: str = Form("")) -> Response:
-        s, denied = _control(request, csrf)
-        if denied:
-            return denied
+                days: int = Form(14), csrf: str = Form(""), confirm: str = Form("")) -> Response:
+        s = _control(request, csrf)
+        if isinstance(s, Response):
+            return s
         fleet = request.app.state.fleet
-        fields = {"release": release, "group": group, "reason": reason, "days": days, "adjudicators": adjudicators}
-        back = _shadow_url(release, group, days, adjudicators)
+        fields = {"release": release, "group": group, "reason": reason, "days": days}
+        back = _shadow_url(release, group, days)
         if confirm != "yes":
             extra = f" overriding the exit criteria because: {reason}" if reason.strip() else ""
             return _html(confirm_page("Promote", f"Promote {release} from shadow to production on {group}{extra}?",
                                       "/dashboard/shadow/promote", fields, s.csrf, s.name, back))
         try:
-            report = data.shadow(fleet, release, group, days, _names(adjudicators))
-            override = AdminOverride(by=s.name, reason=reason) if reason.strip() else None
-            gate = PromotionGate(data.audit_log(fleet), is_admin=lambda who: who == s.name and s.admin)
-            decision = gate.promote(release, group, report, actor=s.name, override=override)
-            spec = fleet.releases.get(release)
-            prod = fleet.releases.create(spec.model_copy(update={
-                "mode": "production", "note": f"promoted from {spec.ref} (audit {decision.audit_id})"}),
-                parent=spec.ref)
-            from fleet.rollout import RolloutRequest
-            st = fleet.rollouts.start(RolloutRequest(release=prod.ref, group=group))
-            msg = (f"promoted: {prod.ref} rolling out to {group} (rollout {st['id']})"
-                   + (" under an admin override" if decision.overridden else ""))
+            done = decisions.promote(fleet, release, group, actor=s.name, admin=s.admin, reason=reason, days=days)
+            msg = (f"promoted: {done.release} rolling out to {group} (rollout {done.rollout})"
+                   + (" under an admin override" if done.decision.overridden else ""))
         except (ShadowlineError, ValidationError) as err:
             msg = f"promotion refused: {_short(err)}"
         return RedirectResponse(back + f"&message={quote(msg)}", status_code=303)
@@ -269,10 +263,6 @@ def build_router() -> APIRouter:
     return r
 
 
-def _names(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
 def _short(err: Exception) -> str:
     if isinstance(err, ValidationError):
         first = err.errors()[0]
@@ -280,6 +270,5 @@ def _short(err: Exception) -> str:
     return str(err)
 
 
-def _shadow_url(release: str, group: str, days: int, adjudicators: str) -> str:
-    return (f"/dashboard/shadow?release={quote(release)}&group={quote(group)}&days={days}"
-            f"&adjudicators={quote(adjudicators)}")
+def _shadow_url(release: str, group: str, days: int) -> str:
+    return f"/dashboard/shadow?release={quote(release)}&group={quote(group)}&days={days}"

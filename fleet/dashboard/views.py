@@ -117,19 +117,19 @@ def pillars_body(s: Snapshot, points: list[TrendPoint], devices: list[str], rele
     distribution = (f'<div class="card" id="predictions"><h2>Prediction distribution</h2>{dist}<p>confidence '
                     f'histogram (bins of 0.1) — {e(hist)}</p><p>low-confidence share '
                     f'<b>{pct(d.low_confidence_share)}</b></p></div>')
-    per_class = table(["class", "reviews", "overrides", "rate"],
+    per_class = table(["class", "reviewed cases", "overrides", "rate"],
                       [[e(k), str(v.reviews), str(v.overrides), pct(v.rate)] for k, v in o.per_class.items()],
                       "override-class")
-    per_band = table(["confidence", "reviews", "overrides", "rate"],
+    per_band = table(["confidence", "reviewed cases", "overrides", "rate"],
                      [[e(k), str(v.reviews), str(v.overrides), pct(v.rate)] for k, v in o.per_band.items()],
                      "override-band")
     overrides = (f'<div class="card" id="overrides"><h2>Human override rate</h2><p>overall <b>{pct(o.overall.rate)}'
-                 f'</b> of {o.overall.reviews} reviews; false positives corrected {o.false_positive_corrected}, '
-                 f'missed defects caught {o.missed_defect_caught}, bad images {o.bad_image}</p>{per_class}{per_band}'
-                 "</div>")
+                 f'</b> ({o.overall.overrides} of {o.overall.reviews} reviewed cases); false positives corrected '
+                 f'{o.false_positive_corrected}, missed defects caught {o.missed_defect_caught}, bad images '
+                 f'{o.bad_image}; unresolved disputes {o.unresolved}</p>{per_class}{per_band}</div>')
     impact = (f'<div class="card" id="impact"><h2>Business impact</h2><p>actions sent <b>{i.actions_sent}</b></p>'
               f"<p>defects the model caught that inspectors missed <b>{i.model_caught_inspector_missed}</b>; "
-              f"inspectors caught that the model missed {i.inspector_caught_model_missed}</p></div>")
+              f"missed defects (the model passed them) <b>{i.missed_defects}</b></p></div>")
     days = [p.day for p in points]
     charts = "".join([
         line_chart("predictions per day", days, [float(p.predictions) for p in points], "{:.0f}", "chart-predictions"),
@@ -168,8 +168,8 @@ def shadow_body(r: ShadowReport | None, releases: list[str], release: str, group
             f'release {_select("release", releases, release, "choose")} '
             f'group <input id="shadow-group" name="group" value="{e(group)}"> '
             f'days <input name="days" type="number" min="1" value="{days}" size="4"> '
-            f'adjudicators <input name="adjudicators" value="{e(adjudicators)}" placeholder="qa-lead, …"> '
-            '<button id="show-report" type="submit">Show report</button></form>')
+            '<button id="show-report" type="submit">Show report</button></form>'
+            f'<p class=muted id=adjudicators>adjudicators (fleet config): {e(adjudicators or "none")}</p>')
     out = form + (f"<p id=error class=bad>{e(error)}</p>" if error else "")
     audit_rows = [[e(a.at), e(a.actor), e(a.release), e(a.group), e(a.outcome), e(a.reason),
                    e(", ".join(a.failed_checks))] for a in reversed(audit)]
@@ -182,11 +182,12 @@ def shadow_body(r: ShadowReport | None, releases: list[str], release: str, group
                    [[e(c.name), f'<span class="{"ok" if c.passed else "bad"}">{"pass" if c.passed else "fail"}</span>',
                      e(c.detail)] for c in r.checks], "checks")
     summary = table(["figure", "value"], [
-        ["cases / reviewed / adjudicated", f"{r.cases} / {r.reviewed} / {r.evaluated}"],
-        ["unresolved disagreements", str(r.unresolved)], ["agreement", pct(r.agreement_rate)],
+        ["cases / reviewed / disputed / adjudicated", f"{r.cases} / {r.reviewed} / {r.disputed} / {r.adjudicated}"],
+        ["unresolved disputes", str(r.unresolved)], ["agreement", pct(r.agreement_rate)],
+        ["override rate", f"{pct(r.override_rate.rate)} ({r.override_rate.overrides} of {r.override_rate.reviews})"],
         ["defects", str(r.defects)], ["model recall", num(r.model_recall, "{:.3f}")],
         ["inspector recall", num(r.inspector_recall, "{:.3f}")],
-        ["model-only catches", str(r.model_only_catches)], ["inspector-only catches", str(r.inspector_only_catches)],
+        ["model-only catches", str(r.model_only_catches)], ["missed defects", str(r.missed_defects)],
         ["model false positives", str(r.model_false_positives)], ["false-positive rate", num(r.fp_rate, "{:.3f}")],
         ["days covered", f"{r.coverage.days} ({r.coverage.weekdays} weekdays, {r.coverage.weekend_days} weekend)"],
         ["devices", e(", ".join(r.devices))]], "summary")
@@ -196,14 +197,14 @@ def shadow_body(r: ShadowReport | None, releases: list[str], release: str, group
     per_class = table(["class", "model P", "model R", "model F1", "inspector P", "inspector R", "inspector F1"],
                       [[e(c), *(num(getattr(s[w], k), "{:.3f}") for w in ("model", "inspector")
                                 for k in ("precision", "recall", "f1"))] for c, s in r.per_class.items()], "per-class")
-    q = f"release={quote(release)}&group={quote(group)}&days={days}&adjudicators={quote(adjudicators)}"
+    q = f"release={quote(release)}&group={quote(group)}&days={days}"
     links = (f'<p><a id="json" href="/dashboard/shadow/report?{q}&format=json">JSON</a> · '
              f'<a id="markdown" href="/dashboard/shadow/report?{q}&format=md">Markdown</a></p>')
     signed = (f"<p id=signoff>Signed off by {e(r.sign_off.by)} at {e(r.sign_off.at)}</p>" if r.sign_off
               else "<p id=signoff class=muted>No sign-off recorded.</p>")
     controls = ""
     if admin:
-        keep = {"release": release, "group": group, "days": days, "adjudicators": adjudicators, "csrf": csrf}
+        keep = {"release": release, "group": group, "days": days, "csrf": csrf}
         controls = (
             f'<h2>Decide</h2><form method="post" action="/dashboard/shadow/signoff">{hidden(keep)}'
             '<label>note <input name="note" size="40"></label> <button id="sign-off" type="submit">Sign off…</button>'

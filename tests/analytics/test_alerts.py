@@ -158,7 +158,7 @@ def test_alert_records_roundtrip_the_protocol():
 
 
 def test_fleet_pass_raises_per_device_and_fleet_against_release_baseline():
-    from fleet.analytics.monitor import evaluate_fleet
+    from fleet.analytics.alerts import evaluate_fleet
     # release pcb@1 ran cleanly for its first day (latency 10 ms); on day 3 dev-2 slows to 30 ms
     first_day = [pred(at(hours=h), device=d, latency=10.0) for h in range(24) for d in ("dev-1", "dev-2")]
     now = at(days=3)

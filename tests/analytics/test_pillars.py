@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.analytics.pillars import PillarOptions, baseline, percentile, snapshot, trend
+from fleet.analytics.figures import percentile
+from fleet.analytics.pillars import PillarOptions, baseline, snapshot, trend
 from fleet.analytics.windows import Scope, Window, group_by, select
 from runtime.errors import ConfigError, NotFound
 from tests.analytics.streams import at, pred, queue, review
@@ -28,8 +29,7 @@ def test_health_figures_by_hand():
 
 def test_percentile_nearest_rank():
     assert percentile([5.0], 99) == 5.0
-    with pytest.raises(ValueError, match="no values"):  # no data is the caller's to say, never 0
-        percentile([], 95)
+    assert percentile([], 95) is None  # nothing measured is no figure, not 0
     assert percentile(list(map(float, range(1, 101))), 95) == 95.0
 
 
@@ -73,7 +73,7 @@ def test_impact_actions_and_shadow_catches():
             review(shadow[1], "missed_defect", at(hours=3), "qa", defect_class="Defective")]
     s = snapshot(prod + shadow, revs, [], w, opts=PillarOptions(adjudicators=["qa"]))
     assert s.impact.actions_sent == 4
-    assert s.impact.model_caught_inspector_missed == 1 and s.impact.inspector_caught_model_missed == 1
+    assert s.impact.model_caught_inspector_missed == 1 and s.impact.missed_defects == 1
 
 
 def test_scope_release_and_device():

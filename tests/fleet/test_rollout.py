@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from fleet.analytics.figures import percentile
 from fleet.config import FleetConfig
 from fleet.protocol import ReleaseSpec, StageSpec
-from fleet.rollout import Gates, RolloutRequest, p95, wave_sizes
+from fleet.rollout import Gates, RolloutRequest, wave_sizes
 from fleet.service import FleetService
 from tests.fleet.devicesim import SimFleet, wait_for
 
@@ -21,7 +22,7 @@ def test_wave_sizes_and_p95():
     assert wave_sizes(["1", "10%", "50%", "100%"], 5) == [1, 3, 5]
     assert wave_sizes(["50%"], 3) == [2, 3]
     assert wave_sizes(["5", "2"], 10) == [5, 10]
-    assert p95(list(range(1, 101))) == 95 and p95([]) is None
+    assert percentile(list(range(1, 101)), 95) == 95 and percentile([], 95) is None
     with pytest.raises(ValueError, match="percentage"):
         RolloutRequest(release="a@1", group="g", waves=["150%"])
 
