@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from fleet.alerting import AlertBook, JsonlActionLog, NotificationLog, Notifier
@@ -47,6 +48,8 @@ class Fleet:
         self.devices = Devices(self.store)
         self._publish = publish
         self._publish_many: PublishMany | None = None
+        # set by FleetService once it has a broker connection; /metrics reports it
+        self.broker_connected: Callable[[], bool] | None = None
         self.desired = DesiredStates(self.store, self.registry, self.releases, self.topics, config.base_url,
                                      self.publish, self.publish_many)
         self.rollouts = Rollouts(self.store, self.releases, self.devices, self.desired, config.adjudicators)
@@ -117,6 +120,7 @@ class FleetService:
         self.mqtt.on_connected(self._reconnected.set)
         self.mqtt.start(wait=30)
         self.fleet.attach(self._publish, self._publish_many)
+        self.fleet.broker_connected = lambda: self.mqtt is not None and self.mqtt.connected
         self._loop = threading.Thread(target=self._run, name="rollout-loop", daemon=True)
         self._loop.start()
         if self.config.monitor_interval_s > 0:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install everything Shadowline and its tests need on a fresh Debian/Ubuntu machine:
-# system packages (Python venv, Mosquitto, Chromium for page tests) and the project in .venv with all extras.
+# system packages (Python venv, Mosquitto, Chromium for page tests, Prometheus for promtool and the scrape test)
+# and the project in .venv with all extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in python3-venv mosquitto chromium chromium-driver; do
+for pkg in python3-venv mosquitto chromium chromium-driver prometheus; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

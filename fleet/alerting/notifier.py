@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,7 @@ class Notifier:
         self.clock, self.send = clock, send
         self._groups: dict[str, _Group] = {}
         self._retries: list[_Retry] = []
+        self._outcomes: Counter[tuple[str, str]] = Counter()
         self._mu = threading.Lock()
         self._restore()
 
@@ -227,6 +229,8 @@ class Notifier:
             final = isinstance(err, PartialDelivery) or attempt > self.config.retry_max
             log.warning("alert notification %s to %s failed (attempt %d%s): %s", n.id, ch.name, attempt,
                         ", giving up" if final else "", err)
+            with self._mu:
+                self._outcomes[(ch.name, "gave_up" if final else "failed")] += 1
             self.log.append(Delivery(notification=n, channel=ch.name, outcome="gave_up" if final else "failed",
                                      attempt=attempt, error=str(err), at=self.clock()))
             if not final:
@@ -235,7 +239,14 @@ class Notifier:
                     self._retries.append(_Retry(ch, n, attempt + 1, self.clock() + wait))
             return
         log.info("alert notification %s (%s, %d alerts) sent to %s", n.id, n.status, len(n.alerts), ch.name)
+        with self._mu:
+            self._outcomes[(ch.name, "sent")] += 1
         self.log.append(Delivery(notification=n, channel=ch.name, outcome="sent", attempt=attempt, at=self.clock()))
+
+    def outcomes(self) -> dict[tuple[str, str], int]:
+        """Delivery attempts since start by (channel, outcome), for /metrics."""
+        with self._mu:
+            return dict(self._outcomes)
 
     def pending(self) -> int:
         """Retries waiting (for tests and /metrics)."""

@@ -1,80 +1,291 @@
-"""Prometheus text exposition of the fleet service (the device daemon serves its own): devices, ingested
-records, last-hour health and override rate per device and fleet-wide, raised alerts, rollouts by state."""
+"""The fleet service's Prometheus /metrics, through prometheus_client: a collector that reads the store at each
+scrape. By the book: base units (seconds), cumulative `_total` counters and histograms from which PromQL takes
+any window (no precomputed `_1h` figures), one series per real device (no `device="fleet"` sum that would
+double-count; `sum()` gives the fleet), HELP on every family, and info metrics for what runs
+(`shadowline_build_info`, `shadowline_release_info`). The figures' definitions are docs/field-truth.md's."""
 
 from __future__ import annotations
 
+import json
+import logging
+import platform
+import shutil
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
-from fleet.analytics.alerts import AlertTracker
-from fleet.analytics.pillars import snapshot
-from fleet.analytics.windows import FLEET, Scope, Window
-from fleet.decisions import now_utc, pillar_options, review_since
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fleet.analytics.pillars import QUEUE_KEYS, PillarOptions
+from fleet.analytics.windows import parse_ts
+from runtime import __version__
+
+log = logging.getLogger(__name__)
+
+# Seconds. Inference on a Jetson runs 5-100 ms per frame; a stalled verify stage shows up in the top buckets.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Top scores in tenths, as the pillars' histogram; 0.6 is the low-confidence line of the field guide.
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# The classic text format that generate_latest writes (and every Prometheus 2.x parses); newer prometheus_client
+# versions name 1.0.0 as "latest", which older scrapers do not know.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RECORD_KINDS = ("predictions", "reviews", "metrics", "alerts", "events")
 
 
-def _label(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _hist_sql(column: str, scale: float, buckets: tuple[float, ...]) -> str:
+    """Cumulative bucket counts of `column / scale` as SQL sums (le is inclusive, as Prometheus's)."""
+    parts = [f"SUM(CASE WHEN {column} <= {b * scale!r} THEN 1 ELSE 0 END) AS b{i}" for i, b in enumerate(buckets)]
+    return ", ".join(parts) + f", COUNT({column}) AS n, SUM({column}) AS total"
 
 
-class _Out:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def metric(self, name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
-        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-        for labels, value in samples:
-            lab = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-            self.lines.append(f"{name}{{{lab}}} {value:.6g}" if lab else f"{name} {value:.6g}")
+def _buckets(row: dict[str, Any], buckets: tuple[float, ...]) -> list[tuple[str, float]]:
+    out = [(repr(b) if b != int(b) else f"{b:.1f}", float(row[f"b{i}"] or 0)) for i, b in enumerate(buckets)]
+    return out + [("+Inf", float(row["n"] or 0))]
 
 
-def render_metrics(fleet: Any) -> str:
-    now = now_utc()
-    win = Window.last("1h", end=now)
-    out = _Out()
-    devices = fleet.devices.list()
-    status = Counter(d.get("status") or "unknown" for d in devices)
-    out.metric("shadowline_fleet_devices", "gauge", "Registered devices by connection status.",
-               [({"status": s}, float(n)) for s, n in sorted(status.items())])
-    out.metric("shadowline_fleet_records_total", "counter", "Records ingested and stored, by kind.",
-               [({"kind": k}, float(fleet.store.count(k))) for k in ("predictions", "reviews", "metrics", "alerts",
-                                                                      "events")])
-    preds = list(fleet.store.predictions(since=win.start.isoformat()))
-    revs = list(fleet.store.reviews(since=review_since(fleet, win.start)))
-    mets = list(fleet.store.metrics(since=win.start.isoformat()))
-    scopes = [FLEET] + [d["id"] for d in devices]
-    opts = pillar_options(fleet)
-    snaps = {s: snapshot(preds, revs, mets, win, Scope(device=s), opts) for s in scopes}
+class FleetCollector(Collector):
+    """Everything /metrics says about the fleet, read from `fleet` (a fleet.service.Fleet) at each scrape."""
 
-    def per(fn) -> list[tuple[dict[str, str], float]]:
-        rows = []
-        for s, snap in snaps.items():
-            v = fn(snap)
-            if v is not None:
-                rows.append(({"device": "fleet" if s == FLEET else s}, float(v)))
-        return rows
+    def __init__(self, fleet: Any) -> None:
+        self.fleet = fleet
 
-    out.metric("shadowline_fleet_predictions_1h", "gauge", "Predictions in the last hour.",
-               per(lambda x: x.health.predictions))
-    out.metric("shadowline_fleet_error_rate_1h", "gauge", "Share of predictions with decision=error, last hour.",
-               per(lambda x: x.health.error_rate))
-    out.metric("shadowline_fleet_latency_p95_ms_1h", "gauge", "P95 total latency in ms, last hour.",
-               per(lambda x: x.health.latency_ms["total"].p95 if "total" in x.health.latency_ms else None))
-    out.metric("shadowline_fleet_low_confidence_share_1h", "gauge", "Share of low-confidence predictions, last hour.",
-               per(lambda x: x.distribution.low_confidence_share))
-    out.metric("shadowline_fleet_override_rate_1h", "gauge", "Share of reviewed cases whose deciding verdict "
-               "overrides the model (first verdict in the last hour).", per(lambda x: x.overrides.overall.rate))
-    out.metric("shadowline_fleet_queue_depth", "gauge", "Last reported outbox backlog in the last hour.",
-               per(lambda x: x.health.queue_depth))
-    out.metric("shadowline_fleet_actions_sent_1h", "gauge", "Production flags (actions sent), last hour.",
-               per(lambda x: x.impact.actions_sent))
-    share = []
-    for cls, v in snaps[FLEET].distribution.share.items():
-        share.append(({"class": cls}, v))
-    out.metric("shadowline_fleet_class_share_1h", "gauge", "Share of predictions per top class, fleet, last hour.",
-               share)
-    active = AlertTracker.from_history(fleet.store.alerts()).active
-    out.metric("shadowline_fleet_alerts_raised", "gauge", "Alerts currently raised.", [({}, float(len(active)))])
-    states = Counter(r["state"] for r in fleet.rollouts.list())
-    out.metric("shadowline_fleet_rollouts", "gauge", "Rollouts by state.",
-               [({"state": s}, float(n)) for s, n in sorted(states.items())])
-    return "\n".join(out.lines) + "\n"
+    def collect(self) -> Iterator[Metric]:
+        build = GaugeMetricFamily("shadowline_build_info", "Shadowline version of the fleet service (always 1).",
+                                  labels=["version", "python", "component"])
+        build.add_metric([__version__, platform.python_version(), "fleet"], 1)
+        yield build
+        broker = GaugeMetricFamily("shadowline_fleet_broker_connected",
+                                   "1 when the fleet service is connected to its MQTT broker, else 0.")
+        connected = getattr(self.fleet, "broker_connected", None)
+        broker.add_metric([], 1.0 if connected is not None and connected() else 0.0)
+        yield broker
+        yield from self._disk()
+        up = GaugeMetricFamily("shadowline_fleet_store_up",
+                               "1 when the fleet store answered this scrape's queries, else 0.")
+        try:
+            families = list(self._store_families())
+        except Exception:  # a failing store is what this metric reports; the scrape itself still answers
+            log.exception("fleet store failed during a /metrics scrape")
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        yield from families
+        yield from self._notifications()
+
+    def _disk(self) -> Iterator[Metric]:
+        try:
+            usage = shutil.disk_usage(self.fleet.config.data_dir)
+        except OSError:
+            return
+        avail = GaugeMetricFamily("shadowline_fleet_data_filesystem_avail_bytes",
+                                  "Bytes free to the fleet service on the filesystem of its data directory.")
+        avail.add_metric([], float(usage.free))
+        size = GaugeMetricFamily("shadowline_fleet_data_filesystem_size_bytes",
+                                 "Size in bytes of the filesystem holding the fleet's data directory.")
+        size.add_metric([], float(usage.total))
+        yield avail
+        yield size
+
+    def _store_families(self) -> Iterator[Metric]:
+        fleet, store = self.fleet, self.fleet.store
+        devices = fleet.devices.list()
+        status = Counter(d.get("status") or "unknown" for d in devices)
+        fam = GaugeMetricFamily("shadowline_fleet_devices", "Registered devices by connection status.",
+                                labels=["status"])
+        for s, n in sorted(status.items()):
+            fam.add_metric([s], n)
+        yield fam
+        online = GaugeMetricFamily("shadowline_fleet_device_online",
+                                   "1 when the device's MQTT status is online, 0 when offline or unknown.",
+                                   labels=["device"])
+        seen = GaugeMetricFamily("shadowline_fleet_device_last_seen_timestamp_seconds",
+                                 "Unix time the fleet last heard from the device.", labels=["device"])
+        groups = GaugeMetricFamily("shadowline_fleet_device_group_info",
+                                   "Group membership of each device (always 1; join on device).",
+                                   labels=["device", "group"])
+        release = GaugeMetricFamily("shadowline_release_info",
+                                    "Release each device reports running, as active or candidate (always 1).",
+                                    labels=["device", "release", "role", "mode"])
+        modes = {r["ref"]: (r.get("spec") or {}).get("mode", "") for r in fleet.releases.list()}
+        for d in devices:
+            online.add_metric([d["id"]], 1.0 if d.get("status") == "online" else 0.0)
+            if d.get("last_seen"):
+                seen.add_metric([d["id"]], parse_ts(d["last_seen"]).timestamp())
+            for g in d.get("groups") or []:
+                groups.add_metric([d["id"], g], 1)
+            for role in ("active", "candidate"):
+                if d.get(role):
+                    release.add_metric([d["id"], d[role], role, modes.get(d[role], "")], 1)
+        yield from (online, seen, groups, release)
+
+        records = CounterMetricFamily("shadowline_fleet_records", "Records ingested and stored, by kind.",
+                                      labels=["kind"])
+        for kind in RECORD_KINDS:
+            records.add_metric([kind], store.count(kind))
+        yield records
+        member = {d["id"]: list(d.get("groups") or []) for d in devices}
+        yield from self._predictions(store, member)
+        yield from self._reviews(store, member)
+        yield from self._queue(store)
+        yield from self._alerts()
+        rollouts = GaugeMetricFamily("shadowline_fleet_rollouts", "Rollouts by state.", labels=["state"])
+        for s, n in sorted(Counter(r["state"] for r in fleet.rollouts.list()).items()):
+            rollouts.add_metric([s], n)
+        yield rollouts
+        stats = fleet.ingest.stats.as_dict()
+        ingest = CounterMetricFamily("shadowline_fleet_ingest_messages",
+                                     "MQTT messages handled by ingest since the service started, by outcome.",
+                                     labels=["outcome"])
+        ingest.add_metric(["well_formed"], stats["messages"] - stats["malformed"])
+        ingest.add_metric(["malformed"], stats["malformed"])
+        yield ingest
+        dup = CounterMetricFamily("shadowline_fleet_ingest_duplicate_records",
+                                  "Redelivered records ignored by id since the service started.")
+        dup.add_metric([], stats["duplicates"])
+        yield dup
+        bad = CounterMetricFamily("shadowline_fleet_malformed_messages",
+                                  "Malformed messages stored per device topic kind (all time).", labels=["kind"])
+        per_kind: Counter[str] = Counter()
+        for topic, row in store.malformed().items():
+            per_kind[topic.rsplit("/", 1)[-1]] += row["count"]
+        for k, n in sorted(per_kind.items()):
+            bad.add_metric([k], n)
+        yield bad
+
+    def _predictions(self, store: Any, member: dict[str, list[str]]) -> Iterator[Metric]:
+        low = PillarOptions().low_confidence
+        rows = store.rows(
+            "SELECT device, release, revision, role, mode, decision, top_label, COUNT(*) AS n, "
+            f"SUM(CASE WHEN decision != 'error' AND top_score < {low!r} THEN 1 ELSE 0 END) AS low "
+            "FROM predictions GROUP BY device, release, revision, role, mode, decision, top_label")
+        preds = CounterMetricFamily(
+            "shadowline_fleet_predictions", "Predictions stored, by device, release (name@revision), role "
+            "(active or candidate), mode, decision (pass, flag, error) and top class. Production flags of the "
+            "active release are the actions sent.", labels=["device", "release", "role", "mode", "decision", "class"])
+        lowc = CounterMetricFamily(
+            "shadowline_fleet_low_confidence_predictions", f"Predictions (errors left out) whose top score is below "
+            f"{low:g}, by device, release and role.", labels=["device", "release", "role"])
+        low_sum: Counter[tuple[str, str, str]] = Counter()
+        per_group: Counter[tuple[str, str, str, str]] = Counter()
+        for r in rows:
+            ref, role = f"{r['release']}@{r['revision']}", r["role"] or "active"
+            preds.add_metric([r["device"], ref, role, r["mode"] or "", r["decision"], r["top_label"] or ""], r["n"])
+            low_sum[(r["device"], ref, role)] += r["low"] or 0
+            for g in member.get(r["device"], []):
+                per_group[(g, ref, role, r["decision"])] += r["n"]
+        for key, n in sorted(low_sum.items()):
+            lowc.add_metric(list(key), n)
+        yield preds
+        yield lowc
+        gp = CounterMetricFamily(
+            "shadowline_fleet_group_predictions", "Predictions of each device group's members by release, role and "
+            "decision (the SLIs per group; a device in two groups counts in both, so do not sum across groups).",
+            labels=["group", "release", "role", "decision"])
+        for gkey, n in sorted(per_group.items()):
+            gp.add_metric(list(gkey), n)
+        yield gp
+        hist = [("shadowline_fleet_prediction_latency_seconds",
+                 "End-to-end latency of each prediction on its device (the record's `total`), in seconds.",
+                 "latency_ms", 1000.0, LATENCY_BUCKETS, "decision != 'error'"),
+                ("shadowline_fleet_prediction_confidence",
+                 "Top score of each prediction (errors left out), in bins of 0.1.",
+                 "top_score", 1.0, CONFIDENCE_BUCKETS, "decision != 'error'")]
+        for name, help_text, col, scale, buckets, where in hist:
+            fam = HistogramMetricFamily(name, help_text, labels=["device", "release", "role"])
+            groups: dict[tuple[str, str, str], list[float]] = {}
+            for r in store.rows(f"SELECT device, release, revision, role, {_hist_sql(col, scale, buckets)} "
+                                f"FROM predictions WHERE {where} AND {col} IS NOT NULL "
+                                "GROUP BY device, release, revision, role ORDER BY device, release, revision, role"):
+                ref, role = f"{r['release']}@{r['revision']}", r["role"] or "active"
+                fam.add_metric([r["device"], ref, role], _buckets(r, buckets), sum_value=float(r["total"] or 0) / scale)
+                if col == "latency_ms":
+                    row = [float(r[f"b{i}"] or 0) for i in range(len(buckets))] + [float(r["n"] or 0),
+                                                                                     float(r["total"] or 0) / scale]
+                    for g in member.get(r["device"], []):
+                        acc = groups.setdefault((g, ref, role), [0.0] * len(row))
+                        groups[(g, ref, role)] = [a + b for a, b in zip(acc, row)]
+            yield fam
+            if col == "latency_ms":
+                gl = HistogramMetricFamily(
+                    "shadowline_fleet_group_prediction_latency_seconds", "End-to-end prediction latency of each "
+                    "device group's members, in seconds (a device in two groups counts in both).",
+                    labels=["group", "release", "role"])
+                for key, row in sorted(groups.items()):
+                    bk = [(repr(b) if b != int(b) else f"{b:.1f}", row[i]) for i, b in enumerate(buckets)]
+                    gl.add_metric(list(key), bk + [("+Inf", row[len(buckets)])], sum_value=row[-1])
+                yield gl
+
+    def _reviews(self, store: Any, member: dict[str, list[str]]) -> Iterator[Metric]:
+        fam = CounterMetricFamily(
+            "shadowline_fleet_reviews", "Inspector verdicts stored, by device, release, verdict and whether the "
+            "verdict overrides the model.", labels=["device", "release", "verdict", "override"])
+        per_group: Counter[tuple[str, str, str, str]] = Counter()
+        for r in store.rows("SELECT device, release, revision, verdict, override, COUNT(*) AS n FROM reviews "
+                            "GROUP BY device, release, revision, verdict, override"):
+            ref, ov = f"{r['release']}@{r['revision']}", "true" if r["override"] else "false"
+            fam.add_metric([r["device"], ref, r["verdict"], ov], r["n"])
+            for g in member.get(r["device"], []):
+                per_group[(g, ref, r["verdict"], ov)] += r["n"]
+        yield fam
+        gr = CounterMetricFamily(
+            "shadowline_fleet_group_reviews", "Inspector verdicts on each device group's members by release, verdict "
+            "and override (a device in two groups counts in both).", labels=["group", "release", "verdict", "override"])
+        for key, n in sorted(per_group.items()):
+            gr.add_metric(list(key), n)
+        yield gr
+
+    def _queue(self, store: Any) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("shadowline_fleet_device_queue_depth",
+                                  "Backlog the device reported in its latest metrics record (queue_depth, else "
+                                  "outbox_depth or outbox_pending).", labels=["device"])
+        at = GaugeMetricFamily("shadowline_fleet_device_metrics_timestamp_seconds",
+                               "Unix time of the device's latest metrics record.", labels=["device"])
+        rows = store.rows("SELECT m.device, m.created_at, m.record FROM metrics m JOIN (SELECT device, "
+                          "MAX(created_at) AS t FROM metrics GROUP BY device) x ON m.device = x.device AND "
+                          "m.created_at = x.t ORDER BY m.device")
+        done = set()
+        for r in rows:
+            if r["device"] in done:
+                continue
+            done.add(r["device"])
+            values = json.loads(r["record"]).get("values") or {}
+            key = next((k for k in QUEUE_KEYS if k in values), None)
+            if key is not None:
+                depth.add_metric([r["device"]], float(values[key]))
+            at.add_metric([r["device"]], parse_ts(r["created_at"]).timestamp())
+        yield depth
+        yield at
+
+    def _alerts(self) -> Iterator[Metric]:
+        book = getattr(self.fleet, "alerts", None)
+        if book is None:
+            return
+        fam = GaugeMetricFamily("shadowline_fleet_alerts", "Open alerts by severity and status (firing, "
+                                "acknowledged, silenced).", labels=["severity", "status"])
+        counts = Counter((v.severity.value, v.status) for v in book.current())
+        for sev in ("critical", "warning", "info"):
+            for st in ("firing", "acknowledged", "silenced"):
+                fam.add_metric([sev, st], counts.get((sev, st), 0))
+        yield fam
+
+    def _notifications(self) -> Iterator[Metric]:
+        notifier = getattr(self.fleet, "notifier", None)
+        if notifier is None:
+            return
+        fam = CounterMetricFamily("shadowline_fleet_alert_notifications",
+                                  "Alert notification delivery attempts since the service started, by channel and "
+                                  "outcome (sent, failed, gave_up).", labels=["channel", "outcome"])
+        for (channel, outcome), n in sorted(notifier.outcomes().items()):
+            fam.add_metric([channel, outcome], n)
+        yield fam
+
+
+def render_metrics(fleet: Any) -> bytes:
+    """The Prometheus text exposition (format 0.0.4) of `fleet`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(fleet))
+    return generate_latest(registry)

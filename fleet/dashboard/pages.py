@@ -14,7 +14,7 @@ from fleet.analytics.shadow import SignOff
 from fleet.analytics.windows import FLEET
 from fleet.dashboard import auth, data
 from fleet.dashboard.layout import confirm_page, e, hidden, page
-from fleet.dashboard.metrics import render_metrics
+from fleet.dashboard.metrics import METRICS_CONTENT_TYPE, render_metrics
 from fleet.dashboard.views import alerts_body, devices_body, pillars_body, rollouts_body, shadow_body
 from runtime.errors import ShadowlineError
 
@@ -257,8 +257,7 @@ def build_router() -> APIRouter:
         if entry is None and _who(request) is None:
             return PlainTextResponse("a viewer token is required (Authorization: Bearer ...)", status_code=401,
                                      headers={"WWW-Authenticate": "Bearer"})
-        return PlainTextResponse(render_metrics(request.app.state.fleet),
-                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(render_metrics(request.app.state.fleet), media_type=METRICS_CONTENT_TYPE)
 
     return r
 

@@ -214,8 +214,9 @@ def test_metrics_endpoint_of_the_running_service(service):
     text = httpx.get(service["url"] + "/metrics",
                      headers={"Authorization": f"Bearer {service['tokens']['viewer']}"}).text
     stored = api(service, "/api/ingest")["stored"]["predictions"]
-    assert f'shadowline_fleet_records_total{{kind="predictions"}} {stored}' in text
-    assert 'shadowline_fleet_rollouts{state="rolled_back"} 1' in text
+    assert f'shadowline_fleet_records_total{{kind="predictions"}} {float(stored)}' in text
+    assert 'shadowline_fleet_rollouts{state="rolled_back"} 1.0' in text
+    assert "shadowline_fleet_broker_connected 1.0" in text  # the running service holds its MQTT connection
 
 
 def test_halt_from_the_page_is_confirmed_and_stops_the_rollout(service, page):
