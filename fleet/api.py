@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fleet.apidocs import mount_docs
 from fleet.artifacts import resolve
 from fleet.protocol import DEVICE_ID_RE, ReleaseSpec, ReviewRecord
 from fleet.releases import ThresholdChange
@@ -237,8 +238,9 @@ def build_router() -> APIRouter:
 
 
 def create_app(fleet: Fleet, ready: Callable[[], bool] | None = None) -> FastAPI:
-    app = FastAPI(title="Shadowline fleet", version="1",
+    app = FastAPI(title="Shadowline fleet", version="1", docs_url=None, redoc_url=None,
                   description="Bundles, releases, devices, staged rollouts; artifacts; mobile inspector endpoints.")
+    mount_docs(app)  # Swagger UI and ReDoc from local assets: no CDN on a plant network
     app.state.fleet = fleet
 
     @app.exception_handler(ShadowlineError)

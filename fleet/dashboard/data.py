@@ -14,7 +14,7 @@ from fleet.analytics.windows import Scope, Window
 from fleet.decisions import audit_log, latest_signoff, now_utc, pillars, record_signoff
 from fleet.protocol import AlertRecord
 
-__all__ = ["alerts", "audit_log", "capability", "devices", "evaluate_alerts", "latest_signoff", "now_utc", "pillars",
+__all__ = ["audit_log", "capability", "devices", "evaluate_alerts", "latest_signoff", "now_utc", "pillars",
            "record_signoff", "shadow"]
 
 
@@ -62,13 +62,6 @@ def capability(ev: Any) -> dict[str, Any]:
             "throughput_ips": _fig(best.get("throughput_ips")) if best else None,
             "verdicts": {str(k): str(v.get("status")) for k, v in verdicts.items() if isinstance(v, dict)},
             "configs": len(configs), "record_id": ev.id}
-
-
-def alerts(fleet: Any, limit: int = 200) -> tuple[list[AlertRecord], list[AlertRecord]]:
-    """(currently raised, latest changes newest first)."""
-    history = list(fleet.store.alerts())
-    active = list(AlertTracker.from_history(history).active.values())
-    return active, list(reversed(history[-limit:]))
 
 
 def evaluate_alerts(fleet: Any, now: datetime | None = None, window: str = "1h") -> list[AlertRecord]:

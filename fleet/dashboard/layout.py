@@ -26,6 +26,15 @@ form.inline{display:inline}button{cursor:pointer}
 .pillars{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:1rem}
 .card{border:1px solid #e2e8f0;border-radius:.4rem;padding:.4rem .9rem}
 .msg{padding:.5rem .8rem;background:#fef9c3;border:1px solid #fde047;margin-bottom:1rem}
+.warn{color:#b45309;font-weight:600}.scroll{overflow-x:auto;max-width:100%}
+.sev{text-transform:uppercase;font-size:.75rem;letter-spacing:.03em}
+.status.firing{color:#b91c1c;font-weight:600}.status.acknowledged{color:#b45309}.status.silenced{color:#64748b}
+.status.resolved{color:#15803d}
+a.button{display:inline-block;padding:.05rem .4rem;border:1px solid #94a3b8;border-radius:.2rem;color:inherit;
+text-decoration:none;background:#f1f5f9;font-size:.85rem}
+header{flex-wrap:wrap}
+@media (max-width:600px){main{padding:.6rem}header{gap:.6rem;font-size:.9rem}.pillars{grid-template-columns:1fr}
+table{font-size:.8rem}th,td{padding:.2rem .35rem}}
 """
 
 

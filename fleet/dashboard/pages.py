@@ -3,6 +3,7 @@ downloads and Prometheus /metrics."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request
@@ -13,9 +14,10 @@ from fleet import decisions
 from fleet.analytics.shadow import SignOff
 from fleet.analytics.windows import FLEET
 from fleet.dashboard import auth, data
+from fleet.dashboard.alertviews import alert_body, alerts_body
 from fleet.dashboard.layout import confirm_page, e, hidden, page
 from fleet.dashboard.metrics import METRICS_CONTENT_TYPE, render_metrics
-from fleet.dashboard.views import alerts_body, devices_body, pillars_body, rollouts_body, shadow_body
+from fleet.dashboard.views import devices_body, pillars_body, rollouts_body, shadow_body
 from runtime.errors import ShadowlineError
 
 
@@ -108,9 +110,78 @@ def build_router() -> APIRouter:
         s = _who(request)
         if s is None:
             return _login_redirect(request)
-        active, history = data.alerts(request.app.state.fleet)
-        return _html(page("Alerts", alerts_body(active, history, s.csrf, s.admin), s.name, "/dashboard/alerts",
-                          message))
+        book = request.app.state.fleet.alerts
+        body = alerts_body(book.current(), book.history(), book.silences(), s.csrf, s.admin)
+        return _html(page("Alerts", body, s.name, "/dashboard/alerts", message))
+
+    @r.get("/dashboard/alerts/{alert_id}")
+    def alert_page(request: Request, alert_id: str, message: str = "") -> Response:
+        s = _who(request)
+        if s is None:
+            return _login_redirect(request)
+        try:
+            view = request.app.state.fleet.alerts.get(alert_id)
+        except ShadowlineError as err:
+            return _html(page("Alert", f"<p id=error>{e(err)}</p>", s.name, "/dashboard/alerts"), err.http_status)
+        title = f"Alert: {view.rule} on {'the whole fleet' if view.device == FLEET else view.device}"
+        return _html(page(title, alert_body(view, s.csrf, s.admin), s.name, "/dashboard/alerts", message))
+
+    @r.post("/dashboard/alerts/{alert_id}/{action}")
+    def alert_action(request: Request, alert_id: str, action: str, note: str = Form(""), csrf: str = Form(""),
+                     confirm: str = Form("")) -> Response:
+        if action not in ("ack", "resolve"):
+            return _html(page("Unknown action", f"<p id=error>no action {e(action)!r}</p>"), 404)
+        s = _control(request, csrf)
+        if isinstance(s, Response):
+            return s
+        book = request.app.state.fleet.alerts
+        back = f"/dashboard/alerts/{quote(alert_id)}"
+        if confirm != "yes":
+            what = "Acknowledge" if action == "ack" else "Resolve"
+            q = (f"Acknowledge alert {alert_id}? Repeats stop and everyone sees you are on it." if action == "ack" else
+                 f"Resolve alert {alert_id} by hand? If its condition still holds, the next evaluation raises it again.")
+            return _html(confirm_page(what, q, f"{back}/{action}", {"note": note}, s.csrf, s.name, back))
+        try:
+            view = book.ack(alert_id, s.name, note) if action == "ack" else book.resolve(alert_id, s.name, note)
+            msg = f"alert {alert_id}: {view.status}"
+        except ShadowlineError as err:
+            msg = f"alert {alert_id}: {err}"
+        return RedirectResponse(f"{back}?message={quote(msg)}", status_code=303)
+
+    @r.post("/dashboard/alerts/silence")
+    def silence(request: Request, device: str = Form("*"), rule: str = Form("*"), hours: float = Form(4.0),
+                reason: str = Form(""), back: str = Form(""), csrf: str = Form(""), confirm: str = Form("")) -> Response:
+        s = _control(request, csrf)
+        if isinstance(s, Response):
+            return s
+        fields = {"device": device, "rule": rule, "hours": hours, "reason": reason, "back": back}
+        target = f"/dashboard/alerts/{quote(back)}" if back else "/dashboard/alerts"
+        if confirm != "yes":
+            return _html(confirm_page("Silence", f"Silence alerts of rule {rule!r} on device {device!r} for {hours:g} h "
+                                      f"because: {reason}? They still show here but notify nobody.",
+                                      "/dashboard/alerts/silence", fields, s.csrf, s.name, target))
+        try:
+            sil = request.app.state.fleet.alerts.silence(s.name, reason, timedelta(hours=hours), device, rule)
+            msg = f"silenced {sil.rule} on {sil.device} until {sil.until[:16]} UTC"
+        except (ShadowlineError, ValidationError) as err:
+            msg = f"not silenced: {_short(err)}"
+        return RedirectResponse(f"{target}?message={quote(msg)}", status_code=303)
+
+    @r.post("/dashboard/silences/{silence_id}/expire")
+    def expire(request: Request, silence_id: str, csrf: str = Form(""), confirm: str = Form("")) -> Response:
+        s = _control(request, csrf)
+        if isinstance(s, Response):
+            return s
+        if confirm != "yes":
+            return _html(confirm_page("End silence", f"End silence {silence_id} now? Matching alerts notify again.",
+                                      f"/dashboard/silences/{silence_id}/expire", {}, s.csrf, s.name,
+                                      "/dashboard/alerts"))
+        try:
+            request.app.state.fleet.alerts.expire(silence_id, s.name)
+            msg = f"silence {silence_id} ended"
+        except ShadowlineError as err:
+            msg = str(err)
+        return RedirectResponse(f"/dashboard/alerts?message={quote(msg)}", status_code=303)
 
     @r.get("/dashboard/shadow")
     def shadow_page(request: Request, release: str = "", group: str = "", days: int = Query(14, ge=1, le=365),

@@ -12,7 +12,6 @@ from fleet.analytics.shadow import ShadowReport
 from fleet.analytics.windows import FLEET, WINDOWS
 from fleet.dashboard.charts import line_chart
 from fleet.dashboard.layout import button_form, e, hidden, num, pct, table
-from fleet.protocol import AlertRecord
 
 
 def _status(s: str | None) -> str:
@@ -147,19 +146,6 @@ def pillars_body(s: Snapshot, points: list[TrendPoint], devices: list[str], rele
             f"{e(s.window.end.isoformat(timespec='seconds'))}</p>"
             f'<div class="pillars">{health}{distribution}{overrides}{impact}</div>'
             f'<h2>30-day trends</h2><div class="charts">{charts}</div>')
-
-
-def _alert_rows(alerts: list[AlertRecord]) -> list[list[str]]:
-    return [[e(a.created_at), e(a.device if a.device != FLEET else "fleet"), e(a.rule),
-             f'<span class="{"bad" if a.state == "raised" else "ok"}">{e(a.state)}</span>', num(a.value, "{:.4g}"),
-             num(a.threshold, "{:.4g}"), e(a.message)] for a in alerts]
-
-
-def alerts_body(active: list[AlertRecord], history: list[AlertRecord], csrf: str, admin: bool) -> str:
-    heads = ["time", "scope", "rule", "state", "value", "threshold", "message"]
-    run = button_form("/dashboard/alerts/evaluate", "Evaluate rules now", {}, csrf, "evaluate") if admin else ""
-    return (f"<h2>Raised now ({len(active)})</h2>" + table(heads, _alert_rows(active), "active-alerts") + run
-            + "<h2>History</h2>" + table(heads, _alert_rows(history), "alert-history"))
 
 
 def shadow_body(r: ShadowReport | None, releases: list[str], release: str, group: str, days: int,

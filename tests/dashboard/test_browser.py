@@ -82,6 +82,12 @@ def service(tmp_path_factory, bundles, keys):
                       public_url=f"http://127.0.0.1:{http_port}")
     fleet = Fleet(cfg, publish=lambda *a: None)  # filled offline; the service republishes desired on connect
     populate(fleet, bundles["pcb-aoi"])
+    from fleet.protocol import AlertRecord
+    fleet.store.insert_records("alerts", [  # one alert of each severity the pages must show
+        AlertRecord(device="dev-a", rule="error_rate", state="raised", severity="critical", value=0.1, threshold=0.01,
+                    message="error rate 10.00% over 30 predictions (limit 1.00%)"),
+        AlertRecord(device="*", rule="override_rate", state="raised", severity="warning", value=0.2, threshold=0.15,
+                    message="override rate 20.0% of 40 reviews (limit 15%)")])
     fleet.close()
     log = open(work / "fleet.log", "wb")
     proc = subprocess.Popen(
@@ -241,3 +247,48 @@ def test_halt_from_the_page_is_confirmed_and_stops_the_rollout(service, page):
     assert st["state"] == "halted" and st["reason"] == "halted at wave 0: halted from the dashboard by admin-user"
     assert page.locator(f"#halt-{rid}").count() == 0  # no Halt control on a halted rollout; Roll back remains
     assert page.locator(f"#rollback-{rid}").count() == 1
+
+
+@pytest.mark.parametrize("width,height", [(390, 844), (1400, 1000)])
+def test_pages_at_phone_and_desktop_width(service, page, width, height):
+    """Devices, pillars, alerts, one alert and the API docs at phone and desktop width; saved for people to look
+    at. The API docs load with every request to another host refused (a plant network without internet)."""
+    page.set_viewport_size({"width": width, "height": height})
+    try:
+        tag = "phone" if width < 600 else "desktop"
+        page.goto(service["url"] + "/dashboard/")
+        assert page.locator("meta[name=viewport]").count() == 1
+        page.screenshot(path=str(ARTIFACTS / f"devices-{tag}.png"), full_page=True)
+        page.goto(service["url"] + "/dashboard/pillars?window=30d")
+        page.screenshot(path=str(ARTIFACTS / f"pillars-{tag}.png"), full_page=True)
+        page.goto(service["url"] + "/dashboard/alerts")
+        first = page.locator("#active-alerts tbody tr").first
+        assert "critical" in first.inner_text().lower()
+        page.screenshot(path=str(ARTIFACTS / f"alerts-{tag}.png"), full_page=True)
+        first.locator("a").first.click()
+        page.wait_for_selector("#runbook")
+        assert "error_rate" in page.inner_text("h1")
+        page.screenshot(path=str(ARTIFACTS / f"alert-{tag}.png"), full_page=True)
+        # nothing may leave loopback: the docs must render from the fleet's own assets
+        outside: list[str] = []
+
+        def guard(route):
+            if route.request.url.startswith(service["url"]):
+                return route.continue_()
+            outside.append(route.request.url)
+            return route.abort()
+
+        page.route("**/*", guard)
+        try:
+            page.goto(service["url"] + "/docs")
+            page.wait_for_selector(".opblock", timeout=30000)
+            page.screenshot(path=str(ARTIFACTS / f"api-docs-{tag}.png"), full_page=False)
+            page.goto(service["url"] + "/redoc")
+            page.wait_for_selector("h1", timeout=30000)
+            assert "Shadowline fleet" in page.inner_text("h1")
+        finally:
+            page.unroute("**/*")
+        # ReDoc's bundle asks for its "powered by" logo from its vendor; refused, the page renders all the same
+        assert [u for u in outside if not u.endswith("/redoc/logo-mini.svg")] == []
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})

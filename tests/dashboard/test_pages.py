@@ -121,3 +121,39 @@ def test_grafana_dashboard_queries_metrics_the_service_exports(world):
                if p["type"] != "row")
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_alerts_acknowledge_silence_resolve_from_the_pages(world):
+    from fleet.protocol import AlertRecord
+
+    fleet, tokens, _ = world
+    crit = AlertRecord(device="dev-a", rule="error_rate", state="raised", severity="critical", value=0.1,
+                       threshold=0.01, message="error rate 10.00% over 30 predictions (limit 1.00%)")
+    warn = AlertRecord(device="*", rule="override_rate", state="raised", severity="warning", value=0.2,
+                       threshold=0.15, message="override rate 20.0% of 40 reviews (limit 15%)")
+    fleet.store.insert_records("alerts", [warn, crit])
+    c = client_as(fleet, tokens["admin"])
+    page = c.get("/dashboard/alerts").text
+    rows = re.findall(r'<tr><td><span class="sev[^"]*">(\w+)</span></td><td><a href="/dashboard/alerts/([^"]+)"', page)
+    assert rows[:2] == [("critical", crit.id), ("warning", warn.id)]  # most urgent first
+    assert "just now</time>" in page and "docs/runbooks.md#error-rate" in page
+    csrf = csrf_of(page)
+    first = c.post(f"/dashboard/alerts/{crit.id}/ack", data={"csrf": csrf})
+    assert "id=question" in first.text and fleet.alerts.get(crit.id).ack is None  # confirmation first
+    done = c.post(f"/dashboard/alerts/{crit.id}/ack", data={"csrf": csrf, "confirm": "yes"})
+    assert f"alert {crit.id}: acknowledged" in done.text and fleet.alerts.get(crit.id).ack.by == "admin-user"
+    c.post("/dashboard/alerts/silence", data={"csrf": csrf, "confirm": "yes", "device": "*", "rule": "override_rate",
+                                               "hours": "2", "reason": "retraining", "back": warn.id})
+    assert fleet.alerts.get(warn.id).status == "silenced"
+    bad = c.post("/dashboard/alerts/silence", data={"csrf": csrf, "confirm": "yes", "hours": "2", "reason": " "})
+    assert "not silenced: a silence needs a reason" in bad.text
+    c.post(f"/dashboard/alerts/{warn.id}/resolve", data={"csrf": csrf, "confirm": "yes", "note": "retrained"})
+    assert fleet.alerts.get(warn.id).status == "resolved"
+    page = c.get("/dashboard/alerts").text
+    assert page.count("retraining") == 1  # the silence in force is listed
+    history = page.split("History")[1]
+    assert history.count(f"/dashboard/alerts/{warn.id}") == 1 and history.count(f"/dashboard/alerts/{crit.id}") == 1
+    viewer = client_as(fleet, tokens["viewer"])
+    assert 'id="ack-' not in viewer.get("/dashboard/alerts").text
+    assert viewer.get(f"/dashboard/alerts/{crit.id}").status_code == 200
+    assert viewer.get("/dashboard/alerts/nope").status_code == 404

@@ -209,3 +209,19 @@ def test_dashboard_router_is_included(client):
     assert gets
     for path in gets:  # answered (possibly 401/403/422), not 404: the route is mounted
         assert client.get(path, follow_redirects=False).status_code != 404, path
+
+
+def test_api_docs_are_self_hosted(client):
+    """/docs and /redoc load their scripts from the fleet itself: they work on a plant network with no internet."""
+    import re
+
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = client.get(page).text
+        srcs = re.findall(r'(?:src|href)="([^"]+)"', html) + re.findall(r"url: '([^']+)'", html)
+        assert srcs and all(s.startswith("/") for s in srcs), srcs  # nothing from another host
+        assert f"/docs-assets/{asset}" in srcs
+        js = client.get(f"/docs-assets/{asset}")
+        assert js.status_code == 200 and len(js.content) > 100_000
+    assert "fonts.googleapis" not in client.get("/redoc").text
+    assert client.get("/docs-assets/swagger-ui.css").status_code == 200
+    assert client.get("/openapi.json").json()["info"]["title"] == "Shadowline fleet"
