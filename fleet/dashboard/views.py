@@ -10,6 +10,7 @@ from fleet.analytics.gate import AuditEntry
 from fleet.analytics.pillars import Snapshot, TrendPoint
 from fleet.analytics.shadow import ShadowReport
 from fleet.analytics.windows import FLEET, WINDOWS
+from fleet.dashboard.alertviews import ago
 from fleet.dashboard.charts import line_chart
 from fleet.dashboard.layout import button_form, e, hidden, num, pct, table
 
@@ -41,12 +42,12 @@ def devices_body(devices: list[dict[str, Any]]) -> str:
              e((d.get("activation") or {}).get("state", "–")), str(d["predictions_24h"]), pct(d["error_rate_24h"]),
              num(d["p95_ms_24h"]), num(d["queue_depth"], "{:g}"),
              " ".join(f'<span class="bad">{e(a)}</span>' for a in d["alerts"]) or '<span class="ok">none</span>',
-             e(d.get("last_seen") or ""), e(d.get("last_error") or ""), _capability(d.get("capability"))]
+             ago(d.get("last_seen")), e(d.get("last_error") or ""), _capability(d.get("capability"))]
             for d in devices]
-    return (f"<p id=summary>{len(devices)} devices, {online} online.</p>"
+    return (f"<p id=summary>{len(devices)} devices, {online} online.</p><div class=scroll>"
             + table(["device", "status", "release", "candidate", "groups", "activation", "predictions 24 h",
                      "error rate 24 h", "P95 ms 24 h", "queue", "alerts", "last seen", "last error", "capability"], rows,
-                    "devices"))
+                    "devices") + "</div>")
 
 
 def _gates(g: Any) -> str:
