@@ -1,11 +1,13 @@
 """Two-stage cascade throughput with 5% of frames going to stage 2, against the theoretical 1 / (t1 + 0.05 t2)
-from the stage times measured in the same run. Goal: measured >= 0.9x theoretical.
+from the stage times measured in the same run. Goal: measured >= 0.95x theoretical.
 
 Screen: SqueezeNet with candidate class "golden retriever" at 0.5 (only the real dog photo passes it); verify:
 YOLOX-Nano. A round is 100 decoded frames in 5 blocks of 20: the dog photo once and 19 frames of the other real
 images (which the screen passes) per block. t1 is the screen stage alone per frame, t2 the verify stage alone on the
 dog photo; they and the cascade are measured block by block, interleaved. The figure is the median of the
-per-round ratios. Prints the ratio last; writes benchmarks/results/two_stage.json.
+per-round ratios. The cascade is built as the daemon builds it: its default runner options (ONNX Runtime idle
+spinning off, so the two models' thread pools do not spin against each other) and its verify-stage deadline.
+Prints the ratio last, with the load average during the run; writes benchmarks/results/two_stage.json.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main() -> None:
     if args.quick or os.environ.get("SHADOWLINE_BENCH_QUICK"):
         args.rounds = 2
 
+    from edge.config import DegradeConfig, OnnxRuntimeRunnerConfig
     from edge.pipeline import build_pipeline, resolver_for
     from fleet.protocol import ReleaseSpec
     from runtime.processing.image import read_image
@@ -56,9 +59,9 @@ def main() -> None:
         stages = [{"role": "screen", "bundle": str(screen_b), "candidate_classes": ["golden retriever"],
                    "threshold": 0.5},
                   {"role": "verify", "bundle": str(verify_b), "thresholds": {"default": 0.5}}]
-        opts = {"threads": args.threads}
+        opts = OnnxRuntimeRunnerConfig(threads=args.threads).runner_options()
         two = build_pipeline(ReleaseSpec(name="two", stages=stages), None, resolver_for(None), None,
-                             runner_options=opts)
+                             runner_options=opts, verify_timeout_s=DegradeConfig().verify_timeout_s)
         screen_model = two.active.stages[0][1]
         verify_model = two.active.stages[1][1]
         dog = read_image(IMAGES / "photos" / "winml_dog.jpg")
@@ -76,6 +79,7 @@ def main() -> None:
         assert sum(len(two.run(im).active.stages) == 2 for im in frames) == 5, "exactly 5% must reach stage 2"
 
         t1s, t2s, measured, theory = [], [], [], []
+        load0 = os.getloadavg()[0]
         for r in range(args.rounds):
             # Interleaved block by block (about a second each) so that load from other processes on a shared
             # machine falls on the stage times and on the cascade alike.
@@ -101,6 +105,7 @@ def main() -> None:
             print(f"round {r + 1}: t1 {t1 * 1000:.1f} ms, t2 {t2 * 1000:.1f} ms, cascade {fps:.1f} fps, "
                   f"theory {theory[-1]:.1f} fps")
         two.close()
+        load = round((load0 + os.getloadavg()[0]) / 2, 2)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     t1, t2 = statistics.median(t1s), statistics.median(t2s)
@@ -111,12 +116,13 @@ def main() -> None:
               "t1_ms": [round(x * 1000, 3) for x in t1s], "t2_ms": [round(x * 1000, 3) for x in t2s],
               "measured_fps": measured, "theory_fps": theory, "t1_ms_median": round(t1 * 1000, 3),
               "t2_ms_median": round(t2 * 1000, 3), "measured_fps_median": round(m, 2), "theory_fps_median": round(th, 2),
-              "ratio": round(statistics.median(ratios), 3), "goal": 0.9, "cpu_count": os.cpu_count()}
+              "ratio": round(statistics.median(ratios), 3), "goal": 0.95, "cpu_count": os.cpu_count(), "load_avg": load}
     out = ROOT / "benchmarks" / "results" / "two_stage.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"two-stage throughput {m:.1f} fps vs theoretical 1/(t1+0.05 t2) = {th:.1f} fps "
-          f"(t1 {t1 * 1000:.1f} ms, t2 {t2 * 1000:.1f} ms): {statistics.median(ratios):.2f}x (goal >= 0.9x)")
+          f"(t1 {t1 * 1000:.1f} ms, t2 {t2 * 1000:.1f} ms): {statistics.median(ratios):.2f}x (goal >= 0.95x; "
+          f"load avg {load})")
 
 
 if __name__ == "__main__":

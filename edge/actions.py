@@ -28,7 +28,7 @@ def work_order(record: dict[str, Any]) -> dict[str, Any]:
     return {"schema": WORK_ORDER_SCHEMA, "version": 1, "id": record["id"], "device": record["device"],
             "created_at": record["created_at"], "source": record["source"], "release": record["release"],
             "revision": record["revision"], "flagged": record["flagged"], "top_label": record.get("top_label"),
-            "top_score": record.get("top_score")}
+            "top_score": record.get("top_score"), "degraded": record.get("degraded")}
 
 
 class MqttPublisher:

@@ -1,19 +1,48 @@
-"""The daemon's local HTTP API (FastAPI) and the review page it serves."""
+"""The daemon's local HTTP API (FastAPI) and the review page it serves.
+
+The API sees the device through `LocalDevice`, a narrow interface (the daemon implements it): readiness, the
+active release, a status summary, the Prometheus exposition, submitting an image, and the store's records. It never
+reaches into the frame path's threads, queue or pipeline."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge.config import DeviceConfig
+from edge.sources import Outcome
+from edge.store import Store
 from fleet.protocol import ReviewRecord
 from runtime.errors import Conflict, ImageError, NotFound, ShadowlineError
 
-if TYPE_CHECKING:
-    from edge.daemon import Daemon
+
+class LocalDevice(Protocol):
+    """What the local API needs from the device."""
+
+    device_id: str
+    config: DeviceConfig  # api and limits sections
+    store: Store  # prediction and review records
+
+    @property
+    def ready(self) -> bool:
+        """A release is loaded and the frame path runs, unstalled."""
+
+    def active_ref(self) -> str | None:
+        """The active release, as name@revision."""
+
+    def status(self) -> dict:
+        """The summary served at /v1/status."""
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus text exposition."""
+
+    def submit(self, data: bytes, suffix: str, timeout: float) -> Outcome:
+        """Decide one uploaded image and return once its record is committed (QueueFull when it cannot)."""
 
 REVIEW_PAGE = Path(__file__).parent / "review" / "index.html"
 SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/bmp": ".bmp", "image/tiff": ".tif",
@@ -56,7 +85,7 @@ def build_review(body: ReviewIn, pred: dict[str, Any], device: str) -> ReviewRec
         note=body.note)
 
 
-def create_app(daemon: Daemon) -> FastAPI:
+def create_app(daemon: LocalDevice) -> FastAPI:
     app = FastAPI(title="Shadowline edge daemon", version="1")
 
     @app.exception_handler(ShadowlineError)
@@ -72,17 +101,14 @@ def create_app(daemon: Daemon) -> FastAPI:
     @app.get("/readyz")
     def readyz() -> JSONResponse:
         """Readiness: a release is loaded and checked, the worker runs and is not stalled."""
-        ready, active = daemon.ready, daemon.current()[0]
-        return JSONResponse({"ready": ready, "release": active.ref if active else None}, 200 if ready else 503)
+        ready = daemon.ready
+        return JSONResponse({"ready": ready, "release": daemon.active_ref()}, 200 if ready else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics() -> PlainTextResponse:
-        q = daemon.queue
-        gauges = {"queue_depth": q.depth, "queue_capacity": q.max_size, "queue_high_water": q.high_water,
-                  "queue_dropped": q.dropped, "queue_rejected": q.rejected, "ready": int(daemon.ready),
-                  "kept_image_bytes": daemon.retention.used_bytes(), "actions_pending": daemon.actions.pending(),
-                  "retention_evicted": daemon.store.counter("retention_evicted")}
-        return PlainTextResponse(daemon.metrics.render(gauges), media_type="text/plain; version=0.0.4")
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus text exposition (prometheus_client): counters, stage latency histograms, queue and
+        retention gauges, shadowline_build_info and shadowline_release_info."""
+        return Response(daemon.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/status")
     def status() -> dict:

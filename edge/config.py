@@ -164,6 +164,42 @@ class LimitsConfig(_Cfg):
     max_upload_mb: float = Field(50.0, gt=0, description="largest accepted POST /v1/infer body")
 
 
+class PipelineConfig(_Cfg):
+    """The frame path's threads and bounds (docs/daemon.md "The frame path")."""
+
+    decode_workers: int = Field(2, ge=1, le=16, description="threads decoding and preprocessing frames ahead of "
+                                "inference (OpenCV, Pillow and ONNX Runtime release the GIL, so they overlap)")
+    prefetch: int = Field(4, ge=1, le=256, description="frames decoded ahead of inference at most (memory bound)")
+    max_batch: int = Field(8, ge=1, le=64, description="frames decided together when that many are ready; stage 2 "
+                           "runs once over their candidates (batched where the model has a dynamic batch)")
+    commit_batch: int = Field(32, ge=1, le=1024, description="frames committed in one SQLite transaction at most")
+
+
+class DegradeConfig(_Cfg):
+    """What happens when a part of the frame path falls behind or fails (never a silent pass)."""
+
+    verify_timeout_s: float | None = Field(
+        10.0, gt=0, description="a verify call taking longer flags its frames for review (`degraded: "
+                                "verify_timeout`), and frames that need verify while it is still stuck are flagged "
+                                "at once (`verify_stalled`); a verify that raises flags them (`verify_failed`). "
+                                "null: verify runs inline and a failure makes the frame an error")
+
+
+class StandbyConfig(_Cfg):
+    """The previous release kept loaded after an activation, so a rollback to it swaps without loading a model."""
+
+    enabled: bool = Field(True, description="keep the previous pipeline warm when memory allows")
+    min_available_mb: float = Field(
+        512.0, ge=0, description="keep it only while MemAvailable stays above this much after keeping it "
+                                 "(otherwise it is closed and a rollback loads from the release cache)")
+
+
+class MetricsConfig(_Cfg):
+    window_s: float = Field(60.0, gt=0, description="seconds per windowed metrics record sent to the fleet")
+    sample_s: float = Field(1.0, gt=0, description="seconds between samples of queue depth and platform readings")
+    tegrastats: bool = Field(True, description="read power and temperatures from tegrastats where it exists")
+
+
 class WatchdogConfig(_Cfg):
     stall_s: float = Field(60.0, gt=0, description="a frame taking longer than this marks the daemon not ready")
 
@@ -183,6 +219,10 @@ class DeviceConfig(_Cfg):
     api: ApiConfig = Field(default_factory=ApiConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    degrade: DegradeConfig = Field(default_factory=DegradeConfig)
+    standby: StandbyConfig = Field(default_factory=StandbyConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     fleet: AgentConfig | None = Field(None, description="the fleet agent section (edge.agent.config)")
 
     @model_validator(mode="after")

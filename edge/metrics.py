@@ -1,92 +1,141 @@
-"""The daemon's counters and latency histograms, rendered as Prometheus text for /metrics."""
+"""The daemon's metrics: prometheus_client counters and histograms (one registry per daemon, in base units, HELP on
+every family, `promtool check metrics` clean), gauges read from the daemon's state at scrape time, the build and
+release info metrics, and the recent latency samples that /v1/status medians and the windowed metrics records for
+the fleet are computed from."""
 
 from __future__ import annotations
 
-import bisect
+import platform
 import threading
-from collections import defaultdict
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
-# Milliseconds: from a fast classifier on a Jetson (~1 ms) to a detector on a busy CPU (~1 s).
-BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from runtime.stats import percentile
+
+# Seconds: from a fast classifier on a Jetson (~1 ms) to a detector on a busy CPU (~1 s) and a stalled stage.
+BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RECENT = 1000  # latency samples kept per stage for the medians in /v1/status
+
+# short name (as the daemon counts) -> (family name without _total, HELP, label names)
+COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "frames_total": ("shadowline_frames", "Frames decided and committed, by source (folder, capture, http).",
+                     ("source",)),
+    "decisions_total": ("shadowline_decisions", "Active-release decisions committed (pass, flag, error).",
+                        ("decision",)),
+    "flags_total": ("shadowline_flags", "Flagged frames by the class that caused the flag.", ("class",)),
+    "errors_total": ("shadowline_errors", "Frames that could not be decided or committed, by reason (image, "
+                     "inference, candidate, store).", ("reason",)),
+    "degraded_total": ("shadowline_degraded_frames", "Frames flagged for review because a stage fell behind or "
+                       "failed (verify_timeout, verify_stalled, verify_failed); never passed.", ("reason",)),
+    "candidate_decisions_total": ("shadowline_candidate_decisions", "Candidate-release (shadow) decisions.",
+                                  ("decision",)),
+    "candidate_disagreements_total": ("shadowline_candidate_disagreements",
+                                      "Frames where the candidate release decided differently.", ()),
+}
 
 
-class Histogram:
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS_MS) + 1)
-        self.sum = 0.0
-        self.n = 0
-        self.recent: list[float] = []  # last values, for medians in /v1/status
-
-    def observe(self, v: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS_MS, v)] += 1
-        self.sum += v
-        self.n += 1
-        self.recent.append(v)
-        if len(self.recent) > 1000:
-            del self.recent[:500]
-
-    def median(self) -> float | None:
-        if not self.recent:
-            return None
-        s = sorted(self.recent)
-        return s[len(s) // 2]
+@dataclass
+class StageSamples:
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
+    window: list[float] = field(default_factory=list)
 
 
 class Metrics:
     def __init__(self) -> None:
+        self.registry = CollectorRegistry()
         self._lock = threading.Lock()
-        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
-        self.hists: dict[str, Histogram] = defaultdict(Histogram)
-        self.gauges: dict[str, float] = {}
+        self._counters = {short: Counter(name, doc, labels, registry=self.registry)
+                          for short, (name, doc, labels) in COUNTERS.items()}
+        self._latency = Histogram("shadowline_stage_latency_seconds",
+                                  "Time per frame in each stage: decode, screen, verify, candidate_*, total (decode "
+                                  "and every stage), queue_wait (queued and decoded ahead, before inference).",
+                                  ("stage",), buckets=BUCKETS_S, registry=self.registry)
+        self._stages: dict[str, StageSamples] = {}
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
 
-    def inc(self, name: str, by: float = 1, **labels: str) -> None:
-        with self._lock:
-            self.counters[(name, tuple(sorted(labels.items())))] += by
+    def inc(self, name: str, by: float = 1, labels: dict[str, str] | None = None, **kw: str) -> None:
+        """Add `by` to a counter (COUNTERS); labels as keywords, or as `labels` for names like `class`."""
+        c = self._counters[name]
+        both = {**(labels or {}), **kw}
+        (c.labels(**both) if both else c).inc(by)
 
     def observe(self, stage: str, ms: float) -> None:
+        self._latency.labels(stage=stage).observe(ms / 1000)
         with self._lock:
-            self.hists[stage].observe(ms)
+            s = self._stages.get(stage)
+            if s is None:
+                s = self._stages[stage] = StageSamples()
+            s.recent.append(ms)
+            s.window.append(ms)
 
     def value(self, name: str, **labels: str) -> float:
-        with self._lock:
-            if labels:
-                return self.counters.get((name, tuple(sorted(labels.items()))), 0.0)
-            return sum(v for (n, _), v in self.counters.items() if n == name)
+        """A counter's value for these labels, or its sum over all labels."""
+        want = f"{COUNTERS[name][0]}_total"
+        return sum(s.value for family in self._counters[name].collect() for s in family.samples
+                   if s.name == want and all(s.labels.get(k) == v for k, v in labels.items()))
 
     def medians(self) -> dict[str, float | None]:
         with self._lock:
-            return {k: h.median() for k, h in self.hists.items()}
+            return {k: percentile(s.recent, 50) if s.recent else None for k, s in self._stages.items()}
 
-    def render(self, gauges: dict[str, float]) -> str:
-        """Prometheus text exposition format 0.0.4."""
-        out: list[str] = []
+    def take_window(self) -> dict[str, tuple[float, float]]:
+        """Per stage (P50, P95) in ms of the samples since the last call; starts the next window."""
         with self._lock:
-            names = sorted({n for n, _ in self.counters})
-            for name in names:
-                out.append(f"# TYPE shadowline_{name} counter")
-                for (n, labels), v in sorted(self.counters.items()):
-                    if n == name:
-                        out.append(f"shadowline_{name}{_labels(labels)} {v:g}")
-            for name, v in sorted(gauges.items()):
-                out.append(f"# TYPE shadowline_{name} gauge")
-                out.append(f"shadowline_{name} {v:g}")
-            if self.hists:
-                out.append("# TYPE shadowline_latency_ms histogram")
-            for stage, h in sorted(self.hists.items()):
-                cum = 0
-                for le, c in zip(list(BUCKETS_MS) + ["+Inf"], h.counts):
-                    cum += c
-                    out.append(f'shadowline_latency_ms_bucket{{stage="{stage}",le="{le}"}} {cum}')
-                out.append(f'shadowline_latency_ms_sum{{stage="{stage}"}} {h.sum:.3f}')
-                out.append(f'shadowline_latency_ms_count{{stage="{stage}"}} {h.n}')
-        return "\n".join(out) + "\n"
+            out = {k: (percentile(s.window, 50), percentile(s.window, 95)) for k, s in self._stages.items() if s.window}
+            for s in self._stages.values():
+                s.window = []
+        return out
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of everything registered."""
+        return generate_latest(self.registry)
 
 
-def _labels(labels: tuple[tuple[str, str], ...]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
+@dataclass
+class StateReading:
+    """What the daemon's state says at scrape time (see StateCollector)."""
+
+    gauges: Mapping[str, tuple[float, str]]  # family -> (value, HELP)
+    counters: Mapping[str, tuple[float, str]]  # family without _total -> (value, HELP)
+    releases: list[dict[str, str]]  # one shadowline_release_info series per stage of the active and candidate
 
 
-def _escape(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class StateCollector(Collector):
+    """Gauges and counters kept elsewhere (queue, retention, actions, pipeline slot) and the info metrics, read when
+    Prometheus scrapes rather than copied on every frame."""
+
+    def __init__(self, read: Callable[[], StateReading], version: str) -> None:
+        self.read, self.version = read, version
+
+    def collect(self) -> Iterator[Metric]:
+        import onnxruntime
+
+        build = InfoMetricFamily("shadowline_build", "What this daemon runs: Shadowline, Python and ONNX Runtime "
+                                 "versions.")
+        build.add_metric([], {"version": self.version, "python": platform.python_version(),
+                              "onnxruntime": onnxruntime.__version__})
+        yield build
+        r = self.read()
+        rel = InfoMetricFamily("shadowline_release", "The release running: one series per stage of the active and "
+                               "candidate releases (release ref, mode, stage, bundle id and version).",
+                               labels=("role", "release", "mode", "stage", "bundle", "version"))
+        for labels in r.releases:
+            rel.add_metric([labels[k] for k in ("role", "release", "mode", "stage", "bundle", "version")], {})
+        yield rel
+        for name, (v, doc) in sorted(r.gauges.items()):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], v)
+            yield g
+        for name, (v, doc) in sorted(r.counters.items()):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], v)
+            yield c

@@ -1,17 +1,24 @@
 """The decision pipeline built from a release: stage `screen` on every frame with one aggressive threshold on its
 candidate classes, stage `verify` only on candidates with class-specific thresholds, then pass or flag with the
 classes and scores that caused it. A candidate release runs in shadow on the same frames; `PipelineSlot.swap`
-replaces the whole pipeline between two frames."""
+replaces the whole pipeline between two frames.
+
+Frames go through in small batches (`run_many`): the daemon's decode workers have already preprocessed each frame
+for the first stage (`Pipeline.prepare`), stage 1 runs frame by frame (or batched where the model has a dynamic
+batch), and stage 2 runs once over the candidates that waited together. A verify stage that stalls or fails does
+not hold the line: past `verify_timeout_s` its frames are flagged for review with the reason (`degraded`)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -19,7 +26,7 @@ from fleet.protocol import ReleaseSpec, StageOutput, StageSpec
 from runtime.bundle import Bundle, load_bundle
 from runtime.errors import BundleError, ConfigError, ShadowlineError
 from runtime.manifest import Thresholds
-from runtime.predictor import BundleModel, ModelOutput
+from runtime.predictor import BundleModel, ModelOutput, Prepared
 from runtime.signing import TrustStore
 
 
@@ -138,6 +145,7 @@ class Decision:
     models: dict[str, str]
     thresholds: dict[str, Any]
     near_threshold: bool = False
+    degraded: str | None = None  # the verify stage timed out, is stalled or failed: flagged for review
 
     @property
     def top(self) -> tuple[str | None, float | None]:
@@ -167,14 +175,67 @@ class FrameResult:
         return a.decision != c.decision or {k for k, _ in a.flagged} != {k for k, _ in c.flagged}
 
 
+@dataclass
+class FrameInput:
+    """A decoded frame and its input tensors, prepared per model preprocessing (`BundleModel.input_key`)."""
+
+    image: np.ndarray
+    prepared: dict[str, Prepared] = field(default_factory=dict)
+
+    def for_model(self, model: BundleModel) -> Prepared:
+        p = self.prepared.get(model.input_key)
+        if p is None:
+            p = self.prepared[model.input_key] = model.prepare(self.image)
+        return p
+
+
+T = TypeVar("T")
+
+
+class StageGuard:
+    """Runs a stage's model calls on one thread of their own, with a deadline. A call past `timeout_s` leaves the
+    frames it was given degraded ("verify_timeout"); while it is still running, later frames are degraded at once
+    ("verify_stalled") instead of queueing behind it; an exception degrades them ("verify_failed")."""
+
+    def __init__(self, timeout_s: float, name: str) -> None:
+        self.timeout_s = timeout_s
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._stuck: Future | None = None
+
+    @property
+    def stalled(self) -> bool:
+        """A call past its deadline is still running."""
+        return self._stuck is not None and not self._stuck.done()
+
+    def call(self, fn: Callable[[], T]) -> tuple[T | None, str | None]:
+        """(fn's result, None), or (None, reason) when the stage is degraded."""
+        if self._stuck is not None:
+            if not self._stuck.done():
+                return None, "verify_stalled"
+            self._stuck = None
+        fut = self._pool.submit(fn)
+        try:
+            return fut.result(self.timeout_s), None
+        except FutureTimeout:
+            self._stuck = fut
+            return None, "verify_timeout"
+        except Exception as err:  # the model failed on these frames: flagged for review, never passed
+            return None, f"verify_failed: {type(err).__name__}: {err}"
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class Cascade:
     """One release: its stages with their loaded models and rules."""
 
-    def __init__(self, spec: ReleaseSpec, stages: list[tuple[StageSpec, BundleModel, StageRule]], band: float = 0.1):
+    def __init__(self, spec: ReleaseSpec, stages: list[tuple[StageSpec, BundleModel, StageRule]], band: float = 0.1,
+                 verify_timeout_s: float | None = None):
         roles = [s.role for s, _, _ in stages]
         if roles not in (["screen"], ["verify"], ["screen", "verify"]):
             raise ConfigError(f"release {spec.ref}: stages must be [screen], [verify] or [screen, verify], got {roles}")
         self.spec, self.stages, self.band = spec, stages, band
+        self.guard = StageGuard(verify_timeout_s, f"verify:{spec.ref}") if verify_timeout_s else None
 
     @property
     def models(self) -> dict[str, str]:
@@ -184,22 +245,63 @@ class Cascade:
     def thresholds(self) -> dict[str, Any]:
         return {s.role: r.as_dict() for s, _, r in self.stages}
 
+    @property
+    def first_model(self) -> BundleModel:
+        return self.stages[0][1]
+
     def run(self, image: np.ndarray) -> Decision:
-        results: list[StageResult] = []
-        near = False
+        return self.run_many([FrameInput(image)])[0]
+
+    def _predict(self, model: BundleModel, frames: list[FrameInput]) -> tuple[list[ModelOutput], list[float]]:
+        """Outputs and per-frame stage latency (its preprocessing, wherever it ran, plus its share of the run)."""
+        prepared = [f.for_model(model) for f in frames]
+        t0 = time.perf_counter()
+        outs = model.predict_prepared(prepared)
+        share = (time.perf_counter() - t0) * 1000 / len(frames)
+        return outs, [p.ms + share for p in prepared]
+
+    def run_many(self, frames: list[FrameInput]) -> list[Decision]:
+        """Decide a batch of frames; stage 2 runs once over the candidates among them."""
+        results: list[list[StageResult]] = [[] for _ in frames]
+        near = [False] * len(frames)
+        degraded: dict[int, str] = {}
+        pending = list(range(len(frames)))
         for spec, model, rule in self.stages:
-            t0 = time.perf_counter()
-            out = model.predict([image])[0]
-            hits, is_near = rule.evaluate(out, self.band)
-            results.append(StageResult(spec.role, model.manifest.bundle_id, out, hits,
-                                       (time.perf_counter() - t0) * 1000, rule))
-            near = near or is_near
-            if not hits:
-                break  # a screen that finds no candidate ends the cascade: verify never sees the frame
-        last = results[-1]
-        flag = bool(last.hits) and len(results) == len(self.stages)
-        return Decision(self.spec.name, self.spec.revision, self.spec.mode, "flag" if flag else "pass",
-                        list(last.hits) if flag else [], results, self.models, self.thresholds, near)
+            if not pending:
+                break
+            batch = [frames[i] for i in pending]
+            if spec.role == "verify" and self.guard is not None:
+                got, why = self.guard.call(lambda m=model, b=batch: self._predict(m, b))  # type: ignore[misc]
+                if got is None:
+                    for i in pending:
+                        degraded[i] = why or "verify_failed"
+                    break
+                t_outs, lat = got
+            else:
+                t_outs, lat = self._predict(model, batch)
+            nxt = []
+            for i, out, ms in zip(pending, t_outs, lat):
+                hits, is_near = rule.evaluate(out, self.band)
+                results[i].append(StageResult(spec.role, model.manifest.bundle_id, out, hits, ms, rule))
+                near[i] = near[i] or is_near
+                if hits:
+                    nxt.append(i)  # a screen that finds no candidate ends the cascade: verify never sees the frame
+            pending = nxt
+        decisions: list[Decision] = []
+        for i, stages in enumerate(results):
+            if i in degraded:
+                decisions.append(Decision(self.spec.name, self.spec.revision, self.spec.mode, "flag", [], stages,
+                                    self.models, self.thresholds, near[i], degraded[i]))
+                continue
+            last = stages[-1]
+            flag = bool(last.hits) and len(stages) == len(self.stages)
+            decisions.append(Decision(self.spec.name, self.spec.revision, self.spec.mode, "flag" if flag else "pass",
+                                      list(last.hits) if flag else [], stages, self.models, self.thresholds, near[i]))
+        return decisions
+
+    def close(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
 
     def describe(self) -> dict[str, Any]:
         return {"release": self.spec.ref, "mode": self.spec.mode, "models": self.models,
@@ -210,20 +312,44 @@ class Pipeline:
     """The active release plus an optional candidate run in shadow on the same frames."""
 
     def __init__(self, active: Cascade, candidate: Cascade | None = None, bundles: list[Bundle] | None = None,
-                 models: list[BundleModel] | None = None) -> None:
+                 models: list[BundleModel] | None = None, paths: dict[str, Path] | None = None) -> None:
         self.active, self.candidate = active, candidate
         self._bundles, self._models = bundles or [], models or []
+        self.paths = paths or {}  # stage bundle ref -> resolved bundle path (what the standby is matched on)
+
+    def prepare(self, image: np.ndarray) -> FrameInput:
+        """Preprocess for the first stage of both releases (the decode workers call this, off the inference thread)."""
+        frame = FrameInput(image)
+        for c in (self.active, self.candidate):
+            if c is not None:
+                frame.for_model(c.first_model)
+        return frame
 
     def run(self, image: np.ndarray) -> FrameResult:
-        result = FrameResult(self.active.run(image))
+        return self.run_many([FrameInput(image)])[0]
+
+    def run_many(self, frames: list[FrameInput]) -> list[FrameResult]:
+        results = [FrameResult(d) for d in self.active.run_many(frames)]
         if self.candidate is not None:
             try:
-                result.candidate = self.candidate.run(image)
+                for r, c in zip(results, self.candidate.run_many(frames)):
+                    r.candidate = c
             except Exception as err:  # a challenger in shadow must never cost the champion its frame
-                result.candidate_error = f"candidate {self.candidate.spec.ref} failed: {type(err).__name__}: {err}"
-        return result
+                why = f"candidate {self.candidate.spec.ref} failed: {type(err).__name__}: {err}"
+                for r in results:
+                    r.candidate, r.candidate_error = None, why
+        return results
+
+    def matches(self, active: ReleaseSpec, candidate: ReleaseSpec | None, paths: dict[str, Path]) -> bool:
+        """This pipeline is exactly `active` (+ `candidate`) on the same bundle files."""
+        want_cand = candidate.model_copy(update={"mode": "shadow"}) if candidate else None
+        have_cand = self.candidate.spec if self.candidate else None
+        return self.active.spec == active and have_cand == want_cand and self.paths == paths
 
     def close(self) -> None:
+        for c in (self.active, self.candidate):
+            if c is not None:
+                c.close()
         for m in self._models:
             m.close()
         for b in self._bundles:
@@ -253,23 +379,29 @@ def resolver_for(bundles_dir: Path | None, mapping: dict[str, Path] | None = Non
     return resolve
 
 
+def resolve_paths(active: ReleaseSpec, candidate: ReleaseSpec | None, resolve: BundleResolver) -> dict[str, Path]:
+    """Every stage's bundle ref -> its bundle path (raises BundleError when one cannot be found)."""
+    return {st.bundle: resolve(st.bundle).resolve() for r in (active, candidate) if r for st in r.stages}
+
+
 def build_pipeline(active: ReleaseSpec, candidate: ReleaseSpec | None, resolve: BundleResolver,
                    trust: TrustStore | None, backend: str = "onnxruntime", runner_options: dict | None = None,
-                   band: float = 0.1) -> Pipeline:
+                   band: float = 0.1, verify_timeout_s: float | None = None) -> Pipeline:
     """Load and verify every bundle, load the runners, check the rules; nothing is half-built on failure."""
     bundles: dict[Path, Bundle] = {}
     models: dict[Path, BundleModel] = {}
+    paths: dict[str, Path] = {}
     try:
         def cascade(spec: ReleaseSpec) -> Cascade:
             stages = []
             for st in spec.stages:
-                path = resolve(st.bundle).resolve()
+                path = paths[st.bundle] = resolve(st.bundle).resolve()
                 if path not in bundles:
                     bundles[path] = load_bundle(path, trust)
                     models[path] = BundleModel(bundles[path], backend, **(runner_options or {})).load()
                 m = models[path]
                 stages.append((st, m, StageRule.from_spec(st, m.manifest.labels, m.manifest.thresholds)))
-            return Cascade(spec, stages, band)
+            return Cascade(spec, stages, band, verify_timeout_s)
 
         a = cascade(active)
         c = cascade(candidate.model_copy(update={"mode": "shadow"})) if candidate else None
@@ -281,7 +413,7 @@ def build_pipeline(active: ReleaseSpec, candidate: ReleaseSpec | None, resolve: 
         if isinstance(err, ShadowlineError) or not isinstance(err, Exception):
             raise
         raise BundleError(f"release {active.ref}: cannot build the pipeline ({err})") from err
-    return Pipeline(a, c, list(bundles.values()), list(models.values()))
+    return Pipeline(a, c, list(bundles.values()), list(models.values()), paths)
 
 
 class PipelineSlot:
@@ -292,6 +424,7 @@ class PipelineSlot:
         self._lock = threading.Lock()
         self._pipeline: Pipeline | None = None
         self.swaps = 0
+        self.waiting = 0  # swaps waiting for the frame in flight
 
     @contextmanager
     def use(self) -> Iterator[Pipeline | None]:
@@ -303,7 +436,11 @@ class PipelineSlot:
         return self._pipeline
 
     def swap(self, new: Pipeline | None) -> Pipeline | None:
-        with self._lock:
-            old, self._pipeline = self._pipeline, new
-            self.swaps += 1
+        self.waiting += 1
+        try:
+            with self._lock:
+                old, self._pipeline = self._pipeline, new
+                self.swaps += 1
+        finally:
+            self.waiting -= 1
         return old

@@ -1,6 +1,6 @@
 """Which images are kept for review, and the disk budget they live in.
 
-Kept: flagged frames, frames with a score within a band around a threshold, candidate disagreements, a sampled
+Kept: flagged frames, degraded frames (flagged for review because a stage fell behind or failed), frames with a score within a band around a threshold, candidate disagreements, a sampled
 percentage of the rest, and (pinned, evicted last) everything an inspector touched. Over budget the oldest
 unpinned images go first; every eviction is counted."""
 
@@ -35,6 +35,8 @@ class Retention:
         why: list[str] = []
         if result is None:
             return ["error"] if error and self.cfg.errors else []
+        if result.active.degraded:
+            why.append("degraded")  # flagged for review because a stage could not decide: the inspector needs it
         if self.cfg.flagged and (result.active.decision == "flag"
                                  or (result.candidate is not None and result.candidate.decision == "flag")):
             why.append("flagged")

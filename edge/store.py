@@ -10,11 +10,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge import outbox
-from fleet.protocol import EventRecord, PredictionRecord, ReviewRecord
+from fleet.protocol import EventRecord, MetricsRecord, PredictionRecord, ReviewRecord
 from runtime.errors import Conflict, NotFound
 
 DDL = """
@@ -82,6 +83,17 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
+@dataclass
+class FrameCommit:
+    """Everything one frame commits at once: its records (active first), its identity at the source, kept images
+    (prediction id -> (path, bytes, reasons)) and action deliveries ((prediction id, channel, payload))."""
+
+    records: list[PredictionRecord]
+    frame_key: str | None = None
+    kept: dict[str, tuple[Path, int, list[str]]] = field(default_factory=dict)
+    deliveries: list[tuple[str, str, dict]] = field(default_factory=list)
+
+
 class Store:
     """Thread-safe access to the device database; every write is one short transaction."""
 
@@ -126,28 +138,44 @@ class Store:
                      deliveries: list[tuple[str, str, dict]] | None = None) -> bool:
         """Commit a frame's records (active first, then candidate), their outbox rows, kept images and pending
         action deliveries in one transaction. Returns False (and writes nothing) if the frame was committed before."""
+        return self.commit_frames([FrameCommit(records, frame_key, kept or {}, deliveries or [])])[0]
+
+    def commit_frames(self, frames: list[FrameCommit]) -> list[bool]:
+        """Commit several frames in one transaction (a group commit: one WAL append and lock for the lot). Per
+        frame: True when committed, False when its frame key was committed before (nothing of it is written)."""
+        done: list[bool] = []
         with self.tx() as c:
-            if frame_key is not None and c.execute(
-                    "SELECT 1 FROM predictions WHERE frame_key = ? AND role = 'active'", (frame_key,)).fetchone():
-                return False
-            for r in records:
-                d = r.model_dump(mode="json")
-                c.execute(
-                    "INSERT INTO predictions (id, frame_key, role, created_at, source, release, revision, mode, "
-                    "decision, top_label, top_score, flagged, disagrees_with, error, image_path, record) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (r.id, frame_key, r.role, r.created_at, r.source, r.release, r.revision, r.mode, r.decision,
-                     r.top_label, r.top_score, json.dumps(d["flagged"]), r.disagrees_with, r.error,
-                     str(kept[r.id][0]) if kept and r.id in kept else None, json.dumps(d)))
-                outbox.enqueue(c, "predictions", d)
-            for pid, (path, size, reasons) in (kept or {}).items():
-                c.execute("INSERT OR REPLACE INTO kept_images (prediction_id, path, size, reasons, created_at) "
-                          "VALUES (?,?,?,?,?)", (pid, str(path), size, json.dumps(reasons), time.time()))
-            now = time.time()
-            for pid, channel, payload in deliveries or []:
-                c.execute("INSERT OR IGNORE INTO deliveries (prediction_id, channel, state, next_at, created_at, "
-                          "payload) VALUES (?,?,?,?,?,?)", (pid, channel, "pending", now, now, json.dumps(payload)))
+            for f in frames:
+                done.append(self._commit_one(c, f))
+        return done
+
+    def _commit_one(self, c: sqlite3.Connection, f: FrameCommit) -> bool:
+        if f.frame_key is not None and c.execute(
+                "SELECT 1 FROM predictions WHERE frame_key = ? AND role = 'active'", (f.frame_key,)).fetchone():
+            return False
+        for r in f.records:
+            d = r.model_dump(mode="json")
+            c.execute(
+                "INSERT INTO predictions (id, frame_key, role, created_at, source, release, revision, mode, "
+                "decision, top_label, top_score, flagged, disagrees_with, error, image_path, record) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (r.id, f.frame_key, r.role, r.created_at, r.source, r.release, r.revision, r.mode, r.decision,
+                 r.top_label, r.top_score, json.dumps(d["flagged"]), r.disagrees_with, r.error,
+                 str(f.kept[r.id][0]) if r.id in f.kept else None, json.dumps(d)))
+            outbox.enqueue(c, "predictions", d)
+        now = time.time()
+        for pid, (path, size, reasons) in f.kept.items():
+            c.execute("INSERT OR REPLACE INTO kept_images (prediction_id, path, size, reasons, created_at) "
+                      "VALUES (?,?,?,?,?)", (pid, str(path), size, json.dumps(reasons), now))
+        for pid, channel, payload in f.deliveries:
+            c.execute("INSERT OR IGNORE INTO deliveries (prediction_id, channel, state, next_at, created_at, "
+                      "payload) VALUES (?,?,?,?,?,?)", (pid, channel, "pending", now, now, json.dumps(payload)))
         return True
+
+    def add_metrics(self, record: MetricsRecord) -> None:
+        """A windowed metrics record into the outbox (the agent sends it to the fleet)."""
+        with self.tx() as c:
+            outbox.enqueue(c, "metrics", record.model_dump(mode="json"))
 
     def prediction(self, pid: str) -> dict[str, Any]:
         rows = self.query("SELECT record, image_path FROM predictions WHERE id = ?", (pid,))

@@ -115,6 +115,8 @@ class PredictionRecord(_Msg):
     error: str | None = None
     disagrees_with: str | None = Field(None, description="candidate record: id of the active record it differs from")
     image_kept: bool = False
+    degraded: str | None = Field(None, description="why the device could not decide normally (verify_timeout, "
+                                 "verify_stalled, verify_failed): the frame is flagged for review, never passed")
 
 
 class ReviewRecord(_Msg):
@@ -137,6 +139,13 @@ class ReviewRecord(_Msg):
 
 
 class MetricsRecord(_Msg):
+    """A device's health over one window of `window_s` seconds ending at `created_at`. `values` keys (all floats;
+    a key is absent where the platform has no such reading): `queue_depth` (frames waiting at the end of the
+    window: what the fleet's queue_growing rule reads), `queue_depth_max`, `queue_capacity`, `in_flight`, `frames`,
+    `frames_per_s`, `dropped`, `rejected`, `errors`, `degraded` (counts within the window), `latency_ms_p50:<stage>`
+    and `latency_ms_p95:<stage>` (decode, screen, verify, total, queue_wait, ...), `rss_bytes`, `cpu_percent`
+    (of one core), `temp_c:<zone>` and `power_mw:<rail>` (tegrastats on a Jetson, thermal zones elsewhere)."""
+
     id: str = Field(default_factory=new_id)
     device: str
     created_at: str = Field(default_factory=now_iso)

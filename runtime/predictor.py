@@ -11,7 +11,7 @@ import numpy as np
 from runtime.bundle import Bundle
 from runtime.manifest import Thresholds
 from runtime.processing.decode import Detection, decode_classification, decode_yolox
-from runtime.processing.preprocess import preprocess
+from runtime.processing.preprocess import Transform, preprocess
 from runtime.runners import create_runner
 from runtime.runners.base import Runner
 
@@ -60,6 +60,8 @@ class BundleModel:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.runner = runner or create_runner(backend, bundle.model_path, **runner_options)
+        # identifies this model's preprocessing: two models with the same key take the same input tensor
+        self.input_key = self.manifest.input.model_dump_json()
 
     def load(self) -> BundleModel:
         self.runner.load()
@@ -72,23 +74,40 @@ class BundleModel:
     def max_batch(self) -> int:
         return self.manifest.batch.max if self.manifest.batch.dynamic else 1
 
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """Preprocess one BGR image for this model (thread-safe: the daemon's decode workers call it)."""
+        t0 = time.perf_counter()
+        x, transform = preprocess(image, self.manifest.input)
+        return Prepared(x, transform, (time.perf_counter() - t0) * 1000)
+
     def predict(self, images: list[np.ndarray]) -> list[ModelOutput]:
+        return self.predict_prepared([self.prepare(im) for im in images])
+
+    def predict_prepared(self, items: list[Prepared]) -> list[ModelOutput]:
+        """Run preprocessed inputs, in chunks of the model's largest batch."""
         m = self.manifest
         results: list[ModelOutput] = []
-        for i in range(0, len(images), self.max_batch):
-            chunk = images[i : i + self.max_batch]
-            t0 = time.perf_counter()
-            pre = [preprocess(im, m.input) for im in chunk]
-            x = np.stack([t for t, _ in pre])
+        for i in range(0, len(items), self.max_batch):
+            chunk = items[i : i + self.max_batch]
+            x = chunk[0].tensor[None] if len(chunk) == 1 else np.stack([p.tensor for p in chunk])
             t1 = time.perf_counter()
             raw = self.runner.infer({m.input.name: x})[m.output.names[0]]
-            t2 = time.perf_counter()
-            pre_ms, inf_ms = (t1 - t0) * 1000 / len(chunk), (t2 - t1) * 1000 / len(chunk)
+            inf_ms = (time.perf_counter() - t1) * 1000 / len(chunk)
             if m.task == "classify":
                 scores = decode_classification(raw, m.output.decoder)
-                results += [ModelOutput(scores=dict(zip(m.labels, map(float, s))), preprocess_ms=pre_ms,
-                                        infer_ms=inf_ms) for s in scores]
+                results += [ModelOutput(scores=dict(zip(m.labels, s.tolist())), preprocess_ms=p.ms, infer_ms=inf_ms)
+                            for s, p in zip(scores, chunk)]
             else:
-                dets = decode_yolox(raw, (m.input.height, m.input.width), m.output, m.labels, [t for _, t in pre])
-                results += [ModelOutput(detections=d, preprocess_ms=pre_ms, infer_ms=inf_ms) for d in dets]
+                dets = decode_yolox(raw, (m.input.height, m.input.width), m.output, m.labels,
+                                    [p.transform for p in chunk])
+                results += [ModelOutput(detections=d, preprocess_ms=p.ms, infer_ms=inf_ms) for d, p in zip(dets, chunk)]
         return results
+
+
+@dataclass
+class Prepared:
+    """One image preprocessed for a model: its input tensor (no batch dimension) and the way back to the image."""
+
+    tensor: np.ndarray
+    transform: Transform
+    ms: float = 0.0

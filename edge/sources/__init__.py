@@ -1,25 +1,41 @@
 """Where frames come from (a watched folder, an OpenCV capture, POST /v1/infer) and the bounded queue between the
-sources and the inference worker."""
+sources and the frame path."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+from fleet.protocol import PredictionRecord
+
+# What became of a frame, as its source is told:
+#   pass / flag  the decision is committed (a degraded frame is a flag, with its reason in the record)
+#   error        the frame could not be decided (a bad image, a model that failed on it): committed as such
+#   retry        nothing was committed (the store failed); the source keeps the frame and may offer it again
+OutcomeKind = Literal["pass", "flag", "error", "retry"]
 
 
 @dataclass
 class Outcome:
-    """What became of a frame, handed back to its source once the record is committed."""
+    """What became of a frame, handed back to its source once the record is committed (or could not be)."""
 
     prediction_id: str | None
-    decision: str  # pass | flag | error
+    decision: OutcomeKind
     error: str | None = None
-    record: dict[str, Any] | None = None
-    candidate: dict[str, Any] | None = None
+    active: PredictionRecord | None = None
+    candidate_record: PredictionRecord | None = None
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        return self.active.model_dump(mode="json") if self.active is not None else None
+
+    @property
+    def candidate(self) -> dict[str, Any] | None:
+        return self.candidate_record.model_dump(mode="json") if self.candidate_record is not None else None
 
 
 @dataclass
@@ -33,4 +49,4 @@ class Frame:
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
-__all__ = ["Frame", "Outcome"]
+__all__ = ["Frame", "Outcome", "OutcomeKind"]

@@ -86,8 +86,8 @@ def test_capture_source_samples_a_video_file(tmp_path: Path, bundles, keys) -> N
     d = make_daemon(tmp_path, keys, pcb_release(bundles),
                     sources=[{"type": "capture", "url": str(video), "sample_fps": 2.0, "name": "line"}]).start()
     try:
-        wait(lambda: d.metrics.value("frames_total") >= len(want) and d.queue.depth == 0)
-        time.sleep(0.3)
+        # the whole file was read, and everything it queued is committed
+        wait(lambda: d.captures[0].finished.is_set() and d.queue.depth == 0 and d.frames.in_flight == 0)
         got = sorted((r["source"] for r in d.store.predictions(limit=200)), key=lambda s: int(s.split("#")[1]))
         assert got == want
         assert d.captures[0].frames_read == n_frames
@@ -124,14 +124,15 @@ def test_sampler_rates() -> None:
 def test_watchdog_marks_stalls_and_restarts_a_dead_worker(tmp_path: Path, bundles, keys) -> None:
     d = make_daemon(tmp_path, keys, pcb_release(bundles), watchdog={"stall_s": 0.3})
     gate = threading.Event()
-    real_process = d.process
-
-    def slow(frame):
-        gate.wait(10)  # a frame stuck in inference
-        return real_process(frame)
-
-    d.process = slow  # type: ignore[method-assign]
     d.start()
+    runner = d.frames.slot.current.active.stages[0][1].runner
+    real_infer = runner._infer
+
+    def stuck(feeds):
+        gate.wait(10)  # the model hangs in inference (a wedged GPU, a driver stuck in a kernel)
+        return real_infer(feeds)
+
+    runner._infer = stuck  # type: ignore[method-assign]
     try:
         assert d.ready
         d.queue.put_nowait(Frame(

@@ -45,9 +45,9 @@ def test_kill9_then_restart_processes_every_image_exactly_once(tmp_path: Path, b
     d = daemons(cfg)
     d.wait_frames(0)
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and any(p.is_file() for p in inbox.iterdir()):
+    while time.monotonic() < deadline and (any(p.is_file() for p in inbox.iterdir()) or _frames(db) < len(names)):
         time.sleep(0.1)
-    time.sleep(0.3)
+    d.stop()  # a clean stop: everything taken is committed and the database is closed before it is read
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT source, COUNT(*) FROM predictions WHERE role='active' GROUP BY source").fetchall()
         outbox = c.execute("SELECT COUNT(*) FROM outbox WHERE kind='predictions'").fetchone()[0]

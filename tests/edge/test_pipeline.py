@@ -124,8 +124,11 @@ def test_slot_swap_waits_for_the_frame_in_flight() -> None:
     in_frame.wait(5)
     swapper = threading.Thread(target=lambda: slot.swap("new"))  # type: ignore[arg-type]
     swapper.start()
-    time.sleep(0.2)
-    assert slot.current == "old" and swapper.is_alive()  # the swap waits for the frame
+    deadline = time.monotonic() + 5
+    while slot.waiting == 0:  # the swap has begun and is blocked on the frame in flight
+        assert time.monotonic() < deadline, "the swap never started"
+        time.sleep(0.001)
+    assert slot.current == "old" and swapper.is_alive() and slot.swaps == 1  # the swap waits for the frame
     release.set()
     t.join(5)
     swapper.join(5)

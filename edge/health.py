@@ -1,0 +1,93 @@
+"""What the platform says about the device: resident memory, CPU use, temperatures and power. On a Jetson the
+figures come from tegrastats (runtime.tegrastats); elsewhere temperatures from Linux thermal zones, and no power
+reading (a key that cannot be measured is left out, never sent as 0)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from pathlib import Path
+
+from runtime.tegrastats import TegrastatsSampler
+
+THERMAL = Path("/sys/class/thermal")
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int | None:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def mem_available_bytes() -> int | None:
+    """Linux MemAvailable: what can be allocated without swapping (None where /proc/meminfo is missing)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def thermal_zones() -> dict[str, float]:
+    """Zone type -> degrees C from /sys/class/thermal (empty where the kernel exposes none, e.g. in a VM)."""
+    out: dict[str, float] = {}
+    try:
+        zones = sorted(THERMAL.glob("thermal_zone*"))
+    except OSError:
+        return out
+    for z in zones:
+        try:
+            name = (z / "type").read_text().strip() or z.name
+            out[name] = int((z / "temp").read_text().strip()) / 1000.0
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+class Health:
+    """Samples for the windowed metrics records: CPU use since the previous call, memory, temperatures, power."""
+
+    def __init__(self, use_tegrastats: bool = True) -> None:
+        self.tegra = TegrastatsSampler(interval_ms=1000, keep=1) if use_tegrastats else None
+        if self.tegra is not None and not self.tegra.available:
+            self.tegra = None
+        self._cpu = self._cpu_s()
+        self._wall = time.monotonic()
+
+    @staticmethod
+    def _cpu_s() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def start(self) -> Health:
+        if self.tegra is not None:
+            self.tegra.start()
+        return self
+
+    def stop(self) -> None:
+        if self.tegra is not None:
+            self.tegra.stop()
+
+    def reading(self) -> dict[str, float]:
+        cpu, wall = self._cpu_s(), time.monotonic()
+        values: dict[str, float] = {}
+        if wall > self._wall:
+            values["cpu_percent"] = round(100.0 * (cpu - self._cpu) / (wall - self._wall), 1)
+        self._cpu, self._wall = cpu, wall
+        rss = rss_bytes()
+        if rss is not None:
+            values["rss_bytes"] = float(rss)
+        sample = self.tegra.latest if self.tegra is not None else None
+        if sample is not None:
+            values.update({f"temp_c:{k}": v for k, v in sample.temps_c.items()})
+            values.update({f"power_mw:{k}": float(v) for k, v in sample.rails_mw.items()})
+            if sample.gpu_load is not None:
+                values["gpu_percent"] = float(sample.gpu_load)
+        else:
+            values.update({f"temp_c:{k}": v for k, v in thermal_zones().items()})
+        return values
