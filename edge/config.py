@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from edge.agent.config import AgentConfig
 from fleet.protocol import ReleaseSpec
 from runtime.errors import ConfigError
+from runtime.yamlconf import parse_yaml_model
 
 
 class _Cfg(BaseModel):
@@ -287,52 +287,9 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _node_at(node: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
-    """The deepest YAML node along `loc` (a cleaned pydantic error location), for its line number."""
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            nxt = None
-            for k, v in node.value:
-                if str(k.value) == str(key):
-                    nxt = k if key == loc[-1] else v
-                    break
-            if nxt is None:  # absent: a missing key, reported at its parent
-                break
-            node = nxt
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-        else:
-            break
-    return node
-
-
-def _describe(err: ValidationError, root: yaml.Node | None, where: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = _clean_loc(tuple(e["loc"]))
-        node = _node_at(root, loc)
-        line = f":{node.start_mark.line + 1}" if node is not None else ""
-        path = ".".join(str(p) for p in loc) or "(top)"
-        msg = e["msg"].replace("Value error, ", "", 1)
-        lines.append(f"{where}{line}: {path}: {msg}")
-    return "\n".join(lines)
-
-
 def parse_config(text: str, where: str = "config", base: Path | None = None) -> DeviceConfig:
     """Validate YAML text; a ConfigError lists every problem as `file:line: key.path: message`."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where}{line}: not valid YAML ({getattr(err, 'problem', err)})") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: the config must be a YAML mapping")
-    try:
-        cfg = DeviceConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_describe(err, root, where)) from err
+    cfg = parse_yaml_model(text, DeviceConfig, where, clean_loc=_clean_loc)
     return cfg.resolve(base) if base is not None else cfg
 
 

@@ -13,18 +13,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleet.apidocs import mount_docs
 from fleet.artifacts import resolve
-from fleet.protocol import DEVICE_ID_RE, ReleaseSpec, ReviewRecord
+from fleet.bodylimit import BodyLimit
+from fleet.protocol import DEVICE_ID_RE, ReleaseSpec, ReviewRecord, StageSpec
 from fleet.releases import ThresholdChange
 from fleet.rollout import RolloutRequest
 from fleet.security import TokenEntry
 from fleet.service import Fleet
-from runtime.errors import BundleError, ConfigError, NotFound, ShadowlineError
+from runtime.errors import BundleError, ConfigError, NotFound, ShadowlineError, TooLarge
 
 log = logging.getLogger(__name__)
 bearer = HTTPBearer(auto_error=False, description="fleet API token (shadowline fleet token create)")
@@ -104,7 +106,12 @@ def build_router() -> APIRouter:
     @r.post("/api/bundles", tags=["bundles"], summary="Push a signed bundle (.tar body); verified before storing")
     async def push_bundle(request: Request, _: TokenEntry = Depends(admin)) -> dict[str, Any]:
         fleet: Fleet = request.app.state.fleet
+        # refusals name what the admin sent (the CLI sends the file's name), never the server's temporary file
+        sent = Path(request.headers.get("x-bundle-name", "")).name[:200] or "the uploaded bundle"
         cap = int(fleet.config.max_upload_mb * (1 << 20))
+        too_big = f"{sent}: bundle upload is over the limit of {fleet.config.max_upload_mb:g} MB (max_upload_mb)"
+        if int(request.headers.get("content-length") or 0) > cap:
+            raise TooLarge(too_big)
         fleet.artifacts_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".tar", dir=fleet.artifacts_dir)
         try:
@@ -113,11 +120,11 @@ def build_router() -> APIRouter:
                 async for chunk in request.stream():
                     n += len(chunk)
                     if n > cap:
-                        raise ConfigError(f"bundle upload is over the limit of {fleet.config.max_upload_mb} MB")
+                        raise TooLarge(too_big)
                     fh.write(chunk)
             if n == 0:
                 raise ConfigError("empty body: send the bundle .tar as the request body")
-            return fleet.registry.push(Path(tmp))
+            return fleet.registry.push(Path(tmp), label=sent)
         finally:
             Path(tmp).unlink(missing_ok=True)
 
@@ -208,7 +215,7 @@ def build_router() -> APIRouter:
                       _: TokenEntry = Depends(require("inspector"))) -> dict[str, Any]:
         fleet: Fleet = request.app.state.fleet
         spec = fleet.releases.get(ref)
-        stages = {s.role: s for s in spec.stages}
+        stages: dict[str, StageSpec] = {s.role: s for s in spec.stages}
         chosen = stages.get(stage) or (spec.stages[-1] if stage == "verify" and len(spec.stages) == 1 else None)
         if chosen is None:
             raise NotFound(f"release {spec.ref} has no {stage!r} stage")
@@ -242,6 +249,16 @@ def create_app(fleet: Fleet, ready: Callable[[], bool] | None = None) -> FastAPI
                   description="Bundles, releases, devices, staged rollouts; artifacts; mobile inspector endpoints.")
     mount_docs(app)  # Swagger UI and ReDoc from local assets: no CDN on a plant network
     app.state.fleet = fleet
+    body_cap = int(fleet.config.max_body_kb * 1024)
+    # POST /api/bundles enforces max_upload_mb itself (its refusal names the bundle sent)
+    app.add_middleware(BodyLimit, limit_for=lambda path: None if path == "/api/bundles" else body_cap)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        # one line per problem, `key.path: message`, instead of pydantic's list: the CLI prints it as it comes
+        lines = [".".join(str(p) for p in e["loc"] if p != "body") + ": " + e["msg"].replace("Value error, ", "", 1)
+                 for e in err.errors()]
+        return JSONResponse({"error": "; ".join(lines), "type": "ConfigError", "problems": lines}, status_code=422)
 
     @app.exception_handler(ShadowlineError)
     async def domain_error(request: Request, err: ShadowlineError) -> JSONResponse:
@@ -265,6 +282,9 @@ def create_app(fleet: Fleet, ready: Callable[[], bool] | None = None) -> FastAPI
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     app.include_router(build_router())
+    from fleet.api_decisions import build_router as decisions_router  # it imports `require` from here
+
+    app.include_router(decisions_router())
     try:  # the dashboard is another package's; the API runs without it
         dashboard = importlib.import_module("fleet.dashboard")
     except ModuleNotFoundError as err:

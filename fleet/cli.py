@@ -8,25 +8,46 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from runtime.errors import ConfigError, Conflict, NotFound, ShadowlineError
+from fleet import cli_output as show
+from fleet.cli_output import emit, json_option
+from runtime import errors
+from runtime.errors import (
+    AccessDenied,
+    ConfigError,
+    Conflict,
+    NotFound,
+    ServiceError,
+    ShadowlineError,
+    TooLarge,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8700"
 
 
-class ApiError(ShadowlineError):
-    """The fleet API refused a request; the message is its error text."""
+class ApiError(ServiceError):
+    """The fleet API could not be reached or failed; the message is its error text."""
 
 
-def _raise_for(resp) -> None:
+# a refusal becomes the domain error it stands for, so the exit code says what went wrong (docs/cli.md)
+_BY_STATUS: dict[int, type[ShadowlineError]] = {400: ConfigError, 401: AccessDenied, 403: AccessDenied,
+                                                 404: NotFound, 409: Conflict, 413: TooLarge, 422: ConfigError}
+
+
+def _raise_for(resp: Any) -> None:
     if resp.status_code < 400:
         return
+    kind = None
     try:
-        text = resp.json().get("error") or resp.json().get("detail")
+        body = resp.json()
+        text = body.get("error") or body.get("detail") if isinstance(body, dict) else resp.text
+        kind = body.get("type") if isinstance(body, dict) else None
     except ValueError:
         text = resp.text
-    cls = {404: NotFound, 409: Conflict}.get(resp.status_code, ApiError)
+    # the API names the domain error it raised (a tampered bundle is a BundleError, not any 422)
+    named = getattr(errors, kind, None) if isinstance(kind, str) else None
+    cls = named if isinstance(named, type) and issubclass(named, ShadowlineError) else \
+        _BY_STATUS.get(resp.status_code, ApiError)
     raise cls(f"{resp.request.method} {resp.request.url.path}: HTTP {resp.status_code}: {text}")
 
 
@@ -39,7 +60,8 @@ class Api:
         self.client = httpx.Client(base_url=url.rstrip("/"), timeout=120,
                                    headers={"Authorization": f"Bearer {token}"})
 
-    def call(self, method: str, path: str, **kw: Any) -> Any:
+    def call(self, method: str, path: str, text: bool = False, **kw: Any) -> Any:
+        """The JSON answer (or the text, with `text`) of one request; a refusal raises its domain error."""
         import httpx
 
         try:
@@ -47,14 +69,7 @@ class Api:
         except httpx.HTTPError as err:
             raise ApiError(f"cannot reach the fleet API at {self.client.base_url}: {err}") from err
         _raise_for(resp)
-        return resp.json()
-
-
-pass_api = click.make_pass_decorator(Api)
-
-
-def _out(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return resp.text if text else resp.json()
 
 
 def _api_options(f):
@@ -140,28 +155,33 @@ def bundle_group() -> None:
 
 @bundle_group.command("push")
 @_api_options
+@json_option
 @click.argument("bundle", type=click.Path(path_type=Path, exists=True))
-def bundle_push(url: str, token: str | None, bundle: Path) -> None:
+def bundle_push(url: str, token: str | None, as_json: bool, bundle: Path) -> None:
     """Upload a signed bundle (.tar or directory); the fleet verifies hashes and signature before storing it."""
     import tarfile
     import tempfile
 
     api = Api(url, token)
+    # the fleet names this in a refusal (never its own temporary upload file)
+    sent = {"X-Bundle-Name": bundle.name if bundle.suffix == ".tar" else f"{bundle.name}.tar"}
     if bundle.is_dir():
         with tempfile.TemporaryDirectory() as tmp:
             tar_path = Path(tmp) / f"{bundle.name}.tar"
             with tarfile.open(tar_path, "w") as tar:
                 tar.add(bundle, arcname=bundle.name)
-            _out(api.call("POST", "/api/bundles", content=tar_path.read_bytes()))
+            done = api.call("POST", "/api/bundles", content=tar_path.read_bytes(), headers=sent)
     else:
-        _out(api.call("POST", "/api/bundles", content=bundle.read_bytes()))
+        done = api.call("POST", "/api/bundles", content=bundle.read_bytes(), headers=sent)
+    emit(done, as_json, show.bundle)
 
 
 @bundle_group.command("list")
 @_api_options
-def bundle_list(url: str, token: str | None) -> None:
+@json_option
+def bundle_list(url: str, token: str | None, as_json: bool) -> None:
     """List registered bundles."""
-    _out(Api(url, token).call("GET", "/api/bundles"))
+    emit(Api(url, token).call("GET", "/api/bundles"), as_json, show.bundles)
 
 
 @fleet_group.group("release")
@@ -171,21 +191,33 @@ def release_group() -> None:
 
 @release_group.command("create")
 @_api_options
-@click.argument("spec_file", type=click.Path(path_type=Path, exists=True))
-def release_create(url: str, token: str | None, spec_file: Path) -> None:
-    """Create a release from a YAML spec (name, mode, stages, actions); prints it with its revision."""
+@json_option
+@click.argument("spec_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+def release_create(url: str, token: str | None, as_json: bool, spec_file: Path) -> None:
+    """Create a release from a YAML spec (name, mode, stages, actions); prints it with its revision. The spec is
+    checked here first: every problem is printed as file:line: key.path: message."""
+    from fleet.protocol import ReleaseSpec
+    from runtime.yamlconf import parse_yaml_model
+
     try:
-        spec = yaml.safe_load(spec_file.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{spec_file}: {err}") from err
-    _out(Api(url, token).call("POST", "/api/releases", json=spec))
+        text = spec_file.read_text()
+    except OSError as err:
+        raise ConfigError(f"{spec_file}: cannot read the release spec ({err.strerror})") from err
+    spec = parse_yaml_model(text, ReleaseSpec, str(spec_file))
+    api = Api(url, token)
+    try:
+        made = api.call("POST", "/api/releases", json=spec.model_dump(mode="json", exclude_unset=True))
+    except ShadowlineError as err:  # e.g. a bundle the registry does not have: name the file the admin sent
+        raise type(err)(f"{spec_file}: refused by the fleet: {err}") from err
+    emit(made, as_json, show.release)
 
 
 @release_group.command("list")
 @_api_options
-def release_list(url: str, token: str | None) -> None:
+@json_option
+def release_list(url: str, token: str | None, as_json: bool) -> None:
     """List releases with their revisions."""
-    _out(Api(url, token).call("GET", "/api/releases"))
+    emit(Api(url, token).call("GET", "/api/releases"), as_json, show.releases)
 
 
 @fleet_group.group("rollout")
@@ -195,13 +227,14 @@ def rollout_group() -> None:
 
 @rollout_group.command("start")
 @_api_options
+@json_option
 @click.argument("release")
 @click.option("--group", required=True, help="Device group to target.")
 @click.option("--waves", default="1,10%,50%,100%", show_default=True, help="Cumulative wave sizes.")
 @click.option("--shadow-first", is_flag=True, help="Run the release as candidate beside production.")
 @click.option("--gates", "gates_json", help='Gate settings as JSON, e.g. {"max_error_rate": 0.02}.')
-def rollout_start(url: str, token: str | None, release: str, group: str, waves: str, shadow_first: bool,
-                  gates_json: str | None) -> None:
+def rollout_start(url: str, token: str | None, as_json: bool, release: str, group: str, waves: str,
+                  shadow_first: bool, gates_json: str | None) -> None:
     """Start rolling RELEASE (name@revision) out to a group."""
     body: dict[str, Any] = {"release": release, "group": group, "waves": [w.strip() for w in waves.split(",")],
                             "shadow_first": shadow_first}
@@ -210,64 +243,85 @@ def rollout_start(url: str, token: str | None, release: str, group: str, waves: 
             body["gates"] = json.loads(gates_json)
         except ValueError as err:
             raise ConfigError(f"--gates: not JSON ({err})") from err
-    _out(Api(url, token).call("POST", "/api/rollouts", json=body))
+    emit(Api(url, token).call("POST", "/api/rollouts", json=body), as_json, show.rollout)
 
 
 @rollout_group.command("status")
 @_api_options
+@json_option
 @click.argument("rollout_id", required=False)
-def rollout_status(url: str, token: str | None, rollout_id: str | None) -> None:
+def rollout_status(url: str, token: str | None, as_json: bool, rollout_id: str | None) -> None:
     """Show one rollout (waves, gates, devices), or list all without an id."""
     api = Api(url, token)
-    _out(api.call("GET", f"/api/rollouts/{rollout_id}") if rollout_id else api.call("GET", "/api/rollouts"))
+    if rollout_id:
+        emit(api.call("GET", f"/api/rollouts/{rollout_id}"), as_json, show.rollout)
+    else:
+        emit(api.call("GET", "/api/rollouts"), as_json, show.rollouts)
 
 
 @rollout_group.command("halt")
 @_api_options
+@json_option
 @click.argument("rollout_id")
 @click.option("--reason", default="manual halt", show_default=True, help="Why it is halted (kept on the rollout).")
-def rollout_halt(url: str, token: str | None, rollout_id: str, reason: str) -> None:
+def rollout_halt(url: str, token: str | None, as_json: bool, rollout_id: str, reason: str) -> None:
     """Stop a running rollout from starting further waves; devices stay where they are until a rollback."""
-    _out(Api(url, token).call("POST", f"/api/rollouts/{rollout_id}/halt", json={"reason": reason}))
+    emit(Api(url, token).call("POST", f"/api/rollouts/{rollout_id}/halt", json={"reason": reason}), as_json,
+         show.rollout)
 
 
 @fleet_group.command("rollback")
 @_api_options
+@json_option
 @click.argument("rollout_id")
-def rollback(url: str, token: str | None, rollout_id: str) -> None:
+def rollback(url: str, token: str | None, as_json: bool, rollout_id: str) -> None:
     """Return every device targeted by a rollout to its previous release."""
-    _out(Api(url, token).call("POST", f"/api/rollouts/{rollout_id}/rollback"))
+    emit(Api(url, token).call("POST", f"/api/rollouts/{rollout_id}/rollback"), as_json, show.rollout)
 
 
-@fleet_group.command("devices")
+@fleet_group.group("devices", invoke_without_command=True)
 @_api_options
+@json_option
 @click.option("--group", help="Only this group.")
 @click.option("--tag", help="Only devices with this tag (key or key=value).")
 @click.option("--set-groups", help="With --device: replace its groups (comma-separated).")
 @click.option("--device", help="Device to change (registers it if new).")
-def devices(url: str, token: str | None, group: str | None, tag: str | None, set_groups: str | None,
-            device: str | None) -> None:
-    """List devices (status, active release, groups), or set a device's groups."""
+@click.pass_context
+def devices(ctx: click.Context, url: str, token: str | None, as_json: bool, group: str | None, tag: str | None,
+            set_groups: str | None, device: str | None) -> None:
+    """List devices (status, active release, groups, activation, last seen), or set a device's groups;
+    `devices show DEVICE` gives one device in full."""
+    if ctx.invoked_subcommand is not None:
+        return
     api = Api(url, token)
     if device:
         if set_groups is None:
             raise ConfigError("--device needs --set-groups")
-        _out(api.call("PUT", f"/api/devices/{device}",
-                      json={"groups": [g for g in set_groups.split(",") if g]}))
+        emit(api.call("PUT", f"/api/devices/{device}", json={"groups": [g for g in set_groups.split(",") if g]}),
+             as_json, lambda d: show.devices([d]))
         return
     params = {k: v for k, v in (("group", group), ("tag", tag)) if v}
-    rows = api.call("GET", "/api/devices", params=params)
-    for d in rows:
-        click.echo(f"{d['id']:24} {d.get('status') or '-':8} {d.get('active') or '-':28} {','.join(d['groups'])}")
-    if not rows:
-        click.echo("no devices", err=True)
+    emit(api.call("GET", "/api/devices", params=params), as_json, show.devices)
+
+
+@devices.command("show")
+@_api_options
+@json_option
+@click.argument("device")
+def device_show(url: str, token: str | None, as_json: bool, device: str) -> None:
+    """One device in full: groups and tags, what it reported (releases, activation, versions, backends, hardware),
+    what the fleet asked it to run, 24 h health, open alerts, latest capability record and recent errors."""
+    emit(Api(url, token).call("GET", f"/api/devices/{device}"), as_json, show.device)
 
 
 # registered last: fleet.cli_field uses the API helpers above
+from fleet.cli_decisions import alerts_group, pillars, shadow_group  # noqa: E402
 from fleet.cli_field import promote_data, tune  # noqa: E402
 
 fleet_group.add_command(tune)
 fleet_group.add_command(promote_data)
+for _cmd in (shadow_group, alerts_group, pillars):
+    fleet_group.add_command(_cmd)
 
 if __name__ == "__main__":
     sys.exit(fleet_group())

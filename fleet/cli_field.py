@@ -166,7 +166,7 @@ def promote_data(data_dir: Path, image_dirs: tuple[Path, ...], out: Path, task: 
     try:
         preds = list(store.predictions(release=release, group=group, since=since))
         revs = list(store.reviews(release=release, group=group))
-        manifest = promote(preds, revs, fetch, out, task, policy=policy)
+        manifest = promote(preds, revs, fetch, out, "detect" if task == "detect" else "classify", policy=policy)
     finally:
         store.close()
     click.echo(json.dumps({"out": str(out), "predictions": len(preds), "promoted": len(manifest.samples),

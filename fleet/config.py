@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleet.alerting.config import AlertingConfig
@@ -13,6 +12,7 @@ from fleet.analytics.alerts import AlertRules
 from fleet.analytics.shadow import ExitCriteria
 from fleet.broker import BrokerTLS
 from runtime.errors import ConfigError
+from runtime.yamlconf import describe, parse_yaml_model
 
 
 class FleetConfig(BaseModel):
@@ -33,6 +33,7 @@ class FleetConfig(BaseModel):
     trust_store: Path | None = Field(None, description="directory of *.pub keys pushed bundles must be signed by")
     tokens_file: Path | None = Field(None, description="JSON file of API token hashes and roles")
     max_upload_mb: float = Field(2048, gt=0, description="largest bundle accepted by POST /api/bundles")
+    max_body_kb: float = Field(1024, gt=0, description="largest request body of every other API route (413 above)")
     rollout_tick_s: float = Field(0.2, gt=0, description="how often running rollouts are advanced")
     publish_timeout_s: float = Field(10.0, gt=0, description="wait this long for the broker's PUBACK before "
                                                              "leaving a message queued for after reconnection")
@@ -75,19 +76,16 @@ class FleetConfig(BaseModel):
 
 
 def load_config(path: Path | None, **overrides: object) -> FleetConfig:
-    """Read a YAML/JSON config (optional) and apply non-None command-line overrides; errors name the key."""
-    data: dict = {}
-    if path is not None:
+    """Read a YAML/JSON config (optional) and apply non-None command-line overrides; every error is given as
+    `file:line: key.path: message` (options given on the command line have no line)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if path is None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{path}: {err}") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+            return FleetConfig.model_validate(given)
+        except ValidationError as err:
+            raise ConfigError(describe(err, None, "fleet config (command-line options)")) from err
     try:
-        return FleetConfig.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path or 'fleet config'}: {where}: {first['msg']}") from err
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config ({err.strerror})") from err
+    return parse_yaml_model(text, FleetConfig, str(path), given)

@@ -137,3 +137,36 @@ def promote(fleet: Fleet, release: str, group: str, actor: str, admin: bool, rea
         "mode": "production", "note": f"promoted from {spec.ref} (audit {decision.audit_id})"}), parent=spec.ref)
     st = fleet.rollouts.start(RolloutRequest(release=prod.ref, group=group))
     return Promotion(decision=decision, release=prod.ref, rollout=st["id"], group=group)
+
+
+# -- one device ---------------------------------------------------------------------------------------------------
+def device_details(fleet: Fleet, device: str, now: datetime | None = None, errors: int = 10) -> dict[str, Any]:
+    """Everything the fleet knows about one device: registry (groups, tags, status, last seen), what it reported
+    (active, candidate and cached releases, activation, versions, backends, hardware, last error), what the fleet
+    asked it to run, its last 24 h of health (the pillar figures), its open alerts, its latest capability record
+    and its most recent errors. NotFound for an unknown device."""
+    now = now or now_utc()
+    row = fleet.devices.get(device)
+    win = Window.last("24h", end=now)
+    since = win.start.isoformat()
+    preds = list(fleet.store.predictions(device=device, since=since))
+    revs = list(fleet.store.reviews(device=device, since=review_since(fleet, win.start)))
+    mets = list(fleet.store.metrics(device=device, since=since))
+    snap = snapshot(preds, revs, mets, win, Scope(device=device), pillar_options(fleet))
+    total = snap.health.latency_ms.get("total")
+    want, want_candidate = fleet.desired.current(device)
+    cap = fleet.store.latest_events("capability", device=device).get(device)
+    return {
+        "id": device, "groups": row["groups"], "tags": row["tags"], "status": row.get("status"),
+        "first_seen": row.get("first_seen"), "last_seen": row.get("last_seen"),
+        "reported": row.get("reported") or {}, "active": row.get("active"), "candidate": row.get("candidate"),
+        "activation": row.get("activation") or {}, "last_error": row.get("last_error"),
+        "desired": {"release": want, "candidate": want_candidate, "revision": fleet.desired.revision(device)},
+        "health_24h": {"predictions": snap.health.predictions, "error_rate": snap.health.error_rate,
+                       "latency_p95_ms": total.p95 if total else None, "queue_depth": snap.health.queue_depth,
+                       "override_rate": snap.overrides.overall.rate, "reviewed_cases": snap.overrides.overall.reviews},
+        "alerts": [a.model_dump(mode="json") for a in fleet.alerts.current() if a.device == device],
+        "capability": cap.model_dump(mode="json") if cap else None,
+        "recent_errors": [{"at": p.created_at, "source": p.source, "release": f"{p.release}@{p.revision}",
+                           "error": p.error} for p in preds if p.decision == "error"][-errors:][::-1],
+    }

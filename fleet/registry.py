@@ -43,14 +43,15 @@ class Registry:
         self.store, self.dir, self.trust = store, Path(artifacts_dir), trust_store
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    def push(self, path: Path | str) -> dict[str, Any]:
+    def push(self, path: Path | str, label: str | None = None) -> dict[str, Any]:
         """Verify and register a bundle directory or tar. Pushing the same bundle again is a no-op; a different
         bundle under an existing id is a Conflict. A tampered or untrusted bundle raises BundleError /
-        SignatureError naming the file or the key."""
+        SignatureError naming the file or the key, and `label` (what the admin sent) rather than `path` (where
+        the server keeps the upload)."""
         path = Path(path)
         if self.trust is None:
             raise BundleError("the fleet has no trust store configured; refusing to register unsigned bundles")
-        with load_bundle(path, self.trust) as bundle:
+        with load_bundle(path, self.trust, label=label) as bundle:
             m = bundle.manifest
             bid = m.bundle_id
             existing = self.store.get("bundles", bid)

@@ -109,10 +109,12 @@ def verify_tree(root: Path, manifest: Manifest, where: str) -> None:
                 raise BundleError(f"{where}: file {rel!r} is not listed in the manifest")
 
 
-def load_bundle(path: Path | str, trust_store: TrustStore | None = None, extract_to: Path | None = None) -> Bundle:
-    """Open and verify a bundle directory or .tar. With a trust store the signature must be valid and known."""
+def load_bundle(path: Path | str, trust_store: TrustStore | None = None, extract_to: Path | None = None,
+                label: str | None = None) -> Bundle:
+    """Open and verify a bundle directory or .tar. With a trust store the signature must be valid and known.
+    Errors name `label` (what the user sent, e.g. an uploaded file's name) instead of `path` when given."""
     path = Path(path)
-    where = str(path)
+    where = label or str(path)
     if not path.exists():
         raise BundleError(f"{where}: no such bundle")
     tmp: tempfile.TemporaryDirectory | None = None

@@ -85,3 +85,24 @@ class BuildCancelled(ShadowlineError):
 
     exit_code = 12
     http_status = 409
+
+
+class TooLarge(ShadowlineError):
+    """A request body or an upload is over its limit; the message says the limit."""
+
+    exit_code = 13
+    http_status = 413
+
+
+class AccessDenied(ShadowlineError):
+    """No token, an unknown token, or a token without the role the request needs."""
+
+    exit_code = 14
+    http_status = 403
+
+
+class ServiceError(ShadowlineError):
+    """A service a command talks to (the fleet API) cannot be reached or failed; the message says which and why."""
+
+    exit_code = 15
+    http_status = 502

@@ -74,41 +74,66 @@ def test_serve_and_admin_commands(tmp_path, keys, bundles):
                 return False
 
         wait_for(ready, 60, "fleet serve to be ready")
-        pushed = json.loads(run("bundle", "push", str(bundles["pcb-aoi"]), token=token, url=url).stdout)
+        pushed = json.loads(run("bundle", "push", str(bundles["pcb-aoi"]), "--json", token=token, url=url).stdout)
         assert pushed["id"] == bundles["pcb-aoi"].name
         tampered = tmp_path / bundles["squeezenet"].name
         shutil.copytree(bundles["squeezenet"], tampered)
         (tampered / "model.onnx").write_bytes((tampered / "model.onnx").read_bytes() + b"\0")
         bad = run("bundle", "push", str(tampered), token=token, url=url, check=False)
-        assert bad.returncode != 0 and "model.onnx" in bad.stderr
+        assert bad.returncode == 4 and "model.onnx" in bad.stderr  # BundleError
+        # the refusal names the bundle the admin sent, not the server's temporary upload file
+        assert f"{tampered.name}.tar: file 'model.onnx'" in bad.stderr and ".upload-" not in bad.stderr
         denied = run("bundle", "push", str(bundles["pcb-aoi"]), token=viewer, url=url, check=False)
-        assert denied.returncode != 0 and "403" in denied.stderr
+        assert denied.returncode == 14 and "403" in denied.stderr  # AccessDenied
         assert run("bundle", "list", url=url, check=False).returncode != 0  # no token
         run("devices", "--device", "cam-1", "--set-groups", "line", token=token, url=url)
         run("devices", "--device", "cam-2", "--set-groups", "line", token=token, url=url)
-        assert "cam-1" in run("devices", "--group", "line", token=token, url=url).stdout
+        listed = run("devices", "--group", "line", token=token, url=url).stdout.splitlines()
+        assert listed[0].split() == ["DEVICE", "STATUS", "ACTIVE", "CANDIDATE", "GROUPS", "ACTIVATION", "LAST", "SEEN"]
+        assert [line.split()[0] for line in listed[1:]] == ["cam-1", "cam-2"]
+        assert [d["id"] for d in json.loads(run("devices", "--json", token=token, url=url).stdout)] == ["cam-1", "cam-2"]
+        shown = run("devices", "show", "cam-1", token=token, url=url).stdout
+        assert "device" in shown and "cam-1" in shown and "recent errors" in shown
+        assert json.loads(run("devices", "show", "cam-1", "--json", token=token, url=url).stdout)["groups"] == ["line"]
+        missing = run("devices", "show", "cam-9", token=token, url=url, check=False)
+        assert missing.returncode == 10 and "cam-9" in missing.stderr and "Traceback" not in missing.stderr
         spec = tmp_path / "seal.yaml"
         spec.write_text(f"name: seal\nmode: shadow\nstages:\n  - role: verify\n    bundle: {pushed['id']}\n")
-        assert json.loads(run("release", "create", str(spec), token=token, url=url).stdout)["revision"] == 1
-        assert json.loads(run("release", "create", str(spec), token=token, url=url).stdout)["revision"] == 2
+        assert json.loads(run("release", "create", str(spec), "--json", token=token, url=url).stdout)["revision"] == 1
+        assert run("release", "create", str(spec), token=token, url=url).stdout.startswith("created seal@2 (shadow)")
+        # a bad spec: file:line: key.path for every problem, exit 2 (ConfigError), nothing sent
+        broken = tmp_path / "broken.yaml"
+        broken.write_text("name: seal\nmode: live\nstages:\n  - role: verify\n    bundel: x\n")
+        res = run("release", "create", str(broken), token=token, url=url, check=False)
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        assert f"{broken}:2: mode: Input should be 'shadow' or 'production'" in res.stderr
+        assert f"{broken}:5: stages.0.bundel: Extra inputs are not permitted" in res.stderr
+        assert f"{broken}:4: stages.0.bundle: Field required" in res.stderr
+        unknown = tmp_path / "unknown.yaml"
+        unknown.write_text("name: seal\nstages:\n  - role: verify\n    bundle: nope-v1.0\n")
+        res = run("release", "create", str(unknown), token=token, url=url, check=False)
+        assert res.returncode != 0 and f"{unknown}: refused by the fleet:" in res.stderr and "nope-v1.0" in res.stderr
         sims = SimFleet(f"mqtt://127.0.0.1:{mqtt_port}", Topics(), ["cam-1", "cam-2"], predictions_per_report=0)
         ro = json.loads(run("rollout", "start", "seal@1", "--group", "line", "--waves", "1,100%",
-                            "--gates", '{"wave_timeout_s": 60}', token=token, url=url).stdout)
+                            "--gates", '{"wave_timeout_s": 60}', "--json", token=token, url=url).stdout)
 
         def state() -> str:
-            return json.loads(run("rollout", "status", ro["id"], token=token, url=url).stdout)["state"]
+            return json.loads(run("rollout", "status", ro["id"], "--json", token=token, url=url).stdout)["state"]
 
         wait_for(lambda: state() != "running", 90, "rollout through the embedded broker")
         assert state() == "completed" and set(sims.active.values()) == {"seal@1"}
-        ro2 = json.loads(run("rollout", "start", "seal@2", "--group", "line", "--waves", "100%",
+        ro2 = json.loads(run("rollout", "start", "seal@2", "--group", "line", "--waves", "100%", "--json",
                              token=token, url=url).stdout)
         wait_for(lambda: set(sims.active.values()) == {"seal@2"}, 60, "seal@2 everywhere")
-        back = json.loads(run("rollback", ro2["id"], token=token, url=url).stdout)
+        back = json.loads(run("rollback", ro2["id"], "--json", token=token, url=url).stdout)
         assert back["state"] == "rolled_back"
         wait_for(lambda: set(sims.active.values()) == {"seal@1"}, 60, "rolled back to seal@1")
         assert not sims.errors
-        listed = json.loads(run("rollout", "status", token=token, url=url).stdout)
+        listed = json.loads(run("rollout", "status", "--json", token=token, url=url).stdout)
         assert [r["id"] for r in listed] == [ro["id"], ro2["id"]]
+        text = run("rollout", "status", token=token, url=url).stdout.splitlines()
+        assert text[0].split()[:4] == ["ID", "RELEASE", "GROUP", "STATE"]
+        assert [line.split()[:2] for line in text[1:]] == [[ro["id"], "seal@1"], [ro2["id"], "seal@2"]]
     finally:
         if sims is not None:
             sims.stop()

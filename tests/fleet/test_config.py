@@ -19,13 +19,23 @@ def test_yaml_and_overrides(tmp_path):
     assert BrokerAddress.parse(c.broker_url) == BrokerAddress("broker.example", 8883, True)
 
 
-@pytest.mark.parametrize("text,where", [("http_port: 99999\n", "http_port"), ("brokr_url: x\n", "brokr_url"),
-                                        ("tls:\n  ca: x\n", "tls.ca_file"), ("- 1\n", "mapping")])
-def test_bad_config_names_the_key(tmp_path, text, where):
+@pytest.mark.parametrize("text,where", [
+    ("http_port: 99999\n", "fleet.yaml:1: http_port: Input should be less than or equal to 65535"),
+    ("data_dir: x\nbrokr_url: x\n", "fleet.yaml:2: brokr_url: Extra inputs are not permitted"),
+    ("tls:\n  ca: x\n", "fleet.yaml:2: tls.ca_file: Field required"),
+    ("prefix: a\nexit_criteria:\n  max_fp_rate: 2\n", "fleet.yaml:3: exit_criteria.max_fp_rate: Input should be"),
+    ("- 1\n", "fleet.yaml: expected a mapping"), ("a: [1\n", "fleet.yaml:2: not valid YAML")])
+def test_bad_config_names_file_line_and_key(tmp_path, text, where):
     cfg = tmp_path / "fleet.yaml"
     cfg.write_text(text)
-    with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+    with pytest.raises(ConfigError) as err:
         load_config(cfg)
+    assert str(err.value).startswith(str(tmp_path / where)), str(err.value)
+
+
+def test_bad_option_names_the_key():
+    with pytest.raises(ConfigError, match=r"^fleet config \(command-line options\): http_port: "):
+        load_config(None, http_port=-1)
 
 
 @pytest.mark.parametrize("url", ["http://x", "mqtt://", "mqtt://h:notaport", "x"])

@@ -74,7 +74,7 @@ def test_halt_over_http_and_cli(world, client, tokens):
     assert r.status_code == 422 and fleet.rollouts.status(ro["id"])["state"] == "running"
     with ApiServer(fleet) as api:
         runner = CliRunner()
-        res = runner.invoke(fleet_group, ["rollout", "halt", ro["id"], "--reason", "line stopped",
+        res = runner.invoke(fleet_group, ["rollout", "halt", ro["id"], "--reason", "line stopped", "--json",
                                           "--url", api.url, "--token", tokens["admin"]])
         assert res.exit_code == 0, res.output
         out = json.loads(res.output)

@@ -1,0 +1,131 @@
+"""One dataset (predictions, verdicts, adjudications upholding and overturning overrides, unresolved disputes, a
+bad image, errors), every surface: the API's pillars and shadow report, the dashboard's pillars and shadow pages,
+/metrics, the CLI, the alert rules of the monitoring pass, the rollout gates and the promotion gate all show the
+same figure, and that figure is the one worked out by hand in tests/fleet/figures_data.py.
+
+The fleet runs as it does in production: a Fleet on a SQLite store behind a real uvicorn; the CLI runs as a
+separate process; the dashboard is read over HTTP with a logged-in session."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+
+from fleet.rollout import Gates, RolloutRequest
+from fleet.service import Fleet
+from tests.fleet.conftest import auth
+from tests.fleet.figures_data import DEVICES, EXPECTED, GROUP, REF, served_fleet
+
+
+@pytest.fixture
+def served(config, bundles) -> Iterator[tuple[Fleet, str]]:
+    with served_fleet(config, bundles["pcb-aoi"]) as s:
+        yield s
+
+
+def _text(page: str) -> str:
+    """The page's text: tags dropped, entities decoded, whitespace collapsed."""
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
+
+
+def _metric(text: str, name: str, labels: str) -> float:
+    m = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
+    assert m, f"{name}{{{labels}}} not in /metrics"
+    return float(m.group(1))
+
+
+def test_every_surface_shows_the_same_figures(served, tokens):
+    fleet, url = served
+    e = EXPECTED
+    viewer = auth(tokens["viewer"])
+    http = httpx.Client(base_url=url, timeout=30)
+
+    # -- the API: pillars over the last hour, the shadow report of the last day
+    snap = http.get("/api/pillars", params={"window": "1h"}, headers=viewer).json()["snapshot"]
+    h, d, o, i = snap["health"], snap["distribution"], snap["overrides"], snap["impact"]
+    api = {"error_rate": h["error_rate"], "latency_p95_ms": h["latency_ms"]["total"]["p95"],
+           "class_share": d["share"], "low_confidence_share": d["low_confidence_share"],
+           "override_rate": o["overall"]["rate"], "reviewed": o["overall"]["reviews"],
+           "overrides": o["overall"]["overrides"], "unresolved": o["unresolved"], "missed_defects": i["missed_defects"],
+           "model_only_catches": i["model_caught_inspector_missed"]}
+    assert api == {k: pytest.approx(e[k]) for k in api}
+    q = {"release": REF, "group": GROUP, "days": 1}
+    rep = http.get("/api/shadow/report", params=q, headers=viewer).json()
+    assert rep["override_rate"] == {"reviews": e["reviewed"], "overrides": e["overrides"], "rate": e["override_rate"]}
+    for k in ("reviewed", "disputed", "adjudicated", "unresolved", "missed_defects", "model_only_catches",
+              "model_false_positives", "defects"):
+        assert rep[k] == e[k], k
+    for k in ("fp_rate", "model_recall", "inspector_recall"):
+        assert rep[k] == pytest.approx(e[k]), k
+    failed = [c["name"] for c in rep["checks"] if not c["passed"]]
+    assert failed == ["days", "recall", "fp_rate", "unresolved", "sign_off"] and rep["go"] is False
+
+    # -- /metrics: the fleet-wide series of the last hour
+    metrics = http.get("/metrics", headers=viewer).text
+    assert _metric(metrics, "shadowline_fleet_error_rate_1h", 'device="fleet"') == e["error_rate"]
+    assert _metric(metrics, "shadowline_fleet_override_rate_1h", 'device="fleet"') == e["override_rate"]
+    assert _metric(metrics, "shadowline_fleet_latency_p95_ms_1h", 'device="fleet"') == e["latency_p95_ms"]
+    assert _metric(metrics, "shadowline_fleet_low_confidence_share_1h", 'device="fleet"') == pytest.approx(
+        e["low_confidence_share"], abs=1e-6)
+    assert _metric(metrics, "shadowline_fleet_class_share_1h", 'class="Defective"') == pytest.approx(
+        e["class_share"]["Defective"], abs=1e-6)
+
+    # -- the dashboard, logged in as a viewer
+    login = http.post("/dashboard/login", data={"token": tokens["viewer"], "next": "/dashboard/"})
+    assert login.status_code == 303 and "failed" not in login.headers["location"]
+    pillars = _text(http.get("/dashboard/pillars", params={"window": "1h"}).text)
+    assert f"{e['predictions']} predictions" in pillars and "error rate 5.00% (2 errors)" in pillars
+    assert "overall 20.0% (7 of 35 reviewed cases)" in pillars and "unresolved disputes 2" in pillars
+    assert "missed defects (the model passed them) 3" in pillars
+    assert "defects the model caught that inspectors missed 2" in pillars
+    assert re.search(r"total [\d.]+ 47\.0 ", pillars), pillars  # avg, P95 of the stage table
+    assert "Defective 31.6%" in pillars and "low-confidence share 26.3%" in pillars
+    shadow = _text(http.get("/dashboard/shadow", params=q).text)
+    assert "NO-GO" in shadow and "adjudicators (fleet config): qa-lead" in shadow
+    assert "unresolved disputes 2" in shadow and "override rate 20.0% (7 of 35)" in shadow
+    assert "missed defects 3" in shadow and "false-positive rate 0.167" in shadow and "model recall 0.727" in shadow
+    for c in rep["checks"]:
+        assert f"{c['name']} {'pass' if c['passed'] else 'fail'} {c['detail']}" in shadow, c
+
+    # -- the CLI, as a separate process
+    env = {**os.environ, "SHADOWLINE_FLEET_URL": url, "SHADOWLINE_FLEET_TOKEN": tokens["viewer"]}
+    md = subprocess.run([sys.executable, "-m", "shadowline.cli", "fleet", "shadow", "report", REF, "--group", GROUP,
+                         "--days", "1"], capture_output=True, text=True, env=env, timeout=120).stdout
+    assert "| override rate | 20.0% (7 of 35) |" in md and "| missed defects | 3 |" in md
+    assert "| false-positive rate | 0.167 |" in md and "| unresolved disputes | 2 |" in md
+    assert md.startswith(f"# Shadow report: {REF} — NO-GO")
+    cli = json.loads(subprocess.run([sys.executable, "-m", "shadowline.cli", "fleet", "pillars", "--window", "1h",
+                                     "--json"], capture_output=True, text=True, env=env, timeout=120).stdout)
+    assert cli["snapshot"]["overrides"] == snap["overrides"] and cli["snapshot"]["impact"] == snap["impact"]
+    assert cli["snapshot"]["health"]["error_rate"] == e["error_rate"]
+
+    # -- the alert rules: the monitoring pass raises with the same values
+    raised = {(a.device, a.rule): a.value for a in fleet.monitor.run_once()}
+    assert raised[("*", "error_rate")] == e["error_rate"] and raised[("*", "override_rate")] == e["override_rate"]
+    shown = {(a["device"], a["rule"]): a["value"] for a in http.get("/api/alerts", headers=viewer).json()}
+    assert shown[("*", "override_rate")] == e["override_rate"]
+
+    # -- the rollout gates judge the release's wave with the same functions
+    since = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    req = RolloutRequest(release=REF, group=GROUP, gates=Gates(min_reviews=10, min_predictions=20))
+    gates = fleet.rollouts.judge(REF, req, list(DEVICES), {dev: "active" for dev in DEVICES}, since)["gates"]
+    assert gates["error_rate"]["value"] == e["error_rate"] and gates["error_rate"]["samples"] == e["predictions"]
+    assert gates["override_rate"]["value"] == e["override_rate"] and gates["override_rate"]["samples"] == e["reviewed"]
+    assert gates["latency_p95"]["new_p95_ms"] == e["latency_p95_ms"]
+
+    # -- the promotion gate refuses for exactly the criteria the report failed (after a sign-off)
+    admin = auth(tokens["admin"])
+    assert http.post("/api/shadow/signoff", json={"release": REF, "group": GROUP}, headers=admin).status_code == 200
+    refused = http.post("/api/shadow/promote", json=q, headers=admin)
+    assert refused.status_code == 409
+    assert refused.json()["error"].endswith("exit criteria not met: days, recall, fp_rate, unresolved")
+    http.close()
