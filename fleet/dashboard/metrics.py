@@ -10,7 +10,7 @@ import json
 import logging
 import platform
 import shutil
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fleet.analytics import figures
+from fleet.analytics.cases import Case, review_cases
 from fleet.analytics.pillars import QUEUE_KEYS, PillarOptions
 from fleet.analytics.windows import parse_ts
 from runtime import __version__
@@ -130,6 +132,7 @@ class FleetCollector(Collector):
         member = {d["id"]: list(d.get("groups") or []) for d in devices}
         yield from self._predictions(store, member)
         yield from self._reviews(store, member)
+        yield from self._cases(store, member)
         yield from self._queue(store)
         yield from self._alerts()
         rollouts = GaugeMetricFamily("shadowline_fleet_rollouts", "Rollouts by state.", labels=["state"])
@@ -188,9 +191,10 @@ class FleetCollector(Collector):
         for gkey, n in sorted(per_group.items()):
             gp.add_metric(list(gkey), n)
         yield gp
+        # latency counts errors too, as the P95 figure does (figures.latencies: their time was spent)
         hist = [("shadowline_fleet_prediction_latency_seconds",
-                 "End-to-end latency of each prediction on its device (the record's `total`), in seconds.",
-                 "latency_ms", 1000.0, LATENCY_BUCKETS, "decision != 'error'"),
+                 "End-to-end latency of each prediction on its device (the record's `total`, errors included), in "
+                 "seconds.", "latency_ms", 1000.0, LATENCY_BUCKETS, "1 = 1"),
                 ("shadowline_fleet_prediction_confidence",
                  "Top score of each prediction (errors left out), in bins of 0.1.",
                  "top_score", 1.0, CONFIDENCE_BUCKETS, "decision != 'error'")]
@@ -237,6 +241,48 @@ class FleetCollector(Collector):
         for key, n in sorted(per_group.items()):
             gr.add_metric(list(key), n)
         yield gr
+
+    def _cases(self, store: Any, member: dict[str, list[str]]) -> Iterator[Metric]:
+        """Reviewed and overridden cases as docs/field-truth.md defines them (fleet.analytics.cases and
+        figures.override_rate): one case per prediction however many verdicts it got, decided by the fleet's
+        adjudicators. Counting verdict records instead would count an upheld override twice. Gauges, because a
+        case stops being an override when an adjudicator overturns it (and stops counting when a later verdict
+        calls its image bad): the override ratio over a window is delta(overridden) / delta(reviewed)."""
+        per: dict[tuple[str, str], list[Case]] = defaultdict(list)
+        for c in review_cases(store.reviews(), self.fleet.config.adjudicators):
+            per[(c.device, f"{c.release}@{c.revision}")].append(c)
+        reviewed = GaugeMetricFamily(
+            "shadowline_fleet_reviewed_cases", "Predictions with a verdict (one case each, bad images left out), by "
+            "device and release: the denominator of the override rate.", labels=["device", "release"])
+        overridden = GaugeMetricFamily(
+            "shadowline_fleet_overridden_cases", "Reviewed cases whose deciding verdict (an adjudicator's, else the "
+            "line inspector's) overrides the model, by device and release.", labels=["device", "release"])
+        unresolved = GaugeMetricFamily(
+            "shadowline_fleet_unresolved_disputes", "Cases where the line verdicts and the model disagree and no "
+            "adjudicator decided, by device and release.", labels=["device", "release"])
+        groups: dict[tuple[str, str], list[int]] = {}
+        for (dev, ref), cases in sorted(per.items()):
+            rate = figures.override_rate(cases)
+            open_ = figures.unresolved_disputes(cases)
+            reviewed.add_metric([dev, ref], rate.reviews)
+            overridden.add_metric([dev, ref], rate.overrides)
+            unresolved.add_metric([dev, ref], open_)
+            for g in member.get(dev, []):
+                acc = groups.setdefault((g, ref), [0, 0])
+                acc[0] += rate.reviews
+                acc[1] += rate.overrides
+        yield from (reviewed, overridden, unresolved)
+        g_reviewed = GaugeMetricFamily(
+            "shadowline_fleet_group_reviewed_cases", "Reviewed cases of each device group's members by release (a "
+            "device in two groups counts in both).", labels=["group", "release"])
+        g_overridden = GaugeMetricFamily(
+            "shadowline_fleet_group_overridden_cases", "Overridden cases of each device group's members by release "
+            "(the override-based accuracy SLI).", labels=["group", "release"])
+        for (g, ref), (n, k) in sorted(groups.items()):
+            g_reviewed.add_metric([g, ref], n)
+            g_overridden.add_metric([g, ref], k)
+        yield g_reviewed
+        yield g_overridden
 
     def _queue(self, store: Any) -> Iterator[Metric]:
         depth = GaugeMetricFamily("shadowline_fleet_device_queue_depth",

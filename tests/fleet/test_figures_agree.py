@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import re
 import subprocess
@@ -37,10 +38,15 @@ def _text(page: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
 
 
-def _metric(text: str, name: str, labels: str) -> float:
-    m = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
-    assert m, f"{name}{{{labels}}} not in /metrics"
-    return float(m.group(1))
+def _sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels` (what PromQL's sum() would give)."""
+    total, found = 0.0, False
+    for m in re.finditer(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", text, re.M):
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total, found = total + float(m.group(2)), True
+    assert found, f"no {name} {labels} in /metrics"
+    return total
 
 
 def test_every_surface_shows_the_same_figures(served, tokens):
@@ -69,15 +75,30 @@ def test_every_surface_shows_the_same_figures(served, tokens):
     failed = [c["name"] for c in rep["checks"] if not c["passed"]]
     assert failed == ["days", "recall", "fp_rate", "unresolved", "sign_off"] and rep["go"] is False
 
-    # -- /metrics: the fleet-wide series of the last hour
+    # -- /metrics (by the book: cumulative counts, no windows; the PromQL of the rules and Grafana divides them)
     metrics = http.get("/metrics", headers=viewer).text
-    assert _metric(metrics, "shadowline_fleet_error_rate_1h", 'device="fleet"') == e["error_rate"]
-    assert _metric(metrics, "shadowline_fleet_override_rate_1h", 'device="fleet"') == e["override_rate"]
-    assert _metric(metrics, "shadowline_fleet_latency_p95_ms_1h", 'device="fleet"') == e["latency_p95_ms"]
-    assert _metric(metrics, "shadowline_fleet_low_confidence_share_1h", 'device="fleet"') == pytest.approx(
-        e["low_confidence_share"], abs=1e-6)
-    assert _metric(metrics, "shadowline_fleet_class_share_1h", 'class="Defective"') == pytest.approx(
-        e["class_share"]["Defective"], abs=1e-6)
+    preds = _sum(metrics, "shadowline_fleet_predictions_total")
+    scored = preds - _sum(metrics, "shadowline_fleet_predictions_total", decision="error")
+    assert preds == e["predictions"]
+    assert _sum(metrics, "shadowline_fleet_predictions_total", decision="error") / preds == e["error_rate"]
+    assert _sum(metrics, "shadowline_fleet_predictions_total", **{"class": "Defective"}) / scored == pytest.approx(
+        e["class_share"]["Defective"])
+    assert _sum(metrics, "shadowline_fleet_low_confidence_predictions_total") / scored == pytest.approx(
+        e["low_confidence_share"])
+    # the override rate's cases, not verdict records (42 of them, 14 overriding: 33% if they were counted)
+    assert _sum(metrics, "shadowline_fleet_reviewed_cases") == e["reviewed"]
+    assert _sum(metrics, "shadowline_fleet_overridden_cases") / e["reviewed"] == e["override_rate"]
+    assert _sum(metrics, "shadowline_fleet_group_overridden_cases", group=GROUP) == e["overrides"]
+    assert _sum(metrics, "shadowline_fleet_group_reviewed_cases", group=GROUP) == e["reviewed"]
+    assert _sum(metrics, "shadowline_fleet_unresolved_disputes") == e["unresolved"]
+    # the latency histogram holds the P95 figure's measurements (errors included); its quantile interpolates
+    # inside the bucket where the nearest-rank P95 lies
+    lat = "shadowline_fleet_prediction_latency_seconds"
+    assert _sum(metrics, f"{lat}_count") == e["predictions"]
+    assert _sum(metrics, f"{lat}_sum") == pytest.approx(sum(10.0 + k for k in range(40)) / 1000)
+    rank = math.ceil(0.95 * e["predictions"])
+    assert _sum(metrics, f"{lat}_bucket", le="0.025") < rank <= _sum(metrics, f"{lat}_bucket", le="0.05")
+    assert 0.025 < e["latency_p95_ms"] / 1000 <= 0.05
 
     # -- the dashboard, logged in as a viewer
     login = http.post("/dashboard/login", data={"token": tokens["viewer"], "next": "/dashboard/"})
