@@ -221,6 +221,11 @@ class Daemon:
             self.stalled = stalled
 
     def start(self) -> Daemon:
+        # The API server starts first, on its own thread: importing FastAPI and uvicorn (Python, holding the GIL)
+        # then overlaps loading the models (ONNX Runtime builds its session without the GIL). /readyz answers 503
+        # until the frame path runs.
+        if self.config.api.enabled:
+            self._start_api()
         swept = self.retention.sweep_orphans()
         if swept:
             log.info("removed %d kept-image files without a committed record", swept)
@@ -243,28 +248,38 @@ class Daemon:
                 block = self.config.queue.capture_policy == "block"
                 self.captures.append(CaptureReader(s, self.queue, self.stop_event, block).start())
         if self.config.api.enabled:
-            self._start_api()
+            self._wait_api()
         if self.config.fleet is not None:
             self._start_agent()
         return self
 
     def _start_api(self) -> None:
+        self._server_thread = threading.Thread(target=self._serve_api, name="api", daemon=True)
+        self._server_thread.start()
+
+    def _serve_api(self) -> None:
         import uvicorn
 
         from edge.api import create_app
 
+        # HTTP/1.1 with h11 on the asyncio loop, no websockets, no lifespan: nothing the local API uses is loaded
         cfg = uvicorn.Config(create_app(self), host=self.config.api.host, port=self.config.api.port,
-                             log_level="warning", access_log=False)
-        self._server = uvicorn.Server(cfg)
-        self._server.install_signal_handlers = lambda: None  # the daemon owns SIGTERM/SIGINT
-        self._server_thread = threading.Thread(target=self._server.run, name="api", daemon=True)
-        self._server_thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            if not self._server_thread.is_alive() or time.monotonic() > deadline:
+                             log_level="warning", access_log=False, http="h11", ws="none", lifespan="off",
+                             loop="asyncio")
+        # uvicorn installs signal handlers only on the main thread; the daemon's own SIGTERM/SIGINT handlers stay
+        server = uvicorn.Server(cfg)
+        self._server = server
+        if not self.stop_event.is_set():
+            server.run()
+
+    def _wait_api(self) -> None:
+        deadline = time.monotonic() + 60
+        while self._server is None or not self._server.started:
+            alive = self._server_thread is not None and self._server_thread.is_alive()
+            if not alive or time.monotonic() > deadline:
                 # uvicorn logs the cause (address in use, permission) and ends its thread
                 raise ConfigError(f"api: cannot listen on {self.config.api.host}:{self.config.api.port}")
-            time.sleep(0.02)
+            time.sleep(0.01)
 
     def _start_agent(self) -> None:
         try:

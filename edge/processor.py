@@ -102,6 +102,8 @@ class FrameProcessor:
         self._threads: dict[str, threading.Thread] = {}
         self._alive = {"reader": True, "inference": True, "commit": True}
         self.busy_since: float | None = None  # the inference thread's current batch began (watchdog)
+        self._taken = 0  # frames taken from the queue and not yet settled (committed or handed back)
+        self._taken_lock = threading.Lock()
         self.last_error: str | None = None
         self.store_failures = 0
 
@@ -166,8 +168,8 @@ class FrameProcessor:
 
     @property
     def in_flight(self) -> int:
-        """Frames taken from the queue and not yet committed (decoding, waiting for inference, or committing)."""
-        return self._prefetched.qsize() + sum(len(b) for b in list(self._decided.queue))
+        """Frames taken from the queue and not yet settled (decoding, in inference, or committing)."""
+        return self._taken
 
     # -- threads ---------------------------------------------------------------------------------------------------
     def start(self) -> FrameProcessor:
@@ -209,6 +211,8 @@ class FrameProcessor:
             frame = self.queue.get(0.2)
             if frame is None:
                 continue
+            with self._taken_lock:
+                self._taken += 1
             fut = self._pool.submit(self._decode, frame, time.monotonic())
             while True:  # bounded: the decoders never run more than `prefetch` frames ahead of inference
                 try:
@@ -216,6 +220,8 @@ class FrameProcessor:
                     break
                 except queue_mod.Full:
                     if self._stop_intake.is_set() and not self._threads["inference"].is_alive():
+                        with self._taken_lock:
+                            self._taken -= 1  # never decided: the source keeps it (a folder file stays)
                         return
 
     def _decode(self, frame: Frame, started: float) -> Decoded:
@@ -367,6 +373,8 @@ class FrameProcessor:
                     d.frame.on_done(out)
                 except Exception:
                     log.exception("source callback failed for %s", d.frame.source)
+        with self._taken_lock:
+            self._taken -= len(items)
         if kept_any and self.retention.used_bytes() > self.retention.budget_bytes:
             self.retention.enforce()
 
