@@ -8,13 +8,12 @@ import signal
 import stat
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
+from tests.packaging.health import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "deploy" / "jetson" / "entrypoint.sh"
@@ -46,16 +45,7 @@ def start_and_check_health(tmp_path: Path, port: int, **extra: str) -> str:
     p = subprocess.Popen(["bash", str(ENTRYPOINT)], env=env(tmp_path, **extra), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert p.poll() is None, p.communicate()[1]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    assert r.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the daemon did not answer /healthz"
-                time.sleep(0.1)
+        wait_healthy(p, port)
         p.send_signal(signal.SIGTERM)  # exec: the signal reaches the daemon itself, not a wrapping shell
         _, err = p.communicate(timeout=30)
     finally:
