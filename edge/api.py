@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge.config import DeviceConfig
 from edge.sources import Outcome
 from edge.store import Store
-from fleet.protocol import ReviewRecord
+from fleet.protocol import ProtocolError, ReviewRecord, verdict_override
 from runtime.errors import Conflict, ImageError, NotFound, ShadowlineError
 
 
@@ -61,18 +61,11 @@ class ReviewIn(BaseModel):
 
 
 def is_override(verdict: str, decision: str, flagged: list[str], defect_class: str | None) -> bool:
-    """A verdict that disagrees with the model's decision."""
-    if verdict == "confirm":
-        return False
-    if verdict == "false_positive":
-        if decision != "flag":
-            raise Conflict("false_positive needs a flagged prediction; the model did not flag this frame")
-        return True
-    if verdict == "missed_defect":
-        if not defect_class:
-            raise Conflict("missed_defect needs defect_class")
-        return decision != "flag" or defect_class not in flagged
-    return decision != "error"  # bad_image: the model should not have decided on it
+    """A verdict that disagrees with the model's decision (the fleet computes it again with the same rule)."""
+    try:
+        return verdict_override(verdict, decision, flagged, defect_class)
+    except ProtocolError as err:
+        raise Conflict(str(err)) from err
 
 
 def build_review(body: ReviewIn, pred: dict[str, Any], device: str) -> ReviewRecord:

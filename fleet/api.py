@@ -10,50 +10,51 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from fleet.api_mobile import build_mobile_router
 from fleet.apidocs import mount_docs
-from fleet.artifacts import resolve
-from fleet.bodylimit import BodyLimit
-from fleet.protocol import DEVICE_ID_RE, ReleaseSpec, ReviewRecord, StageSpec
+from fleet.artifacts import resolve, targeted_artifacts
+from fleet.http_guard import BODY_LIMIT_KEY, BodyOverCap, GuardMiddleware, require
+from fleet.protocol import ReleaseSpec
 from fleet.releases import ThresholdChange
 from fleet.rollout import RolloutRequest
-from fleet.security import TokenEntry
+from fleet.security import TokenEntry, device_of
 from fleet.service import Fleet
-from runtime.errors import BundleError, ConfigError, NotFound, ShadowlineError, TooLarge
+from runtime.errors import AccessDenied, BundleError, ConfigError, NotFound, ShadowlineError, TooLarge
 
 log = logging.getLogger(__name__)
-bearer = HTTPBearer(auto_error=False, description="fleet API token (shadowline fleet token create)")
 
 
-class Unauthorized(Exception):
-    pass
+class ErrorBody(BaseModel):
+    """Every refusal of this API: the message names the problem; `type` is the error class."""
+
+    error: str = Field(description="what was wrong, naming the field, value or limit")
+    type: str = Field(description="the error class, e.g. Unauthorized, NotFound, TooLarge")
+    problems: list[str] | None = Field(None, description="422 from validation: `key.path: message` per problem")
 
 
-class Forbidden(Exception):
-    pass
+def _doc(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
 
 
-def require(*roles: str) -> Callable[..., TokenEntry]:
-    """Dependency: 401 without a valid token, 403 when the token has none of `roles` (admin has every role)."""
-
-    def check(request: Request, cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> TokenEntry:
-        if cred is None or cred.scheme.lower() != "bearer" or not cred.credentials:
-            raise Unauthorized("a bearer token is required")
-        entry = request.app.state.fleet.tokens.check(cred.credentials)
-        if entry is None:
-            raise Unauthorized("unknown token")
-        if "admin" not in entry.roles and not set(roles) & set(entry.roles):
-            raise Forbidden(f"token {entry.name!r} lacks the role {' or '.join(roles)}")
-        return entry
-
-    return check
+# Answers every operation of the API can give (OpenAPI `responses`), the truth a client can code against.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _doc("bad request: the message names the key or value"),
+    401: _doc("no token, or an unknown or revoked one (checked before the body is read)"),
+    403: _doc("the token lacks the role, or (device tokens) the thing belongs to another device"),
+    404: _doc("no such thing (bundle, release, device, rollout, artifact, prediction)"),
+    413: _doc("the body is over the route's limit (announced or while it streams)"),
+    422: _doc("the body or a parameter does not fit the schema, or a bundle failed verification"),
+}
+Answers = dict[int | str, dict[str, Any]]
+CONFLICT: Answers = {409: _doc("conflicts with the current state (a running rollout, a bundle id taken)")}
+UNAVAILABLE: Answers = {503: _doc("the fleet is not connected to its broker: nothing was sent")}
 
 
 class DeviceUpdate(BaseModel):
@@ -62,35 +63,21 @@ class DeviceUpdate(BaseModel):
     tags: dict[str, str] | None = Field(None, description="replace the device's tags")
 
 
-class MobileVerdict(BaseModel):
-    """An inspector's verdict from the iOS app; the inspector is the token's holder."""
-
-    model_config = ConfigDict(extra="forbid")
-    id: str | None = Field(None, min_length=8, max_length=64, description="client-made UUID: posting twice is safe")
-    prediction_id: str = Field(max_length=128)
-    device: str = Field(description="device (or iPad) that made the prediction")
-    verdict: Literal["confirm", "false_positive", "missed_defect", "bad_image"]
-    defect_class: str | None = Field(None, max_length=200)
-    override: bool
-    model_decision: Literal["pass", "flag", "error"]
-    release: str
-    revision: int = Field(ge=0)
-    top_label: str | None = None
-    top_score: float | None = None
-    note: str = Field("", max_length=2000)
-
-
 class HaltRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field("manual halt", max_length=500, description="why the rollout is halted (kept on it)")
 
 
-def _artifact_response(request: Request, name: str) -> Response:
+def _artifact_response(request: Request, name: str, who: TokenEntry) -> Response:
     """Starlette's FileResponse serves Range requests (single, suffix, multi-range as multipart/byteranges, 416
     past the end). It is handed the stat that `resolve` checked against the registry, so the length it announces
-    is the registered size."""
+    is the registered size. A device token gets only artifacts of releases the fleet sent to its device."""
     fleet: Fleet = request.app.state.fleet
     path, size, sha = resolve(fleet.store, fleet.artifacts_dir, name)
+    device = device_of(who)
+    if device is not None and "admin" not in who.roles and "inspector" not in who.roles \
+            and name not in targeted_artifacts(fleet.store, device):
+        raise AccessDenied(f"artifact {name!r} belongs to no release sent to device {device!r}")
     st = os.stat(path)
     if st.st_size != size:  # replaced between the check and now: refuse rather than announce another length
         raise BundleError(f"artifact {name!r} changed on disk while being served; retry")
@@ -100,10 +87,14 @@ def _artifact_response(request: Request, name: str) -> Response:
 
 
 def build_router() -> APIRouter:
-    r = APIRouter()
+    r = APIRouter(responses=ERRORS)
     admin, viewer = require("admin"), require("viewer")
 
-    @r.post("/api/bundles", tags=["bundles"], summary="Push a signed bundle (.tar body); verified before storing")
+    @r.post("/api/bundles", tags=["bundles"], summary="Push a signed bundle (.tar body); verified before storing",
+            responses=CONFLICT, openapi_extra={
+                BODY_LIMIT_KEY: "upload",
+                "requestBody": {"required": True, "description": "the bundle as an uncompressed tar",
+                                "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
     async def push_bundle(request: Request, _: TokenEntry = Depends(admin)) -> dict[str, Any]:
         fleet: Fleet = request.app.state.fleet
         # refusals name what the admin sent (the CLI sends the file's name), never the server's temporary file
@@ -132,11 +123,12 @@ def build_router() -> APIRouter:
     def list_bundles(request: Request, _: TokenEntry = Depends(viewer)) -> list[dict[str, Any]]:
         return request.app.state.fleet.registry.list()
 
-    @r.post("/api/releases", tags=["releases"], summary="Create a release; the fleet assigns its revision")
+    @r.post("/api/releases", tags=["releases"], summary="Create a release; the fleet assigns its revision",
+            responses=CONFLICT)
     def create_release(spec: ReleaseSpec, request: Request, _: TokenEntry = Depends(admin)) -> dict[str, Any]:
         return request.app.state.fleet.releases.create(spec).model_dump(mode="json")
 
-    @r.post("/api/releases/{ref}/thresholds", tags=["releases"],
+    @r.post("/api/releases/{ref}/thresholds", tags=["releases"], responses=CONFLICT,
             summary="New revision with one stage's thresholds changed, same bundles")
     def tune_release(ref: str, change: ThresholdChange, request: Request,
                      _: TokenEntry = Depends(admin)) -> dict[str, Any]:
@@ -169,7 +161,8 @@ def build_router() -> APIRouter:
         devices = request.app.state.fleet.devices
         return devices.add(device, body.groups, body.tags)
 
-    @r.post("/api/rollouts", tags=["rollouts"], summary="Start a staged rollout of a release to a group")
+    @r.post("/api/rollouts", tags=["rollouts"], summary="Start a staged rollout of a release to a group",
+            responses={**CONFLICT, **UNAVAILABLE})
     def start_rollout(req: RolloutRequest, request: Request, _: TokenEntry = Depends(admin)) -> dict[str, Any]:
         return request.app.state.fleet.rollouts.start(req)
 
@@ -181,65 +174,38 @@ def build_router() -> APIRouter:
     def rollout_status(rid: str, request: Request, _: TokenEntry = Depends(viewer)) -> dict[str, Any]:
         return request.app.state.fleet.rollouts.status(rid)
 
-    @r.post("/api/rollouts/{rid}/rollback", tags=["rollouts"],
+    @r.post("/api/rollouts/{rid}/rollback", tags=["rollouts"], responses={**CONFLICT, **UNAVAILABLE},
             summary="Return every device the rollout touched to its previous release")
     def rollback(rid: str, request: Request, _: TokenEntry = Depends(admin)) -> dict[str, Any]:
         return request.app.state.fleet.rollouts.rollback(rid)
 
-    @r.post("/api/rollouts/{rid}/halt", tags=["rollouts"],
+    @r.post("/api/rollouts/{rid}/halt", tags=["rollouts"], responses=CONFLICT,
             summary="Stop a running rollout from starting further waves; devices stay where they are")
     def halt(rid: str, request: Request, body: HaltRequest | None = None,
              _: TokenEntry = Depends(admin)) -> dict[str, Any]:
         return request.app.state.fleet.rollouts.halt(rid, (body or HaltRequest()).reason)
 
-    @r.get("/api/ingest", tags=["ingest"], summary="Ingest counters and malformed messages by topic")
+    @r.get("/api/ingest", tags=["ingest"],
+           summary="Ingest counters, malformed messages by topic, refused records by device and reason")
     def ingest_stats(request: Request, _: TokenEntry = Depends(viewer)) -> dict[str, Any]:
         fleet: Fleet = request.app.state.fleet
         return {**fleet.ingest.stats.as_dict(),
                 "stored": {k: fleet.store.count(k) for k in ("predictions", "reviews", "metrics", "alerts", "events")},
-                "malformed_by_topic": fleet.store.malformed()}
+                "malformed_by_topic": fleet.store.malformed(), "refused": fleet.store.refused()}
 
-    @r.get("/artifacts/{name}", tags=["artifacts"],
+    range_answers: Answers = {206: {"description": "the requested range"},
+                     416: {"description": "the range starts past the end of the artifact"}}
+
+    @r.get("/artifacts/{name}", tags=["artifacts"], responses=range_answers,
            summary="Download a bundle .tar or Core ML .zip; Range requests resume")
-    def artifact(name: str, request: Request, _: TokenEntry = Depends(require("device", "inspector"))) -> Response:
-        return _artifact_response(request, name)
+    def artifact(name: str, request: Request, who: TokenEntry = Depends(require("device", "inspector"))) -> Response:
+        return _artifact_response(request, name, who)
 
-    @r.head("/artifacts/{name}", tags=["artifacts"], summary="Size, sha256 and Range support of an artifact")
+    @r.head("/artifacts/{name}", tags=["artifacts"], responses=range_answers,
+            summary="Size, sha256 and Range support of an artifact")
     def artifact_head(name: str, request: Request,
-                      _: TokenEntry = Depends(require("device", "inspector"))) -> Response:
-        return _artifact_response(request, name)
-
-    @r.get("/mobile/releases/{ref}/coreml", tags=["mobile"],
-           summary="The Core ML package of a release's stage: URL, sha256, size")
-    def mobile_coreml(ref: str, request: Request, stage: str = Query("verify", description="screen or verify"),
-                      _: TokenEntry = Depends(require("inspector"))) -> dict[str, Any]:
-        fleet: Fleet = request.app.state.fleet
-        spec = fleet.releases.get(ref)
-        stages: dict[str, StageSpec] = {s.role: s for s in spec.stages}
-        chosen = stages.get(stage) or (spec.stages[-1] if stage == "verify" and len(spec.stages) == 1 else None)
-        if chosen is None:
-            raise NotFound(f"release {spec.ref} has no {stage!r} stage")
-        b = fleet.store.get("bundles", chosen.bundle)
-        if b is None or not b["coreml"]:
-            raise NotFound(f"bundle {chosen.bundle} of {spec.ref} has no Core ML package (export it with --coreml)")
-        return {"release": spec.ref, "stage": chosen.role, "bundle": chosen.bundle,
-                "url": f"{fleet.config.base_url}/artifacts/{b['coreml']}", "sha256": b["coreml_sha256"],
-                "size": b["coreml_size"], "thresholds": chosen.thresholds, "threshold": chosen.threshold,
-                "mode": spec.mode}
-
-    @r.post("/mobile/verdicts", tags=["mobile"], summary="Record an inspector's verdict (idempotent by id)")
-    def mobile_verdict(body: MobileVerdict, request: Request,
-                       who: TokenEntry = Depends(require("inspector"))) -> dict[str, Any]:
-        fleet: Fleet = request.app.state.fleet
-        if not DEVICE_ID_RE.match(body.device):
-            raise ConfigError(f"invalid device id {body.device!r}")
-        data = body.model_dump(exclude_none=True)
-        try:
-            rec = ReviewRecord.model_validate({**data, "inspector": who.name})
-        except ValidationError as err:
-            raise ConfigError(f"verdict: {err.errors()[0]['loc']} {err.errors()[0]['msg']}") from err
-        new = fleet.store.insert_records("reviews", [rec.model_dump(mode="json")])
-        return {"id": rec.id, "stored": bool(new)}
+                      who: TokenEntry = Depends(require("device", "inspector"))) -> Response:
+        return _artifact_response(request, name, who)
 
     return r
 
@@ -249,9 +215,8 @@ def create_app(fleet: Fleet, ready: Callable[[], bool] | None = None) -> FastAPI
                   description="Bundles, releases, devices, staged rollouts; artifacts; mobile inspector endpoints.")
     mount_docs(app)  # Swagger UI and ReDoc from local assets: no CDN on a plant network
     app.state.fleet = fleet
-    body_cap = int(fleet.config.max_body_kb * 1024)
-    # POST /api/bundles enforces max_upload_mb itself (its refusal names the bundle sent)
-    app.add_middleware(BodyLimit, limit_for=lambda path: None if path == "/api/bundles" else body_cap)
+    # before FastAPI reads a body: the token, then the route's size cap (fleet/http_guard.py)
+    app.add_middleware(GuardMiddleware, fleet=fleet)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -262,29 +227,32 @@ def create_app(fleet: Fleet, ready: Callable[[], bool] | None = None) -> FastAPI
 
     @app.exception_handler(ShadowlineError)
     async def domain_error(request: Request, err: ShadowlineError) -> JSONResponse:
-        return JSONResponse({"error": str(err), "type": type(err).__name__}, status_code=err.http_status)
+        headers = {"WWW-Authenticate": "Bearer"} if err.http_status == 401 else None
+        return JSONResponse({"error": str(err), "type": type(err).__name__}, status_code=err.http_status,
+                            headers=headers)
 
-    @app.exception_handler(Unauthorized)
-    async def unauthorized(request: Request, err: Unauthorized) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    @app.exception_handler(BodyOverCap)
+    async def body_over_cap(request: Request, err: BodyOverCap) -> JSONResponse:
+        return JSONResponse({"error": err.error.args[0], "type": "TooLarge"}, status_code=413,
+                            headers={"Connection": "close"})
 
-    @app.exception_handler(Forbidden)
-    async def forbidden(request: Request, err: Forbidden) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, status_code=403)
+    health: Answers = {413: ERRORS[413]}
 
-    @app.get("/healthz", tags=["health"], summary="Liveness")
+    @app.get("/healthz", tags=["health"], summary="Liveness", responses=health)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: broker connected, rollout loop running")
+    @app.get("/readyz", tags=["health"], summary="Readiness: broker connected, rollout loop running",
+             responses={**health, 503: {"description": "not ready: broker away or rollout loop stopped"}})
     def readyz() -> JSONResponse:
         ok = ready() if ready is not None else True
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     app.include_router(build_router())
-    from fleet.api_decisions import build_router as decisions_router  # it imports `require` from here
+    from fleet.api_decisions import build_router as decisions_router
 
     app.include_router(decisions_router())
+    app.include_router(build_mobile_router(ERRORS))
     try:  # the dashboard is another package's; the API runs without it
         dashboard = importlib.import_module("fleet.dashboard")
     except ModuleNotFoundError as err:

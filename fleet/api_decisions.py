@@ -19,8 +19,8 @@ from fleet.analytics.gate import AuditEntry
 from fleet.analytics.pillars import Snapshot, TrendPoint
 from fleet.analytics.shadow import ShadowReport, SignOff
 from fleet.analytics.windows import FLEET
-from fleet.api import require
 from fleet.decisions import Promotion
+from fleet.http_guard import require
 from fleet.security import TokenEntry
 
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")

@@ -4,6 +4,7 @@ and a file whose size differs from the registered one is refused. The API serves
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -31,3 +32,24 @@ def resolve(store: Store, artifacts_dir: Path, name: str) -> tuple[Path, int, st
         raise BundleError(f"artifact {name!r} on disk has {path.stat().st_size} bytes, the registry says {size}; "
                           "refusing to serve it")
     return path, size, sha
+
+
+def targeted_artifacts(store: Store, device: str) -> set[str]:
+    """Artifact names (bundle tars and Core ML zips) of every release the fleet has sent to `device`, as
+    release or candidate, now or before (a rollback goes back to an earlier one)."""
+    refs: set[str] = set()
+    for table in ("desired", "desired_history"):
+        for r in store.rows(f"SELECT release, candidate FROM {table} WHERE device = ?", (device,)):
+            refs.update(x for x in (r["release"], r["candidate"]) if x)
+    if not refs:
+        return set()
+    bundles: set[str] = set()
+    for r in store.rows(f"SELECT spec FROM releases WHERE ref IN ({', '.join('?' * len(refs))})", sorted(refs)):
+        bundles.update(s["bundle"] for s in json.loads(r["spec"]).get("stages", []))
+    if not bundles:
+        return set()
+    names: set[str] = set()
+    for r in store.rows(f"SELECT path, coreml FROM bundles WHERE id IN ({', '.join('?' * len(bundles))})",
+                        sorted(bundles)):
+        names.update(x for x in (r["path"], r["coreml"]) if x)
+    return names

@@ -4,6 +4,7 @@ sessions, QoS 1 and TLS for the fleet service (and for tests and benchmarks that
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 import threading
@@ -11,13 +12,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet.acl import Acl, acl_text
+from fleet.credentials import FLEET_USER, read_password_file
+from fleet.protocol import Topics
 from runtime.errors import ConfigError
+
+if TYPE_CHECKING:  # amqtt is imported only where an embedded broker runs
+    from fleet.broker_guard import GuardedBroker, Rules
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +58,38 @@ class BrokerAddress:
         return cls(u.hostname, port, tls)
 
 
-class EmbeddedBroker:
-    """An amqtt broker in a background thread with its own event loop, bound to localhost only. MQTT 3.1.1,
-    retained messages, QoS 1: enough for a laptop or the demo (FIELD-NOTES: ~2k msgs/s), not for production."""
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+
+class EmbeddedBroker:
+    """An amqtt broker in a background thread with its own event loop, with the rules of the generated Mosquitto
+    config (fleet/broker_guard.py): per-user passwords from `credentials_dir/passwd`, the ACL in
+    `credentials_dir/acl` (generated for `topics` when absent), client ids bound to user names. Both files are
+    reread when they change, and clients whose credentials went are disconnected. Loopback by default; another
+    address only with a password file. MQTT 3.1.1, retained messages, QoS 1: enough for a laptop or the demo
+    (FIELD-NOTES: ~2k msgs/s), not for production."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", *, topics: Topics | None = None,
+                 credentials_dir: Path | None = None, service_users: dict[str, str] | None = None,
+                 max_packet: int = (16 << 20) + (64 << 10)) -> None:
         self.host, self.port = host, port
+        self.topics = topics or Topics()
+        self.credentials_dir = Path(credentials_dir) if credentials_dir is not None else None
+        self.service_users = dict(service_users or {})
+        self.max_packet = max_packet
+        if not is_loopback(host) and (self.credentials_dir is None or not (self.credentials_dir / "passwd").is_file()):
+            raise ConfigError(f"embedded broker: refusing to listen on {host}, beyond this machine, without a "
+                              "password file (set broker_credentials_dir to the directory `shadowline fleet "
+                              "credentials add` writes)")
+        self._rules = self._load_rules()
+        self._stamp = self._file_stamp()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._broker = None
+        self._broker: GuardedBroker | None = None
+        self._watcher: asyncio.Task | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -65,6 +97,57 @@ class EmbeddedBroker:
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def refusals(self) -> dict[str, int]:
+        """What the broker refused since it started, by reason (bad password, denied publish, ...)."""
+        return dict(self._broker.refusals) if self._broker is not None else {}
+
+    def _files(self) -> tuple[Path | None, Path | None]:
+        if self.credentials_dir is None:
+            return None, None
+        return self.credentials_dir / "passwd", self.credentials_dir / "acl"
+
+    def _file_stamp(self) -> tuple:
+        stamp = []
+        for f in self._files():
+            try:
+                st = f.stat() if f is not None else None
+                stamp.append((st.st_mtime_ns, st.st_size, st.st_ino) if st else None)
+            except OSError:
+                stamp.append(None)
+        return tuple(stamp)
+
+    def _load_rules(self) -> Rules:
+        from fleet.broker_guard import Rules
+
+        passwd, acl_file = self._files()
+        hashes = read_password_file(passwd) if passwd is not None and passwd.exists() else {}
+        if acl_file is not None and acl_file.exists():
+            acl = Acl.load(acl_file)
+            for user in self.service_users:  # the in-process service user is a fleet user whatever the file says
+                acl.by_user.setdefault(user, Acl.parse(acl_text(self.topics, user)).by_user[user])
+        else:
+            acl = Acl.parse(acl_text(self.topics, sorted(self.service_users) or [FLEET_USER]))
+        return Rules(hashes=hashes, service=self.service_users, acl=acl, topics=self.topics)
+
+    async def _watch(self) -> None:
+        """Reread the credential files when they change (what SIGHUP does for Mosquitto)."""
+        while True:
+            await asyncio.sleep(0.5)
+            stamp = self._file_stamp()
+            if stamp == self._stamp:
+                continue
+            self._stamp = stamp
+            try:
+                self._rules = self._load_rules()
+            except ConfigError as err:  # a half-edited file by hand: keep the last good rules, say why
+                log.error("embedded broker: keeping the previous credentials: %s", err)
+                continue
+            if self._broker is not None:
+                n = await self._broker.drop_unauthorised()
+                log.info("embedded broker: credentials reloaded (%d users); %d clients disconnected",
+                         len(self._rules.hashes), n)
 
     def start(self, timeout: float = 10.0) -> EmbeddedBroker:
         self._thread = threading.Thread(target=self._run, name="embedded-broker", daemon=True)
@@ -77,19 +160,18 @@ class EmbeddedBroker:
         return self
 
     def _run(self) -> None:
-        from amqtt.broker import Broker
+        from fleet.broker_guard import GuardedBroker
 
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
-        config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-        }
+        # no amqtt plugins: admission and topic checks are GuardedBroker's, from the same files as Mosquitto
+        config = {"listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}}, "plugins": {}}
 
         async def boot() -> None:
-            self._broker = Broker(config, loop=loop)
+            self._broker = GuardedBroker(config, lambda: self._rules, self.max_packet, loop=loop)
             await self._broker.start()
+            self._watcher = loop.create_task(self._watch())
 
         try:
             loop.run_until_complete(boot())
@@ -99,11 +181,18 @@ class EmbeddedBroker:
             return
         self._ready.set()
         loop.run_forever()
+        # connections still being served when the broker shut down: end them here, not at interpreter exit
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
 
     def stop(self) -> None:
         if self._loop is None or self._broker is None:
             return
+        if self._watcher is not None:
+            self._loop.call_soon_threadsafe(self._watcher.cancel)
         fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
         try:
             fut.result(10)
@@ -146,7 +235,7 @@ class MqttClient:
                                   protocol=mqtt.MQTTv311, manual_ack=manual_ack)
         self.client.max_inflight_messages_set(100)
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(0.2, 5)
+        self.client.reconnect_delay_set(0.2, 5)  # type: ignore[arg-type]  # paho types int; sleeps a float
         if username is not None:
             self.client.username_pw_set(username, password)
         if will is not None:

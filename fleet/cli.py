@@ -95,6 +95,8 @@ def fleet_group() -> None:
 @click.option("--trust-store", type=click.Path(path_type=Path), help="Directory of trusted signing keys (*.pub).")
 @click.option("--tokens-file", type=click.Path(path_type=Path), help="API tokens file.")
 @click.option("--client-id", help="MQTT client id (fixed so the broker keeps the session).")
+@click.option("--broker-credentials-dir", type=click.Path(path_type=Path),
+              help="passwd and acl for the embedded broker (from `fleet credentials add`).")
 def serve(config_path: Path | None, **overrides: Any) -> None:
     """Run the fleet service: MQTT ingest, rollout loop and the HTTP API, until interrupted."""
     import logging
@@ -126,26 +128,26 @@ def token_group() -> None:
 @click.option("--name", required=True, help="Who holds the token.")
 @click.option("--role", "roles", multiple=True, required=True,
               type=click.Choice(["admin", "viewer", "inspector", "device"]), help="Role (repeatable).")
-def token_create(tokens_file: Path, name: str, roles: tuple[str, ...]) -> None:
-    """Create a token; it is printed once, only its hash is stored."""
-    from fleet.security import add_token
+@click.option("--device", help="Device a device token is bound to (default: --name).")
+def token_create(tokens_file: Path, name: str, roles: tuple[str, ...], device: str | None) -> None:
+    """Create a token; it is printed once, only its hash is stored. A device token is bound to its device."""
+    from fleet.security import add_token, ensure_unique_name
 
-    click.echo(add_token(tokens_file, name, list(roles)))
+    if "inspector" in roles:
+        ensure_unique_name(tokens_file, name)  # the name is the inspector's identity on every verdict
+    click.echo(add_token(tokens_file, name, list(roles), device=device))
 
 
-@fleet_group.command("credentials")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for passwd, acl, credentials.")
-@click.option("--prefix", default="shadowline", show_default=True, help="The fleet's topic prefix.")
-@click.option("--fleet-user", default="shadowline-fleet", show_default=True, help="The fleet service's broker user.")
-@click.argument("devices", nargs=-1, required=True)
-def credentials(out: Path, prefix: str, fleet_user: str, devices: tuple[str, ...]) -> None:
-    """Create per-device broker passwords, a Mosquitto password file and an ACL confining each device."""
-    from fleet.protocol import Topics
-    from fleet.security import provision
+@token_group.command("revoke")
+@json_option
+@click.option("--tokens-file", type=click.Path(path_type=Path), required=True, help="Tokens file to change.")
+@click.option("--name", required=True, help="Whose tokens to revoke (all tokens held by this name).")
+def token_revoke(tokens_file: Path, name: str, as_json: bool) -> None:
+    """Revoke a holder's tokens: the fleet API refuses them at once, devices at their next inspector sync."""
+    from fleet.security import revoke_token
 
-    out.mkdir(parents=True, exist_ok=True)
-    provision(out, list(devices), Topics(prefix), fleet_user)
-    click.echo(f"wrote {out / 'passwd'}, {out / 'acl'}, {out / 'credentials.json'}")
+    n = revoke_token(tokens_file, name)
+    emit({"revoked": n, "name": name}, as_json, lambda d: f"revoked {d['revoked']} token(s) of {d['name']}")
 
 
 @fleet_group.group("bundle")
@@ -321,6 +323,16 @@ from fleet.cli_field import promote_data, tune  # noqa: E402
 fleet_group.add_command(tune)
 fleet_group.add_command(promote_data)
 for _cmd in (shadow_group, alerts_group, pillars):
+    fleet_group.add_command(_cmd)
+
+from fleet.cli_security import (  # noqa: E402
+    credentials_group,
+    mosquitto_conf_cmd,
+    provision_cmd,
+    tls_group,
+)
+
+for _cmd in (credentials_group, tls_group, mosquitto_conf_cmd, provision_cmd):
     fleet_group.add_command(_cmd)
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from fleet.alerting.config import AlertingConfig
 from fleet.analytics.alerts import AlertRules
 from fleet.analytics.shadow import ExitCriteria
 from fleet.broker import BrokerTLS
+from fleet.validation import RecordLimits
 from runtime.errors import ConfigError
 from runtime.yamlconf import describe, parse_yaml_model
 
@@ -21,6 +22,11 @@ class FleetConfig(BaseModel):
     broker_url: str | None = Field(None, description="mqtt://host:port or mqtts://host:port; none: start an "
                                                      "embedded broker on localhost")
     embedded_broker_port: int = Field(1883, ge=1, le=65535, description="port of the embedded broker")
+    embedded_broker_host: str = Field("127.0.0.1", description="address the embedded broker listens on; beyond "
+                                                               "loopback only with broker_credentials_dir")
+    broker_credentials_dir: Path | None = Field(None, description="directory with the broker's passwd and acl "
+                                                                  "(`fleet credentials add` writes it); the "
+                                                                  "embedded broker reads it like Mosquitto")
     prefix: str = Field("shadowline", description="the fleet's MQTT topic prefix")
     client_id: str = Field("shadowline-fleet", description="MQTT client id; fixed so the broker keeps the session")
     mqtt_username: str | None = Field(None, description="the fleet service's broker user")
@@ -42,6 +48,8 @@ class FleetConfig(BaseModel):
     monitor_window: str = Field("1h", description="window the alert rules judge, e.g. 1h or 24h")
     monitor_lookback_days: float = Field(60.0, gt=0, description="records this old at most feed each evaluation "
                                                                  "(the baseline of a release is its first days)")
+    record_limits: RecordLimits = Field(default_factory=RecordLimits, description="what ingest accepts beyond the "
+                                                                               "schema (clock skew, sizes)")
     alert_rules: AlertRules = Field(default_factory=AlertRules, description="alert rule settings (defaults: the "
                                                                             "field guide's)")
     alerting: AlertingConfig = Field(default_factory=AlertingConfig, description="severity per rule, runbook links, "

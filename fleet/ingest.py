@@ -24,6 +24,7 @@ from fleet.protocol import (
     decode,
 )
 from fleet.store import Store
+from fleet.validation import RecordLimits, RecordValidator, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +37,19 @@ class IngestStats:
     records: int = 0
     duplicates: int = 0
     malformed: int = 0
+    refused: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_dict(self) -> dict[str, int]:
         return {"messages": self.messages, "records": self.records, "duplicates": self.duplicates,
-                "malformed": self.malformed}
+                "malformed": self.malformed, "refused": self.refused}
 
 
 class Ingest:
-    def __init__(self, store: Store, devices: Devices, topics: Topics) -> None:
+    def __init__(self, store: Store, devices: Devices, topics: Topics, limits: RecordLimits | None = None) -> None:
         self.store, self.devices, self.topics = store, devices, topics
         self.stats = IngestStats()
+        self.validator = RecordValidator(limits or RecordLimits(), store.predictions_by_id)
         self._known: set[str] = set()  # devices already registered (saves a lookup per batch)
 
     def subscriptions(self) -> list[str]:
@@ -54,11 +57,12 @@ class Ingest:
 
     def handle(self, topic: str, payload: bytes, retained: bool = False) -> bool:
         """Process one message; True if it was well formed (even if every record was a duplicate)."""
-        return self.handle_many([(topic, payload)])[0]
+        return self.handle_many([(topic, payload, retained)])[0]
 
-    def handle_many(self, messages: list[tuple[str, bytes]]) -> list[bool]:
-        """Process messages and commit all their records in one transaction (the caller acknowledges them to the
-        broker only after this returns). Never raises: whatever is wrong is counted as malformed, by topic."""
+    def handle_many(self, messages: list[tuple[str, bytes]] | list[tuple[str, bytes, bool]]) -> list[bool]:
+        """Process messages (topic, payload[, retained]) and commit all their records in one transaction (the
+        caller acknowledges them to the broker only after this returns). Never raises: whatever is wrong is
+        counted as malformed (by topic) or refused (by device and reason)."""
         ok = [True] * len(messages)
         pending: list[tuple[int, str, str, list]] = []  # (message index, topic, kind, records)
         try:
@@ -68,12 +72,18 @@ class Ingest:
                 self.stats.messages += len(messages)
         return ok
 
-    def _process(self, messages: list[tuple[str, bytes]], ok: list[bool], pending: list) -> None:
-        for i, (topic, payload) in enumerate(messages):
+    def _process(self, messages: list, ok: list[bool], pending: list) -> None:
+        predictions: dict = {}  # accepted predictions of this group by id: a verdict may come in the same group
+        for i, (topic, payload, *flags) in enumerate(messages):
             try:
-                got = self._handle(topic, payload)
+                got = self._handle(topic, payload, bool(flags and flags[0]))
                 if got is not None:
-                    pending.append((i, topic, *got))
+                    kind, recs = got
+                    device = topic.split("/")[-2]
+                    recs, refusals = self.validator.screen(kind, device, recs, predictions, payload=payload)
+                    self.refuse(device, refusals)
+                    if recs:
+                        pending.append((i, topic, kind, recs))
             except (ProtocolError, ValidationError, ValueError, TypeError, KeyError) as err:
                 ok[i] = False
                 self._malformed(topic, str(err))
@@ -104,6 +114,22 @@ class Ingest:
                     self.devices.seen(device)
                 self._known.add(device)
 
+    def refuse(self, device: str, refusals: list[Refusal]) -> None:
+        """Count refused records per reason (one store write per reason), log the first of each."""
+        if not refusals:
+            return
+        with self.stats.lock:
+            self.stats.refused += len(refusals)
+        by_reason: dict[str, list[Refusal]] = {}
+        for r in refusals:
+            by_reason.setdefault(r.reason, []).append(r)
+        for reason, rs in by_reason.items():
+            log.warning("refused %d record(s) from %s (%s): %s", len(rs), device, reason, rs[-1].detail)
+            try:
+                self.store.count_refused(device, reason, rs[-1].detail, len(rs))
+            except Exception:  # counting must not fail the handler
+                log.exception("could not count refused records of %s", device)
+
     def _count(self, total: int, new: int) -> None:
         with self.stats.lock:
             self.stats.records += new
@@ -118,7 +144,7 @@ class Ingest:
         except Exception:  # counting must not fail the handler either
             log.exception("could not count a malformed message on %s", topic)
 
-    def _handle(self, topic: str, payload: bytes) -> tuple[str, list] | None:
+    def _handle(self, topic: str, payload: bytes, retained: bool = False) -> tuple[str, list] | None:
         """Apply status and reported state at once; return (kind, validated records) of a batch to insert."""
         parsed = self.topics.parse(topic)
         if parsed is None:
@@ -126,6 +152,13 @@ class Ingest:
         device, kind = parsed
         if len(payload) > MAX_PAYLOAD:
             raise ProtocolError(f"{topic}: payload of {len(payload)} bytes is over {MAX_PAYLOAD}")
+        if kind in RECORD_TYPES and not payload:
+            return None  # a retained message being cleared (the fleet clears replays, below)
+        if retained and kind in RECORD_TYPES:
+            # a retained batch is replayed to every new subscription (another ingest worker, a restarted fleet):
+            # records arrive once, live; a replay is refused, whoever retained it
+            self.refuse(device, [Refusal("retained", f"retained message on {topic} not replayed into the store")])
+            return None
         if kind == "status":
             if not payload:
                 return None  # a cleared retained status
@@ -160,6 +193,7 @@ class Ingest:
             good, bad = self._records(kind, device, batch.records)
             for b in bad:
                 self._malformed(topic, b)
+            self.refuse(device, [Refusal("schema", b) for b in bad])
             return kind, good
         else:
             raise ProtocolError(f"{topic}: devices do not publish {kind!r}")
@@ -182,10 +216,7 @@ class Ingest:
                 except ValidationError as err:
                     bad.append(f"records[{i}]: {err.errors()[0]['loc']} {err.errors()[0]['msg']}")
                     continue
-            if rec.device != device:  # type: ignore[attr-defined]
-                bad.append(f"records[{i}]: device {rec.device!r} differs from the topic")  # type: ignore
-                continue
-            good.append(rec)
+            good.append(rec)  # a record of another device than the topic's: refused by validation, by reason
         return good, bad
 
 

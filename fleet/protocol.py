@@ -283,3 +283,22 @@ def decode(topic: str, payload: bytes, model: type[BaseModel]) -> BaseModel:
                             f"first: {err.errors()[0]['loc']} {err.errors()[0]['msg']}") from err
     except (ValueError, UnicodeDecodeError) as err:
         raise ProtocolError(f"{topic}: not JSON ({err})") from err
+
+
+def verdict_override(verdict: str, decision: str, flagged: list[str], defect_class: str | None) -> bool:
+    """Whether an inspector's verdict disagrees with the model's decision (an override, what the override rate
+    counts). Computed from the verdict and the prediction, by the device and again by the fleet, never taken from
+    the client. ProtocolError for a verdict that cannot apply to that decision."""
+    if verdict == "confirm":
+        return False
+    if verdict == "false_positive":
+        if decision != "flag":
+            raise ProtocolError("false_positive needs a flagged prediction; the model did not flag this frame")
+        return True
+    if verdict == "missed_defect":
+        if not defect_class:
+            raise ProtocolError("missed_defect needs defect_class")
+        return decision != "flag" or defect_class not in flagged
+    if verdict == "bad_image":
+        return decision != "error"  # the model should not have decided on it
+    raise ProtocolError(f"unknown verdict {verdict!r}")

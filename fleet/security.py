@@ -1,25 +1,29 @@
-"""Credentials: API bearer tokens with roles, per-device broker passwords in Mosquitto's password-file format,
-the Mosquitto ACL that confines each device to its own subtree, and TLS material (a CA and a server certificate)
-for tests and small sites."""
+"""API bearer tokens with roles: only their sha256 is stored; a device token is bound to one device, an
+inspector token names the inspector. The tokens file is reread when it changes, so a revoked token stops working
+without a restart. Broker credentials, the ACL and TLS live in fleet/credentials.py, fleet/acl.py and
+fleet/tls.py (re-exported here)."""
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import hashlib
 import hmac
-import ipaddress
-import json
 import os
 import secrets
+import threading
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fleet.protocol import DEVICE_ID_RE, Topics
-from runtime.errors import ConfigError
-from runtime.fsio import atomic_write_bytes, atomic_write_text
+from fleet.acl import acl_text
+from fleet.credentials import DeviceCredentials, mosquitto_hash, provision
+from fleet.protocol import DEVICE_ID_RE
+from fleet.tls import make_tls, tls_init
+from runtime.errors import ConfigError, Conflict, NotFound
+from runtime.fsio import atomic_write_text
+
+__all__ = ["ROLES", "DeviceCredentials", "TokenEntry", "TokenFile", "Tokens", "acl_text", "add_token", "hash_token",
+           "make_tls", "mosquitto_hash", "provision", "revoke_token", "tls_init"]
 
 Role = Literal["admin", "viewer", "inspector", "device"]
 ROLES: tuple[str, ...] = ("admin", "viewer", "inspector", "device")
@@ -31,6 +35,8 @@ class TokenEntry(BaseModel):
     name: str = Field(description="who holds the token (shown in logs and stored with verdicts)")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the token; the token itself is not stored")
     roles: list[Role] = Field(description="admin: everything; viewer: read; inspector: mobile; device: artifacts")
+    device: str | None = Field(None, description="device tokens: the one device this token is (it downloads only "
+                                                 "artifacts of releases sent to that device)")
 
 
 class TokenFile(BaseModel):
@@ -42,143 +48,102 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class Tokens:
-    """Bearer tokens by hash. `admin` implies every other role."""
+def device_of(entry: TokenEntry) -> str | None:
+    """The device a `device` token is bound to (tokens made before binding existed: their holder's name)."""
+    if "device" not in entry.roles:
+        return None
+    return entry.device or entry.name
 
-    def __init__(self, entries: list[TokenEntry]) -> None:
+
+class Tokens:
+    """Bearer tokens by hash, from `path` (reread when the file changes). `admin` implies every other role."""
+
+    def __init__(self, entries: list[TokenEntry], path: Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.Lock()
+        self._stamp = self._file_stamp()
         self.by_hash = {e.sha256: e for e in entries}
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    @staticmethod
+    def read(path: Path | None) -> list[TokenEntry]:
+        if path is None or not Path(path).exists():
+            return []
+        try:
+            return TokenFile.model_validate_json(Path(path).read_bytes()).tokens
+        except (OSError, ValidationError) as err:
+            raise ConfigError(f"{path}: invalid token file: {err}") from err
 
     @classmethod
     def load(cls, path: Path | None) -> Tokens:
-        if path is None or not Path(path).exists():
-            return cls([])
-        try:
-            return cls(TokenFile.model_validate_json(Path(path).read_bytes()).tokens)
-        except ValidationError as err:
-            raise ConfigError(f"{path}: invalid token file: {err}") from err
+        return cls(cls.read(path), path)
+
+    def _refresh(self) -> None:
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            try:
+                self.by_hash = {e.sha256: e for e in self.read(self.path)}
+            except ConfigError:  # a half-written file by hand: keep the tokens we had rather than lock everyone out
+                return
+            self._stamp = stamp
 
     def check(self, token: str) -> TokenEntry | None:
+        self._refresh()
         digest = hash_token(token)
-        for h, entry in self.by_hash.items():
+        for h, entry in list(self.by_hash.items()):
             if hmac.compare_digest(h, digest):
                 return entry
         return None
 
+    def with_role(self, role: str) -> list[TokenEntry]:
+        self._refresh()
+        return [e for e in self.by_hash.values() if role in e.roles]
 
-def add_token(path: Path, name: str, roles: list[str]) -> str:
-    """Create a token for `name` with `roles`, store its hash in `path`, and return the token (shown once)."""
+
+def add_token(path: Path, name: str, roles: list[str], device: str | None = None) -> str:
+    """Create a token for `name` with `roles`, store its hash in `path`, and return the token (shown once).
+    A `device` token must name its device (and the device role)."""
     bad = sorted(set(roles) - set(ROLES))
     if bad or not roles:
         raise ConfigError(f"roles must be among {list(ROLES)}, got {roles}")
+    if not name or len(name) > 100 or any(c in name for c in "\r\n\t"):
+        raise ConfigError(f"token holder name {name!r}: 1 to 100 characters, no line breaks")
+    if "device" in roles and device is None:
+        device = name  # a device token's holder is its device unless said otherwise
+    if device is not None and not DEVICE_ID_RE.match(device):
+        raise ConfigError(f"invalid device id {device!r} for a device token (name it with --device)")
     path = Path(path)
-    current = TokenFile.model_validate_json(path.read_bytes()) if path.exists() else TokenFile()
+    current = TokenFile(tokens=Tokens.read(path))
     token = secrets.token_urlsafe(32)
-    current.tokens.append(TokenEntry(name=name, sha256=hash_token(token), roles=roles))  # type: ignore[arg-type]
+    current.tokens.append(TokenEntry(name=name, sha256=hash_token(token), roles=roles, device=device))
     atomic_write_text(path, current.model_dump_json(indent=2) + "\n", mode=0o600)
     return token
 
 
-# -- Mosquitto password file and ACL -----------------------------------------------------------------------------
-def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = 101) -> str:
-    """A Mosquitto 2 password hash, `$7$iterations$salt$hash` (PBKDF2-SHA512, base64), as mosquitto_passwd
-    writes it; computed here so no mosquitto tools are needed where the file is generated."""
-    salt = salt or os.urandom(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
-    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+def revoke_token(path: Path, name: str) -> int:
+    """Remove every token held by `name`; returns how many. A running fleet rereads the file on the next request."""
+    path = Path(path)
+    current = Tokens.read(path)
+    kept = [e for e in current if e.name != name]
+    if len(kept) == len(current):
+        raise NotFound(f"no token held by {name!r} in {path}")
+    atomic_write_text(path, TokenFile(tokens=kept).model_dump_json(indent=2) + "\n", mode=0o600)
+    return len(current) - len(kept)
 
 
-def device_password() -> str:
-    return secrets.token_urlsafe(24)
-
-
-def write_password_file(path: Path, users: dict[str, str]) -> None:
-    """`user:hash` lines for every user (device ids and the fleet service's own user)."""
-    lines = []
-    for user, password in sorted(users.items()):
-        if ":" in user or not user:
-            raise ConfigError(f"broker user name {user!r} is not allowed")
-        lines.append(f"{user}:{mosquitto_hash(password)}")
-    # 0640: the broker reads it as its own group after dropping root (chgrp mosquitto in production)
-    atomic_write_text(path, "\n".join(lines) + "\n", mode=0o640)
-
-
-def acl_text(topics: Topics, fleet_user: str) -> str:
-    """A Mosquitto ACL: the fleet user may do everything under the prefix; every other user (a device, whose
-    user name is its device id) may publish only in its own subtree and read only its own desired and cmd."""
-    p = topics.prefix
-    lines = [f"# generated by shadowline fleet: devices are confined to {p}/dev/<their user name>/",
-             f"user {fleet_user}", f"topic readwrite {p}/#", "",
-             "# %u is the connecting user name, which is the device id"]
-    for kind in Topics.FROM_DEVICE:
-        lines.append(f"pattern write {p}/dev/%u/{kind}")
-    for kind in Topics.TO_DEVICE:
-        lines.append(f"pattern read {p}/dev/%u/{kind}")
-    return "\n".join(lines) + "\n"
-
-
-class DeviceCredentials(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    device: str
-    username: str
-    password: str
-
-
-def provision(directory: Path, devices: list[str], topics: Topics, fleet_user: str = "shadowline-fleet",
-              fleet_password: str | None = None) -> dict[str, DeviceCredentials]:
-    """Create a password for each device and the fleet user; write `passwd`, `acl` and `credentials.json`
-    (mode 0600) into `directory`. Returns the credentials by device id (the fleet user under its own name)."""
-    directory = Path(directory)
-    creds: dict[str, DeviceCredentials] = {}
-    for dev in devices:
-        if not DEVICE_ID_RE.match(dev) or dev == fleet_user:
-            raise ConfigError(f"invalid device id {dev!r}")
-        creds[dev] = DeviceCredentials(device=dev, username=dev, password=device_password())
-    creds[fleet_user] = DeviceCredentials(device=fleet_user, username=fleet_user,
-                                          password=fleet_password or device_password())
-    write_password_file(directory / "passwd", {c.username: c.password for c in creds.values()})
-    atomic_write_text(directory / "acl", acl_text(topics, fleet_user), mode=0o640)
-    atomic_write_text(directory / "credentials.json",
-                      json.dumps({k: v.model_dump() for k, v in creds.items()}, indent=2) + "\n", mode=0o600)
-    return creds
-
-
-# -- TLS material ------------------------------------------------------------------------------------------------
-def make_tls(directory: Path, hostname: str = "localhost", days: int = 30) -> dict[str, Path]:
-    """A self-signed CA and a server certificate for `hostname` (and 127.0.0.1) signed by it: ca.crt,
-    server.crt, server.key in `directory`. For tests and small sites; production brings its own PKI."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    directory = Path(directory)
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shadowline test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-          .not_valid_after(now + dt.timedelta(days=days))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    san = [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(san), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    out = {"ca": directory / "ca.crt", "cert": directory / "server.crt", "key": directory / "server.key"}
-    atomic_write_bytes(out["ca"], ca.public_bytes(pem))
-    atomic_write_bytes(out["cert"], cert.public_bytes(pem))
-    atomic_write_bytes(out["key"], key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL,
-                                                     serialization.NoEncryption()), mode=0o600)
-    return out
+def ensure_unique_name(path: Path, name: str) -> None:
+    """Inspector names identify verdicts: refuse a second inspector token under a name already in use."""
+    if any(e.name == name for e in Tokens.read(path)):
+        raise Conflict(f"a token held by {name!r} exists already in {path}; revoke it first or pick another name")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -53,7 +54,7 @@ class Fleet:
         self.desired = DesiredStates(self.store, self.registry, self.releases, self.topics, config.base_url,
                                      self.publish, self.publish_many)
         self.rollouts = Rollouts(self.store, self.releases, self.devices, self.desired, config.adjudicators)
-        self.ingest = Ingest(self.store, self.devices, self.topics)
+        self.ingest = Ingest(self.store, self.devices, self.topics, config.record_limits)
         self.monitor = Monitor(self.store, self.topics, config, self.publish)
         # acknowledge / silence / resolve, and the notifier that tells people (webhook, e-mail)
         self.alerts = AlertBook(self.store, JsonlActionLog(data / "alert-actions.jsonl"), config.alerting,
@@ -102,15 +103,22 @@ class FleetService:
 
     @property
     def broker_url(self) -> str:
-        return self.config.broker_url or f"mqtt://127.0.0.1:{self.config.embedded_broker_port}"
+        host = self.config.embedded_broker_host
+        return self.config.broker_url or f"mqtt://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:" \
+                                         f"{self.config.embedded_broker_port}"
 
     def start(self) -> FleetService:
+        username, password = self.config.mqtt_username, self.config.password()
         if self.config.broker_url is None:
-            self.broker = EmbeddedBroker(self.config.embedded_broker_port).start()
+            # the service's own user on its in-process broker: a password nobody else ever sees
+            username, password = username or self.config.client_id, secrets.token_urlsafe(32)
+            self.broker = EmbeddedBroker(self.config.embedded_broker_port, self.config.embedded_broker_host,
+                                         topics=self.fleet.topics, credentials_dir=self.config.broker_credentials_dir,
+                                         service_users={username: password}).start()
         # manual acknowledgement: a message is acknowledged only after the transaction holding its records
         # committed, so a kill at any point leaves it unacknowledged (redelivered, ignored by id if it was in)
-        self.mqtt = MqttClient(self.broker_url, self.config.client_id, username=self.config.mqtt_username,
-                               password=self.config.password(), tls=self.config.tls, persistent=True,
+        self.mqtt = MqttClient(self.broker_url, self.config.client_id, username=username,
+                               password=password, tls=self.config.tls, persistent=True,
                                manual_ack=True)
         for f in self.fleet.ingest.subscriptions():
             self.mqtt.subscribe(f, 1)
@@ -163,10 +171,18 @@ class FleetService:
                     self._inbox.put(None)
                     break
                 msgs.append(m)
-            self.fleet.ingest.handle_many([(m.topic, m.payload) for m in msgs])
+            self.fleet.ingest.handle_many([(m.topic, m.payload, bool(m.retain)) for m in msgs])
             assert self.mqtt is not None  # started before this thread
             for m in msgs:
                 self.mqtt.ack(m)
+            for m in msgs:
+                if m.retain and m.payload and self._record_topic(m.topic):
+                    # cleared so no later subscriber (a restarted fleet, another worker) is handed it again
+                    self.mqtt.publish(m.topic, b"", retain=True, timeout=None)
+
+    def _record_topic(self, topic: str) -> bool:
+        parsed = self.fleet.topics.parse(topic)
+        return parsed is not None and parsed[1] not in Topics.RETAINED
 
     def _run(self) -> None:
         self.loop_alive.set()

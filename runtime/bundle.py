@@ -6,8 +6,8 @@ with a trust store, the ed25519 signature over manifest.json.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from runtime.errors import BundleError
-from runtime.fsio import sha256_file
+from runtime.fsio import CHUNK, sha256_file
 from runtime.manifest import FileEntry, Manifest
 from runtime.signing import TrustStore
 
@@ -75,27 +75,118 @@ def _parse_manifest(data: bytes, where: str) -> Manifest:
         raise BundleError(f"{where}: manifest.json is invalid: {err}") from err
 
 
-def _safe_members(tar: tarfile.TarFile, where: str) -> tuple[str, list[tarfile.TarInfo]]:
-    members = tar.getmembers()
-    prefix = ""
+MAX_MANIFEST = 4 << 20  # a manifest lists files and metrics: kilobytes; anything near this is not one
+MAX_SIGNATURE = 64 << 10
+MAX_MEMBERS = 100_000  # a Core ML package has tens of files; headers are read one by one up to this many
+
+
+def _member_kind(m: tarfile.TarInfo) -> str | None:
+    """Why a member cannot be extracted as a plain file, or None."""
+    if m.issparse() or any(k.startswith("GNU.sparse") for k in (m.pax_headers or {})):
+        return "a sparse file"
+    if m.islnk() or m.issym():
+        return f"a link (to {m.linkname!r})"
+    if m.isdir():
+        return None
+    if not m.isreg():
+        return "a device, fifo or other special file"
+    return None
+
+
+def _tar_members(tar: tarfile.TarFile, where: str) -> tuple[str, dict[str, tarfile.TarInfo]]:
+    """(top-level prefix, regular-file members by path inside the bundle). Refuses, before anything is read or
+    written: links, devices, sparse files, names escaping the bundle, duplicate names, too many members."""
+    members: list[tarfile.TarInfo] = []
+    while True:
+        try:
+            m = tar.next()
+        except (tarfile.TarError, ValueError, EOFError, UnicodeError) as err:
+            # tarfile raises ValueError, not TarError, on some malformed PAX sparse headers
+            raise BundleError(f"{where}: unreadable tar header after {len(members)} members ({err})") from err
+        if m is None:
+            break
+        members.append(m)
+        if len(members) > MAX_MEMBERS:
+            raise BundleError(f"{where}: more than {MAX_MEMBERS} tar members; not a bundle")
     names = [m.name for m in members]
+    prefix = ""
     if MANIFEST not in names:
         tops = {n.split("/", 1)[0] for n in names}
         if len(tops) == 1:
             prefix = tops.pop() + "/"
+    files: dict[str, tarfile.TarInfo] = {}
     for m in members:
         parts = m.name.split("/")
-        if m.name.startswith("/") or ".." in parts:
+        if m.name.startswith("/") or ".." in parts or "\\" in m.name or "\0" in m.name:
             raise BundleError(f"{where}: tar member {m.name!r} escapes the bundle")
-        if not (m.isfile() or m.isdir()):
-            raise BundleError(f"{where}: tar member {m.name!r} is a link or device; only files are allowed")
-    return prefix, members
+        why = _member_kind(m)
+        if why is not None:
+            raise BundleError(f"{where}: tar member {m.name!r} is {why}; only plain files are allowed")
+        if m.isdir():
+            continue
+        rel = m.name[len(prefix):] if prefix and m.name.startswith(prefix) else m.name
+        if not rel or rel in files:
+            raise BundleError(f"{where}: tar member {m.name!r} appears twice (or names the bundle itself)")
+        files[rel] = m
+    return prefix, files
+
+
+def _read_member(tar: tarfile.TarFile, m: tarfile.TarInfo, limit: int, where: str) -> bytes:
+    if m.size > limit:
+        raise BundleError(f"{where}: {m.name} is {m.size} bytes, more than a {limit}-byte {m.name.split('/')[-1]}")
+    f = tar.extractfile(m)
+    if f is None:
+        raise BundleError(f"{where}: cannot read {m.name}")
+    with f:
+        data = f.read(limit + 1)
+    if len(data) != m.size:
+        raise BundleError(f"{where}: {m.name} is truncated")
+    return data
+
+
+def _extract_listed(tar: tarfile.TarFile, files: dict[str, tarfile.TarInfo], manifest: Manifest, root: Path,
+                    where: str) -> None:
+    """Write exactly the files the manifest lists, each bounded by its declared size and checked against its
+    sha256 while it is written. Everything else was refused before the first byte was written."""
+    for rel, m in files.items():
+        if rel in (MANIFEST, SIGNATURE):
+            continue
+        entry = manifest.files.get(rel)
+        if entry is None:
+            raise BundleError(f"{where}: tar member {m.name!r} is not listed in the manifest")
+        if m.size != entry.size:
+            raise BundleError(f"{where}: tar member {m.name!r} has {m.size} bytes, the manifest says {entry.size}")
+    for name in manifest.files:
+        if name not in files:
+            raise BundleError(f"{where}: file {name!r} named in the manifest is missing")
+    for rel, m in files.items():
+        target = root / rel
+        if rel in (MANIFEST, SIGNATURE):
+            continue
+        entry = manifest.files[rel]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src = tar.extractfile(m)
+        if src is None:
+            raise BundleError(f"{where}: cannot read {m.name}")
+        digest, left = hashlib.sha256(), entry.size
+        with src, open(target, "xb") as dst:
+            while left > 0:
+                chunk = src.read(min(CHUNK, left))
+                if not chunk:
+                    raise BundleError(f"{where}: {m.name} is truncated")
+                digest.update(chunk)
+                dst.write(chunk)
+                left -= len(chunk)
+        if digest.hexdigest() != entry.sha256:
+            raise BundleError(f"{where}: file {rel!r} does not match its sha256 in the manifest (tampered or corrupt)")
 
 
 def verify_tree(root: Path, manifest: Manifest, where: str) -> None:
     """Every listed file present with its size and hash; nothing unlisted."""
     for name, entry in manifest.files.items():
         p = root / name
+        if p.is_symlink() or any(q.is_symlink() for q in p.parents if root in q.parents):
+            raise BundleError(f"{where}: file {name!r} is a link; only plain files are allowed")
         if not p.is_file():
             raise BundleError(f"{where}: file {name!r} named in the manifest is missing")
         if p.stat().st_size != entry.size:
@@ -111,48 +202,48 @@ def verify_tree(root: Path, manifest: Manifest, where: str) -> None:
 
 def load_bundle(path: Path | str, trust_store: TrustStore | None = None, extract_to: Path | None = None,
                 label: str | None = None) -> Bundle:
-    """Open and verify a bundle directory or .tar. With a trust store the signature must be valid and known.
+    """Open and verify a bundle directory or .tar. With a trust store the signature must be valid and known. A tar
+    is read manifest first: its signature is checked and every member judged against it before anything is
+    written; then only the listed files are written, bounded by their declared sizes and hashed on the way.
     Errors name `label` (what the user sent, e.g. an uploaded file's name) instead of `path` when given."""
     path = Path(path)
     where = label or str(path)
     if not path.exists():
         raise BundleError(f"{where}: no such bundle")
-    tmp: tempfile.TemporaryDirectory | None = None
     if path.is_dir():
-        root = path
-    else:
-        try:
-            tar = tarfile.open(path, "r:")
-        except (tarfile.TarError, OSError) as err:
-            raise BundleError(f"{where}: not a bundle directory or uncompressed tar ({err})") from err
+        data, sig = _dir_manifest(path, where)
+        signer = trust_store.verify(data, sig, where) if trust_store is not None else None
+        manifest = _parse_manifest(data, where)
+        verify_tree(path, manifest, where)
+        return Bundle(path, manifest, data, signer, path)
+    try:
+        tar = tarfile.open(path, "r:")
+    except (tarfile.TarError, OSError, ValueError, EOFError, UnicodeError) as err:
+        raise BundleError(f"{where}: not a bundle directory or uncompressed tar ({err})") from err
+    tmp: tempfile.TemporaryDirectory | None = None
+    try:
         with tar:
-            prefix, members = _safe_members(tar, where)
+            prefix, files = _tar_members(tar, where)
+            if MANIFEST not in files:
+                raise BundleError(f"{where}: no manifest.json")
+            data = _read_member(tar, files[MANIFEST], MAX_MANIFEST, where)
+            sig = _read_member(tar, files[SIGNATURE], MAX_SIGNATURE, where) if SIGNATURE in files else None
+            signer = trust_store.verify(data, sig, where) if trust_store is not None else None
+            manifest = _parse_manifest(data, where)
             if extract_to is None:
                 tmp = tempfile.TemporaryDirectory(prefix="shadowline-bundle-")
                 root = Path(tmp.name)
             else:
                 root = Path(extract_to)
                 root.mkdir(parents=True, exist_ok=True)
-            for m in members:
-                if not m.isfile():
-                    continue
-                rel = m.name[len(prefix):] if prefix and m.name.startswith(prefix) else m.name
-                target = root / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(m)
-                assert src is not None
-                with src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-    try:
-        mpath = root / MANIFEST
-        if not mpath.is_file():
-            raise BundleError(f"{where}: no manifest.json")
-        data = mpath.read_bytes()
-        sig_path = root / SIGNATURE
-        sig = sig_path.read_bytes() if sig_path.is_file() else None
-        signer = trust_store.verify(data, sig, where) if trust_store is not None else None
-        manifest = _parse_manifest(data, where)
-        verify_tree(root, manifest, where)
+            _extract_listed(tar, files, manifest, root, where)
+            (root / MANIFEST).write_bytes(data)
+            if sig is not None:
+                (root / SIGNATURE).write_bytes(sig)
+    except (tarfile.TarError, OSError, ValueError, EOFError) as err:
+        if tmp is not None:
+            tmp.cleanup()
+        raise BundleError(f"{where}: unreadable tar ({err})") from err
     except BaseException:
         if tmp is not None:
             tmp.cleanup()
@@ -160,15 +251,27 @@ def load_bundle(path: Path | str, trust_store: TrustStore | None = None, extract
     return Bundle(root, manifest, data, signer, path, tmp)
 
 
+def _dir_manifest(root: Path, where: str) -> tuple[bytes, bytes | None]:
+    mpath = root / MANIFEST
+    if not mpath.is_file() or mpath.is_symlink():
+        raise BundleError(f"{where}: no manifest.json")
+    if mpath.stat().st_size > MAX_MANIFEST:
+        raise BundleError(f"{where}: manifest.json is over {MAX_MANIFEST} bytes; not a manifest")
+    sig_path = root / SIGNATURE
+    sig = sig_path.read_bytes()[:MAX_SIGNATURE + 1] if sig_path.is_file() and not sig_path.is_symlink() else None
+    return mpath.read_bytes(), sig
+
+
 def read_manifest(path: Path | str) -> Manifest:
     """The manifest of a bundle directory or tar, without verifying anything (for listing)."""
     path = Path(path)
     if path.is_dir():
-        return _parse_manifest((path / MANIFEST).read_bytes(), str(path))
-    with tarfile.open(path, "r:") as tar:
-        for m in tar.getmembers():
-            if m.name == MANIFEST or m.name.endswith("/" + MANIFEST) and m.name.count("/") == 1:
-                f = tar.extractfile(m)
-                assert f is not None
-                return _parse_manifest(f.read(), str(path))
+        return _parse_manifest(_dir_manifest(path, str(path))[0], str(path))
+    try:
+        with tarfile.open(path, "r:") as tar:
+            _, files = _tar_members(tar, str(path))
+            if MANIFEST in files:
+                return _parse_manifest(_read_member(tar, files[MANIFEST], MAX_MANIFEST, str(path)), str(path))
+    except (tarfile.TarError, OSError, ValueError, EOFError, UnicodeError) as err:
+        raise BundleError(f"{path}: not a bundle directory or uncompressed tar ({err})") from err
     raise BundleError(f"{path}: no manifest.json")

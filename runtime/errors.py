@@ -106,3 +106,11 @@ class ServiceError(ShadowlineError):
 
     exit_code = 15
     http_status = 502
+
+
+class Unauthorized(AccessDenied):
+    """No credential, or one nobody issued (an unknown or revoked token, a wrong password): 401, where a valid
+    credential without the right role is an AccessDenied (403)."""
+
+    exit_code = 16
+    http_status = 401

@@ -211,29 +211,36 @@ class Demo:
                  f"parity checked, {time.perf_counter() - t0:.1f} s)")
 
     def start(self) -> None:
-        from fleet.security import add_token
+        from fleet.protocol import Topics
+        from fleet.security import add_token, provision
 
         tokens = self.workdir / "tokens.json"
         if tokens.exists():
             tokens.unlink()  # tokens are shown once: a rerun in the same workdir makes fresh ones
         self.admin = add_token(tokens, "demo-admin", ["admin"])
-        device_token = add_token(tokens, "demo-devices", ["device"])
+        # the embedded broker wants a password from every device, as Mosquitto would; each device has its own
+        broker_dir = self.workdir / "broker"
+        shutil.rmtree(broker_dir, ignore_errors=True)
+        creds = provision(broker_dir, list(DEVICES), Topics())
         fleet_cfg = self.workdir / "fleet.yaml"
         fleet_cfg.write_text(json.dumps({
             "data_dir": str(self.workdir / "fleet-data"), "trust_store": str(self.trust), "tokens_file": str(tokens),
             "http_port": self.http_port, "embedded_broker_port": self.mqtt_port, "rollout_tick_s": 0.1,
             # the QA lead's verdicts decide disputed cases on every surface (report, dashboard, API, gate)
-            "adjudicators": [ADJUDICATOR]}))
+            "adjudicators": [ADJUDICATOR], "broker_credentials_dir": str(broker_dir)}))
         self.procs.start("fleet", ["fleet", "serve", "--config", str(fleet_cfg)])
         for name in DEVICES:
             home = self.workdir / "devices" / name
             (home / "inbox").mkdir(parents=True, exist_ok=True)
+            (home / "broker-password").write_text(creds[name].password + "\n")
+            (home / "broker-password").chmod(0o600)
             cfg = {"device_id": name, "trust_store": str(self.trust),
                    "sources": [{"type": "folder", "path": "inbox", "poll_s": 0.1, "settle_s": 0.0}],
                    "store": {"path": "shadowline.db"}, "runner": {"threads": 1},
                    "api": {"port": self.api_ports[name]},
                    "fleet": {"broker_url": f"mqtt://127.0.0.1:{self.mqtt_port}", "releases_dir": "releases",
-                             "trust_store": str(self.trust), "http_token": device_token, "smoke_images": 1,
+                             "trust_store": str(self.trust), "http_token": add_token(tokens, name, ["device"]),
+                             "password_file": "broker-password", "smoke_images": 1,
                              "reconnect_min_s": 0.2, "reconnect_max_s": 2.0, "publish_interval_s": 0.1}}
             (home / "device.yaml").write_text(json.dumps(cfg))
             self.procs.start(name, ["edge", "run", "--config", str(home / "device.yaml")])

@@ -23,8 +23,8 @@ from tests.conftest import free_port
 class FleetRig:
     def __init__(self, workdir: Path, broker_url: str, trust: Path) -> None:
         self.workdir, self.trust = Path(workdir), trust
-        tokens = self.workdir / "tokens.json"
-        self.device_token = add_token(tokens, "devices", ["device"])
+        self.tokens = self.workdir / "tokens.json"
+        tokens = self.tokens
         self.config = FleetConfig(data_dir=self.workdir / "fleet", broker_url=broker_url, trust_store=trust,
                                   tokens_file=tokens, http_port=free_port(), rollout_tick_s=0.05)
         self.service = FleetService(self.config).start()
@@ -42,8 +42,9 @@ class FleetRig:
 
     def add_devices(self, names: list[str], images: list[Path], load_models: bool = True, **config) -> None:
         for name in names:
+            # one token per device: a device token downloads only artifacts of releases sent to that device
             agent_config = AgentConfig(broker_url=self.broker_url, releases_dir=self.workdir / name / "releases",
-                                       trust_store=self.trust, http_token=self.device_token,
+                                       trust_store=self.trust, http_token=add_token(self.tokens, name, ["device"]),
                                        reconnect_min_s=0.1, reconnect_max_s=1.0, publish_interval_s=0.05,
                                        **config)
             host = HeadlessHost(name, self.workdir / name, images, load_models=load_models)

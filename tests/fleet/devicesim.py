@@ -83,8 +83,9 @@ class SimFleet:
 
     def __init__(self, url: str, topics: Topics, devices: list[str], *, bad_bundles: set[str] = frozenset(),
                  latency: dict[str, float] | None = None, predictions_per_report: int = 30,
-                 error_rate: dict[str, float] | None = None) -> None:
+                 error_rate: dict[str, float] | None = None, auth: dict[str, str] | None = None) -> None:
         self.topics, self.devices = topics, devices
+        self.streamed: dict[str, list[dict]] = {d: [] for d in devices}  # active predictions sent, for reviews
         self.bad_bundles, self.latency, self.error_rate = set(bad_bundles), latency or {}, error_rate or {}
         self.per_report = predictions_per_report
         self.active: dict[str, str | None] = {d: None for d in devices}
@@ -95,7 +96,8 @@ class SimFleet:
         self.queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self.worker = threading.Thread(target=self._work, daemon=True)
         self.worker.start()
-        self.c = client(url, f"sim-{id(self)}")
+        # one connection for every device: on a broker with the fleet's ACL it needs a service (fleet) user
+        self.c = client(url, f"sim-{id(self)}", **(auth or {}))
         self.c.on_message = self._on_message
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([(topics.all_devices("desired"), 1),
                                                                (topics.all_devices("cmd"), 1)])
@@ -156,12 +158,28 @@ class SimFleet:
                                error_rate=self.error_rate.get(ref, 0.0), role=role,
                                seed=hash((device, ref)) & 0xFFFF)
             publish_until_acked(self.c, self.topics.device(device, "predictions"), batch(device, "predictions", recs))
+            if role == "active":
+                self.streamed[device].extend(recs)
 
     def review(self, device: str, n: int, override_rate: float) -> None:
+        """Verdicts on the last `n` active predictions the device sent; the first `n * override_rate` disagree
+        with the model (a false positive on a flag, a missed defect on anything else): the fleet computes which
+        verdicts are overrides from the prediction, so the verdict itself must disagree."""
         name, _, rev = (self.active[device] or "x@0").partition("@")
-        recs = [ReviewRecord(prediction_id=f"p{i}", device=device, inspector="ann", verdict="confirm",
-                             override=i < n * override_rate, model_decision="flag", release=name,
-                             revision=int(rev)).model_dump(mode="json") for i in range(n)]
+
+        def of_release() -> list[dict]:
+            return [p for p in self.streamed[device] if p["release"] == name and p["revision"] == int(rev)]
+
+        wait_for(lambda: len(of_release()) >= n, 30, f"{n} predictions of {device} on {self.active[device]}")
+        preds = of_release()[-n:]
+        recs = []
+        for i, p in enumerate(preds):
+            disagree = i < n * override_rate
+            verdict = ("false_positive" if p["decision"] == "flag" else "missed_defect") if disagree else "confirm"
+            recs.append(ReviewRecord(prediction_id=p["id"], device=device, inspector="ann", verdict=verdict,
+                                     defect_class="defect" if verdict == "missed_defect" else None,
+                                     override=disagree, model_decision=p["decision"], release=p["release"],
+                                     revision=p["revision"]).model_dump(mode="json"))
         publish_until_acked(self.c, self.topics.device(device, "reviews"), batch(device, "reviews", recs))
 
     def stop(self) -> None:

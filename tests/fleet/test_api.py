@@ -15,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from export.bundle import finish_bundle
+from fleet.protocol import PredictionRecord, ReleaseSpec, StageSpec
+from fleet.security import add_token
 from runtime.bundle import read_manifest
 from runtime.signing import load_private_key
 from tests.fleet.conftest import auth
@@ -75,12 +77,22 @@ def test_bundle_upload_and_tampered_upload(client, tokens, bundles, tmp_path):
         [bundles["squeezenet"].name]
 
 
+def _target(fleet, device: str, bundle_id: str, name: str = "pcb") -> str:
+    """A release of `bundle_id` sent to `device` (a device token downloads only what was sent to its device)."""
+    spec = fleet.releases.create(ReleaseSpec(name=name, stages=[StageSpec(role="verify", bundle=bundle_id)]))
+    fleet.desired.set(device, spec.ref)
+    return spec.ref
+
+
 def test_artifact_range_resume_and_traversal(client, fleet, tokens, bundles):
     info = fleet.registry.push(bundles["pcb-aoi"])
     url = f"/artifacts/{info['path']}"
     h = auth(tokens["device"])
     assert client.get(url).status_code == 401
     assert client.get(url, headers=auth(tokens["viewer"])).status_code == 403
+    refused = client.get(url, headers=h)  # nothing was sent to this token's device yet
+    assert refused.status_code == 403 and "no release sent to device 'device-user'" in refused.json()["error"]
+    _target(fleet, "device-user", info["id"])
     full = client.get(url, headers=h)
     assert full.status_code == 200 and len(full.content) == info["size"]
     assert hashlib.sha256(full.content).hexdigest() == info["sha256"] == full.headers["x-content-sha256"]
@@ -116,7 +128,7 @@ def test_download_never_exceeds_the_registered_size(client, fleet, tokens, bundl
     path = fleet.artifacts_dir / info["path"]
     with open(path, "ab") as fh:  # the file on disk grew behind the registry's back
         fh.write(b"\0" * 4096)
-    r = client.get(f"/artifacts/{info['path']}", headers=auth(tokens["device"]))
+    r = client.get(f"/artifacts/{info['path']}", headers=auth(tokens["inspector"]))
     assert r.status_code == 422 and "refusing to serve" in r.json()["error"]
 
 
@@ -159,14 +171,21 @@ def test_mobile_coreml_and_verdicts(client, fleet, tokens, bundles, keys, tmp_pa
     assert fleet.registry.get(info["id"])["coreml_sha256"] == doc["sha256"]
     assert client.get("/mobile/releases/pcb@1/coreml?stage=screen",
                       headers=auth(tokens["inspector"])).status_code == 404
+    # the iPad records what it predicted (its device token), then the inspector's verdict names that prediction
+    ipad = add_token(Path(tokens["file"]), "ipad-7", ["device"])
+    pred = PredictionRecord(id="p-1", device="ipad-7", source="camera:roll#1", release="pcb", revision=1,
+                            mode="shadow", decision="flag", flagged=[("Defective", 0.9)], top_label="Defective",
+                            top_score=0.9).model_dump(mode="json")
+    stored = client.post("/mobile/predictions", json={"records": [pred]}, headers=auth(ipad))
+    assert stored.status_code == 200 and stored.json()["stored"] == 1, stored.text
     verdict = {"id": "5b0e7c7e-aaaa-4bbb-8ccc-000000000001", "prediction_id": "p-1", "device": "ipad-7",
-               "verdict": "false_positive", "override": True, "model_decision": "flag", "release": "pcb",
-               "revision": 1}
+               "verdict": "false_positive"}
     r1 = client.post("/mobile/verdicts", json=verdict, headers=auth(tokens["inspector"]))
     r2 = client.post("/mobile/verdicts", json=verdict, headers=auth(tokens["inspector"]))
-    assert r1.json() == {"id": verdict["id"], "stored": True} and r2.json()["stored"] is False
+    assert r1.json() == {"id": verdict["id"], "stored": True, "override": True} and r2.json()["stored"] is False
     reviews = list(fleet.store.reviews(release="pcb@1"))
     assert len(reviews) == 1 and reviews[0].inspector == "inspector-user" and reviews[0].override
+    assert reviews[0].model_decision == "flag" and reviews[0].top_label == "Defective"  # from the prediction
     assert client.post("/mobile/verdicts", json=verdict).status_code == 401
     bad = client.post("/mobile/verdicts", json={**verdict, "verdict": "maybe"}, headers=auth(tokens["inspector"]))
     assert bad.status_code == 422
@@ -198,7 +217,7 @@ def test_fuzzed_bodies_get_4xx_never_500(client, tokens, body, route):
 def test_fuzzed_uploads_and_ranges(client, tokens, raw, rng):
     r = client.post("/api/bundles", content=raw, headers=auth(tokens["admin"]))
     assert 400 <= r.status_code < 500, r.text
-    r = client.get("/artifacts/whatever.tar", headers={**auth(tokens["device"]), "Range": rng.encode("ascii", "replace").decode()})
+    r = client.get("/artifacts/whatever.tar", headers={**auth(tokens["inspector"]), "Range": rng.encode("ascii", "replace").decode()})
     assert r.status_code == 404
 
 

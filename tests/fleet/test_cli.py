@@ -58,12 +58,19 @@ def test_serve_and_admin_commands(tmp_path, keys, bundles):
     tokens = tmp_path / "tokens.json"
     token = run("token", "create", "--tokens-file", str(tokens), "--name", "ops", "--role", "admin").stdout.strip()
     viewer = run("token", "create", "--tokens-file", str(tokens), "--name", "v", "--role", "viewer").stdout.strip()
+    # the simulator speaks for several devices over one connection: a service user, as the embedded broker's ACL
+    # wants (it refuses anonymous clients)
+    broker_dir = tmp_path / "broker"
+    run("credentials", "add", "--dir", str(broker_dir), "--role", "fleet", "simulator")
+    sim_auth = {"username": "simulator",
+                "password": json.loads((broker_dir / "credentials.json").read_text())["users"]["simulator"]["password"]}
     mqtt_port, http_port = free_port(), free_port()
     url = f"http://127.0.0.1:{http_port}"
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "shadowline.cli", "fleet", "serve", "--data-dir",
                              str(tmp_path / "data"), "--embedded-broker-port", str(mqtt_port), "--port",
-                             str(http_port), "--trust-store", str(keys["trust"]), "--tokens-file", str(tokens)],
+                             str(http_port), "--trust-store", str(keys["trust"]), "--tokens-file", str(tokens),
+                             "--broker-credentials-dir", str(broker_dir)],
                             stdout=log, stderr=log)
     sims = None
     try:
@@ -113,7 +120,8 @@ def test_serve_and_admin_commands(tmp_path, keys, bundles):
         unknown.write_text("name: seal\nstages:\n  - role: verify\n    bundle: nope-v1.0\n")
         res = run("release", "create", str(unknown), token=token, url=url, check=False)
         assert res.returncode != 0 and f"{unknown}: refused by the fleet:" in res.stderr and "nope-v1.0" in res.stderr
-        sims = SimFleet(f"mqtt://127.0.0.1:{mqtt_port}", Topics(), ["cam-1", "cam-2"], predictions_per_report=0)
+        sims = SimFleet(f"mqtt://127.0.0.1:{mqtt_port}", Topics(), ["cam-1", "cam-2"], predictions_per_report=0,
+                        auth=sim_auth)
         ro = json.loads(run("rollout", "start", "seal@1", "--group", "line", "--waves", "1,100%",
                             "--gates", '{"wave_timeout_s": 60}', "--json", token=token, url=url).stdout)
 

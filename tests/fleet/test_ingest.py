@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleet.config import FleetConfig
+from fleet.credentials import provision
 from fleet.ingest import Ingest
 from fleet.protocol import Reported, Topics, encode
 from fleet.service import FleetService
@@ -86,14 +87,16 @@ def test_retained_status_registers_a_device_and_desired_is_retained(service, mos
     late.loop_stop()
 
 
-def test_embedded_broker_end_to_end(config: FleetConfig):
+def test_embedded_broker_end_to_end(config: FleetConfig, tmp_path):
     port = free_port()
-    svc = FleetService(config.model_copy(update={"broker_url": None, "embedded_broker_port": port})).start()
+    creds = provision(tmp_path / "broker", ["emb-dev"], Topics())  # the embedded broker wants passwords too
+    svc = FleetService(config.model_copy(update={"broker_url": None, "embedded_broker_port": port,
+                                                 "broker_credentials_dir": tmp_path / "broker"})).start()
     try:
         assert svc.broker is not None
         wait_for(lambda: svc.ready, 5, "service ready")
         t = svc.fleet.topics
-        c = client(f"mqtt://127.0.0.1:{port}", "emb-dev")
+        c = client(f"mqtt://127.0.0.1:{port}", "emb-dev", username="emb-dev", password=creds["emb-dev"].password)
         wait_for(c.is_connected, 10)
         recs = predictions("emb-dev", 40)
         for i in range(0, 40, 10):
