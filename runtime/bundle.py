@@ -153,9 +153,9 @@ def _extract_listed(tar: tarfile.TarFile, files: dict[str, tarfile.TarInfo], man
             continue
         entry = manifest.files.get(rel)
         if entry is None:
-            raise BundleError(f"{where}: tar member {m.name!r} is not listed in the manifest")
+            raise BundleError(f"{where}: file {rel!r} is not listed in the manifest")
         if m.size != entry.size:
-            raise BundleError(f"{where}: tar member {m.name!r} has {m.size} bytes, the manifest says {entry.size}")
+            raise BundleError(f"{where}: file {rel!r} has {m.size} bytes, manifest says {entry.size}")
     for name in manifest.files:
         if name not in files:
             raise BundleError(f"{where}: file {name!r} named in the manifest is missing")
