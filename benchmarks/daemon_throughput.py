@@ -139,7 +139,7 @@ def daemon_run(bundle: Path, files: list[Path], threads: int, work: Path, worker
     port = free_port()
     cfg = {"device_id": "bench", "api": {"port": port}, "runner": {"threads": threads},
            "release": {"name": "bench", "mode": "shadow", "stages": [{"role": "screen", "bundle": str(bundle)}]},
-           "sources": [{"type": "folder", "path": "inbox", "poll_s": 0.02, "settle_s": 0.0}],
+           "sources": [{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0.0}],
            "pipeline": {"decode_workers": workers}, "queue": {"max_size": 64}}
     (work / "device.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

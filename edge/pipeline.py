@@ -80,7 +80,8 @@ class StageRule:
         if out.scores is not None:
             # Vectorised: an ImageNet classifier has 1000 classes, and this runs on every frame.
             labels = tuple(out.scores)
-            s = np.fromiter(out.scores.values(), dtype=np.float64, count=len(labels))
+            s = out.vector if out.vector is not None and len(out.vector) == len(labels) else \
+                np.fromiter(out.scores.values(), dtype=np.float64, count=len(labels))
             thr, mask = self._arrays(labels)
             idx = np.nonzero(mask & (s >= thr))[0]
             hits = sorted(((labels[i], float(s[i])) for i in idx), key=lambda kv: -kv[1])
@@ -120,7 +121,12 @@ class StageResult:
             return None
         if len(scores) <= FULL_SCORES_MAX:
             return {k: round(v, 6) for k, v in scores.items()}
-        keep = set(sorted(scores, key=scores.__getitem__, reverse=True)[:TOP_K])
+        v = self.output.vector
+        if v is not None and len(v) == len(scores):
+            labels = list(scores)
+            keep = {labels[i] for i in np.argpartition(-v, TOP_K)[:TOP_K]}
+        else:
+            keep = set(sorted(scores, key=scores.__getitem__, reverse=True)[:TOP_K])
         if self.rule is not None and self.rule.classes is not None:
             keep |= set(self.rule.classes)
         keep |= {c for c, _ in self.hits}

@@ -22,8 +22,14 @@ class ModelOutput:
     detections: list[Detection] = field(default_factory=list)  # detect
     preprocess_ms: float = 0.0
     infer_ms: float = 0.0
+    # classify: the same scores as a float vector in label order, for code that works on all classes at once
+    vector: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def top(self) -> tuple[str, float]:
+        if self.scores is not None and self.vector is not None and len(self.vector) == len(self.scores):
+            i = int(np.argmax(self.vector))  # the first maximum, as max() over the dict gives
+            label = next(iter(self.scores)) if i == 0 else list(self.scores)[i]
+            return label, self.scores[label]
         if self.scores is not None:
             label = max(self.scores, key=self.scores.__getitem__)
             return label, self.scores[label]
@@ -95,8 +101,8 @@ class BundleModel:
             inf_ms = (time.perf_counter() - t1) * 1000 / len(chunk)
             if m.task == "classify":
                 scores = decode_classification(raw, m.output.decoder)
-                results += [ModelOutput(scores=dict(zip(m.labels, s.tolist())), preprocess_ms=p.ms, infer_ms=inf_ms)
-                            for s, p in zip(scores, chunk)]
+                results += [ModelOutput(scores=dict(zip(m.labels, s.tolist())), preprocess_ms=p.ms, infer_ms=inf_ms,
+                                        vector=s.astype(np.float64)) for s, p in zip(scores, chunk)]
             else:
                 dets = decode_yolox(raw, (m.input.height, m.input.width), m.output, m.labels,
                                     [p.transform for p in chunk])
