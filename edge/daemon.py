@@ -17,7 +17,7 @@ from typing import Any
 
 from edge.actions import ActionDispatcher
 from edge.config import CaptureSource, DeviceConfig, FolderSource
-from edge.health import Health
+from edge.health import Health, limit_malloc_arenas
 from edge.metrics import Metrics, StateCollector, StateReading
 from edge.pipeline import Pipeline
 from edge.processor import FrameProcessor, QueueFull, build_pipeline_for
@@ -221,6 +221,7 @@ class Daemon:
             self.stalled = stalled
 
     def start(self) -> Daemon:
+        limit_malloc_arenas()  # before the threads below allocate: fewer arenas, less resident memory
         # The API server starts first, on its own thread: importing FastAPI and uvicorn (Python, holding the GIL)
         # then overlaps loading the models (ONNX Runtime builds its session without the GIL). /readyz answers 503
         # until the frame path runs.

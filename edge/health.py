@@ -4,7 +4,9 @@ reading (a key that cannot be measured is left out, never sent as 0)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import resource
 import time
 from pathlib import Path
@@ -13,6 +15,21 @@ from runtime.tegrastats import TegrastatsSampler
 
 THERMAL = Path("/sys/class/thermal")
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas(n: int = 2) -> bool:
+    """Cap glibc's per-thread malloc arenas. By default every thread that allocates (decode workers, inference,
+    commit, API, ONNX Runtime's pool) may get an arena of its own, which keeps freed image buffers resident; two
+    arenas measured about 3 MB less RSS for the running daemon here. No-op (False) on other C libraries."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, n))
+    except (OSError, AttributeError):
+        return False
 
 
 def rss_bytes() -> int | None:
