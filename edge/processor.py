@@ -275,24 +275,29 @@ class FrameProcessor:
                 return [Decided(d.frame, None, None, "no active release", d.decode_ms, d.started)
                         for d in batch]
             good = [d for d in batch if d.input is not None]
-            results: list[FrameResult | None] = [None] * len(good)
-            failed: str | None = None
+            results: list[FrameResult | str] = []
             try:
                 results = list(p.run_many([d.input for d in good if d.input is not None]))
-            except Exception as err:  # a model failing on these frames must not stop the daemon
-                log.exception("inference failed on %s", ", ".join(d.frame.source for d in good))
-                failed = f"inference failed: {type(err).__name__}: {err}"
+            except Exception:  # one frame may have failed the batch: run them one by one to find it
+                for d in good:
+                    assert d.input is not None
+                    try:
+                        results.append(p.run_many([d.input])[0])
+                    except Exception as err:  # a model failing on one frame must not stop the daemon
+                        log.exception("inference failed on %s", d.frame.source)
+                        results.append(f"{d.frame.source}: inference failed: {type(err).__name__}: {err}")
             by_id = {id(d): r for d, r in zip(good, results)}
             out = []
             for d in batch:
+                r = by_id.get(id(d))
                 if d.input is None:
                     out.append(Decided(d.frame, p, None, d.error, d.decode_ms, d.started))
                     self.metrics.inc("errors_total", reason="image")
-                elif failed is not None:
-                    out.append(Decided(d.frame, p, None, f"{d.frame.source}: {failed}", d.decode_ms, d.started))
+                elif isinstance(r, str):
+                    out.append(Decided(d.frame, p, None, r, d.decode_ms, d.started))
                     self.metrics.inc("errors_total", reason="inference")
                 else:
-                    out.append(Decided(d.frame, p, by_id[id(d)], None, d.decode_ms, d.started))
+                    out.append(Decided(d.frame, p, r, None, d.decode_ms, d.started))
             return out
 
     def _commit_loop(self) -> None:

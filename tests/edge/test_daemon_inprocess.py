@@ -202,3 +202,43 @@ def test_review_api_rules(tmp_path: Path, bundles, keys) -> None:
         assert st["pipeline"]["active"]["runners"][0]["active_providers"] == ["CPUExecutionProvider"]
     finally:
         d.stop()
+
+
+def test_a_frame_that_fails_its_batch_is_the_only_error(tmp_path: Path, bundles, keys) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    d = make_daemon(tmp_path, keys, pcb_release(bundles), pipeline={"max_batch": 8},
+                    sources=[{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0}])
+    d.start()
+    model = d.frames.slot.current.active.stages[0][1]
+    poison = float(model.prepare(read_image(PCB / "Normal_33.png")).tensor.mean())
+    runner = model.runner
+    real_infer = runner._infer
+    batches: list[int] = []
+
+    def picky(feeds):
+        x = next(iter(feeds.values()))
+        batches.append(len(x))
+        if any(abs(float(t.mean()) - poison) < 1e-3 for t in x):  # the model chokes on this one image
+            raise RuntimeError("kernel failed on this input")
+        return real_infer(feeds)
+
+    runner._infer = picky  # type: ignore[method-assign]
+    try:
+        names = [f"{i:02d}-{f.name}" for i in range(4) for f in sorted(PCB.iterdir()) if f.name != "Normal_33.png"]
+        names.append("zz-Normal_33.png")
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        for n in names:
+            shutil.copy(PCB / n.split("-", 1)[1], staging / n)
+        for n in names:  # all at once, so that frames are decided together
+            (staging / n).replace(inbox / n)
+        wait(lambda: d.metrics.value("frames_total") == len(names))
+        recs = {r["source"].removeprefix("folder:"): r for r in d.store.predictions(limit=100)}
+    finally:
+        d.stop()
+    assert max(batches) > 1, "the frames were never batched: nothing was tested"
+    bad = recs.pop("zz-Normal_33.png")
+    assert bad["decision"] == "error" and "inference failed: RuntimeError: kernel failed" in bad["error"]
+    assert all(r["decision"] == ("flag" if "Defective" in n else "pass") for n, r in recs.items())
+    assert d.metrics.value("errors_total", reason="inference") == 1
