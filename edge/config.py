@@ -42,6 +42,28 @@ class CaptureSource(_Cfg):
     reconnect_s: float = Field(2.0, gt=0, description="wait before reopening a camera/stream that failed")
     loop: bool = Field(False, description="restart a video file at its end (demos)")
     name: str | None = Field(None, description="source name in records (default: the url)")
+    backend: Literal["opencv", "gstreamer"] = Field(
+        "opencv", description="opencv: OpenCV's FFmpeg (or V4L2 for a camera index); gstreamer: a gst-launch-1.0 "
+                              "pipeline in its own process, for the Jetson's hardware decoder (docs/jetson.md)")
+    decoder: Literal["software", "nvv4l2decoder"] = Field(
+        "software", description="gstreamer: avdec (CPU) or nvv4l2decoder (Jetson hardware, rtsp:// URLs)")
+    codec: Literal["h264", "h265"] = Field("h264", description="gstreamer + rtsp://: the stream's video codec")
+    transport: Literal["tcp", "udp"] = Field(
+        "tcp", description="RTSP transport: tcp (interleaved, no lost packets on a busy network) or udp")
+    latency_ms: int = Field(200, ge=0, description="gstreamer + rtsp://: jitter buffer of rtspsrc")
+    open_timeout_s: float = Field(10.0, gt=0, description="a stream that does not open within this is retried")
+    read_timeout_s: float = Field(10.0, gt=0, description="no frame for this long: the stream counts as lost and "
+                                                          "is reopened after reconnect_s")
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> CaptureSource:
+        if self.backend == "opencv":
+            for key, default in (("decoder", "software"), ("codec", "h264"), ("latency_ms", 200)):
+                if getattr(self, key) != default:
+                    raise ValueError(f"{key} applies to backend: gstreamer only")
+        elif isinstance(self.url, int):
+            raise ValueError("backend gstreamer takes a URL or a file, not a camera index")
+        return self
 
 
 Source = Annotated[FolderSource | CaptureSource, Field(discriminator="type")]

@@ -24,6 +24,7 @@ from edge.processor import FrameProcessor, QueueFull, build_pipeline_for
 from edge.retention import Retention
 from edge.sources import Outcome
 from edge.sources.capture import CaptureReader
+from edge.sources.capture_metrics import CaptureCollector
 from edge.sources.folder import FolderWatcher
 from edge.sources.queue import FrameQueue
 from edge.store import Store
@@ -57,6 +58,7 @@ class Daemon:
         self.actions = ActionDispatcher(config.actions, self.store, self.device_id, self.stop_event)
         self.frames = FrameProcessor(config, self.store, self.metrics, self.retention, self.actions)
         self.metrics.add_collector(StateCollector(self._state, __version__))
+        self.metrics.add_collector(CaptureCollector(lambda: self.captures))
         self.health = Health(config.metrics.tegrastats)
         self.reporter = MetricsReporter(self.device_id, self.store, self.metrics, self.health,
                                         config.metrics.window_s, config.metrics.sample_s, self._depth, self._counts,
@@ -147,6 +149,8 @@ class Daemon:
             "worker_restarts": self.worker_restarts,
             "store_failures": self.frames.store_failures,
             "last_error": self.frames.last_error,
+            "captures": {c.name: {**c.snapshot().as_dict(), "connected": c.connected, "last_error": c.last_error}
+                         for c in self.captures},
         }
 
     def backends(self) -> list[str]:

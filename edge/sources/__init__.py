@@ -46,6 +46,8 @@ class Frame:
     suffix: str = ".jpg"
     key: str | None = None  # identity that survives a restart (folder files): at most one record per key
     on_done: Callable[[Outcome], None] | None = None
+    # set on live frames (captures): a full queue may drop the frame in favour of a fresher one, and says so here
+    on_drop: Callable[[], None] | None = None
     enqueued_at: float = field(default_factory=time.monotonic)
 
 

@@ -57,14 +57,21 @@ class FrameQueue:
             return True
 
     def put_drop_oldest(self, frame: Frame) -> Frame | None:
-        """Queue `frame`, dropping (and returning) the oldest queued frame when full."""
+        """Queue `frame`; when the queue is full, drop the oldest queued live frame (one with `on_drop`) and return
+        it. Frames that wait for their outcome (folder files, POST /v1/infer) are never dropped: when only those
+        fill the queue, `frame` itself is the one dropped."""
         with self._cond:
             dropped = None
             if len(self._items) >= self.max_size:
-                dropped = self._items.popleft()
+                dropped = next((f for f in self._items if f.on_drop is not None), frame)
+                if dropped is not frame:
+                    self._items.remove(dropped)
                 self.dropped += 1
-            self._add(frame)
-            return dropped
+            if dropped is not frame:
+                self._add(frame)
+        if dropped is not None and dropped.on_drop is not None:
+            dropped.on_drop()
+        return dropped
 
     def get(self, timeout: float) -> Frame | None:
         with self._cond:

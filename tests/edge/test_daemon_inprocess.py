@@ -90,7 +90,8 @@ def test_capture_source_samples_a_video_file(tmp_path: Path, bundles, keys) -> N
         wait(lambda: d.captures[0].finished.is_set() and d.queue.depth == 0 and d.frames.in_flight == 0)
         got = sorted((r["source"] for r in d.store.predictions(limit=200)), key=lambda s: int(s.split("#")[1]))
         assert got == want
-        assert d.captures[0].frames_read == n_frames
+        c = d.captures[0].snapshot()
+        assert c.received == n_frames and c.skipped == n_frames - len(want) and c.committed == len(want)
     finally:
         d.stop()
 

@@ -108,12 +108,24 @@ def test_queue_backpressure_modes() -> None:
     stop = threading.Event()
     assert q.put(Frame("a"), stop) and q.put_nowait(Frame("b"))
     assert not q.put_nowait(Frame("c")) and q.rejected == 1
-    dropped = q.put_drop_oldest(Frame("d"))
-    assert dropped is not None and dropped.source == "a" and q.dropped == 1
+    # a full queue of frames that wait for their outcome (folder, http): the live frame is the one dropped
+    told = []
+    dropped = q.put_drop_oldest(Frame("d", on_drop=lambda: told.append("d")))
+    assert dropped is not None and dropped.source == "d" and q.dropped == 1 and told == ["d"]
     stop.set()
     assert q.put(Frame("e"), stop) is False  # a blocked folder put gives up on shutdown
-    assert [q.get(0.01).source, q.get(0.01).source] == ["b", "d"] and q.get(0.01) is None
+    assert [q.get(0.01).source, q.get(0.01).source] == ["a", "b"] and q.get(0.01) is None
     assert q.high_water == 2
+
+
+def test_drop_oldest_drops_the_oldest_live_frame() -> None:
+    q = FrameQueue(3)
+    told: list[str] = []
+    live = [Frame(f"capture:c#{i}", on_drop=lambda i=i: told.append(f"c#{i}")) for i in range(3)]
+    assert q.put_nowait(live[0]) and q.put_nowait(Frame("folder:x")) and q.put_nowait(live[1])
+    assert q.put_drop_oldest(live[2]) is live[0] and told == ["c#0"]
+    assert [q.get(0.01).source for _ in range(3)] == ["folder:x", "capture:c#1", "capture:c#2"]
+    assert q.dropped == 1
 
 
 def test_failed_deliveries_are_retried_then_marked_failed(tmp_path: Path) -> None:
