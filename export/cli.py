@@ -55,6 +55,9 @@ def _progress(quiet: bool):
 @click.option("--version", "version_", help="bundle version MAJOR.MINOR")
 @click.option("--task", type=click.Choice(["classify", "detect"]), help="what the model does")
 @click.option("--labels", help="labels file, comma-separated list, or 'model-metadata'")
+@click.option("--author", help="who made the model: the manifest's and the Core ML package's author")
+@click.option("--license", "license_", help="the model's licence (manifest and Core ML package metadata)")
+@click.option("--description", help="one line on what the model does (manifest and Core ML package)")
 @click.option("--dedupe-labels", is_flag=True, default=None, help="rename duplicate labels to 'label [index]'")
 @click.option("--color-order", type=click.Choice(["RGB", "BGR"]), help="channel order the model expects")
 @click.option("--resize", type=click.Choice(["stretch", "letterbox", "short_side_center_crop"]),
@@ -88,7 +91,8 @@ def _progress(quiet: bool):
 @click.option("--force", is_flag=True, help="replace an existing bundle of the same name and version")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.option("--quiet", is_flag=True, help="no progress on stderr")
-def export_model_command(model: Path, preset: str | None, version_: str | None, class_threshold: tuple[str, ...],
+def export_model_command(model: Path, preset: str | None, version_: str | None, license_: str | None,
+                         class_threshold: tuple[str, ...],
                          ignore_class: tuple[str, ...], input_size, mean, std, out_dir: Path, as_tar: bool,
                          key: Path | None, force: bool, as_json: bool, quiet: bool, **kw) -> None:
     """Export MODEL (ONNX) into a signed bundle. Refuses models ONNX Runtime cannot run, labels that do not fit,
@@ -103,7 +107,7 @@ def export_model_command(model: Path, preset: str | None, version_: str | None, 
         if not sep:
             raise ConfigError(f"--class-threshold {item!r}: use CLASS=VALUE")
         thresholds[cls] = float(value)
-    overrides = dict(kw, version=version_, input_size=list(input_size) if input_size else None,
+    overrides = dict(kw, version=version_, license=license_, input_size=list(input_size) if input_size else None,
                      mean=list(mean) if mean else None, std=list(std) if std else None,
                      thresholds=thresholds or None, ignore_classes=list(ignore_class) or None)
     opts = build_options(load_preset(preset, model) if preset else None, overrides)

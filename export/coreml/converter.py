@@ -2,7 +2,8 @@
 
 The program takes a Core ML image (pixels 0..255 in the bundle's colour order) and applies the bundle's
 normalisation inside the program, so a camera frame feeds it directly. Classifiers end in Core ML's `classify`
-op with the bundle's labels; detectors output the raw tensor (decoding is documented in docs/ios.md).
+op with the bundle's labels; a detector's network outputs its raw tensor, which `detector.py` decodes in the
+pipeline Vision reads. Constant shape computations are folded first (`fold.py`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from export.coreml.fold import FoldReport, fold_constants
 from export.coreml.graph import Attrs, Graph, node_label
 from runtime.errors import ConversionError, ModelRejected
 from runtime.manifest import Manifest
+from runtime.runners.coreml import coremltools_quiet, import_coremltools
 
 MIN_OPSET = 7  # older files (pre-release ONNX, e.g. the 2018 PCB model) use ops and semantics that no longer exist
 STANDARD_DOMAINS = {"", "ai.onnx"}
@@ -34,6 +38,7 @@ class Converted:
     outputs: list[str]
     batch: tuple[int, int]
     op_counts: dict[str, int] = field(default_factory=dict)
+    fold: dict[str, object] = field(default_factory=dict)
 
 
 def check_model(model, where: str) -> int:
@@ -74,17 +79,35 @@ def _feature_name(name: str, taken: set[str]) -> str:
     return clean
 
 
-def build_program(onnx_model, manifest: Manifest, max_batch: int, bugs: frozenset[str] = frozenset()):
-    """The MIL program of `onnx_model` (image input named "image"); returns (program, names, batch range)."""
-    import coremltools as ct
+@dataclass
+class Built:
+    """A MIL program of the network and what the conversion needs to know about it."""
+
+    program: Any  # coremltools' mil.Program
+    raw_name: str  # the ONNX output, as named in the Core ML program
+    compared_var: str  # the program var whose value is compared with reference.npz
+    batch: tuple[int, int]
+    fold: FoldReport
+
+
+def flexible_batch(manifest: Manifest) -> bool:
+    """Classifiers keep a dynamic ONNX batch as a flexible batch; detectors end in NMS, which takes one image's
+    boxes, so their network is converted for one image (Vision feeds one frame at a time anyway)."""
+    return manifest.batch.dynamic and manifest.task == "classify"
+
+
+def build_program(onnx_model, manifest: Manifest, max_batch: int, bugs: frozenset[str] = frozenset()) -> Built:
+    """The MIL program of `onnx_model` (image input named "image"), after folding its constant computations."""
+    import onnx
+
+    ct = import_coremltools()
     from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.mil import Function, Program, get_new_symbol
+    from coremltools.converters.mil.mil import Function, Program, get_new_symbol, types
 
     from export.coreml.ops import CONVERTERS
 
     g = Graph(check_model(onnx_model, manifest.bundle_id), bugs)
-    import onnx
-
+    onnx_model, fold = fold_constants(onnx_model)
     inits = {i.name for i in onnx_model.graph.initializer}
     g.consumed = {name for n in onnx_model.graph.node for name in n.input} | \
         {o.name for o in onnx_model.graph.output}
@@ -93,7 +116,7 @@ def build_program(onnx_model, manifest: Manifest, max_batch: int, bugs: frozense
     inputs = [i for i in onnx_model.graph.input if i.name not in inits]
     if len(inputs) != 1 or inputs[0].name != manifest.input.name:
         raise ConversionError(f"expected one graph input {manifest.input.name!r}, found {[i.name for i in inputs]}")
-    dynamic = manifest.batch.dynamic
+    dynamic = flexible_batch(manifest)
     batch_dim = get_new_symbol() if dynamic else 1
     batch = (1, max_batch if dynamic else 1)
     h, w = manifest.input.height, manifest.input.width
@@ -125,6 +148,8 @@ def build_program(onnx_model, manifest: Manifest, max_batch: int, bugs: frozense
         out = g.values.get(manifest.output.names[0])
         if out is None or isinstance(out, np.ndarray):
             raise ConversionError(f"output {manifest.output.names[0]!r} is missing or constant")
+        if out.dtype != types.fp32:  # an FP16-I/O model computes in FP16 where ONNX Runtime does; Core ML
+            out = mb.cast(x=out, dtype="fp32")  # outputs FP32 either way
         if manifest.task == "classify":
             n = len(manifest.labels)
             flat = mb.reshape(x=out, shape=[-1 if dynamic else 1, n])
@@ -133,7 +158,10 @@ def build_program(onnx_model, manifest: Manifest, max_batch: int, bugs: frozense
                 outputs = [mb.identity(x=flat, name=PROBABILITIES)]
                 compared = PROBABILITIES
             else:
-                act = mb.softmax(x=flat, axis=-1) if decoder == "softmax" else mb.sigmoid(x=flat)
+                if "drop_softmax" in g.bugs:
+                    act = flat
+                else:
+                    act = mb.softmax(x=flat, axis=-1) if decoder == "softmax" else mb.sigmoid(x=flat)
                 outputs = [mb.identity(x=act, name=PROBABILITIES), mb.identity(x=out, name=raw_name)]
                 compared = raw_name
         else:
@@ -141,24 +169,25 @@ def build_program(onnx_model, manifest: Manifest, max_batch: int, bugs: frozense
             compared = raw_name
         func.set_outputs(outputs)
         prog.add_function("main", func)
-    return prog, raw_name, compared, batch
+    return Built(prog, raw_name, compared, batch, fold)
 
 
 def convert(onnx_path: Path, manifest: Manifest, precision: str, max_batch: int = 8,
             bugs: frozenset[str] = frozenset()) -> Converted:
     """Convert the bundle's ONNX model into an ML Program MLModel with the bundle's preprocessing and metadata."""
-    import coremltools as ct
     import onnx
 
+    ct = import_coremltools()
     try:
         model = onnx.load(str(onnx_path))
     except Exception as err:  # protobuf DecodeError and friends
         raise ModelRejected(f"{onnx_path}: not an ONNX model ({err})") from err
-    prog, raw_name, compared, batch = build_program(model, manifest, max_batch, bugs)
+    built = build_program(model, manifest, max_batch, bugs)
     op_counts: dict[str, int] = {}
-    for op in prog.functions["main"].operations:
+    for op in built.program.functions["main"].operations:
         op_counts[op.op_type] = op_counts.get(op.op_type, 0) + 1
     scale, bias, _, _ = image_scaling(manifest)
+    batch, raw_name, compared = built.batch, built.raw_name, built.compared_var
     shape = (ct.RangeDim(batch[0], batch[1], default=1), 3, manifest.input.height, manifest.input.width) \
         if batch[1] > 1 else (1, 3, manifest.input.height, manifest.input.width)
     layout = ct.colorlayout.BGR if manifest.input.color_order == "BGR" else ct.colorlayout.RGB
@@ -172,16 +201,17 @@ def convert(onnx_path: Path, manifest: Manifest, precision: str, max_batch: int 
     else:
         kwargs["outputs"] = [ct.TensorType(name=raw_name, dtype=np.float32)]
     try:
-        mlmodel = ct.convert(prog, convert_to="mlprogram", inputs=[image], minimum_deployment_target=ct.target.iOS15,
-                             compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
-                             skip_model_load=True, **kwargs)
+        with coremltools_quiet():
+            mlmodel = ct.convert(built.program, convert_to="mlprogram", inputs=[image],
+                                 minimum_deployment_target=ct.target.iOS15,
+                                 compute_precision=ct.precision.FLOAT16 if precision == "fp16"
+                                 else ct.precision.FLOAT32, skip_model_load=True, **kwargs)
     except (ValueError, TypeError, RuntimeError, NotImplementedError) as err:
         raise ConversionError(f"coremltools could not convert the program: {err}") from err
-    describe_model(mlmodel, manifest, precision, raw_name)
     outputs = [LABEL, LABEL + "_probs"] + ([raw_name] if compared == raw_name else []) \
         if manifest.task == "classify" else [raw_name]
     return Converted(model=mlmodel, input_name="image", raw_output=raw_name, compared_var=compared,
-                     outputs=outputs, batch=batch, op_counts=op_counts)
+                     outputs=outputs, batch=batch, op_counts=op_counts, fold=built.fold.as_dict())
 
 
 def preprocessing_note(manifest: Manifest) -> str:
@@ -214,7 +244,11 @@ def describe_model(mlmodel, manifest: Manifest, precision: str, raw_name: str) -
     if manifest.task == "classify":
         mlmodel.output_description[LABEL] = "most likely class"
         mlmodel.output_description[LABEL + "_probs"] = f"score per class ({manifest.output.decoder})"
-    if raw_name in mlmodel.output_description:
-        mlmodel.output_description[raw_name] = (
-            "raw YOLOX output [N, anchors, 5 + classes]; decode as in docs/ios.md" if manifest.task == "detect"
-            else "raw model output (before the activation)")
+        if raw_name in mlmodel.output_description:
+            mlmodel.output_description[raw_name] = "raw model output (before the activation)"
+    else:
+        mlmodel.output_description["confidence"] = (
+            "per box after NMS: the score of its class (0 for the other classes), in label order")
+        mlmodel.output_description["coordinates"] = (
+            f"per box after NMS: x centre, y centre, width, height, normalised to the {manifest.input.width}x"
+            f"{manifest.input.height} input image, origin top left")

@@ -10,7 +10,9 @@ import numpy as np
 from runtime.errors import ConversionError
 
 # Planted-bug variants of the converter, used only by tests to prove the parity check can fail.
-BUGS = frozenset({"ignore_ceil_mode", "softmax_axis_opset13", "slice_swap_hw"})
+BUGS = frozenset({"ignore_ceil_mode", "softmax_axis_opset13", "slice_swap_hw", "drop_softmax",
+                  # detector pipelines: boxes in a convention Vision does not use
+                  "box_corners", "box_bottom_left", "box_pixels"})
 
 
 def node_label(node) -> str:
@@ -87,6 +89,13 @@ class Graph:
             return v
         raise ConversionError(f"unsupported input: {node_label(node)} input {index} ({what}, {node.input[index]!r}) "
                               "must be a constant (computed shapes are not supported)")
+
+    def required(self, node, index: int, what: str) -> np.ndarray:
+        """Input `index` as a numpy constant that must be present."""
+        v = self.const(node, index, what)
+        if v is None:
+            raise ConversionError(f"{node_label(node)}: required input {index} ({what}) is missing")
+        return v
 
     def var(self, node, index: int):
         """Input `index` as a MIL var (constants become const ops)."""

@@ -4,11 +4,19 @@ prediction needs Apple's framework, so on Linux `load()` raises BackendUnavailab
 Feeds are the preprocessed tensors every runner takes. A package whose input is a Core ML *image* carries the
 scale/bias inside the program, so the tensor is turned back into 8-bit pixels with the manifest's own
 normalisation (exact for pixels that came from uint8 images and a resize that rounds).
+
+A detector's package is a pipeline for Vision (network -> decoding -> NMS). Like every other backend, the runner
+returns the network's raw output, which the device decodes with runtime/processing/decode.py; so it runs the
+pipeline's first model, the network, with the package's weights.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +29,32 @@ COREMLTOOLS_HINT = "pip install 'shadowline[coreml]' (coremltools 9.0)"
 _ARRAY_DTYPES = {65568: "float32", 65552: "float16", 65600: "float64", 131104: "int32", 131080: "int8"}
 _COLOR_SPACES = {10: "GRAYSCALE", 20: "RGB", 30: "BGR", 40: "GRAYSCALE_FLOAT16"}
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+WEIGHTS = "Data/com.apple.CoreML/weights"  # inside a .mlpackage
+log = logging.getLogger("shadowline.coreml")
+
+
+@contextlib.contextmanager
+def coremltools_quiet() -> Iterator[None]:
+    """Keep coremltools' own output off the terminal: on Linux its import logs eight "Failed to load
+    _MLModelProxy" warnings (Core ML itself is macOS-only, which the runner says in its own words) and every
+    conversion draws tqdm progress bars for its graph passes. Both go to sys.stderr from Python, so they are captured
+    and passed to the debug log instead of being lost. Not thread-safe (sys.stderr is process-wide): conversions run
+    in the exporting process's main thread."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            yield
+    finally:
+        text = buf.getvalue().strip()
+        if text:
+            log.debug("coremltools said: %s", text)
 
 
 def import_coremltools() -> Any:
+    """coremltools, imported quietly, or BackendUnavailable saying what to install."""
     try:
-        import coremltools as ct
+        with coremltools_quiet():
+            import coremltools as ct
     except ImportError as err:
         raise BackendUnavailable(f"coremltools is not installed: {COREMLTOOLS_HINT}") from err
     return ct
@@ -44,6 +73,12 @@ def find_package(source: Path) -> tuple[Path, Path | None]:
     if len(packages) > 1:
         raise BundleError(f"{root}: several Core ML packages {[p.name for p in packages]}; give one path")
     return packages[0], root
+
+
+def network_spec(spec: Any) -> Any:
+    """The model whose input is the image and whose output is the raw tensor: the package itself, or the first
+    model of a pipeline."""
+    return spec.pipeline.models[0] if spec.WhichOneof("Type") == "pipeline" else spec
 
 
 def feature_meta(feature: Any) -> TensorMeta:
@@ -103,7 +138,8 @@ class CoreMLRunner(Runner):
             from runtime.bundle import read_manifest
 
             self._manifest = read_manifest(root)
-        self._spec = ct.models.MLModel(str(self.package), skip_model_load=True).get_spec()
+        with coremltools_quiet():
+            self._spec = ct.models.MLModel(str(self.package), skip_model_load=True).get_spec()
         return self._spec
 
     def _load(self) -> None:
@@ -112,14 +148,21 @@ class CoreMLRunner(Runner):
                 f"Core ML prediction needs macOS (this is {sys.platform}); run this bundle with the onnxruntime or "
                 "tensorrt backend here, or inspect the package with `shadowline export coreml-inspect`")
         ct = import_coremltools()
-        self.read_spec()
+        spec = self.read_spec()
         assert self.package is not None
-        self._model = ct.models.MLModel(str(self.package), compute_units=getattr(ct.ComputeUnit, self.compute_units))
+        units = getattr(ct.ComputeUnit, self.compute_units)
+        with coremltools_quiet():
+            if spec.WhichOneof("Type") == "pipeline":
+                # pipeline stages name their weight files "{i}-weight.bin"; the network's file is in this folder
+                self._model = ct.models.MLModel(network_spec(spec), weights_dir=str(self.package / WEIGHTS),
+                                                compute_units=units)
+            else:
+                self._model = ct.models.MLModel(str(self.package), compute_units=units)
 
     def _core_ml_name(self, name: str) -> str:
         """The package's own feature name for a feed: the converter names its one image input "image" while every
         runner is fed under the manifest's input name."""
-        names = [f.name for f in self._spec.description.input]
+        names = [f.name for f in network_spec(self._spec).description.input]
         if name not in names and len(names) == 1 and self._manifest is not None and name == self._manifest.input.name:
             return names[0]
         return name
@@ -182,14 +225,14 @@ class CoreMLRunner(Runner):
 
     def input_metadata(self) -> list[TensorMeta]:
         """The package's inputs; a single input is listed under the manifest's input name (what callers feed)."""
-        spec = self._spec if self._spec is not None else self.read_spec()
+        spec = network_spec(self._spec if self._spec is not None else self.read_spec())
         metas = [feature_meta(f) for f in spec.description.input]
         if len(metas) == 1 and self._manifest is not None:
             metas = [TensorMeta(self._manifest.input.name, metas[0].shape, metas[0].dtype)]
         return metas
 
     def output_metadata(self) -> list[TensorMeta]:
-        spec = self._spec if self._spec is not None else self.read_spec()
+        spec = network_spec(self._spec if self._spec is not None else self.read_spec())
         return [feature_meta(f) for f in spec.description.output]
 
     def describe(self) -> dict:

@@ -42,12 +42,14 @@ class Case:
         inits = [numpy_helper.from_array(v, k) for k, v in self.inits.items()]
         g = helper.make_graph(self.nodes, self.id, [x], [y], initializer=inits)
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
-        m.ir_version = 7 if self.opset < 15 else 8
+        m.ir_version = 7 if self.opset < 15 else 8 if self.opset < 19 else 9 if self.opset < 21 else 10
         return m
 
 
 def n(op: str, inputs: list[str], outputs: list[str] | None = None, **attrs) -> onnx.NodeProto:
-    return helper.make_node(op, inputs, outputs or ["y"], name=f"{op.lower()}_under_test", **attrs)
+    out = outputs or ["y"]
+    return helper.make_node(op, inputs, out, name=f"{op.lower()}_under_test" + ("" if out == ["y"] else f"_{out[0]}"),
+                            **attrs)
 
 
 def w(*shape: int) -> np.ndarray:
@@ -161,6 +163,44 @@ CASES = [
     Case("softmax_opset13_axis1", [n("Softmax", ["x"], axis=1)]),
     Case("reducemean_keepdims0", [n("ReduceMean", ["x"], axes=[2, 3], keepdims=0)]),
     Case("reducemean_opset18", [n("ReduceMean", ["x", "ax"])], {"ax": i64(1)}, opset=18),
+    # ops of current CNNs and small transformers (issue 14.6)
+    Case("cast_int_and_back", [n("Mul", ["x", "k"], ["m"]), n("Cast", ["m"], ["i"], to=TensorProto.INT64),
+                               n("Cast", ["i"], to=TensorProto.FLOAT)], {"k": scalar(3.0)}),
+    Case("cast_float_to_float", [n("Cast", ["x"], ["c"], to=TensorProto.DOUBLE), n("Cast", ["c"], to=TensorProto.FLOAT)]),
+    Case("erf", [n("Erf", ["x"])]),
+    Case("gelu_exact_decomposed", [n("Div", ["x", "r2"], ["d"]), n("Erf", ["d"], ["e"]), n("Add", ["e", "one"], ["p"]),
+                                   n("Mul", ["x", "p"], ["q"]), n("Mul", ["q", "half"])],
+         {"r2": scalar(float(np.sqrt(2.0))), "one": scalar(1.0), "half": scalar(0.5)}),
+    Case("gelu_opset20", [n("Gelu", ["x"])], opset=20),
+    Case("gelu_opset20_tanh", [n("Gelu", ["x"], approximate="tanh")], opset=20),
+    Case("layernorm_last_axis", [n("LayerNormalization", ["x", "s", "b"], epsilon=1e-3)], {"s": w(8), "b": w(8)},
+         opset=17),
+    Case("layernorm_axis1_no_bias", [n("LayerNormalization", ["x", "s"], axis=1)], {"s": w(3, 8, 8)}, opset=17),
+    Case("layernorm_decomposed_opset13", [n("ReduceMean", ["x"], ["mu"], axes=[-1]), n("Sub", ["x", "mu"], ["c"]),
+                                          n("Pow", ["c", "two"], ["c2"]), n("ReduceMean", ["c2"], ["var"], axes=[-1]),
+                                          n("Add", ["var", "eps"], ["ve"]), n("Sqrt", ["ve"], ["sd"]),
+                                          n("Div", ["c", "sd"])], {"two": scalar(2.0), "eps": scalar(1e-5)}),
+    Case("where_greater", [n("Greater", ["x", "t"], ["m"]), n("Mul", ["x", "k"], ["s"]), n("Where", ["m", "x", "s"])],
+         {"t": scalar(0.3), "k": scalar(0.1)}),
+    Case("where_const_mask", [n("Where", ["m", "x", "f"])],
+         {"m": (RNG.random((1, 1, 8, 8)) > 0.5), "f": scalar(-3.0)}),
+    Case("where_not_equal_less", [n("Less", ["x", "t"], ["l"]), n("Not", ["l"], ["nl"]), n("Equal", ["x", "x"], ["e"]),
+                                  n("And", ["nl", "e"], ["m"]), n("Where", ["m", "x", "z"])],
+         {"t": scalar(-0.2), "z": scalar(0.0)}),
+    Case("expand_tile", [n("ReduceMean", ["x"], ["r"], axes=[2, 3]), n("Expand", ["r", "sh"])], {"sh": i64(1, 3, 8, 8)}),
+    Case("expand_new_axis", [n("Expand", ["x", "sh"])], {"sh": i64(2, 1, 3, 8, 8)}),
+    Case("matmul_batch_const", [n("MatMul", ["x", "m"])], {"m": w(8, 5)}),
+    Case("matmul_batch_broadcast", [n("MatMul", ["x", "m"])], {"m": w(3, 8, 4)}),
+    Case("matmul_attention", [n("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2]), n("MatMul", ["x", "t"], ["s"]),
+                              n("Softmax", ["s"], ["p"], axis=-1), n("MatMul", ["p", "x"])]),
+    Case("gather_indices_axis1", [n("Gather", ["x", "i"], axis=1)], {"i": i64(2, 0)}),
+    Case("gather_scalar_negative", [n("Gather", ["x", "i"], axis=3)], {"i": np.asarray(-1, np.int64)}),
+    Case("pow_sqrt_exp_abs", [n("Abs", ["x"], ["a"]), n("Sqrt", ["a"], ["s"]), n("Pow", ["s", "e"], ["p"]),
+                              n("Exp", ["p"], ["x2"]), n("Neg", ["x2"], ["ng"]), n("Reciprocal", ["ng"])],
+         {"e": scalar(1.5)}),
+    Case("reducesum_max_min", [n("ReduceSum", ["x", "ax"], ["s"], keepdims=1), n("ReduceMax", ["x"], ["m"], axes=[1]),
+                               n("ReduceMin", ["x"], ["mn"], axes=[1]), n("Add", ["s", "m"], ["t"]),
+                               n("Sub", ["t", "mn"])], {"ax": i64(1)}),
     Case("constant_identity_dropout", [helper.make_node("Constant", [], ["c"], name="const",
                                                         value=numpy_helper.from_array(w(1, 3, 1, 1))),
                                        n("Identity", ["x"], ["i"]), n("Dropout", ["i"], ["d"]),
@@ -170,7 +210,9 @@ CASES = [
 SUPPORTED = {"Conv", "ConvTranspose", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip",
              "Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "BatchNormalization", "MaxPool", "AveragePool",
              "GlobalAveragePool", "GlobalMaxPool", "Concat", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-             "Slice", "Split", "Resize", "Upsample", "Pad", "Softmax", "ReduceMean", "Constant", "Identity", "Dropout"}
+             "Slice", "Split", "Resize", "Upsample", "Pad", "Softmax", "ReduceMean", "Constant", "Identity", "Dropout",
+             "Cast", "Erf", "Gelu", "LayerNormalization", "Where", "Expand", "Gather", "Greater", "Less", "Equal", "Not",
+             "And", "Pow", "Sqrt", "Exp", "Abs", "Neg", "Reciprocal", "ReduceSum", "ReduceMax", "ReduceMin"}
 
 
 def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

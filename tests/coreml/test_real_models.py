@@ -39,8 +39,11 @@ def test_parity_recorded_and_passed(coreml_bundles, preset, precision):
         if m.task == "classify":
             assert stats["top1_agree"] == stats["top1_of"] == n_images
             assert stats["class_label_agree"] == n_images
+            assert stats["probs_max_abs"] <= check.tolerances["probabilities_max_abs"]
         else:
             assert stats["detections_matched"] == stats["detections_reference"] > 0
+            # the pipeline's Vision outputs (decoding + NMS) against the device decoder on ONNX Runtime's output
+            assert stats["vision_detections_matched"] == stats["vision_detections_reference"] > 0
         if precision == "fp32":
             limit = check.tolerances["max_abs"] if m.task == "classify" else check.tolerances["max_rel_to_peak"]
             assert stats["max_abs" if m.task == "classify" else "max_rel_to_peak"] <= limit
@@ -72,9 +75,11 @@ def test_description_of_image_input_and_outputs(coreml_bundles):
     with load_bundle(coreml_bundles[("pcb-aoi", "fp32")]) as b:
         assert b.manifest.extras["coreml"]["batch"] == {"flexible": True, "min": 1, "max": b.manifest.batch.max}
     with load_bundle(coreml_bundles[("yolox-nano", "fp32")]) as b:
-        out = b.manifest.extras["coreml"]["outputs"]
-        assert out == [{"name": "output", "type": "multiArrayType", "shape": [1, 3549, 85], "dtype": "FLOAT32",
-                        "description": out[0]["description"]}]
+        ex = b.manifest.extras["coreml"]
+        assert [(o["name"], o["shape"], o["dtype"]) for o in ex["outputs"]] == [
+            ("confidence", ["0..", 80], "FLOAT32"), ("coordinates", ["0..", 4], "FLOAT32")]
+        assert [i["name"] for i in ex["inputs"]] == ["image", "iouThreshold", "confidenceThreshold"]
+        assert ex["stages"] == ["network", "decoding", "nms"]
 
 
 def test_signed_and_tamper_evident(coreml_bundles, keys, tmp_path):
@@ -128,5 +133,6 @@ def test_help_text():
 def test_docs_exist():
     doc = Path(__file__).resolve().parents[2] / "docs" / "ios.md"
     text = doc.read_text()
-    for needle in ("coreml-inspect", "VNCoreMLRequest", "not compiled", "threshold", "classLabel_probs"):
+    for needle in ("coreml-inspect", "VNCoreMLRequest", "not compiled", "threshold", "classLabel_probs",
+                   "VNRecognizedObjectObservation", "coordinates", "--author"):
         assert needle in text

@@ -70,22 +70,28 @@ def test_unsupported_attribute_is_named(node, attr):
 
 
 def test_computed_shape_input_refused():
+    """A shape that depends on the dynamic batch, used as a number (not as a Reshape target): not constant, so not
+    folded, and the converter refuses it naming the op."""
     nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape_of_x"),
-             helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape_dyn")]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
-    m = helper.make_model(helper.make_graph(nodes, "t", [x], [y]), opset_imports=[helper.make_opsetid("", 13)])
+             helper.make_node("Gather", ["s", "zero"], ["n"], name="batch_size"),
+             helper.make_node("Cast", ["n"], ["nf"], name="to_float", to=TensorProto.FLOAT),
+             helper.make_node("Div", ["x", "nf"], ["y"], name="per_batch")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])
+    zero = numpy_helper.from_array(np.asarray(0, np.int64), "zero")
+    m = helper.make_model(helper.make_graph(nodes, "t", [x], [y], initializer=[zero]),
+                          opset_imports=[helper.make_opsetid("", 13)])
     with pytest.raises(ConversionError, match="Shape node 'shape_of_x'"):
-        build_program(m, manifest_for("x", (1, 3, 8, 8)), 1)
+        build_program(m, manifest_for("x", ("N", 3, 8, 8)), 1)
 
 
 def test_export_with_unsupported_op_fails_cleanly(tmp_path):
-    """ORT runs Erf, Core ML conversion refuses it: the export fails naming it and leaves nothing behind."""
+    """ORT runs LpNormalization, Core ML conversion refuses it: the export fails naming it, leaves nothing."""
     from export.exporter import export_model
     from export.options import build_options
 
     w = numpy_helper.from_array(np.full((2, 3 * 8 * 8), 0.01, np.float32), "w")
-    nodes = [helper.make_node("Erf", ["x"], ["e"], name="erf_1"),
+    nodes = [helper.make_node("LpNormalization", ["x"], ["e"], name="lpnorm_1", axis=1),
              helper.make_node("Flatten", ["e"], ["f"], name="flat"),
              helper.make_node("Gemm", ["f", "w"], ["y"], name="fc", transB=1)]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
@@ -93,14 +99,14 @@ def test_export_with_unsupported_op_fails_cleanly(tmp_path):
     m = helper.make_model(helper.make_graph(nodes, "t", [x], [y], initializer=[w]),
                           opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
-    path = tmp_path / "erf.onnx"
+    path = tmp_path / "lpnorm.onnx"
     onnx.save(m, str(path))
     from tests.conftest import IMAGES
-    opts = build_options(None, dict(name="erf", task="classify", labels=["a", "b"], color_order="RGB",
+    opts = build_options(None, dict(name="lpnorm", task="classify", labels=["a", "b"], color_order="RGB",
                                     resize="stretch", decoder="probabilities", calibration=str(IMAGES / "pcb_winml"),
                                     coreml=True))
     out = tmp_path / "out"
-    with pytest.raises(ConversionError, match="Erf node 'erf_1'"):
+    with pytest.raises(ConversionError, match="LpNormalization node 'lpnorm_1'"):
         export_model(path, opts, out)
     assert not list(out.iterdir())
 

@@ -57,6 +57,25 @@ def bundle_with_coreml(bundles: dict[str, Path], tmp_path_factory: pytest.TempPa
     return root
 
 
+@pytest.fixture(scope="module")
+def coreml_exports(keys: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """pcb-aoi and yolox-nano exported once with --coreml (FP32) by the real exporter."""
+    pytest.importorskip("export.coreml")
+    from tests.conftest import export_preset
+
+    out = tmp_path_factory.mktemp("coreml-exports")
+    return {p: export_preset(p, out, keys["private"], coreml=True) for p in ("pcb-aoi", "yolox-nano")}
+
+
+def test_detector_pipeline_lists_its_network(coreml_exports: dict[str, Path]) -> None:
+    """A detector's package is a Vision pipeline; the runner describes (and on a Mac runs) its network stage."""
+    r = CoreMLRunner(coreml_exports["yolox-nano"])
+    assert r.read_spec().WhichOneof("Type") == "pipeline"
+    assert r.input_metadata() == [TensorMeta("images", ("N", 3, 416, 416), "image/BGR")]
+    assert r.output_metadata() == [TensorMeta("output", (1, 3549, 85), "float32")]
+    assert r._core_ml_name("images") == "image"
+
+
 @pytest.mark.skipif(sys.platform == "darwin", reason="checks the refusal on other platforms")
 def test_refused_off_macos_with_a_clear_message(bundle_with_coreml: Path) -> None:
     r = CoreMLRunner(bundle_with_coreml / "model.onnx")
@@ -127,16 +146,15 @@ def test_bad_compute_units() -> None:
 
 
 @pytest.mark.macos
-def test_predict_matches_reference_on_macos(keys: dict[str, Path], tmp_path: Path) -> None:
-    """On a Mac: the exported Core ML package, run by the runner, agrees with reference.npz."""
-    pytest.importorskip("export.coreml")
+@pytest.mark.parametrize("preset", ["pcb-aoi", "yolox-nano"])
+def test_predict_matches_reference_on_macos(coreml_exports: dict[str, Path], preset: str) -> None:
+    """On a Mac: the exported Core ML package (of a detector: its pipeline's network stage), run by the runner,
+    agrees with reference.npz."""
     from export.reference import run_batched
     from runtime.bundle import load_bundle
     from runtime.parity import Reference, compare
-    from tests.conftest import export_preset
 
-    path = export_preset("pcb-aoi", tmp_path, keys["private"], coreml=True)
-    with load_bundle(path) as b, CoreMLRunner(b.model_path) as r:
+    with load_bundle(coreml_exports[preset]) as b, CoreMLRunner(b.model_path) as r:
         ref = Reference.from_arrays(b.reference())
         outs = run_batched(r, b.manifest.input.name, ref.inputs, 1)
         check = compare(b.manifest, ref, outs, artifact="coreml", kind="coreml", precision="fp32")
@@ -149,12 +167,17 @@ class _ExecutorModel:
     exporter's numpy reference executor, taking PIL images as Core ML does (RGB pixels, converted to the package's
     colour layout) and returning one label and one probability dictionary per sample, like MLModel.predict."""
 
-    def __init__(self, package: Path) -> None:
+    def __init__(self, package: Path | None = None, spec: object = None, weights_dir: str | None = None) -> None:
+        from coremltools.converters.mil.frontend.milproto.load import load
+
         from export.coreml.executor import Executor, load_program
 
-        spec, prog = load_program(package)
+        if package is not None:
+            spec, prog = load_program(package)
+        else:  # a model given as a spec (the network of a detector pipeline) with its weights folder
+            prog = load(spec, spec.specificationVersion, file_weights_dir=weights_dir)  # type: ignore[attr-defined]
         self.executor = Executor(prog)
-        self.bgr = spec.description.input[0].type.imageType.colorSpace == 30
+        self.bgr = spec.description.input[0].type.imageType.colorSpace == 30  # type: ignore[attr-defined]
 
     def predict(self, sample: dict) -> dict:
         feeds = {}
@@ -166,30 +189,41 @@ class _ExecutorModel:
         return {k: (v[0] if isinstance(v, list) else v) for k, v in out.items()}
 
 
-# PCB only: the numpy executor takes ~40 s on YOLOX's reference images, beyond this area's time budget.
-@pytest.mark.parametrize("preset", ["pcb-aoi"])
-def test_runner_on_exported_packages_with_a_reference_executor(keys: dict[str, Path], tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch, preset: str) -> None:
+# YOLOX on two images only: the numpy executor takes ~4 s per 416x416 image.
+@pytest.mark.parametrize("preset,samples", [("pcb-aoi", None), ("yolox-nano", 2)])
+def test_runner_on_exported_packages_with_a_reference_executor(coreml_exports: dict[str, Path],
+                                                               monkeypatch: pytest.MonkeyPatch, preset: str,
+                                                               samples: int | None) -> None:
     """The runner's own work on Linux, with packages from the real Core ML exporter: the manifest input name fed
-    to the package's "image" input, tensors turned back into pixels, outputs mapped to the manifest's names."""
-    pytest.importorskip("export.coreml.executor")
+    to the package's "image" input, tensors turned back into pixels, outputs mapped to the manifest's names; of a
+    detector's Vision pipeline, the network stage (raw output, decoded by the device like any backend's)."""
     from export.reference import run_batched
     from runtime.bundle import load_bundle
     from runtime.parity import Reference, compare
-    from tests.conftest import export_preset
 
-    path = export_preset(preset, tmp_path, keys["private"], coreml=True, coreml_precision="fp32")
+    path = coreml_exports[preset]
     monkeypatch.setattr(sys, "platform", "darwin")
     real_mlmodel = ct.models.MLModel
 
-    def mlmodel(package: str, skip_model_load: bool = False, **kw: object):
-        return real_mlmodel(package, skip_model_load=True) if skip_model_load else _ExecutorModel(Path(package))
+    def mlmodel(model: object, skip_model_load: bool = False, weights_dir: str | None = None, **kw: object):
+        if skip_model_load:
+            return real_mlmodel(model, skip_model_load=True)
+        if isinstance(model, str):
+            return _ExecutorModel(Path(model))
+        return _ExecutorModel(spec=model, weights_dir=weights_dir)
 
     monkeypatch.setattr(ct.models, "MLModel", mlmodel)
     with load_bundle(path) as b, CoreMLRunner(b.model_path) as r:
         assert [m.name for m in r.input_metadata()] == [b.manifest.input.name]
-        ref = Reference.from_arrays(b.reference())
-        outs = run_batched(r, b.manifest.input.name, ref.inputs, 2)
+        full = Reference.from_arrays(b.reference())
+        n = samples or len(full.names)
+        ref = Reference(full.inputs[:n], {k: v[:n] for k, v in full.outputs.items()}, full.names[:n],
+                        full.transforms[:n])
+        outs = run_batched(r, b.manifest.input.name, ref.inputs, 2 if b.manifest.batch.dynamic else 1)
         assert list(outs) == b.manifest.output.names
-        check = compare(b.manifest, ref, outs, artifact="coreml", kind="coreml", precision="fp32")
+        elementwise = {"max_abs": 1e-4} if b.manifest.task == "classify" else {"max_rel_to_peak": 1e-3}
+        check = compare(b.manifest, ref, outs, artifact="coreml", kind="coreml", precision="fp32",
+                        elementwise=elementwise)
     assert check.passed, check.detail
+    if b.manifest.task == "detect":
+        assert check.stats["detections_matched"] == check.stats["detections_reference"] > 0

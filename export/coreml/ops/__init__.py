@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from export.coreml.ops import activation, conv, elementwise, pool, resize, shape  # noqa: F401  (registration)
+from export.coreml.ops import activation, conv, elementwise, math, pool, resize, shape  # noqa: F401  (registration)
 from export.coreml.ops.registry import CONVERTERS
 
 __all__ = ["CONVERTERS"]

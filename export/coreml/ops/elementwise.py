@@ -1,10 +1,10 @@
-"""Add, Sub, Mul, Div, MatMul, Gemm, BatchNormalization."""
+"""Add, Sub, Mul, Div, MatMul (batched, broadcasting), Gemm, BatchNormalization, LayerNormalization."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from export.coreml.graph import Attrs, Graph, shape_of
+from export.coreml.graph import Attrs, Graph, is_static, shape_of
 from export.coreml.ops.registry import converts
 from runtime.errors import ConversionError
 
@@ -76,7 +76,36 @@ def batch_norm(g: Graph, node, a: Attrs) -> None:
     a.get("spatial")
     if a.values.get("spatial", 1) != 1:
         raise a.unsupported("spatial", "only spatial=1 is supported")
-    params = [g.const(node, i, n) for i, n in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var"))]
+    params = [g.required(node, i, n) for i, n in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var"))]
     scale, bias, mean, var = (p.astype(np.float32) for p in params)
     g.set(node.output[0], mb.batch_norm(x=g.var(node, 0), mean=mean, variance=var, gamma=scale, beta=bias,
                                         epsilon=float(a.get("epsilon", 1e-5)), name=node.output[0]))
+
+
+@converts("LayerNormalization")
+def layer_norm(g: Graph, node, a: Attrs) -> None:
+    """Normalise over the axes from `axis` to the last; Scale and B broadcast to those axes (Core ML wants them in
+    exactly that shape)."""
+    mb = _mb()
+    x = g.var(node, 0)
+    shape = shape_of(x)
+    rank = len(shape)
+    axis = int(a.get("axis", -1))
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis < rank:
+        raise a.unsupported("axis", f"outside the input's rank {rank}")
+    a.get("stash_type")  # Core ML computes the statistics in the op's own precision
+    if any(g.used(node, i) for i in (1, 2)):
+        raise ConversionError(f"unsupported output: LayerNormalization node {node.name!r} Mean/InvStdDev are used")
+    normalized = shape[axis:]
+    if not all(is_static(d) for d in normalized):
+        raise ConversionError(f"LayerNormalization node {node.name!r}: the normalised axes {normalized} must be "
+                              "static")
+    target = tuple(int(d) for d in normalized)
+    scale = g.required(node, 1, "scale")
+    bias = g.const(node, 2, "B")
+    kw = dict(x=x, axes=list(range(axis, rank)), gamma=np.broadcast_to(scale.astype(np.float32), target).copy(),
+              epsilon=float(a.get("epsilon", 1e-5)), name=node.output[0])
+    if bias is not None:
+        kw["beta"] = np.broadcast_to(bias.astype(np.float32), target).copy()
+    g.set(node.output[0], mb.layer_norm(**kw))

@@ -1,4 +1,4 @@
-"""MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean."""
+"""MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean, ReduceSum, ReduceMax, ReduceMin."""
 
 from __future__ import annotations
 
@@ -47,18 +47,24 @@ def global_pool(g: Graph, node, a: Attrs) -> None:
     g.set(node.output[0], fn(x=x, axes=axes, keep_dims=True, name=node.output[0]))
 
 
-@converts("ReduceMean")
-def reduce_mean(g: Graph, node, a: Attrs) -> None:
+_REDUCE = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max",
+           "ReduceMin": "reduce_min"}
+
+
+@converts(*_REDUCE)
+def reduce(g: Graph, node, a: Attrs) -> None:
+    """axes are an attribute before opset 18 (ReduceSum: before 13) and an input after."""
     mb = _mb()
     x = g.var(node, 0)
     rank = len(shape_of(x))
-    if g.opset >= 18:
+    fn = getattr(mb, _REDUCE[node.op_type])
+    if g.opset >= 18 or (node.op_type == "ReduceSum" and g.opset >= 13):
         axes_c = g.const(node, 1, "axes")
         axes = None if axes_c is None else [int(v) for v in axes_c.reshape(-1)]
-        if axes is None and int(a.get("noop_with_empty_axes", 0)):
+        if not axes and int(a.get("noop_with_empty_axes", 0)):
             g.set(node.output[0], mb.identity(x=x, name=node.output[0]))
             return
     else:
         axes = a.get("axes")
     axes = list(range(rank)) if not axes else [int(v) + rank if int(v) < 0 else int(v) for v in axes]
-    g.set(node.output[0], mb.reduce_mean(x=x, axes=axes, keep_dims=bool(a.get("keepdims", 1)), name=node.output[0]))
+    g.set(node.output[0], fn(x=x, axes=axes, keep_dims=bool(a.get("keepdims", 1)), name=node.output[0]))

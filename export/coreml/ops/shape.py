@@ -1,7 +1,9 @@
-"""Tensor layout ops: Concat, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split, Pad, and the ops that
-vanish (Constant, Identity, Dropout)."""
+"""Tensor layout ops: Concat, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split, Pad, Expand, Gather,
+and the ops that vanish (Constant, Identity, Dropout)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -56,12 +58,21 @@ def concat(g: Graph, node, a: Attrs) -> None:
 
 
 def _reshape_target(shape: tuple, target: list[int]) -> list[int]:
-    """ONNX 0 copies the input dim; a dynamic copied dim becomes -1 (at most one -1 is allowed)."""
+    """ONNX 0 copies the input dim; a dynamic copied dim becomes -1 (Core ML allows one -1). [0, -1] on an input
+    whose only dynamic dim is the one copied (a flatten keeping the batch) is [-1, static volume / known dims]."""
     out = [int(shape[i]) if t == 0 and is_static(shape[i]) else (-1 if t == 0 else int(t))
            for i, t in enumerate(target)]
-    if out.count(-1) > 1:
-        raise ConversionError(f"reshape to {target} from {shape}: more than one unknown dimension")
-    return out
+    if out.count(-1) <= 1:
+        return out
+    dynamic = [i for i, d in enumerate(shape) if not is_static(d)]
+    copied = [i for i, t in enumerate(target) if t == 0 and i < len(shape) and not is_static(shape[i])]
+    if len(dynamic) == 1 and copied == dynamic and target.count(-1) == 1:
+        volume = int(np.prod([int(d) for d in shape if is_static(d)]))
+        known = int(np.prod([v for i, v in enumerate(out) if v != -1]))
+        if known and volume % known == 0:
+            return [-1 if i in copied else (volume // known if t == -1 else v)
+                    for i, (t, v) in enumerate(zip(target, out))]
+    raise ConversionError(f"reshape to {target} from {shape}: more than one unknown dimension")
 
 
 @converts("Flatten")
@@ -138,16 +149,16 @@ def slice_(g: Graph, node, a: Attrs) -> None:
     x = g.var(node, 0)
     shape = shape_of(x)
     rank = len(shape)
+    raw: list[Any]
     if g.opset < 10:
-        starts, ends, axes, steps = a.get("starts"), a.get("ends"), a.get("axes"), None
+        raw = [a.get("starts"), a.get("ends"), a.get("axes"), None]
     else:
-        starts, ends = g.const(node, 1, "starts"), g.const(node, 2, "ends")
-        axes, steps = g.const(node, 3, "axes"), g.const(node, 4, "steps")
-    starts = [int(v) for v in np.asarray(starts).reshape(-1)]
-    ends = [int(v) for v in np.asarray(ends).reshape(-1)]
-    axes = list(range(len(starts))) if axes is None else [int(v) + rank if int(v) < 0 else int(v)
-                                                          for v in np.asarray(axes).reshape(-1)]
-    steps = [1] * len(starts) if steps is None else [int(v) for v in np.asarray(steps).reshape(-1)]
+        raw = [g.const(node, 1, "starts"), g.const(node, 2, "ends"), g.const(node, 3, "axes"),
+               g.const(node, 4, "steps")]
+    ints = lambda v: [int(x) for x in np.asarray(v).reshape(-1)]  # noqa: E731
+    starts, ends = ints(raw[0]), ints(raw[1])
+    axes = list(range(len(starts))) if raw[2] is None else [v + rank if v < 0 else v for v in ints(raw[2])]
+    steps = [1] * len(starts) if raw[3] is None else ints(raw[3])
     if "slice_swap_hw" in g.bugs and rank == 4:
         axes = [{2: 3, 3: 2}.get(ax, ax) for ax in axes]
     begin, end, stride = [0] * rank, [0] * rank, [1] * rank
@@ -222,3 +233,46 @@ def pad(g: Graph, node, a: Attrs) -> None:
         raise a.unsupported("mode", f"{mode} padding is only supported on the last two axes, pads={pads}")
     flat = [v for p in pairs[first:] for v in p] or [0, 0]
     g.set(node.output[0], _mb().pad(x=x, pad=flat, mode=mil_mode, constant_val=value, name=node.output[0]))
+
+
+@converts("Expand")
+def expand(g: Graph, node, a: Attrs) -> None:
+    """Broadcast to a constant shape: leading axes added, then each size-1 axis tiled."""
+    mb = _mb()
+    x = g.var(node, 0)
+    target = [int(v) for v in g.required(node, 1, "shape").reshape(-1)]
+    shape = list(shape_of(x))
+    rank = max(len(shape), len(target))
+    shape = [1] * (rank - len(shape)) + shape
+    target = [1] * (rank - len(target)) + target
+    reps = []
+    for i, (have, want) in enumerate(zip(shape, target)):
+        if want == 1 or (is_static(have) and int(have) == want):
+            reps.append(1)
+        elif is_static(have) and int(have) == 1:
+            reps.append(want)
+        else:
+            raise ConversionError(f"Expand node {node.name!r}: axis {i} of size {have} cannot broadcast to {want}")
+    if rank > len(shape_of(x)):
+        x = mb.expand_dims(x=x, axes=list(range(rank - len(shape_of(x)))))
+    g.set(node.output[0], mb.tile(x=x, reps=reps, name=node.output[0]) if any(r != 1 for r in reps)
+          else mb.identity(x=x, name=node.output[0]))
+
+
+@converts("Gather")
+def gather(g: Graph, node, a: Attrs) -> None:
+    """Constant indices along one axis (a class token, a channel subset); a scalar index drops the axis."""
+    mb = _mb()
+    x = g.var(node, 0)
+    shape = shape_of(x)
+    axis = _axis(a.get("axis", 0), len(shape), a)
+    indices = g.required(node, 1, "indices")
+    dim = shape[axis]
+    if not is_static(dim) and (indices < 0).any():
+        raise ConversionError(f"Gather node {node.name!r}: negative indices on the dynamic axis {axis}")
+    idx = np.where(indices < 0, indices + (int(dim) if is_static(dim) else 0), indices).astype(np.int32)
+    if idx.ndim == 0:
+        picked = mb.gather(x=x, indices=idx.reshape(1), axis=axis)
+        g.set(node.output[0], mb.squeeze(x=picked, axes=[axis], name=node.output[0]))
+        return
+    g.set(node.output[0], mb.gather(x=x, indices=idx, axis=axis, name=node.output[0]))
