@@ -207,6 +207,42 @@ CASES = [
                                        n("Add", ["d", "c"])]),
 ]
 
+def shape_classifier(batch: int | str = 1, classes: int = 3) -> onnx.ModelProto:
+    """Conv -> Relu -> GlobalAveragePool, then the flatten PyTorch exports for `x.view(x.size(0), -1)` (Shape,
+    Gather, Unsqueeze, Concat, Reshape), a channel count read with Shape/Slice/Cast/Mul into a second Reshape, and
+    a Gemm to logits."""
+    rng = np.random.default_rng(11)
+    inits = {"w": rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32),
+             "fc": rng.normal(0, 0.3, (classes, 8)).astype(np.float32),
+             "zero": np.asarray(0, np.int64), "minus1": np.asarray([-1], np.int64),
+             "one_i": np.asarray([1], np.int64), "two_i": np.asarray([2], np.int64), "axes0": np.asarray([0], np.int64)}
+    nodes = [
+        helper.make_node("Conv", ["data", "w"], ["c"], name="conv", strides=[4, 4], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Shape", ["g"], ["g_shape"], name="shape_g"),
+        helper.make_node("Gather", ["g_shape", "zero"], ["n"], name="batch_dim"),
+        helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"], name="unsqueeze_n"),
+        helper.make_node("Concat", ["n1", "minus1"], ["flat_shape"], name="concat_shape", axis=0),
+        helper.make_node("Reshape", ["g", "flat_shape"], ["f"], name="flatten"),
+        # the channel count, read back from the flattened tensor and used as a shape: [N, C] again
+        helper.make_node("Shape", ["f"], ["f_shape"], name="shape_f"),
+        helper.make_node("Slice", ["f_shape", "one_i", "two_i"], ["ch"], name="channels"),
+        helper.make_node("Cast", ["ch"], ["ch_f"], name="cast_ch", to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["ch_f"], ["ch_i"], name="cast_back", to=TensorProto.INT64),
+        helper.make_node("Concat", ["minus1", "ch_i"], ["nc_shape"], name="concat_nc", axis=0),
+        helper.make_node("Reshape", ["f", "nc_shape"], ["f2"], name="reshape_nc"),
+        helper.make_node("Gemm", ["f2", "fc"], ["logits"], name="fc", transB=1),
+    ]
+    x = helper.make_tensor_value_info("data", TensorProto.FLOAT, [batch, 3, 64, 64])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])
+    m = helper.make_model(helper.make_graph(nodes, "shape_classifier", [x], [y],
+                                            initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()]),
+                          opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
 SUPPORTED = {"Conv", "ConvTranspose", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip",
              "Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "BatchNormalization", "MaxPool", "AveragePool",
              "GlobalAveragePool", "GlobalMaxPool", "Concat", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
