@@ -229,6 +229,11 @@ class MqttClient:
         self._handler: MessageHandler | None = None
         self._connected_callbacks: list[Callable[[], None]] = []
         self._connected = threading.Event()
+        # set once the broker acknowledged every subscription of the current connection: a message published
+        # after start() returns is then delivered (before the SUBACK the broker may not route it here yet)
+        self._subscribed = threading.Event()
+        self._pending: set[int] = set()
+        self._sub_lock = threading.Lock()
         self.keepalive = keepalive
         self.last_rc: object = None
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent,
@@ -251,6 +256,7 @@ class MqttClient:
                 if tls.insecure_skip_hostname:
                     self.client.tls_insecure_set(True)
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
@@ -264,15 +270,31 @@ class MqttClient:
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         self._subs[topic_filter] = qos
         if self._connected.is_set():
-            self.client.subscribe(topic_filter, qos)
+            self._send_subscribe(self.client, topic_filter, qos)
+
+    def _send_subscribe(self, client: mqtt.Client, topic_filter: str, qos: int) -> None:
+        with self._sub_lock:
+            _, mid = client.subscribe(topic_filter, qos)
+            if mid is not None:
+                self._pending.add(mid)
+                self._subscribed.clear()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self._sub_lock:
+            self._pending.discard(mid)
+            if not self._pending:
+                self._subscribed.set()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self.last_rc = reason_code
         if reason_code.is_failure:
             log.warning("MQTT %s refused the connection: %s", self.url, reason_code)
             return
+        with self._sub_lock:
+            self._pending.clear()
+            self._subscribed.set()
         for topic_filter, qos in self._subs.items():
-            client.subscribe(topic_filter, qos)
+            self._send_subscribe(client, topic_filter, qos)
         self._connected.set()
         for callback in self._connected_callbacks:
             callback()
@@ -292,12 +314,17 @@ class MqttClient:
             self.client.ack(msg.mid, msg.qos)
 
     def start(self, wait: float | None = 10.0) -> MqttClient:
-        """Connect in the background (paho's network thread retries forever); wait for the first CONNACK."""
+        """Connect in the background (paho's network thread retries forever); wait for the first CONNACK and the
+        SUBACKs of the subscriptions made before."""
         self.client.connect_async(self.address.host, self.address.port, self.keepalive)
         self.client.loop_start()
+        deadline = time.monotonic() + (wait or 0)
         if wait and not self._connected.wait(wait):
             self.stop()
             raise ConfigError(f"cannot connect to MQTT broker {self.url} within {wait}s (last result: {self.last_rc})")
+        if wait and not self._subscribed.wait(max(0.0, deadline - time.monotonic())):
+            self.stop()
+            raise ConfigError(f"MQTT broker {self.url} did not acknowledge the subscriptions within {wait}s")
         return self
 
     @property

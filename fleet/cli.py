@@ -124,18 +124,22 @@ def token_group() -> None:
 
 
 @token_group.command("create")
+@json_option
 @click.option("--tokens-file", type=click.Path(path_type=Path), required=True, help="Tokens file to add to.")
 @click.option("--name", required=True, help="Who holds the token.")
 @click.option("--role", "roles", multiple=True, required=True,
               type=click.Choice(["admin", "viewer", "inspector", "device"]), help="Role (repeatable).")
 @click.option("--device", help="Device a device token is bound to (default: --name).")
-def token_create(tokens_file: Path, name: str, roles: tuple[str, ...], device: str | None) -> None:
-    """Create a token; it is printed once, only its hash is stored. A device token is bound to its device."""
+@json_option
+def token_create(tokens_file: Path, name: str, roles: tuple[str, ...], device: str | None, as_json: bool) -> None:
+    """Create a token; it is printed once (alone on its line, for scripts), only its hash is stored. A device
+    token is bound to its device."""
     from fleet.security import add_token, ensure_unique_name
 
     if "inspector" in roles:
         ensure_unique_name(tokens_file, name)  # the name is the inspector's identity on every verdict
-    click.echo(add_token(tokens_file, name, list(roles), device=device))
+    token = add_token(tokens_file, name, list(roles), device=device)
+    emit({"name": name, "roles": sorted(set(roles)), "token": token}, as_json, lambda d: d["token"])
 
 
 @token_group.command("revoke")

@@ -3,13 +3,13 @@ training-data promotion) from the command line. Registered on the `fleet` group 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
 from fleet.cli import Api, _api_options
+from fleet.cli_output import emit, json_option, pairs
 from runtime.errors import ConfigError
 
 
@@ -133,9 +133,10 @@ def tune(bundle: Path, folder: Path, strategy: str, recall: float, class_recall:
               help="Confirmed predictions at or above this score are left out (nothing to learn).")
 @click.option("--negative-label", help="Class folder for samples without a defect, e.g. Normal (default: none).")
 @click.option("--no-unreviewed", is_flag=True, help="Leave out samples nobody reviewed (else: _unreviewed folder).")
+@json_option
 def promote_data(data_dir: Path, image_dirs: tuple[Path, ...], out: Path, task: str, release: str | None,
                  group: str | None, since: str | None, near_threshold: float, high_confidence: float,
-                 negative_label: str | None, no_unreviewed: bool) -> None:
+                 negative_label: str | None, no_unreviewed: bool, as_json: bool) -> None:
     """Export the field's hard cases (overridden, disagreed-on, near-threshold) from the fleet store as a
     training dataset with a provenance manifest; prints what was promoted, left out and missing."""
     from fleet.analytics.promotion import PromotionPolicy, promote
@@ -169,8 +170,12 @@ def promote_data(data_dir: Path, image_dirs: tuple[Path, ...], out: Path, task: 
         manifest = promote(preds, revs, fetch, out, "detect" if task == "detect" else "classify", policy=policy)
     finally:
         store.close()
-    click.echo(json.dumps({"out": str(out), "predictions": len(preds), "promoted": len(manifest.samples),
-                           "counts": manifest.counts, "left_out": manifest.left_out,
-                           "missing": len(manifest.missing)}, indent=2, sort_keys=True))
+    summary = {"out": str(out), "predictions": len(preds), "promoted": len(manifest.samples),
+               "counts": manifest.counts, "left_out": manifest.left_out, "missing": len(manifest.missing)}
+    emit(summary, as_json, lambda d: pairs([
+        ("dataset", d["out"]), ("predictions read", d["predictions"]), ("promoted", d["promoted"]),
+        ("per label", ", ".join(f"{k} {v}" for k, v in sorted(d["counts"].items()))),
+        ("left out", ", ".join(f"{k} {v}" for k, v in sorted(d["left_out"].items()))),
+        ("without an image", d["missing"])]))
     for m in manifest.missing:
         click.echo(f"missing {m['prediction_id']}: {m['reason']}", err=True)

@@ -71,11 +71,16 @@ class ConversionError(ShadowlineError):
 
 
 class NotFound(ShadowlineError):
+    """What was asked for does not exist (a bundle, release, device, rollout, alert); the message names it."""
+
     exit_code = 10
     http_status = 404
 
 
 class Conflict(ShadowlineError):
+    """The request conflicts with the current state: a rollout running on the group, a promotion the gate refused,
+    an alert acknowledged already; the message says which."""
+
     exit_code = 11
     http_status = 409
 

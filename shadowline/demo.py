@@ -7,6 +7,7 @@ Signed bundles are exported from ../shared/realdata; `shadowline fleet serve` (e
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -349,7 +350,7 @@ class Demo:
         _say("  fleet received every verdict")
 
     def report(self, ref: str, fmt: str = "json") -> Any:
-        r = self.http.get(self.url + "/dashboard/shadow/report", headers={"Authorization": f"Bearer {self.admin}"},
+        r = self.http.get(self.url + "/api/shadow/report", headers={"Authorization": f"Bearer {self.admin}"},
                           params={"release": ref, "group": GROUP, "days": 14, "format": fmt})
         if r.status_code != 200:
             raise DemoFailed(f"shadow report: HTTP {r.status_code}: {r.text[:300]}")
@@ -371,8 +372,11 @@ class Demo:
         self.summary["shadow_report"] = {k: rep[k] for k in ("cases", "reviewed", "disputed", "unresolved",
                                                               "model_recall", "fp_rate", "go")}
         (self.workdir / "shadow-report.md").write_text(self.report(self.shadow_ref, "md"))
-        _say(f"  full report: {self.workdir / 'shadow-report.md'} (also on the dashboard's Shadow report page)")
+        _say(f"  full report: {self.workdir / 'shadow-report.md'} (GET /api/shadow/report; from a shell: "
+             f"shadowline fleet shadow report {self.shadow_ref} --group {GROUP} --url {self.url} --token ...)")
         session = self.dashboard_login()
+        self.dashboard_agrees(session, rep)
+        _say("  the dashboard's Shadow report page shows the same verdict, criteria and figures (checked)")
         form = {"release": self.shadow_ref, "group": GROUP, "days": 14}
         self.dashboard_post(session, "/dashboard/shadow/signoff", {**form, "note": "demo sign-off"})
         _say("  sign-off recorded by demo-admin on the dashboard")
@@ -416,6 +420,21 @@ class Demo:
             raise DemoFailed("the dashboard's shadow page has no form token (is the admin logged in?)")
         s.csrf = m.group(1)  # type: ignore[attr-defined]
         return s
+
+    def dashboard_agrees(self, s: Any, rep: dict[str, Any]) -> None:
+        """The dashboard's default view of the report (what an admin sees) says what the API said."""
+        page = s.get("/dashboard/shadow", params={"release": self.shadow_ref, "group": GROUP, "days": 14}).text
+        text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
+        o = rep["override_rate"]
+        want = [f"{'GO' if rep['go'] else 'NO-GO'} Exit criteria",
+                f"unresolved disputes {rep['unresolved']} ",
+                f"override rate {_fig(o['rate'], '{:.1%}')} ({o['overrides']} of {o['reviews']})",
+                f"missed defects {rep['missed_defects']} ", f"false-positive rate {_fig(rep['fp_rate'])}",
+                f"model recall {_fig(rep['model_recall'])}"]
+        want += [f"{c['name']} {'pass' if c['passed'] else 'fail'} {c['detail']}" for c in rep["checks"]]
+        missing = [w for w in want if w not in text]
+        if missing:
+            raise DemoFailed(f"the dashboard's shadow report disagrees with the API's: it does not show {missing}")
 
     def dashboard_post(self, s: Any, path: str, fields: dict) -> str:
         r = s.post(path, data={**fields, "csrf": s.csrf, "confirm": "yes"})

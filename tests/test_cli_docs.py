@@ -29,6 +29,17 @@ def test_expected_command_groups_exist():
         assert needed in names
 
 
+def test_exit_codes_are_unique_and_listed():
+    from shadowline.clidoc import exit_codes
+
+    rows = exit_codes()  # raises when two error classes claim one code
+    assert [code for code, _, _ in rows] == sorted({code for code, _, _ in rows})
+    assert all(doc for _, _, doc in rows), "every error class with its own exit code says what it means"
+    text = DOC.read_text()
+    for code, name, _ in rows:
+        assert f"| {code} | `{name}` |" in text
+
+
 def test_docs_cli_md_is_current():
     """Rendered in a fresh process: click caches each command's help option from the first context that asks, so
     commands other tests invoked directly would render differently in this one."""

@@ -90,6 +90,7 @@ def test_quick_demo_runs_every_step(tmp_path: Path, expected: dict) -> None:
     audit = [json.loads(line) for line in (work / "fleet-data" / "promotion-audit.jsonl").read_text().splitlines()]
     assert [a["outcome"] for a in audit] == ["overridden"]
     assert "days" in audit[0]["failed_checks"] and audit[0]["reason"].strip()
+    _shadow_report_agrees(out, db, work, audit[0])
     assert (work / "fleet-data" / "shadow-signoffs.jsonl").read_text().count("demo-admin") == 1
 
     # the devices' own stores hold the same predictions and reviews they sent
@@ -99,6 +100,42 @@ def test_quick_demo_runs_every_step(tmp_path: Path, expected: dict) -> None:
 
     # stopped cleanly: no process of this workdir is left
     assert str(work) not in _command_lines()
+
+
+def _shadow_report_agrees(out: str, db: Path, work: Path, audit: dict) -> None:
+    """What the demo printed is the shadow report of what the fleet stored, computed here from its store with the
+    fleet's one implementation; the dashboard said the same (the demo checked its page and says so), and the gate
+    refused for exactly the criteria printed. Without adjudicators the same data is NO-GO with every dispute
+    unresolved: disputes never vanish."""
+    from fleet.analytics.shadow import SignOff, shadow_report
+    from fleet.analytics.windows import Window
+    from fleet.store import Store
+
+    assert "the dashboard's Shadow report page shows the same verdict, criteria and figures (checked)" in out
+    store = Store(db)
+    try:
+        preds, revs = list(store.predictions(release="pcb-line@1")), list(store.reviews(release="pcb-line@1"))
+    finally:
+        store.close()
+    window = Window(start="2000-01-01T00:00:00+00:00", end="2100-01-01T00:00:00+00:00")
+    rep = shadow_report(preds, revs, "pcb-line@1", window, adjudicators=["qa-lead"])
+    o = rep.override_rate
+    assert (f"{rep.cases} cases, {rep.reviewed} reviewed, {rep.disputed} disputed ({rep.adjudicated} adjudicated by "
+            f"qa-lead, {rep.unresolved} unresolved), override rate {o.rate:.1%} ({o.overrides} of {o.reviews})") in out
+    assert (f"model recall {rep.model_recall:.3f} vs inspector recall {rep.inspector_recall:.3f}; model "
+            f"false-positive rate {rep.fp_rate:.3f}; missed defects {rep.missed_defects};") in out
+    for c in rep.checks:
+        if c.name not in ("days", "sign_off"):  # coverage depends on the run's date; sign-off came after
+            assert f"[{'pass' if c.passed else 'FAIL'}] {c.name}: {c.detail}" in out, c
+    md = (work / "shadow-report.md").read_text()
+    assert f"| override rate | {o.rate:.1%} ({o.overrides} of {o.reviews}) |" in md
+    assert f"| unresolved disputes | {rep.unresolved} |" in md and rep.unresolved == 0 and o.overrides > 0
+    printed = re.search(r"default criteria with the sign-off: NO-GO \(([^)]*)\)", out)
+    assert printed and printed.group(1).split(", ") == audit["failed_checks"]
+    bare = shadow_report(preds, revs, "pcb-line@1", window, sign_off=SignOff(by="x"))
+    assert bare.unresolved == bare.disputed == rep.disputed and not bare.go
+    assert "unresolved" in {c.name for c in bare.checks if not c.passed}
+    assert bare.override_rate == o  # QA upheld every override: the figures stay, the disputes stay open
 
 
 def test_a_failing_step_exits_non_zero_naming_it(tmp_path: Path) -> None:

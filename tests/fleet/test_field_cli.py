@@ -135,7 +135,7 @@ def test_promote_data_from_the_fleet_store(fleet, scores, tmp_path):
     data_dir = Path(fleet.config.data_dir)
     out = tmp_path / "dataset"
     res = CliRunner().invoke(fleet_group, ["promote-data", "--data-dir", str(data_dir), "--images", str(uploads),
-                                           "--out", str(out), "--negative-label", "Normal"])
+                                           "--out", str(out), "--negative-label", "Normal", "--json"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     summary = json.loads(res.output[:res.output.rindex("}") + 1])
     # by hand: the false positive becomes a Normal sample, the near-threshold pass nobody reviewed goes to
