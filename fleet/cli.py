@@ -124,7 +124,6 @@ def token_group() -> None:
 
 
 @token_group.command("create")
-@json_option
 @click.option("--tokens-file", type=click.Path(path_type=Path), required=True, help="Tokens file to add to.")
 @click.option("--name", required=True, help="Who holds the token.")
 @click.option("--role", "roles", multiple=True, required=True,
