@@ -251,7 +251,8 @@ def create_app(fleet: Fleet, ready: Callable[[], bool] | None = None) -> FastAPI
     app.include_router(build_router())
     from fleet.api_decisions import build_router as decisions_router
 
-    app.include_router(decisions_router())
+    # sign-off, promotion and alert actions refuse with 409 when the state does not allow them
+    app.include_router(decisions_router(), responses={**ERRORS, **CONFLICT})
     app.include_router(build_mobile_router(ERRORS))
     try:  # the dashboard is another package's; the API runs without it
         dashboard = importlib.import_module("fleet.dashboard")

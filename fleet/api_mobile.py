@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.http_guard import BODY_LIMIT_KEY, require
-from fleet.protocol import PredictionRecord, ReviewRecord
+from fleet.protocol import DEVICE_ID_RE, PredictionRecord, ReviewRecord
 from fleet.security import TokenEntry, device_of
 from fleet.validation import ID_RE, Refused
 from runtime.errors import AccessDenied, Conflict, NotFound, ShadowlineError
@@ -26,7 +26,8 @@ class MobileVerdict(BaseModel):
     id: str | None = Field(None, min_length=8, max_length=64, pattern=ID_RE.pattern,
                            description="client-made UUID: posting twice is safe")
     prediction_id: str = Field(max_length=128, pattern=ID_RE.pattern, description="the prediction judged")
-    device: str = Field(max_length=64, description="device (or iPad) that made the prediction")
+    device: str = Field(max_length=64, pattern=DEVICE_ID_RE.pattern, description="device (or iPad) that made the "
+                                                                                  "prediction")
     verdict: Literal["confirm", "false_positive", "missed_defect", "bad_image"]
     defect_class: str | None = Field(None, max_length=200, description="missed_defect: the class the model missed")
     note: str = Field("", max_length=2000)

@@ -88,7 +88,7 @@ def latest_signoff(fleet: Fleet, release: str, group: str) -> SignOff | None:
     if not path.exists():
         return None
     found = None
-    for line in path.read_text().splitlines():
+    for line in path.read_text().split("\n"):  # not splitlines(): \x85 or U+2028 in a value is no line end
         if not line.strip():
             continue
         d = json.loads(line)

@@ -67,7 +67,7 @@ class JsonlActionLog:
         if not self.path.exists():
             return []
         text = self.path.read_text(encoding="utf-8")
-        lines = text.splitlines()
+        lines = text.split("\n")  # not splitlines(): \x85 or U+2028 inside a value is no line end
         out: list[Action] = []
         for n, line in enumerate(lines, 1):
             if not line.strip():

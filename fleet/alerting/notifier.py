@@ -92,7 +92,7 @@ class NotificationLog:
         if not self.path.exists():
             return []
         out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in self.path.read_text(encoding="utf-8").split("\n"):  # \x85, U+2028 are no line ends
             try:
                 out.append(Delivery.model_validate(json.loads(line)))
             except (ValueError, TypeError):  # a line torn by a crash: the rest of the log still counts

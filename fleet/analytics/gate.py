@@ -58,7 +58,7 @@ class JsonlAuditLog:
     def entries(self) -> list[AuditEntry]:
         if not self.path.exists():
             return []
-        return [AuditEntry.model_validate_json(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [AuditEntry.model_validate_json(line) for line in self.path.read_text().split("\n") if line.strip()]  # JSONL: \x85 is no line end
 
 
 class AdminOverride(BaseModel):

@@ -158,6 +158,13 @@ class FleetCollector(Collector):
         for k, n in sorted(per_kind.items()):
             bad.add_metric([k], n)
         yield bad
+        refused = CounterMetricFamily(
+            "shadowline_fleet_refused_records", "Records refused at the edge of ingest and never stored (all time), by "
+            "device and reason (not_finite, negative_latency, timestamp_in_future, unknown_prediction, retained, ...; "
+            "fleet/validation.py).", labels=["device", "reason"])
+        for row in store.refused():
+            refused.add_metric([row["device"], row["reason"]], row["count"])
+        yield refused
 
     def _predictions(self, store: Any, member: dict[str, list[str]]) -> Iterator[Metric]:
         low = PillarOptions().low_confidence

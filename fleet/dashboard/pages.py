@@ -17,7 +17,7 @@ from fleet.dashboard import auth, data
 from fleet.dashboard.alertviews import alert_body, alerts_body
 from fleet.dashboard.layout import confirm_page, e, hidden, page
 from fleet.dashboard.metrics import METRICS_CONTENT_TYPE, render_metrics
-from fleet.dashboard.views import devices_body, pillars_body, rollouts_body, shadow_body
+from fleet.dashboard.views import devices_body, pillars_body, refused_body, rollouts_body, shadow_body
 from runtime.errors import ShadowlineError
 
 
@@ -78,7 +78,9 @@ def build_router() -> APIRouter:
         s = _who(request)
         if s is None:
             return _login_redirect(request)
-        return _html(page("Devices", devices_body(data.devices(request.app.state.fleet)), s.name, "/dashboard/"))
+        fleet = request.app.state.fleet
+        body = devices_body(data.devices(fleet)) + refused_body(fleet.store.refused())
+        return _html(page("Devices", body, s.name, "/dashboard/"))
 
     @r.get("/dashboard/rollouts")
     def rollouts_page(request: Request, message: str = "") -> Response:

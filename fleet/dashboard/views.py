@@ -50,6 +50,15 @@ def devices_body(devices: list[dict[str, Any]]) -> str:
                     "devices") + "</div>")
 
 
+def refused_body(rows: list[dict[str, Any]]) -> str:
+    """Records refused at the edge of ingest (never stored), per device and reason: what an admin must see when a
+    device sends NaN latencies, future timestamps or verdicts on unknown predictions."""
+    cells = [[e(r["device"]), e(r["reason"]), str(r["count"]), ago(r.get("last_at")), e(r.get("last_error") or "")]
+             for r in rows]
+    return ("<h2>Refused records</h2><div class=scroll>"
+            + table(["device", "reason", "count", "last", "last refusal"], cells, "refused") + "</div>")
+
+
 def _gates(g: Any) -> str:
     if not g:
         return '<span class="muted">not judged yet</span>'

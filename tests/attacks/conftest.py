@@ -8,12 +8,6 @@ config (fleet/mosquitto.py) and the embedded broker; `broker` is parametrised ov
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,13 +16,12 @@ from pathlib import Path
 import pytest
 
 from fleet.config import FleetConfig
-from fleet.credentials import FLEET_USER, CredentialStore
-from fleet.mosquitto import mosquitto_conf
+from fleet.credentials import FLEET_USER
 from fleet.protocol import Topics
 from fleet.service import FleetService
+from tests.attacks.brokers import Creds, GeneratedMosquitto, make_creds
 from tests.conftest import free_port
 
-DEVICES = ("cam-a", "cam-b", "cam-c")
 TALLY = pytest.StashKey["Tally"]()
 
 
@@ -86,76 +79,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
                                 f"{tally.lost} records lost")
     for name in tally.failed:
         terminalreporter.write_line(f"  NOT refused: {name}")
-
-
-# -- brokers -----------------------------------------------------------------------------------------------------
-@dataclass
-class Creds:
-    directory: Path
-    passwords: dict[str, str]
-    topics: Topics
-
-    def store(self) -> CredentialStore:
-        return CredentialStore(self.directory, self.topics)
-
-
-def make_creds(directory: Path, topics: Topics, devices: tuple[str, ...] = DEVICES) -> Creds:
-    store = CredentialStore(directory, topics)
-    store.add(FLEET_USER, "fleet")
-    store.add("observer", "fleet")  # a second service user: the tests' own eyes on the broker
-    for d in devices:
-        store.add(d, "device")
-    store.save()
-    return Creds(directory, {u: e.password for u, e in store.users.items()}, topics)
-
-
-class GeneratedMosquitto:
-    """Mosquitto started with exactly the config `fleet mosquitto-conf` prints (test paths and port), plus
-    `user root` when the tests run as root (pytest's private temporary folders are not the mosquitto user's)."""
-
-    def __init__(self, workdir: Path, creds: Creds, tls_dir: Path | None = None, extra: str = "") -> None:
-        self.workdir, self.port = workdir, free_port()
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.pid_file = workdir / "mosquitto.pid"
-        text = mosquitto_conf(creds.directory, tls_dir, port=self.port, bind="127.0.0.1", local_port=None,
-                              persistence_dir=workdir, pid_file=self.pid_file)
-        text += f"log_dest file {workdir}/mosquitto.log\n" + extra
-        if os.geteuid() == 0 and "\nuser " not in text:
-            text += "user root\n"
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(text)
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> GeneratedMosquitto:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    log = self.workdir / "mosquitto.log"
-                    raise RuntimeError(f"mosquitto exited: {log.read_text() if log.exists() else ''}") from None
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening")
-
-    def reload(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGHUP)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @dataclass

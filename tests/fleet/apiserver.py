@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import httpx
 import uvicorn
@@ -15,10 +16,10 @@ from tests.conftest import free_port
 
 
 class ApiServer:
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, app: Any = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(fleet), host="127.0.0.1", port=self.port,
+        self.server = uvicorn.Server(uvicorn.Config(app or create_app(fleet), host="127.0.0.1", port=self.port,
                                                     log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, name="api", daemon=True)
 

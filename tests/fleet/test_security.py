@@ -3,18 +3,29 @@ B's desired state), and TLS with a self-signed CA."""
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import shutil
 import ssl
+import stat
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet.broker import BrokerTLS, MqttClient
+from fleet.credentials import reload_mosquitto, verify_mosquitto_hash
 from fleet.protocol import Topics
 from fleet.security import make_tls, mosquitto_hash, provision
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, Conflict, NotFound
+from tests.attacks.brokers import Creds, GeneratedMosquitto
 from tests.conftest import Mosquitto
 from tests.fleet.devicesim import wait_for
 
@@ -127,3 +138,150 @@ def test_tls_with_a_self_signed_ca(tmp_path):
             MqttClient(f"mqtt://localhost:{broker.port}", "plain", persistent=False).start(wait=2)
     finally:
         broker.stop()
+
+
+# -- provisioning an admin can follow (issue 12.6) -------------------------------------------------------------
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shadowline.cli", "fleet", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def _hashes(d: Path) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in (d / "passwd").read_text().splitlines() if line)
+
+
+def test_hashes_interoperate_with_mosquitto_passwd(tmp_path):
+    f = tmp_path / "pw"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(f), "cam-a", "s3cret"], check=True)
+    hashed = f.read_text().strip().split(":", 1)[1]
+    assert hashed.startswith("$7$")
+    assert verify_mosquitto_hash("s3cret", hashed) and not verify_mosquitto_hash("s3cret!", hashed)
+    assert verify_mosquitto_hash("x", mosquitto_hash("x")) and not verify_mosquitto_hash("x", "plain")
+
+
+def test_credentials_merge_and_reload_a_running_mosquitto(tmp_path):
+    d = tmp_path / "creds"
+    added = _cli("credentials", "add", "--dir", str(d), "--role", "fleet", "shadowline-fleet")
+    assert added.returncode == 0, added.stderr
+    assert _cli("credentials", "add", "--dir", str(d), "cam-a", "cam-b").returncode == 0
+    first = _hashes(d)
+    users = json.loads((d / "credentials.json").read_text())["users"]
+    broker = GeneratedMosquitto(tmp_path / "mosq", Creds(d, {u: e["password"] for u, e in users.items()},
+                                                         Topics())).start()
+    try:
+        a = MqttClient(broker.url, "cam-a", username="cam-a", password=users["cam-a"]["password"],
+                       persistent=False).start(5)
+        # issue 12: `fleet credentials --out creds cam-d` replaced the file; now cam-d is merged in
+        res = _cli("credentials", "add", "--dir", str(d), "--reload-pid-file", str(broker.pid_file), "--json", "cam-d")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["reloaded_pid"] == broker.proc.pid
+        after = _hashes(d)
+        assert {u: after[u] for u in first} == first and set(after) == {*first, "cam-d"}
+        assert (d / "acl").read_text().count("user shadowline-fleet") == 1
+        assert stat.S_IMODE((d / "credentials.json").stat().st_mode) == 0o600
+        users = json.loads((d / "credentials.json").read_text())["users"]
+        wait_for(lambda: MqttClient(broker.url, "cam-d", username="cam-d", password=users["cam-d"]["password"],
+                                    persistent=False).start(2) is not None, 10, "cam-d accepted after the reload")
+        assert a.connected, "cam-a was dropped by adding cam-d"
+        again = _cli("credentials", "add", "--dir", str(d), "cam-a")
+        assert again.returncode == Conflict.exit_code and "rotate" in again.stderr and "Traceback" not in again.stderr
+        # rotate cam-b: only its hash changes; revoke cam-a: the broker drops it at the reload
+        assert _cli("credentials", "rotate", "--dir", str(d), "cam-b").returncode == 0
+        rotated = _hashes(d)
+        assert rotated["cam-b"] != after["cam-b"] and {u: rotated[u] for u in after if u != "cam-b"} == \
+            {u: after[u] for u in after if u != "cam-b"}
+        res = _cli("credentials", "revoke", "--dir", str(d), "--reload-pid-file", str(broker.pid_file), "cam-a")
+        assert res.returncode == 0, res.stderr
+        wait_for(lambda: not a.connected, 10, "cam-a disconnected once revoked")
+        with pytest.raises(ConfigError, match="cannot connect"):
+            MqttClient(broker.url, "cam-a", username="cam-a", password=users["cam-a"]["password"],
+                       persistent=False).start(wait=2)
+        missing = _cli("credentials", "revoke", "--dir", str(d), "nobody")
+        assert missing.returncode == NotFound.exit_code and "nobody" in missing.stderr
+        a.stop()
+    finally:
+        broker.stop()
+
+
+def test_reload_refuses_a_pid_file_that_is_not_mosquitto(tmp_path):
+    pid = tmp_path / "pid"
+    pid.write_text(str(os.getpid()))
+    with pytest.raises(ConfigError, match="not mosquitto"):
+        reload_mosquitto(pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="Mosquitto drops privileges only when started as root")
+def test_tls_init_files_are_readable_by_mosquitto_after_it_drops_root(tmp_path):
+    """Mosquitto started as root without `user root` drops to the mosquitto user before it reads its key: the
+    key `fleet tls init` writes must be readable by that user's group, the CA key by root only."""
+    base = Path(tempfile.mkdtemp(prefix="shadowline-tls-"))
+    os.chmod(base, 0o755)
+    try:
+        tls, creds = base / "tls", base / "creds"
+        res = _cli("tls", "init", "--out", str(tls), "--hostname", "localhost", "--hostname", "127.0.0.1",
+                   "--device", "cam-a")
+        assert res.returncode == 0, res.stderr
+        assert stat.S_IMODE((tls / "ca.key").stat().st_mode) == 0o600
+        assert stat.S_IMODE((tls / "server.key").stat().st_mode) == 0o640
+        assert (tls / "server.key").stat().st_gid == grp.getgrnam("mosquitto").gr_gid
+        assert stat.S_IMODE((tls / "devices" / "cam-a.key").stat().st_mode) == 0o600
+        os.chmod(tls, 0o755)
+        assert _cli("credentials", "add", "--dir", str(creds), "cam-a").returncode == 0
+        os.chmod(creds, 0o755)
+        pw = json.loads((creds / "credentials.json").read_text())["users"]["cam-a"]["password"]
+        run = base / "run"
+        run.mkdir()
+        shutil.chown(run, "mosquitto", "mosquitto")
+        broker = GeneratedMosquitto(run, Creds(creds, {}, Topics()), tls_dir=tls, extra="user mosquitto\n")
+        broker.start()
+        try:
+            c = MqttClient(f"mqtts://localhost:{broker.port}", "cam-a", username="cam-a", password=pw,
+                           tls=BrokerTLS(ca_file=tls / "ca.crt"), persistent=False).start(10)
+            c.publish("shadowline/dev/cam-a/status", b"online")
+            c.stop()
+        finally:
+            broker.stop()
+        # what the old helper did (key readable by root only) stops this broker from starting
+        os.chmod(tls / "server.key", 0o600)
+        with pytest.raises(RuntimeError, match="mosquitto exited"):
+            GeneratedMosquitto(base / "run2", Creds(creds, {}, Topics()), tls_dir=tls,
+                               extra="user mosquitto\n").start()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_provision_writes_everything_one_device_needs(tmp_path, keys, bundles):
+    from edge.agent.config import AgentConfig
+    from fleet.security import Tokens, device_of
+
+    creds, tls, tokens = tmp_path / "creds", tmp_path / "tls", tmp_path / "tokens.json"
+    assert _cli("credentials", "add", "--dir", str(creds), "cam-a").returncode == 0
+    assert _cli("tls", "init", "--out", str(tls), "--hostname", "localhost").returncode == 0
+    before = _hashes(creds)
+    out = tmp_path / "out" / "cam-z"
+    args = ["provision", "cam-z", "--credentials-dir", str(creds), "--tokens-file", str(tokens), "--broker-url",
+            "mqtts://localhost:8883", "--fleet-url", "https://fleet.example", "--tls-dir", str(tls),
+            "--client-cert", "--trust-store", str(keys["trust"]), "--out", str(out), "--json"]
+    res = _cli(*args)
+    assert res.returncode == 0, res.stderr
+    files = [Path(p) for p in json.loads(res.stdout)["files"]]
+    assert {f.name for f in files} >= {"broker-password", "fleet-token", "broker-ca.pem", "device.crt", "device.key",
+                                       "signer.pub", "device.yaml"}
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert _hashes(creds)["cam-a"] == before["cam-a"] and "cam-z" in _hashes(creds)
+    password = (out / "broker-password").read_text().strip()
+    assert verify_mosquitto_hash(password, _hashes(creds)["cam-z"])
+    token = (out / "fleet-token").read_text().strip()
+    entry = Tokens.load(tokens).check(token)
+    assert entry is not None and device_of(entry) == "cam-z" and entry.roles == ["device"]
+    snippet = yaml.safe_load((out / "device.yaml").read_text())
+    fleet_section = snippet["fleet"]
+    assert fleet_section["username"] == "cam-z" and fleet_section["http_token"] == token
+    # the snippet is a valid fleet section of the device config once its files are where it says
+    AgentConfig.model_validate(fleet_section)
+    # provisioning again replaces the device token (the old one stops working) and keeps the password
+    again = _cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert Tokens.load(tokens).check(token) is None
+    assert (out / "broker-password").read_text().strip() == password
