@@ -120,7 +120,7 @@ def committed(db: Path) -> int:
         return 0
 
 
-def daemon_run(bundle: Path, files: list[Path], threads: int, work: Path, workers: int) -> tuple[float, float]:
+def daemon_run(bundle: Path, files: list[Path], threads: int, work: Path, workers: int | None) -> tuple[float, float]:
     """The real daemon process: (frames per second, CPU ms per frame) from the first rename to the last commit."""
     import yaml
 
@@ -141,6 +141,8 @@ def daemon_run(bundle: Path, files: list[Path], threads: int, work: Path, worker
            "release": {"name": "bench", "mode": "shadow", "stages": [{"role": "screen", "bundle": str(bundle)}]},
            "sources": [{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0.0}],
            "pipeline": {"decode_workers": workers}, "queue": {"max_size": 64}}
+    if workers is None:
+        del cfg["pipeline"]
     (work / "device.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen([sys.executable, "-m", "shadowline.cli", "edge", "run", "--config", str(work / "device.yaml"),
@@ -180,7 +182,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="squeezenet", choices=sorted(MODELS))
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads for every side")
-    ap.add_argument("--workers", type=int, default=2, help="the daemon's decode workers")
+    ap.add_argument("--workers", type=int, default=None, help="the daemon's decode workers (default: the daemon's "
+                    "own default, the cores less one)")
     ap.add_argument("--copies", type=int, default=16, help="copies of the 13 real images per round (16: 208 frames)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of bare/daemon/limits")
     ap.add_argument("--quick", action="store_true", help="short run (CI)")
@@ -215,7 +218,10 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     med = lambda k: statistics.median(x[k] for x in rounds)  # noqa: E731
     ratio = lambda a, b: statistics.median(x[a] / x[b] for x in rounds)  # noqa: E731
-    result = {"model": args.model, "threads": args.threads, "decode_workers": args.workers, "cores": cores,
+    from edge.config import PipelineConfig
+
+    workers = args.workers or PipelineConfig().workers
+    result = {"model": args.model, "threads": args.threads, "decode_workers": workers, "cores": cores,
               "frames_per_round": len(files), "rounds": rounds,
               "bare_fps_median": round(med("bare_fps"), 2), "daemon_fps_median": round(med("daemon_fps"), 2),
               "cpu_limit_fps_median": round(med("cpu_limit_fps"), 2),
@@ -232,7 +238,7 @@ def main() -> None:
           f"inference-only limit {result['inference_only_fps_median']:.1f} fps: daemon "
           f"{result['ratio_vs_inference_only']:.2f}x")
     print(f"daemon throughput {result['daemon_fps_median']:.1f} fps ({args.model}, {args.threads} threads, "
-          f"{args.workers} decode workers, {len(files)} frames, median of {args.rounds} rounds, load avg "
+          f"{workers} decode workers, {len(files)} frames, median of {args.rounds} rounds, load avg "
           f"{result['load_avg_median']}): {result['ratio_vs_bare']:.2f}x the bare loop "
           f"({result['bare_fps_median']:.1f} fps; goal >= 1.2x), {result['ratio_vs_cpu_limit']:.2f}x the CPU limit "
           f"({result['cpu_limit_fps_median']:.1f} fps; goal >= 0.85x)")

@@ -3,6 +3,7 @@ from YAML so that every error names the key path and the line it came from."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -189,8 +190,16 @@ class LimitsConfig(_Cfg):
 class PipelineConfig(_Cfg):
     """The frame path's threads and bounds (docs/daemon.md "The frame path")."""
 
-    decode_workers: int = Field(2, ge=1, le=16, description="threads decoding and preprocessing frames ahead of "
-                                "inference (OpenCV, Pillow and ONNX Runtime release the GIL, so they overlap)")
+    decode_workers: int | None = Field(
+        None, ge=1, le=16, description="threads decoding and preprocessing frames ahead of inference (OpenCV, Pillow "
+                                       "and ONNX Runtime release the GIL, so they overlap); null: the cores less "
+                                       "one (the inference thread's), at least 1, at most 4")
+
+    @property
+    def workers(self) -> int:
+        if self.decode_workers is not None:
+            return self.decode_workers
+        return max(1, min(4, len(os.sched_getaffinity(0)) - 1 if hasattr(os, "sched_getaffinity") else 1))
     prefetch: int = Field(4, ge=1, le=256, description="frames decoded ahead of inference at most (memory bound)")
     max_batch: int = Field(8, ge=1, le=64, description="frames decided together when that many are ready; stage 2 "
                            "runs once over their candidates (batched where the model has a dynamic batch)")

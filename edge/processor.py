@@ -95,7 +95,7 @@ class FrameProcessor:
         self.loads = 0  # pipelines built from bundles (a rollback to the warm standby builds none)
         self._activate_lock = threading.Lock()
         pc = config.pipeline
-        self._pool = ThreadPoolExecutor(pc.decode_workers, thread_name_prefix="decode")
+        self._pool = ThreadPoolExecutor(pc.workers, thread_name_prefix="decode")
         self._prefetched: queue_mod.Queue[Future[Decoded]] = queue_mod.Queue(pc.prefetch)
         self._decided: queue_mod.Queue[list[Decided]] = queue_mod.Queue(max(2, pc.commit_batch // pc.max_batch))
         self._stop_intake = threading.Event()
