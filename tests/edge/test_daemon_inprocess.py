@@ -208,7 +208,7 @@ def test_review_api_rules(tmp_path: Path, bundles, keys) -> None:
 def test_a_frame_that_fails_its_batch_is_the_only_error(tmp_path: Path, bundles, keys) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    d = make_daemon(tmp_path, keys, pcb_release(bundles), pipeline={"max_batch": 8},
+    d = make_daemon(tmp_path, keys, pcb_release(bundles), pipeline={"max_batch": 8, "decode_workers": 3},
                     sources=[{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0}])
     d.start()
     model = d.frames.slot.current.active.stages[0][1]
@@ -220,6 +220,7 @@ def test_a_frame_that_fails_its_batch_is_the_only_error(tmp_path: Path, bundles,
     def picky(feeds):
         x = next(iter(feeds.values()))
         batches.append(len(x))
+        time.sleep(0.05)  # a slow model: frames decoded meanwhile wait together and make the next batch
         if any(abs(float(t.mean()) - poison) < 1e-3 for t in x):  # the model chokes on this one image
             raise RuntimeError("kernel failed on this input")
         return real_infer(feeds)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,19 @@ def test_stored_scores_match_an_independent_preprocessing(tmp_path: Path, bundle
     for i in range(3):  # copies: several frames ready together are batched (the PCB model has a dynamic batch)
         for f in files:
             shutil.copy(f, inbox / f"{i}-{f.name}")
-    d = make_daemon(tmp_path, keys, pcb_release(bundles),
+    d = make_daemon(tmp_path, keys, pcb_release(bundles), pipeline={"decode_workers": 3},
                     sources=[{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0}])
     d.start()
+    runner = d.frames.slot.current.active.stages[0][1].runner
+    real_infer = runner._infer
+    batches: list[int] = []
+
+    def counted(feeds):
+        batches.append(len(next(iter(feeds.values()))))
+        time.sleep(0.03)  # a slower model, so that decoded frames wait together and are batched
+        return real_infer(feeds)
+
+    runner._infer = counted  # type: ignore[method-assign]
     try:
         wait(lambda: d.metrics.value("frames_total") == 3 * len(files), 120)
         rows = d.store.query("SELECT source, record FROM predictions WHERE role = 'active'")
@@ -52,5 +63,5 @@ def test_stored_scores_match_an_independent_preprocessing(tmp_path: Path, bundle
         scores = rec["stages"][0]["scores"]
         got = np.array([scores["Defective"], scores["Normal"]])
         worst = max(worst, float(np.abs(got - want[name]).max()))
-    assert len(rows) == 3 * len(files)
+    assert len(rows) == 3 * len(files) and max(batches) > 1, batches
     assert worst <= 1e-6, worst  # the record rounds to 6 decimals: within 5e-7 of the model's own output
