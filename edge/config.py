@@ -235,6 +235,39 @@ class WatchdogConfig(_Cfg):
     stall_s: float = Field(60.0, gt=0, description="a frame taking longer than this marks the daemon not ready")
 
 
+UploadCase = Literal["override", "near_threshold", "flagged", "disagreement", "degraded"]
+DEFAULT_UPLOAD_CASES: list[UploadCase] = ["override", "near_threshold"]
+
+
+class UploadsConfig(_Cfg):
+    """Images of the inspectors' cases to the fleet (edge.uploads): over HTTP(S) with the device token, within a
+    bandwidth and a disk budget."""
+
+    url: str = Field(description="the fleet's HTTP(S) base URL, e.g. https://fleet.plant.example:8443")
+    token: str | None = Field(None, description="device token (default: fleet.http_token)")
+    token_file: Path | None = Field(None, description="file holding the device token (preferred over token)")
+    ca_file: Path | None = Field(None, description="CA that signed the fleet's HTTPS certificate")
+    cases: list[UploadCase] = Field(
+        default_factory=lambda: list(DEFAULT_UPLOAD_CASES),
+        description="which kept images go to the fleet: overridden by an inspector, near a threshold, ...")
+    bandwidth_bps: int = Field(250_000, gt=0, description="upload rate limit, bytes per second")
+    disk_budget_mb: float = Field(256.0, gt=0, description="images waiting to be uploaded take at most this; "
+                                                           "over it the oldest non-override ones are dropped")
+    spool_dir: Path = Field(Path("uploads"), description="where images wait for their upload")
+    poll_s: float = Field(2.0, gt=0, description="how often new cases are looked for")
+    timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per upload")
+    retry_backoff_s: float = Field(2.0, gt=0, description="first wait after a failed upload; doubles")
+    max_backoff_s: float = Field(300.0, gt=0)
+
+    def read_token(self) -> str | None:
+        if self.token_file is not None:
+            try:
+                return self.token_file.read_text().strip() or None
+            except OSError as err:
+                raise ConfigError(f"uploads.token_file {self.token_file}: {err.strerror}") from err
+        return self.token
+
+
 class DeviceConfig(_Cfg):
     device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="this device's id")
     release: LocalRelease | None = Field(None, description="standalone release (the fleet agent may replace it)")
@@ -255,6 +288,7 @@ class DeviceConfig(_Cfg):
     standby: StandbyConfig = Field(default_factory=StandbyConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     fleet: AgentConfig | None = Field(None, description="the fleet agent section (edge.agent.config)")
+    uploads: UploadsConfig | None = Field(None, description="images of inspectors' cases to the fleet (edge.uploads)")
 
     @model_validator(mode="after")
     def _check(self) -> DeviceConfig:
@@ -290,6 +324,11 @@ class DeviceConfig(_Cfg):
             else:
                 srcs.append(s)
         upd["sources"] = srcs
+        if self.uploads is not None:
+            upd["uploads"] = self.uploads.model_copy(update={
+                "spool_dir": fix_keep(self.uploads.spool_dir), "token_file": fix_keep(self.uploads.token_file),
+                "ca_file": fix_keep(self.uploads.ca_file),
+                "token": self.uploads.token or (self.fleet.http_token if self.fleet else None)})
         if self.fleet is not None:
             upd["fleet"] = self.fleet.model_copy(update={
                 "releases_dir": fix_keep(self.fleet.releases_dir), "trust_store": fix_keep(self.fleet.trust_store),

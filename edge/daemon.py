@@ -29,6 +29,7 @@ from edge.sources.folder import FolderWatcher
 from edge.sources.queue import FrameQueue
 from edge.store import Store
 from edge.telemetry import Counts, MetricsReporter
+from edge.uploads import UploadCollector, Uploader
 from fleet.protocol import ReleaseSpec
 from runtime import __version__
 from runtime.errors import ConfigError
@@ -59,6 +60,10 @@ class Daemon:
         self.frames = FrameProcessor(config, self.store, self.metrics, self.retention, self.actions)
         self.metrics.add_collector(StateCollector(self._state, __version__))
         self.metrics.add_collector(CaptureCollector(lambda: self.captures))
+        self.uploads = Uploader(config.uploads, self.store, self.device_id, self.stop_event) if config.uploads \
+            else None
+        if self.uploads is not None:
+            self.metrics.add_collector(UploadCollector(self.uploads))
         self.health = Health(config.metrics.tegrastats)
         self.reporter = MetricsReporter(self.device_id, self.store, self.metrics, self.health,
                                         config.metrics.window_s, config.metrics.sample_s, self._depth, self._counts,
@@ -149,6 +154,7 @@ class Daemon:
             "worker_restarts": self.worker_restarts,
             "store_failures": self.frames.store_failures,
             "last_error": self.frames.last_error,
+            "uploads": self.uploads.status() if self.uploads else None,
             "captures": {c.name: {**c.snapshot().as_dict(), "connected": c.connected, "last_error": c.last_error}
                          for c in self.captures},
         }
@@ -245,6 +251,8 @@ class Daemon:
         self.actions.start()
         self.health.start()
         self.reporter.start()
+        if self.uploads is not None:
+            self.uploads.start()
         for s in self.config.sources:
             if isinstance(s, FolderSource):
                 self.watchers.append(FolderWatcher(s, self.queue, self.frames.committed_decision,
@@ -305,7 +313,10 @@ class Daemon:
             if src.is_alive():
                 src.join(10)
         self.frames.stop()  # after the sources: every frame already taken is finished and committed
-        for t in [self._server_thread, self.actions.thread, self.reporter.thread]:
+        if self.uploads is not None:
+            self.uploads.wake.set()
+        for t in [self._server_thread, self.actions.thread, self.reporter.thread,
+                  self.uploads.thread if self.uploads else None]:
             if t is not None and t.is_alive():
                 t.join(10)
         for w in self.watchers:

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet.api_images import build_images_router
 from fleet.api_mobile import build_mobile_router
 from fleet.apidocs import mount_docs
 from fleet.artifacts import resolve, targeted_artifacts
@@ -254,6 +255,7 @@ def create_app(fleet: Fleet, ready: Callable[[], bool] | None = None) -> FastAPI
     # sign-off, promotion and alert actions refuse with 409 when the state does not allow them
     app.include_router(decisions_router(), responses={**ERRORS, **CONFLICT})
     app.include_router(build_mobile_router(ERRORS))
+    app.include_router(build_images_router(ERRORS))
     try:  # the dashboard is another package's; the API runs without it
         dashboard = importlib.import_module("fleet.dashboard")
     except ModuleNotFoundError as err:

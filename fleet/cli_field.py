@@ -10,7 +10,7 @@ import click
 
 from fleet.cli import Api, _api_options
 from fleet.cli_output import emit, json_option, pairs
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, ImageError
 
 
 def _class_recalls(values: tuple[str, ...]) -> dict[str, Any]:
@@ -118,8 +118,11 @@ def tune(bundle: Path, folder: Path, strategy: str, recall: float, class_recall:
 @click.command("promote-data")
 @click.option("--data-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
               help="The fleet service's data directory (holds fleet.db).")
+@click.option("--images-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="The fleet's uploaded images (its config's images.dir; default: <data-dir>/images).")
 @click.option("--images", "image_dirs", multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="Folder of images uploaded from devices: <dir>/<device>/<file> or <dir>/<file> (repeatable).")
+              help="Also look in this folder for images the devices did not upload: <dir>/<device>/<file> or "
+                   "<dir>/<file> (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Dataset folder to write (replaced atomically).")
 @click.option("--task", type=click.Choice(["classify", "detect"]), default="classify", show_default=True,
@@ -134,12 +137,15 @@ def tune(bundle: Path, folder: Path, strategy: str, recall: float, class_recall:
 @click.option("--negative-label", help="Class folder for samples without a defect, e.g. Normal (default: none).")
 @click.option("--no-unreviewed", is_flag=True, help="Leave out samples nobody reviewed (else: _unreviewed folder).")
 @json_option
-def promote_data(data_dir: Path, image_dirs: tuple[Path, ...], out: Path, task: str, release: str | None,
+def promote_data(data_dir: Path, images_dir: Path | None, image_dirs: tuple[Path, ...], out: Path, task: str,
+                 release: str | None,
                  group: str | None, since: str | None, near_threshold: float, high_confidence: float,
                  negative_label: str | None, no_unreviewed: bool, as_json: bool) -> None:
     """Export the field's hard cases (overridden, disagreed-on, near-threshold) from the fleet store as a
-    training dataset with a provenance manifest; prints what was promoted, left out and missing."""
+    training dataset with a provenance manifest, with the images the devices uploaded for them; prints what was
+    promoted, left out and missing."""
     from fleet.analytics.promotion import PromotionPolicy, promote
+    from fleet.images import ImageStore
     from fleet.store import Store
 
     db = data_dir / "fleet.db"
@@ -153,7 +159,14 @@ def promote_data(data_dir: Path, image_dirs: tuple[Path, ...], out: Path, task: 
         raise ConfigError(f"promotion options: {err}") from err
 
     def fetch(p) -> bytes | None:
-        # devices upload a kept image under its own file name; the record's source names it (folder:<file>)
+        # the image the device uploaded for this prediction (PUT /api/images), else a folder given with --images,
+        # where a kept image goes by its own file name, which the record's source names (folder:<file>)
+        try:
+            data = images.read(p.device, p.id)
+        except ImageError as err:  # a damaged blob: promote reports it as a failed fetch and goes on
+            raise OSError(str(err)) from err
+        if data is not None:
+            return data
         name = Path(p.source.split(":", 1)[-1].split("#")[0]).name
         if not name:
             return None
@@ -164,6 +177,7 @@ def promote_data(data_dir: Path, image_dirs: tuple[Path, ...], out: Path, task: 
         return None
 
     store = Store(db)
+    images = ImageStore(store, images_dir or data_dir / "images", 0, 0)  # read only: no budget applies
     try:
         preds = list(store.predictions(release=release, group=group, since=since))
         revs = list(store.reviews(release=release, group=group))

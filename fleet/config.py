@@ -16,6 +16,17 @@ from runtime.errors import ConfigError
 from runtime.yamlconf import describe, parse_yaml_model
 
 
+class ImagesConfig(BaseModel):
+    """Images devices upload for their inspectors' cases (fleet.images, PUT /api/images/{sha256})."""
+
+    model_config = ConfigDict(extra="forbid")
+    dir: Path | None = Field(None, description="where the image blobs go (default: <data_dir>/images; shared "
+                                               "storage when several service instances run)")
+    budget_mb: float = Field(10240, gt=0, description="disk budget of the images: over it uploads get 507 and the "
+                                                      "devices keep them and retry")
+    max_image_mb: float = Field(25, gt=0, description="largest image accepted (413 above)")
+
+
 class FleetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     data_dir: Path = Field(Path("fleet-data"), description="store (fleet.db) and artifacts live here")
@@ -40,6 +51,7 @@ class FleetConfig(BaseModel):
     tokens_file: Path | None = Field(None, description="JSON file of API token hashes and roles")
     max_upload_mb: float = Field(2048, gt=0, description="largest bundle accepted by POST /api/bundles")
     max_body_kb: float = Field(1024, gt=0, description="largest request body of every other API route (413 above)")
+    images: ImagesConfig = Field(default_factory=ImagesConfig, description="images uploaded by devices")
     rollout_tick_s: float = Field(0.2, gt=0, description="how often running rollouts are advanced")
     publish_timeout_s: float = Field(10.0, gt=0, description="wait this long for the broker's PUBACK before "
                                                              "leaving a message queued for after reconnection")

@@ -15,6 +15,7 @@ from fleet.broker import EmbeddedBroker, MqttClient
 from fleet.config import FleetConfig
 from fleet.desired import DesiredStates, Publish, PublishMany
 from fleet.devices import Devices
+from fleet.images import ImageStore
 from fleet.ingest import Ingest
 from fleet.monitoring import Monitor
 from fleet.protocol import Topics
@@ -47,6 +48,9 @@ class Fleet:
         self.registry = Registry(self.store, self.artifacts_dir, trust)
         self.releases = Releases(self.store, self.registry)
         self.devices = Devices(self.store)
+        img = config.images
+        self.images = ImageStore(self.store, img.dir or data / "images", int(img.budget_mb * (1 << 20)),
+                                 int(img.max_image_mb * (1 << 20)))
         self._publish = publish
         self._publish_many: PublishMany | None = None
         # set by FleetService once it has a broker connection; /metrics reports it

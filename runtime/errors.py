@@ -119,3 +119,10 @@ class Unauthorized(AccessDenied):
 
     exit_code = 16
     http_status = 401
+
+
+class StorageFull(ShadowlineError):
+    """A store is at its disk budget (e.g. the fleet's uploaded images); the caller should retry later."""
+
+    exit_code = 18
+    http_status = 507

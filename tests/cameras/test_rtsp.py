@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,21 +16,10 @@ import httpx
 import pytest
 
 from tests.cameras.conftest import RtspServer
+from tests.conftest import until
 from tests.edge.conftest import DaemonProcess, pcb_release, write_config
 
 BACKENDS = ["opencv", "gstreamer"]
-
-
-def until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `cond` until it returns something true; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def capture(d: DaemonProcess, name: str = "cam") -> dict[str, Any]:

@@ -244,3 +244,4 @@ def expected_photo_decisions(bundles: dict[str, Path], verify: dict[str, float])
         hit = sorted({label for label, score in dets if score >= verify.get(label, verify["default"])})
         out[name] = ("flag" if hit else "pass", hit)
     return out
+from tests.edge.fleet_process import fleet_process  # noqa: E402,F401  (a real fleet service process, for uploads)
