@@ -35,21 +35,24 @@ class Stored:
 
 
 def ensure_table(store: Any) -> None:
-    """The `images` table: one row per (device, prediction), the blob's sha256 indexed. The SQLite store creates
-    its tables when it opens (sqlite-utils, `if_not_exists`); this one the same way."""
-    db = store.db
-    db["images"].create({"device": str, "prediction_id": str, "sha256": str, "size": int, "suffix": str,
-                         "reasons": str, "uploader": str, "uploaded_at": str},
-                        pk=("device", "prediction_id"), if_not_exists=True)
-    db["images"].create_index(["sha256"], if_not_exists=True)
+    """The `images` table: one row per (device, prediction), the blob's sha256 indexed. The sqlite-utils store
+    creates its tables when it opens (`if_not_exists`), so this does the same there; a store with schema
+    migrations gets the table from its migration instead."""
+    db = getattr(store, "db", None)
+    if db is None:
+        return
+    with store.lock:
+        db["images"].create({"device": str, "prediction_id": str, "sha256": str, "size": int, "suffix": str,
+                             "reasons": str, "uploader": str, "uploaded_at": str},
+                            pk=("device", "prediction_id"), if_not_exists=True)
+        db["images"].create_index(["sha256"], if_not_exists=True)
 
 
 class ImageStore:
     def __init__(self, store: Any, directory: Path, budget_bytes: int, max_image_bytes: int) -> None:
         self.store, self.dir = store, Path(directory)
         self.budget, self.max_image = budget_bytes, max_image_bytes
-        with store.lock:
-            ensure_table(store)
+        ensure_table(store)
 
     def blob_path(self, sha256: str) -> Path:
         if not SHA256_RE.match(sha256):
