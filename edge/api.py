@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.config import DeviceConfig
+from edge.review_auth import COOKIE, SESSION_S, Inspectors, InspectorSync, forbid_cross_site
 from edge.sources import Outcome
 from edge.store import Store
 from fleet.protocol import ProtocolError, ReviewRecord, verdict_override
@@ -44,20 +45,24 @@ class LocalDevice(Protocol):
     def submit(self, data: bytes, suffix: str, timeout: float) -> Outcome:
         """Decide one uploaded image and return once its record is committed (QueueFull when it cannot)."""
 
-REVIEW_PAGE = Path(__file__).parent / "review" / "index.html"
+REVIEW_DIR = Path(__file__).parent / "review"
 SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/bmp": ".bmp", "image/tiff": ".tif",
             "image/webp": ".webp", "image/gif": ".gif"}
 
 
 class ReviewIn(BaseModel):
-    """An inspector's verdict on one prediction."""
+    """An inspector's verdict on one prediction. The inspector is whoever logged in (their token), not a field."""
 
     model_config = ConfigDict(extra="forbid")
-    prediction_id: str
+    prediction_id: str = Field(max_length=128)
     verdict: Literal["confirm", "false_positive", "missed_defect", "bad_image"]
-    defect_class: str | None = Field(None, description="missed_defect: the class the model missed")
-    inspector: str = Field("inspector", min_length=1, max_length=100)
+    defect_class: str | None = Field(None, max_length=200, description="missed_defect: the class the model missed")
     note: str = Field("", max_length=2000)
+
+
+class LoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=1, max_length=200, description="the inspector token the fleet issued")
 
 
 def is_override(verdict: str, decision: str, flagged: list[str], defect_class: str | None) -> bool:
@@ -68,18 +73,40 @@ def is_override(verdict: str, decision: str, flagged: list[str], defect_class: s
         raise Conflict(str(err)) from err
 
 
-def build_review(body: ReviewIn, pred: dict[str, Any], device: str) -> ReviewRecord:
+def build_review(body: ReviewIn, pred: dict[str, Any], device: str, inspector: str) -> ReviewRecord:
     flagged = [c for c, _ in pred.get("flagged", [])]
     return ReviewRecord(
-        prediction_id=body.prediction_id, device=device, inspector=body.inspector, verdict=body.verdict,
+        prediction_id=body.prediction_id, device=device, inspector=inspector, verdict=body.verdict,
         defect_class=body.defect_class, override=is_override(body.verdict, pred["decision"], flagged, body.defect_class),
         model_decision=pred["decision"], release=pred["release"], revision=pred["revision"], models=pred["models"],
         thresholds=pred["thresholds"], top_label=pred.get("top_label"), top_score=pred.get("top_score"),
         note=body.note)
 
 
+def _templates() -> Any:
+    import jinja2
+
+    # autoescape: file names, labels and inspector names come from outside and must never become markup
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(REVIEW_DIR), autoescape=True,
+                              undefined=jinja2.StrictUndefined)
+
+
 def create_app(daemon: LocalDevice) -> FastAPI:
     app = FastAPI(title="Shadowline edge daemon", version="1")
+    api = daemon.config.api
+    inspectors = Inspectors(api.inspectors_file)
+    app.state.inspectors = inspectors
+    app.state.inspector_sync = None
+    if api.inspectors_sync_url and api.inspectors_file is not None:
+        token = daemon.config.fleet.http_token if daemon.config.fleet is not None else None
+        app.state.inspector_sync = InspectorSync(api.inspectors_sync_url, daemon.device_id, token,
+                                                 api.inspectors_file, api.inspectors_sync_s).start()
+
+    def inspector(request: Request) -> str:
+        """Dependency of every review route: the logged-in inspector (401 otherwise)."""
+        if request.method == "POST":
+            forbid_cross_site(request.headers.get("origin"), request.headers.get("host"))
+        return inspectors.who(request.headers.get("authorization"), request.cookies.get(COOKIE))
 
     @app.exception_handler(ShadowlineError)
     async def _domain_error(_: Request, err: ShadowlineError) -> JSONResponse:
@@ -129,37 +156,69 @@ def create_app(daemon: LocalDevice) -> FastAPI:
 
     @app.get("/v1/predictions")
     def predictions(limit: int = 100, decision: str | None = None, role: str | None = None,
-                    source: str | None = None) -> list[dict]:
+                    source: str | None = None, _: str = Depends(inspector)) -> list[dict]:
         return daemon.store.predictions(min(limit, 1000), decision, role, source)
 
     @app.get("/v1/predictions/{pid}")
-    def prediction(pid: str) -> dict:
+    def prediction(pid: str, _: str = Depends(inspector)) -> dict:
         return daemon.store.prediction(pid)
 
     @app.get("/v1/predictions/{pid}/image")
-    def prediction_image(pid: str) -> FileResponse:
+    def prediction_image(pid: str, _: str = Depends(inspector)) -> FileResponse:
         path = daemon.store.prediction(pid).get("image_path")
         if not path or not Path(path).is_file():
             raise NotFound(f"prediction {pid}: no kept image")
         return FileResponse(path)
 
     @app.get("/v1/review/queue")
-    def review_queue(limit: int = 50) -> list[dict]:
+    def review_queue(limit: int = 50, _: str = Depends(inspector)) -> list[dict]:
         return daemon.store.review_queue(min(limit, 500))
 
     @app.get("/v1/reviews")
-    def reviews(limit: int = 100, prediction_id: str | None = None) -> list[dict]:
+    def reviews(limit: int = 100, prediction_id: str | None = None, _: str = Depends(inspector)) -> list[dict]:
         return daemon.store.reviews(min(limit, 1000), prediction_id)
 
     @app.post("/v1/reviews", status_code=201)
-    def add_review(body: ReviewIn) -> dict:
-        review = build_review(body, daemon.store.prediction(body.prediction_id), daemon.device_id)
+    def add_review(body: ReviewIn, who: str = Depends(inspector)) -> dict:
+        review = build_review(body, daemon.store.prediction(body.prediction_id), daemon.device_id, who)
         daemon.store.add_review(review)
         return review.model_dump(mode="json")
 
+    @app.post("/v1/login")
+    def login(body: LoginIn, request: Request) -> JSONResponse:
+        """Exchange an inspector token for a session cookie (HttpOnly, SameSite=Strict) for the review page."""
+        forbid_cross_site(request.headers.get("origin"), request.headers.get("host"))
+        sid, name = inspectors.login(body.token)
+        resp = JSONResponse({"inspector": name})
+        resp.set_cookie(COOKIE, sid, max_age=SESSION_S, httponly=True, samesite="strict", path="/",
+                        secure=request.url.scheme == "https")
+        return resp
+
+    @app.post("/v1/logout")
+    def logout(request: Request) -> JSONResponse:
+        inspectors.logout(request.cookies.get(COOKIE, ""))
+        resp = JSONResponse({"ok": True})
+        resp.delete_cookie(COOKIE, path="/")
+        return resp
+
+    @app.get("/v1/whoami")
+    def whoami(who: str = Depends(inspector)) -> dict:
+        return {"inspector": who, "device": daemon.device_id}
+
+    templates = _templates()
+
     @app.get("/", include_in_schema=False)
     @app.get("/review", include_in_schema=False)
-    def review_page() -> HTMLResponse:
-        return HTMLResponse(REVIEW_PAGE.read_text())
+    def review_page(request: Request) -> HTMLResponse:
+        try:
+            who: str | None = inspectors.who(request.headers.get("authorization"), request.cookies.get(COOKIE))
+        except ShadowlineError:
+            who = None
+        html = templates.get_template("index.html").render(device=daemon.device_id, inspector=who,
+                                                           release=daemon.active_ref() or "")
+        return HTMLResponse(html, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                                           "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                                                                      "style-src 'self' 'unsafe-inline'; "
+                                                                      "script-src 'self' 'unsafe-inline'"})
 
     return app

@@ -180,6 +180,11 @@ class ApiConfig(_Cfg):
     host: str = Field("127.0.0.1", description="bind address of the local API and review page")
     port: int = Field(8080, ge=0, le=65535)
     infer_timeout_s: float = Field(30.0, gt=0, description="POST /v1/infer waits this long for its decision")
+    inspectors_file: Path | None = Field(None, description="inspector token hashes the review page and review API "
+                                                           "accept; none: no one can review (edge/review_auth.py)")
+    inspectors_sync_url: str | None = Field(None, description="fleet API base URL to fetch inspector hashes from "
+                                                              "into inspectors_file (with fleet.http_token)")
+    inspectors_sync_s: float = Field(60.0, gt=0, description="how often the inspector hashes are fetched")
 
 
 class LimitsConfig(_Cfg):
@@ -315,6 +320,7 @@ class DeviceConfig(_Cfg):
             "trust_store": fix_keep(self.trust_store),
             "store": self.store.model_copy(update={"path": fix_keep(self.store.path)}),
             "retention": self.retention.model_copy(update={"dir": fix_keep(self.retention.dir)}),
+            "api": self.api.model_copy(update={"inspectors_file": fix_keep(self.api.inspectors_file)}),
         }
         srcs: list[FolderSource | CaptureSource] = []
         for s in self.sources:

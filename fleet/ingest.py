@@ -182,7 +182,7 @@ class Ingest:
             except ValidationError:
                 typed = None
             if (typed is not None and typed.version == PROTOCOL_VERSION and typed.device == device
-                    and typed.kind == kind and all(r.device == device for r in typed.records)):
+                    and typed.kind == kind and all(r.device == device for r in typed.records)):  # type: ignore[attr-defined]
                 return kind, typed.records
             batch = decode(topic, payload, Batch)
             assert isinstance(batch, Batch)

@@ -148,6 +148,9 @@ class Demo:
             raise DemoFailed(f"{method} {path}: HTTP {r.status_code}: {r.text[:500]}")
         return r.json()
 
+    def as_inspector(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.inspector_tokens[who]}"}
+
     def device(self, name: str, method: str, path: str, **kw: Any) -> Any:
         r = self.http.request(method, f"http://127.0.0.1:{self.api_ports[name]}{path}", **kw)
         if r.status_code >= 400:
@@ -219,6 +222,8 @@ class Demo:
         if tokens.exists():
             tokens.unlink()  # tokens are shown once: a rerun in the same workdir makes fresh ones
         self.admin = add_token(tokens, "demo-admin", ["admin"])
+        # inspectors log in to the devices' review API with tokens the fleet issued; devices sync their hashes
+        self.inspector_tokens = {who: add_token(tokens, who, ["inspector"]) for who in (INSPECTOR, ADJUDICATOR)}
         # the embedded broker wants a password from every device, as Mosquitto would; each device has its own
         broker_dir = self.workdir / "broker"
         shutil.rmtree(broker_dir, ignore_errors=True)
@@ -238,7 +243,8 @@ class Demo:
             cfg = {"device_id": name, "trust_store": str(self.trust),
                    "sources": [{"type": "folder", "path": "inbox", "poll_s": 0.1, "settle_s": 0.0}],
                    "store": {"path": "shadowline.db"}, "runner": {"threads": 1},
-                   "api": {"port": self.api_ports[name]},
+                   "api": {"port": self.api_ports[name], "inspectors_file": "inspectors.json",
+                           "inspectors_sync_url": self.url, "inspectors_sync_s": 2.0},
                    "fleet": {"broker_url": f"mqtt://127.0.0.1:{self.mqtt_port}", "releases_dir": "releases",
                              "trust_store": str(self.trust), "http_token": add_token(tokens, name, ["device"]),
                              "password_file": "broker-password", "smoke_images": 1,
@@ -317,7 +323,8 @@ class Demo:
     def review(self) -> None:
         posted, overrides, k = 0, {"false_positive": 0, "missed_defect": 0}, 0
         for name in DEVICES:
-            preds = self.device(name, "GET", "/v1/predictions?limit=500&role=active")
+            preds = self.device(name, "GET", "/v1/predictions?limit=500&role=active",
+                            headers=self.as_inspector(INSPECTOR))
             for p in sorted(preds, key=lambda p: p["source"]):
                 k += 1
                 flagged = p["decision"] == "flag"
@@ -327,15 +334,14 @@ class Demo:
                     verdict = "false_positive"
                 elif not flagged and k % 7 == 0:
                     verdict, cls = "missed_defect", "Defective"
-                body = {"prediction_id": p["id"], "verdict": verdict, "defect_class": cls, "inspector": INSPECTOR,
-                        "note": "demo"}
-                rec = self.device(name, "POST", "/v1/reviews", json=body)
+                body = {"prediction_id": p["id"], "verdict": verdict, "defect_class": cls, "note": "demo"}
+                rec = self.device(name, "POST", "/v1/reviews", json=body, headers=self.as_inspector(INSPECTOR))
                 posted += 1
                 if rec.get("override"):
                     overrides[verdict] += 1
                     # a QA lead adjudicates each disagreement (agreeing with the line inspector here)
-                    self.device(name, "POST", "/v1/reviews", json={**body, "inspector": ADJUDICATOR,
-                                                                    "note": "adjudicated"})
+                    self.device(name, "POST", "/v1/reviews", json={**body, "note": "adjudicated"},
+                                headers=self.as_inspector(ADJUDICATOR))
         _say(f"  {posted} verdicts by {INSPECTOR}: {posted - sum(overrides.values())} confirm, "
              f"{overrides['false_positive']} false positive, {overrides['missed_defect']} missed defect "
              f"(each override adjudicated by {ADJUDICATOR})")

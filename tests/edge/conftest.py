@@ -43,6 +43,24 @@ def pcb_release(bundles: dict[str, Path], mode: str = "shadow") -> dict[str, Any
                         "threshold": 0.5}]}
 
 
+# The review routes want an inspector: the tests' daemons accept this token (its hash in inspectors.json).
+INSPECTOR_TOKEN = "edge-tests-inspector-" + "x" * 32
+INSPECTOR = {"Authorization": f"Bearer {INSPECTOR_TOKEN}"}
+
+
+def inspectors_file(workdir: Path, tokens: dict[str, str] | None = None) -> Path:
+    """A device's inspectors file accepting `tokens` (name -> token; default: the tests' inspector)."""
+    import hashlib
+    import json
+
+    tokens = tokens or {"inspector-1": INSPECTOR_TOKEN}
+    path = workdir / "inspectors.json"
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"inspectors": [{"name": n, "sha256": hashlib.sha256(t.encode()).hexdigest()}
+                                               for n, t in tokens.items()]}))
+    return path
+
+
 def write_config(workdir: Path, keys: dict[str, Path], release: dict[str, Any], **extra: Any) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     cfg: dict[str, Any] = {"device_id": "dev-1", "trust_store": str(keys["trust"]), "release": release,
@@ -51,6 +69,8 @@ def write_config(workdir: Path, keys: dict[str, Path], release: dict[str, Any], 
                            "retention": {"sample_pct": 0.0}}
     for k, v in extra.items():
         cfg[k] = v
+    if cfg["api"].get("enabled", True) and "inspectors_file" not in cfg["api"]:
+        cfg["api"] = {**cfg["api"], "inspectors_file": str(inspectors_file(workdir))}
     path = workdir / "device.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -89,7 +109,7 @@ class DaemonProcess:
         raise RuntimeError(f"daemon not ready: {self.log.read_text()[-3000:]}")
 
     def get(self, path: str, **kw: Any) -> Any:
-        r = httpx.get(self.url + path, timeout=30, **kw)
+        r = httpx.get(self.url + path, timeout=30, headers=INSPECTOR, **kw)
         r.raise_for_status()
         return r.json()
 

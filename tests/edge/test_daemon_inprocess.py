@@ -16,7 +16,7 @@ from edge.sources import Frame
 from fleet.protocol import ReleaseSpec
 from runtime.errors import BundleError
 from runtime.processing.image import read_image
-from tests.edge.conftest import PCB, PHOTOS, pcb_release, photo_release
+from tests.edge.conftest import INSPECTOR, INSPECTOR_TOKEN, PCB, PHOTOS, inspectors_file, pcb_release, photo_release
 
 
 def make_daemon(tmp_path: Path, keys, release: dict, **extra) -> Daemon:
@@ -171,10 +171,12 @@ def test_review_api_rules(tmp_path: Path, bundles, keys) -> None:
 
     port = free_port()
     d = make_daemon(tmp_path, keys, pcb_release(bundles))
-    d.config = d.config.model_copy(update={"api": d.config.api.model_copy(update={"enabled": True, "port": port})})
+    d.config = d.config.model_copy(update={"api": d.config.api.model_copy(update={
+        "enabled": True, "port": port, "inspectors_file": inspectors_file(tmp_path, {"bo": INSPECTOR_TOKEN})})})
     d.start()
     try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/review/queue").status_code == 401  # inspectors only
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=INSPECTOR)
         for name in ("Defective_02.png", "Normal_33.png"):
             r = client.post("/v1/infer", content=(PCB / name).read_bytes(), headers={"Content-Type": "image/png"})
             assert r.status_code == 200, r.text
@@ -191,8 +193,12 @@ def test_review_api_rules(tmp_path: Path, bundles, keys) -> None:
         r = client.post("/v1/reviews", json={"prediction_id": ok["id"], "verdict": "looks fine"})
         assert r.status_code == 422
         r = client.post("/v1/reviews", json={"prediction_id": ok["id"], "verdict": "missed_defect",
-                                             "defect_class": "Defective", "inspector": "bo"})
+                                             "defect_class": "Defective", "inspector": "someone else"})
+        assert r.status_code == 422  # who reviews is the token's holder, not a field
+        r = client.post("/v1/reviews", json={"prediction_id": ok["id"], "verdict": "missed_defect",
+                                             "defect_class": "Defective"})
         assert r.status_code == 201 and r.json()["override"] is True and r.json()["model_decision"] == "pass"
+        assert r.json()["inspector"] == "bo"
         r = client.post("/v1/reviews", json={"prediction_id": flag["id"], "verdict": "confirm"})
         assert r.status_code == 201 and r.json()["override"] is False
         assert {x["verdict"] for x in client.get("/v1/reviews").json()} == {"missed_defect", "confirm"}
