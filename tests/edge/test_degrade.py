@@ -18,7 +18,8 @@ def test_stalled_verify_flags_frames_for_review_never_passes(tmp_path: Path, bun
     expected = expected_photo_decisions(bundles, VERIFY_T)
     assert any(expected[n][0] == "pass" for n in candidates), "a frame verify would pass must be among them"
 
-    d = make_daemon(tmp_path, keys, photo_release(bundles), degrade={"verify_timeout_s": 0.5})
+    # the deadline is generous: a verify that is merely slow on a busy machine must not count as stalled
+    d = make_daemon(tmp_path, keys, photo_release(bundles), degrade={"verify_timeout_s": 3.0})
     d.start()
     verify = d.frames.slot.current.active.stages[1][1].runner
     real_infer = verify._infer

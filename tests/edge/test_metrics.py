@@ -125,7 +125,7 @@ def test_slowed_runner_makes_queue_depth_grow_then_drain_in_metrics_records(tmp_
     assert depths[-1] == 0 and all(b <= a for a, b in zip(depths[peak:], depths[peak + 1:])), depths
     for r in recs:
         v = r["values"]
-        assert r["device"] == "dev-1" and r["release"] == "pcb" and 0.3 < r["window_s"] < 2.0
+        assert r["device"] == "dev-1" and r["release"] == "pcb" and 0.3 < r["window_s"] < 5.0
         assert v["queue_capacity"] == 500 and v["queue_depth_max"] >= v["queue_depth"]
         assert v["rss_bytes"] > 50e6 and "cpu_percent" in v
     assert sum(r["values"]["frames"] for r in recs) == 90
