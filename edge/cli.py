@@ -89,6 +89,12 @@ def validate_config_command(config_path: Path, check_bundles: bool) -> None:
 
     try:
         cfg = load_config(config_path)
+        from edge.config import CaptureSource
+        from edge.sources.capture import check_source
+
+        for src in cfg.sources:  # e.g. the Jetson's nvv4l2decoder missing: said now, not at the first frame
+            if isinstance(src, CaptureSource):
+                check_source(src)
         if check_bundles and cfg.release is not None:
             from edge.daemon import build_local_pipeline
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from edge.config import CaptureSource, parse_config
@@ -28,3 +30,22 @@ def test_bad_capture_options_name_line_and_key(body: str, line: int, says: str):
     with pytest.raises(ConfigError) as err:
         parse_config(HEAD + body, "device.yaml")
     assert f"device.yaml:{line}:" in str(err.value) and says in str(err.value)
+
+
+@pytest.mark.skipif(shutil.which("gst-inspect-1.0") is None, reason="GStreamer is missing (scripts/install.sh)")
+def test_validate_config_names_a_missing_decoder_element(tmp_path):
+    """On this machine GStreamer is installed but L4T's nvv4l2decoder is not: validate-config says so (exit 8,
+    BackendUnavailable) before any daemon starts; the software pipeline's elements are all there."""
+    from click.testing import CliRunner
+
+    from runtime.errors import BackendUnavailable
+    from shadowline.cli import cli
+
+    base = HEAD + "  - type: capture\n    url: rtsp://10.0.0.5/s\n    backend: gstreamer\n"
+    jetson, software = tmp_path / "jetson.yaml", tmp_path / "software.yaml"
+    jetson.write_text(base + "    decoder: nvv4l2decoder\n")
+    software.write_text(base)
+    r = CliRunner().invoke(cli, ["edge", "validate-config", str(jetson), "--no-bundles"])
+    assert r.exit_code == BackendUnavailable.exit_code and "'nvv4l2decoder' is not available" in r.output
+    r = CliRunner().invoke(cli, ["edge", "validate-config", str(software), "--no-bundles"])
+    assert r.exit_code == 0, r.output
