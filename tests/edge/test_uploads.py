@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import free_port, until
-from tests.edge.conftest import PCB, DaemonProcess, write_config
+from tests.edge.conftest import INSPECTOR, PCB, DaemonProcess, write_config
 from tests.edge.fleet_process import ROOT
 
 
@@ -56,7 +56,7 @@ def test_overridden_and_near_threshold_images_reach_the_fleet_and_promote_data_u
     # the inspector says the model missed a defect on a board it passed: an override
     missed = recs["Normal_33.png"]
     r = httpx.post(d.url + "/v1/reviews", json={"prediction_id": missed["id"], "verdict": "missed_defect",
-                                                "defect_class": "Defective", "inspector": "ann"}, timeout=30)
+                                                "defect_class": "Defective"}, headers=INSPECTOR, timeout=30)
     assert r.status_code == 201 and r.json()["override"] is True
 
     st = until(lambda: (u := d.get("/v1/status")["uploads"])["uploaded"] == 3 and u["pending"] == 0 and u, 60,
