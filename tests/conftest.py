@@ -101,7 +101,6 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
 
     def start(self) -> Mosquitto:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
@@ -112,6 +111,11 @@ class Mosquitto:
             # temp folders: its persistence and password files would silently not work.
             + ("user root\n" if os.geteuid() == 0 and "user " not in (self.extra_conf or "") else "")
             + (self.extra_conf or "allow_anonymous true\n"))
+        return self.spawn()
+
+    def spawn(self) -> Mosquitto:
+        """Run mosquitto on `self.conf` as it is and wait until it listens on `self.port`."""
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

@@ -4,18 +4,14 @@ read by a real Mosquitto started with the generated config (fleet/mosquitto.py) 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.credentials import FLEET_USER, CredentialStore
 from fleet.mosquitto import mosquitto_conf
 from fleet.protocol import Topics
-from tests.conftest import free_port
+from tests.conftest import Mosquitto
 
 DEVICES = ("cam-a", "cam-b", "cam-c")
 
@@ -40,12 +36,12 @@ def make_creds(directory: Path, topics: Topics, devices: tuple[str, ...] = DEVIC
     return Creds(directory, {u: e.password for u, e in store.users.items()}, topics)
 
 
-class GeneratedMosquitto:
+class GeneratedMosquitto(Mosquitto):
     """Mosquitto started with exactly the config `fleet mosquitto-conf` prints (test paths and port), plus
     `user root` when the tests run as root (pytest's private temporary folders are not the mosquitto user's)."""
 
     def __init__(self, workdir: Path, creds: Creds, tls_dir: Path | None = None, extra: str = "") -> None:
-        self.workdir, self.port = workdir, free_port()
+        super().__init__(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         self.pid_file = workdir / "mosquitto.pid"
         text = mosquitto_conf(creds.directory, tls_dir, port=self.port, bind="127.0.0.1", local_port=None,
@@ -53,37 +49,13 @@ class GeneratedMosquitto:
         text += f"log_dest file {workdir}/mosquitto.log\n" + extra
         if os.geteuid() == 0 and "\nuser " not in text:
             text += "user root\n"
-        self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(text)
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> GeneratedMosquitto:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    log = self.workdir / "mosquitto.log"
-                    raise RuntimeError(f"mosquitto exited: {log.read_text() if log.exists() else ''}") from None
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening")
+        self.spawn()
+        return self
 
     def reload(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGHUP)
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()

@@ -19,8 +19,7 @@ import pytest
 
 from fleet.broker import BrokerTLS, MqttClient
 from fleet.protocol import Topics
-from tests.attacks.brokers import Creds, GeneratedMosquitto
-from tests.conftest import free_port
+from tests.conftest import Mosquitto, free_port
 from tests.fleet.devicesim import batch, predictions, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,9 +82,10 @@ def test_the_documented_production_setup_starts_and_ingests(keys):
         os.chmod(etc / "fleet-broker-password", 0o600)
         admin = _cli("token", "create", "--tokens-file", f"{etc}/tokens.json", "--name", "ops",
                      "--role", "admin").stdout.strip()
-        mosq = GeneratedMosquitto(base / "run", Creds(etc / "broker", {}, Topics()))
-        mosq.conf, mosq.port, mosq.pid_file = base / "mosquitto.conf", int(ports["8883"]), base / "run" / "mosquitto.pid"
-        mosq.start()
+        mosq = Mosquitto(base / "run", port=int(ports["8883"]))
+        mosq.conf = base / "mosquitto.conf"  # the documented config, as it is
+        mosq.spawn()
+        pid_file = base / "run" / "mosquitto.pid"
         try:
             fleet_yaml = base / "fleet.yaml"
             fleet_yaml.write_text(local(_block(text, "# fleet.yaml")))
@@ -105,7 +105,7 @@ def test_the_documented_production_setup_starts_and_ingests(keys):
             _cli("provision", "line3-jetson-02", "--credentials-dir", f"{etc}/broker", "--tokens-file",
                  f"{etc}/tokens.json", "--broker-url", f"mqtts://localhost:{ports['8883']}", "--fleet-url", url,
                  "--tls-dir", f"{etc}/tls", "--trust-store", f"{etc}/trust", "--out", str(out),
-                 "--reload-pid-file", str(mosq.pid_file))
+                 "--reload-pid-file", str(pid_file))
             dev = MqttClient(f"mqtts://localhost:{ports['8883']}", "line3-jetson-02", username="line3-jetson-02",
                              password=(out / "broker-password").read_text().strip(),
                              tls=BrokerTLS(ca_file=out / "broker-ca.pem"), persistent=False)
