@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))  # the test Mosquitto helper lives in tests.confte
 from fleet.config import FleetConfig  # noqa: E402
 from fleet.protocol import Batch, PredictionRecord, Topics, encode  # noqa: E402
 from fleet.service import FleetService  # noqa: E402
-from fleet.store import Store, _row_values  # noqa: E402
+from fleet.store import Store, row_values  # noqa: E402
 
 
 def make_batches(devices: int, batches: int, per_batch: int) -> list[tuple[str, list[dict]]]:
@@ -50,7 +50,7 @@ def raw_insert(db_path: Path, batches: list[tuple[str, list[dict]]], rows_per_tx
     con = sqlite3.connect(str(db_path), isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=NORMAL")
-    flat = [_row_values("predictions", r) for _, recs in batches for r in recs]
+    flat = [row_values("predictions", r) for _, recs in batches for r in recs]
     rows = [flat[i:i + rows_per_tx] for i in range(0, len(flat), rows_per_tx)]
     n_cols = len(flat[0])
     cols = [r[1] for r in con.execute("PRAGMA table_info(predictions)")]

@@ -19,6 +19,7 @@ from runtime.errors import (
     NotFound,
     ServiceError,
     ShadowlineError,
+    StoreError,
     TooLarge,
 )
 
@@ -97,6 +98,7 @@ def fleet_group() -> None:
 @click.option("--client-id", help="MQTT client id (fixed so the broker keeps the session).")
 @click.option("--broker-credentials-dir", type=click.Path(path_type=Path),
               help="passwd and acl for the embedded broker (from `fleet credentials add`).")
+@click.option("--store-url", help="sqlite:///path or postgresql://user@host/db (default: SQLite in the data dir).")
 def serve(config_path: Path | None, **overrides: Any) -> None:
     """Run the fleet service: MQTT ingest, rollout loop and the HTTP API, until interrupted."""
     import logging
@@ -116,6 +118,40 @@ def serve(config_path: Path | None, **overrides: Any) -> None:
                     port=config.http_port, log_level="warning")
     finally:
         service.stop()
+
+
+@fleet_group.command("migrate")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True), help="Fleet config YAML.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory (its fleet.db, by default).")
+@click.option("--store-url", help="sqlite:///path or postgresql://user@host/db (default: SQLite in the data dir).")
+@click.option("--check", is_flag=True, help="Only print the schema revision and whether it is this version's.")
+def migrate(config_path: Path | None, check: bool, **overrides: Any) -> None:
+    """Create or upgrade the fleet store's schema (SQLite or PostgreSQL) to this version's, in one transaction;
+    also upgrades a data directory made before schema versions. Prints the revision before and after as JSON."""
+    import logging
+
+    from fleet.config import load_config
+    from fleet.store import engine as engines
+    from fleet.store import migrate as migrations
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    config = load_config(config_path, **overrides)
+    url = engines.normalise_url(config.store)
+    engine = engines.create(url)
+    try:
+        head = migrations.head()
+        if check:
+            now = migrations.revision(engine)
+            click.echo(json.dumps({"store": engines.redact(url), "revision": now, "head": head, "current": now == head}))
+            if now != head:
+                raise StoreError(f"the store's schema is at {now or 'nothing'}, this version's is {head}: "
+                                 "run `shadowline fleet migrate`")
+            return
+        done = migrations.upgrade(engine)
+    finally:
+        engine.dispose()
+    click.echo(json.dumps({"store": engines.redact(url), "before": done.before, "after": done.after,
+                           "changed": done.changed}))
 
 
 @fleet_group.group("token")

@@ -116,10 +116,11 @@ def tune(bundle: Path, folder: Path, strategy: str, recall: float, class_recall:
 
 
 @click.command("promote-data")
-@click.option("--data-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+@click.option("--data-dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="The fleet service's data directory (holds fleet.db).")
 @click.option("--images-dir", type=click.Path(path_type=Path, file_okay=False),
               help="The fleet's uploaded images (its config's images.dir; default: <data-dir>/images).")
+@click.option("--store-url", help="Or the fleet store's URL (postgresql://user@host/db, sqlite:///path).")
 @click.option("--images", "image_dirs", multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Also look in this folder for images the devices did not upload: <dir>/<device>/<file> or "
                    "<dir>/<file> (repeatable).")
@@ -137,7 +138,8 @@ def tune(bundle: Path, folder: Path, strategy: str, recall: float, class_recall:
 @click.option("--negative-label", help="Class folder for samples without a defect, e.g. Normal (default: none).")
 @click.option("--no-unreviewed", is_flag=True, help="Leave out samples nobody reviewed (else: _unreviewed folder).")
 @json_option
-def promote_data(data_dir: Path, images_dir: Path | None, image_dirs: tuple[Path, ...], out: Path, task: str,
+def promote_data(data_dir: Path | None, store_url: str | None, images_dir: Path | None, image_dirs: tuple[Path, ...],
+                 out: Path, task: str,
                  release: str | None,
                  group: str | None, since: str | None, near_threshold: float, high_confidence: float,
                  negative_label: str | None, no_unreviewed: bool, as_json: bool) -> None:
@@ -148,8 +150,9 @@ def promote_data(data_dir: Path, images_dir: Path | None, image_dirs: tuple[Path
     from fleet.images import ImageStore
     from fleet.store import Store
 
-    db = data_dir / "fleet.db"
-    if not db.is_file():
+    if (data_dir is None) == (store_url is None):
+        raise ConfigError("give --data-dir or --store-url (one of them)")
+    if data_dir is not None and not (data_dir / "fleet.db").is_file():
         raise ConfigError(f"{data_dir}: no fleet.db (not a fleet data directory)")
     try:
         policy = PromotionPolicy(near_threshold=near_threshold, high_confidence=high_confidence,
@@ -176,8 +179,10 @@ def promote_data(data_dir: Path, images_dir: Path | None, image_dirs: tuple[Path
                     return cand.read_bytes()
         return None
 
-    store = Store(db)
-    images = ImageStore(store, images_dir or data_dir / "images", 0, 0)  # read only: no budget applies
+    if images_dir is None and data_dir is None:
+        raise ConfigError("with --store-url, give --images-dir (the fleet's uploaded images, its config's images.dir)")
+    store = Store(store_url or data_dir / "fleet.db", create=False)  # type: ignore[operator]
+    images = ImageStore(store, images_dir or data_dir / "images", 0, 0)  # type: ignore[operator]  # read only
     try:
         preds = list(store.predictions(release=release, group=group, since=since))
         revs = list(store.reviews(release=release, group=group))

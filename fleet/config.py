@@ -29,7 +29,11 @@ class ImagesConfig(BaseModel):
 
 class FleetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    data_dir: Path = Field(Path("fleet-data"), description="store (fleet.db) and artifacts live here")
+    data_dir: Path = Field(Path("fleet-data"), description="artifacts live here, and the store (fleet.db) unless "
+                                                          "store_url names another")
+    store_url: str | None = Field(None, description="the fleet store: sqlite:///path/fleet.db or postgresql://user@"
+                                                    "host:port/database (password from the URL, PGPASSWORD or "
+                                                    "~/.pgpass); none: SQLite at data_dir/fleet.db")
     broker_url: str | None = Field(None, description="mqtt://host:port or mqtts://host:port; none: start an "
                                                      "embedded broker on localhost")
     embedded_broker_port: int = Field(1883, ge=1, le=65535, description="port of the embedded broker")
@@ -81,6 +85,23 @@ class FleetConfig(BaseModel):
         if v not in WINDOWS:
             raise ValueError(f"unknown window {v!r}; known: {', '.join(WINDOWS)}")
         return v
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            from fleet.store.engine import normalise_url
+
+            try:
+                normalise_url(v)
+            except ConfigError as err:  # as a ValueError, so the message names the key
+                raise ValueError(str(err)) from err
+        return v
+
+    @property
+    def store(self) -> str | Path:
+        """The store URL, or the path of the SQLite file in the data directory."""
+        return self.store_url or Path(self.data_dir) / "fleet.db"
 
     @property
     def base_url(self) -> str:

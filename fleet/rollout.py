@@ -319,6 +319,6 @@ class Rollouts:
                 "shadow_first": plan["request"]["shadow_first"]}
 
     def list(self) -> list[dict[str, Any]]:
-        return self.store.rows("SELECT id, release, grp AS 'group', state, wave, reason, created_at, updated_at "
+        return self.store.rows("SELECT id, release, grp AS \"group\", state, wave, reason, created_at, updated_at "
                                "FROM rollouts ORDER BY created_at")
 

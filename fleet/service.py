@@ -41,7 +41,7 @@ class Fleet:
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.artifacts_dir = data / "artifacts"
-        self.store = Store(data / "fleet.db")
+        self.store = Store(config.store)
         self.topics = Topics(config.prefix)
         trust = TrustStore.load(config.trust_store) if config.trust_store else None
         self.tokens = Tokens.load(config.tokens_file)

@@ -126,3 +126,11 @@ class StorageFull(ShadowlineError):
 
     exit_code = 18
     http_status = 507
+
+
+class StoreError(ShadowlineError):
+    """The fleet store cannot be used as it is: its schema is behind or ahead of this version, it is not ours,
+    or it cannot be reached."""
+
+    exit_code = 17
+    http_status = 503

@@ -134,7 +134,9 @@ def test_promote_data_from_the_fleet_store(fleet, scores, tmp_path):
         (uploads / device / name).write_bytes((PCB / name).read_bytes())
     data_dir = Path(fleet.config.data_dir)
     out = tmp_path / "dataset"
-    res = CliRunner().invoke(fleet_group, ["promote-data", "--data-dir", str(data_dir), "--images", str(uploads),
+    where = (["--store-url", fleet.config.store_url, "--images-dir", str(data_dir / "images")]
+             if fleet.config.store_url else ["--data-dir", str(data_dir)])
+    res = CliRunner().invoke(fleet_group, ["promote-data", *where, "--images", str(uploads),
                                            "--out", str(out), "--negative-label", "Normal", "--json"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     summary = json.loads(res.output[:res.output.rindex("}") + 1])

@@ -1,10 +1,18 @@
-"""Store read methods (what analytics and the dashboard use): fleet.protocol records filtered by device, group,
-release and time; idempotent inserts; the database is WAL."""
+"""The store contract on both engines (SQLite and PostgreSQL, through the `fleet` fixture): read methods that
+analytics and the dashboard use (records filtered by device, group, release and time, counts in the database),
+idempotent inserts, write transactions that roll back whole and publish only after they commit, serialised
+read-then-write steps across connections, and store URLs."""
 
 from __future__ import annotations
 
+import threading
+
+import pytest
+
 from fleet.protocol import AlertRecord, EventRecord, MetricsRecord, PredictionRecord, ReviewRecord
 from fleet.store import Store
+from fleet.store.engine import normalise_url, redact
+from runtime.errors import ConfigError
 
 
 def _pred(device: str, release: str, revision: int, at: str, **kw) -> PredictionRecord:
@@ -43,5 +51,91 @@ def test_filters_by_device_group_release_and_time(tmp_path, fleet):
     st.insert_many({"metrics": [m], "alerts": [al], "events": [ev]})
     assert list(st.metrics(group="line-2")) == [m] and list(st.alerts(group="night")) == [al]
     assert list(st.events(kind="activation")) == [ev] and list(st.events(kind="other")) == []
-    assert st.rows("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+    if st.dialect == "sqlite":
+        assert st.rows("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
     assert st.count("predictions") == 4
+    # figures counted by the database
+    assert st.record_counts("predictions", by=("device",)) == [{"device": "a", "n": 2}, {"device": "b", "n": 1},
+                                                               {"device": "c", "n": 1}]
+    assert st.record_counts("predictions", group="line-1", release="seal", by=("revision", "role")) == \
+        [{"revision": 1, "role": "active", "n": 1}, {"revision": 2, "role": "active", "n": 1}]
+    assert sorted(st.latency_values(release="seal@2")) == [5.0, 5.0]
+    with pytest.raises(ValueError, match="cannot count"):
+        st.record_counts("predictions", by=("record",))
+
+
+def test_overrides_are_integers_and_records_round_trip(fleet):
+    st: Store = fleet.store
+    revs = [ReviewRecord(prediction_id=f"p{i}", device="a", inspector="ann", verdict="confirm", override=i == 0,
+                         model_decision="flag", release="seal", revision=1) for i in range(3)]
+    st.insert_records("reviews", revs[:1])
+    st.insert_records("reviews", [r.model_dump(mode="json") for r in revs])  # dicts, as the API and monitor pass
+    assert st.count("reviews") == 3
+    assert sum(r["override"] for r in st.rows("SELECT override FROM reviews")) == 1
+    assert sorted(r.id for r in st.reviews()) == sorted(r.id for r in revs)
+
+
+def test_transaction_rolls_back_whole_and_runs_after_commit_only_on_commit(fleet):
+    st: Store = fleet.store
+    published: list[str] = []
+
+    def other_sees(device: str) -> bool:
+        box: list[bool] = []
+        t = threading.Thread(target=lambda: box.append(st.get("devices", device) is not None))
+        t.start()
+        t.join(10)
+        return box[0]
+    with pytest.raises(RuntimeError, match="boom"):
+        with st.transaction() as tx:
+            tx.upsert("devices", {"id": "x", "groups": "[]"}, pk="id")
+            tx.after_commit(lambda: published.append("x"))
+            with tx.transaction():  # nested: joins the outer one
+                tx.upsert("devices", {"id": "y", "groups": "[]"}, pk="id")
+            raise RuntimeError("boom")
+    assert st.get("devices", "x") is None and st.get("devices", "y") is None and published == []
+    with st.transaction() as tx:
+        tx.upsert("devices", {"id": "x", "groups": "[]"}, pk="id")
+        tx.after_commit(lambda: published.append(f"seen by another connection: {other_sees('x')}"))
+    assert published == ["seen by another connection: True"]
+    st.after_commit(lambda: published.append("outside"))  # outside a transaction: at once
+    assert published[-1] == "outside"
+    assert st.get("rollout_targets", ("r", "x")) is None
+    with pytest.raises(ValueError, match="no table"):
+        st.get("nope", "x")
+
+
+def test_read_then_write_transactions_are_serialised(fleet):
+    """Eight threads each read the counter and write it plus one, in `transaction()`: on both engines none of the
+    increments is lost (SQLite: BEGIN IMMEDIATE; PostgreSQL: the store's advisory transaction lock)."""
+    st: Store = fleet.store
+    st.upsert("malformed", {"topic": "counter", "count": 0}, pk="topic")
+    errors: list[BaseException] = []
+
+    def bump() -> None:
+        try:
+            for _ in range(25):
+                with st.transaction() as tx:
+                    n = tx.get("malformed", "counter")["count"]
+                    tx.upsert("malformed", {"topic": "counter", "count": n + 1}, pk="topic")
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert st.get("malformed", "counter")["count"] == 200
+
+
+def test_store_urls(tmp_path):
+    assert normalise_url(tmp_path / "f.db") == f"sqlite:///{tmp_path / 'f.db'}"
+    assert normalise_url("postgres://u:secret@h:5433/fleet") == "postgresql+psycopg://u:secret@h:5433/fleet"
+    assert redact("postgresql+psycopg://u:secret@h/fleet") == "postgresql+psycopg://u:***@h/fleet"
+    with pytest.raises(ConfigError, match="expected sqlite"):
+        normalise_url("mysql://u:secret@h/fleet")
+    try:
+        normalise_url("mysql://u:secret@h/fleet")
+    except ConfigError as err:
+        assert "secret" not in str(err)

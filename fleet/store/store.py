@@ -1,0 +1,187 @@
+"""The fleet store: bundles, releases, devices, desired states, rollouts, and the ingested records (predictions,
+reviews, metrics, alerts, events) keyed by record id, so a redelivered record is ignored rather than duplicated.
+One contract over two engines: SQLite (the embedded default, one file) and PostgreSQL, chosen by the store URL.
+
+Connections come from a pool, so API reads never wait for a writer (SQLite in WAL mode, PostgreSQL's MVCC).
+`transaction()` is a serialised write transaction on both engines: SQLite's BEGIN IMMEDIATE, and on PostgreSQL a
+transaction-scoped advisory lock, so read-then-write steps (the next release revision, a device's next desired
+revision) are as safe with several service instances as with one. Ingest does not take that lock: its inserts are
+idempotent by record id and never read first."""
+
+from __future__ import annotations
+
+import json
+import operator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy.engine import Connection
+
+from fleet.store import engine as engines
+from fleet.store import migrate
+from fleet.store.queries import Queries
+from fleet.store.schema import RECORD_COLUMNS, primary_key
+
+# pg_advisory_xact_lock key of `transaction()` (see the module docstring)
+WRITE_LOCK = 0x53484C57  # "SHLW"
+
+_GETTERS = {kind: operator.attrgetter("id", *cols) for kind, cols in RECORD_COLUMNS.items()}
+_LATENCY_AT = 1 + list(RECORD_COLUMNS["predictions"]).index("latency_ms")
+_OVERRIDE_AT = 1 + list(RECORD_COLUMNS["reviews"]).index("override")
+
+
+def row_values(kind: str, rec: BaseModel | dict[str, Any]) -> tuple:
+    """The row of one record: its id, the filter columns, and the whole record as JSON. A validated model is
+    read by attribute and serialised by pydantic's (fast) encoder; a dict goes through json.dumps."""
+    if isinstance(rec, BaseModel):
+        vals = _GETTERS[kind](rec)
+        record_json = rec.__pydantic_serializer__.to_json(rec).decode()
+    else:
+        vals = (rec.get("id"), *(rec.get(c) for c in RECORD_COLUMNS[kind]))
+        record_json = json.dumps(rec, separators=(",", ":"))
+    if kind == "predictions":  # the total latency is the column; the per-stage latencies stay in the record
+        vals = (*vals[:_LATENCY_AT], (vals[_LATENCY_AT] or {}).get("total"), *vals[_LATENCY_AT + 1:])
+    elif kind == "reviews" and vals[_OVERRIDE_AT] is not None:  # an integer column on both engines
+        vals = (*vals[:_OVERRIDE_AT], int(vals[_OVERRIDE_AT]), *vals[_OVERRIDE_AT + 1:])
+    return (*vals, record_json)
+
+
+class Store(Queries):
+    """Open the fleet store at `url` (a store URL, or the path of a SQLite file). A new, empty database gets the
+    schema (unless `create=False`); one behind this code's schema raises StoreError naming `fleet migrate`."""
+
+    def __init__(self, url: str | Path, *, create: bool = True) -> None:
+        self.url = engines.normalise_url(url)
+        self.engine = engines.create(self.url)
+        self.dialect: str = self.engine.dialect.name
+        self.path = engines.sqlite_path(self.url)
+        self._local = threading.local()
+        try:
+            self.revision = migrate.ensure(self.engine, create=create)
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    def __repr__(self) -> str:
+        return f"Store({engines.redact(self.url)!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- connections and transactions ----------------------------------------------------------------------------
+    @contextmanager
+    def _connection(self, write: bool = False) -> Iterator[Connection]:
+        """The connection of the transaction this thread is in, or a fresh one in its own transaction."""
+        bound: Connection | None = getattr(self._local, "conn", None)
+        if bound is not None:
+            yield bound
+            return
+        with self.engine.connect() as conn:
+            if write:
+                conn.execution_options(write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """`with store.transaction() as st:` one serialised write transaction for every store call made in it on
+        this thread (committed at the end, rolled back on an exception). Nested calls join the outer one; work
+        registered with `after_commit` runs once the outermost commits."""
+        if getattr(self._local, "conn", None) is not None:
+            yield self
+            return
+        after: list[Callable[[], None]] = []
+        with self.engine.connect() as conn:
+            conn.execution_options(write=True)
+            with conn.begin():
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+                self._local.conn, self._local.after = conn, after
+                try:
+                    yield self
+                finally:
+                    self._local.conn = self._local.after = None
+        for fn in after:
+            fn()
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run `fn` once the current transaction committed (now, outside one); not at all if it rolls back.
+        E.g. publish a desired state only once it is stored."""
+        pending: list | None = getattr(self._local, "after", None)
+        if pending is None:
+            fn()
+        else:
+            pending.append(fn)
+
+    # -- generic -------------------------------------------------------------------------------------------------
+    def _sql(self, sql: str) -> str:
+        return sql if self.dialect == "sqlite" else engines.to_format(sql)
+
+    def rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        """Run portable SQL with `?` placeholders; the result rows as dicts."""
+        with self._connection() as conn:
+            res = conn.exec_driver_sql(self._sql(sql), tuple(params))
+            if not res.returns_rows:
+                return []
+            names = list(res.keys())
+            return [dict(zip(names, r)) for r in res.fetchall()]
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """Run one portable statement with `?` placeholders (in the current transaction, if any); rows changed."""
+        with self._connection(write=True) as conn:
+            return conn.exec_driver_sql(self._sql(sql), tuple(params)).rowcount
+
+    def get(self, table: str, pk: Any) -> dict[str, Any] | None:
+        """The row of `table` whose primary key is `pk` (a tuple for a composite key), or None."""
+        keys = primary_key(table)
+        values = pk if isinstance(pk, tuple) else (pk,)
+        found = self.rows(f"SELECT * FROM {table} WHERE " + " AND ".join(f"{k} = ?" for k in keys), values)
+        return found[0] if found else None
+
+    def upsert(self, table: str, row: dict[str, Any], pk: str | tuple[str, ...]) -> None:
+        """Insert `row` or update the given columns of the existing row (joins the current transaction)."""
+        keys = (pk,) if isinstance(pk, str) else pk
+        cols = list(row)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in keys)
+        sql = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+               f"ON CONFLICT ({', '.join(keys)}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING"))
+        self.execute(sql, row.values())
+
+    # -- ingest --------------------------------------------------------------------------------------------------
+    def insert_records(self, kind: str, records: list[BaseModel] | list[dict[str, Any]]) -> int:
+        """Insert validated records of one kind in one transaction; returns how many were new (ids already
+        stored are ignored: redelivery never duplicates)."""
+        return self.insert_many({kind: records})
+
+    def insert_many(self, groups: dict[str, list]) -> int:
+        """Insert records of several kinds in one transaction; returns how many were new."""
+        prepared = []
+        for kind, records in groups.items():
+            if kind not in RECORD_COLUMNS:
+                raise ValueError(f"unknown record kind {kind!r}")
+            if records:
+                prepared.append((kind, ["id", *RECORD_COLUMNS[kind], "record"],
+                                 [row_values(kind, r) for r in records]))
+        if not prepared:
+            return 0
+        with self._connection(write=True) as conn:
+            return sum(engines.bulk_insert(conn, kind, cols, rows) for kind, cols, rows in prepared)
+
+    def count_malformed(self, topic: str, error: str) -> None:
+        from fleet.protocol import now_iso
+
+        self.execute("INSERT INTO malformed (topic, count, last_error, last_at) VALUES (?, 1, ?, ?) "
+                     "ON CONFLICT (topic) DO UPDATE SET count = malformed.count + 1, "
+                     "last_error = excluded.last_error, last_at = excluded.last_at", (topic, error[:500], now_iso()))
+
+    def malformed(self) -> dict[str, dict[str, Any]]:
+        return {r["topic"]: r for r in self.rows("SELECT * FROM malformed ORDER BY topic")}
+
+    def count(self, kind: str) -> int:
+        if kind not in RECORD_COLUMNS:
+            raise ValueError(f"unknown record kind {kind!r}")
+        return int(self.rows(f"SELECT count(*) AS n FROM {kind}")[0]["n"])
