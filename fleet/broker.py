@@ -222,7 +222,10 @@ class MqttClient:
 
     def __init__(self, url: str, client_id: str, *, username: str | None = None, password: str | None = None,
                  tls: BrokerTLS | None = None, persistent: bool = True, keepalive: int = 30,
-                 will: tuple[str, bytes] | None = None, manual_ack: bool = False) -> None:
+                 will: tuple[str, bytes] | None = None, manual_ack: bool = False, mqtt5: bool = False,
+                 session_expiry_s: int = 7 * 24 * 3600) -> None:
+        """`mqtt5`: speak MQTT 5 (needed for shared subscriptions, `$share/<group>/...`); a persistent session
+        then lasts `session_expiry_s` after a disconnect (MQTT 3.1.1 sessions last until the broker drops them)."""
         self.address = BrokerAddress.parse(url)
         self.url = url
         self._subs: dict[str, int] = {}
@@ -236,8 +239,13 @@ class MqttClient:
         self._sub_lock = threading.Lock()
         self.keepalive = keepalive
         self.last_rc: object = None
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent,
-                                  protocol=mqtt.MQTTv311, manual_ack=manual_ack)
+        self.persistent, self.mqtt5, self.session_expiry_s = persistent, mqtt5, session_expiry_s
+        if mqtt5:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                                      manual_ack=manual_ack)
+        else:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent,
+                                      protocol=mqtt.MQTTv311, manual_ack=manual_ack)
         self.client.max_inflight_messages_set(100)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(0.2, 5)  # type: ignore[arg-type]  # paho types int; sleeps a float
@@ -316,7 +324,16 @@ class MqttClient:
     def start(self, wait: float | None = 10.0) -> MqttClient:
         """Connect in the background (paho's network thread retries forever); wait for the first CONNACK and the
         SUBACKs of the subscriptions made before."""
-        self.client.connect_async(self.address.host, self.address.port, self.keepalive)
+        if self.mqtt5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry_s if self.persistent else 0
+            self.client.connect_async(self.address.host, self.address.port, self.keepalive,
+                                      clean_start=not self.persistent, properties=props)
+        else:
+            self.client.connect_async(self.address.host, self.address.port, self.keepalive)
         self.client.loop_start()
         deadline = time.monotonic() + (wait or 0)
         if wait and not self._connected.wait(wait):

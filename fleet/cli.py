@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,47 @@ def serve(config_path: Path | None, **overrides: Any) -> None:
                     port=config.http_port, log_level="warning")
     finally:
         service.stop()
+
+
+@fleet_group.command("ingest-worker")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True), help="Fleet config YAML.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory (its fleet.db, by default).")
+@click.option("--store-url", help="sqlite:///path or postgresql://user@host/db (default: SQLite in the data dir).")
+@click.option("--broker-url", help="mqtt://host:port of an MQTT 5 broker (Mosquitto 2, EMQX).")
+@click.option("--client-id", help="Prefix of the worker's MQTT client id (<client-id>-ingest-<worker-id>).")
+@click.option("--share-group", "ingest_share_group",
+              help="MQTT 5 shared subscription group (default: ingest_share_group, else shadowline-ingest).")
+@click.option("--worker-id", default="1", show_default=True,
+              help="Stable id of this worker: restarted with the same id, it gets back the messages it had not "
+                   "acknowledged.")
+def ingest_worker(config_path: Path | None, worker_id: str, **overrides: Any) -> None:
+    """Ingest device records from the broker into the fleet store, sharing the record topics with other workers
+    through an MQTT 5 shared subscription; each message is acknowledged only after its records are committed.
+    Runs until SIGTERM or SIGINT, which finish the batch in hand."""
+    import logging
+    import signal
+    import threading
+
+    from fleet.config import load_config
+    from fleet.ingest_worker import IngestWorker
+    from fleet.store.engine import normalise_url, redact
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(config_path, **overrides)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", worker_id):
+        raise ConfigError(f"--worker-id {worker_id!r}: letters, digits, '_', '.', '-' (at most 40)")
+    worker = IngestWorker(config, worker_id).start()
+    click.echo(f"ingest worker {worker_id}: broker {config.broker_url}, store {redact(normalise_url(config.store))}, "
+               f"share group {worker.group_name}", err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(60):
+            log_stats = worker.ingest.stats.as_dict()
+            logging.getLogger("fleet.ingest_worker").info("worker %s: %s", worker_id, log_stats)
+    finally:
+        worker.stop()
 
 
 @fleet_group.command("migrate")

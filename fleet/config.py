@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleet.alerting.config import AlertingConfig
 from fleet.analytics.alerts import AlertRules
@@ -48,6 +48,25 @@ class FleetConfig(BaseModel):
     mqtt_password: str | None = Field(None, description="its password (prefer mqtt_password_file)")
     mqtt_password_file: Path | None = Field(None, description="file holding the broker password")
     tls: BrokerTLS | None = Field(None, description="TLS to the broker")
+    ingest_share_group: str | None = Field(None, description="subscribe to the record topics through this MQTT 5 "
+                                                              "shared subscription ($share/<group>/...), sharing the "
+                                                              "load with other instances and `fleet ingest-worker` "
+                                                              "processes; needs an MQTT 5 broker (Mosquitto 2, EMQX), "
+                                                              "not the embedded one")
+    ingest_in_service: bool = Field(True, description="false: leave the record topics to `fleet ingest-worker` "
+                                                      "processes; the service handles devices' status and reported "
+                                                      "state only")
+    ingest_group: int = Field(50, ge=1, le=10000, description="messages committed per transaction at most before "
+                                                               "their PUBACKs (bounded so PUBACKs are not held back "
+                                                               "long under load)")
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="MQTT 5: how long the broker keeps a stopped "
+                                                                   "instance's or worker's session (its unacknowledged "
+                                                                   "and queued messages) for it to come back")
+    instance_name: str | None = Field(None, description="this service instance's name in leader election and logs "
+                                                        "(default: client_id)")
+    leader_check_s: float = Field(1.0, gt=0, description="how often a standby instance tries to take over the "
+                                                         "rollout and monitoring loops, and the leader checks it "
+                                                         "still holds its lock")
     http_host: str = Field("127.0.0.1", description="address the HTTP API listens on")
     http_port: int = Field(8700, ge=0, le=65535, description="port of the HTTP API")
     public_url: str | None = Field(None, description="base URL devices use for artifacts (default: from host/port)")
@@ -97,6 +116,15 @@ class FleetConfig(BaseModel):
             except ConfigError as err:  # as a ValueError, so the message names the key
                 raise ValueError(str(err)) from err
         return v
+
+    @model_validator(mode="after")
+    def _share_needs_mqtt5(self) -> FleetConfig:
+        if self.ingest_share_group is not None and self.broker_url is None:
+            raise ValueError("ingest_share_group needs an MQTT 5 broker (broker_url); the embedded broker speaks "
+                             "MQTT 3.1.1 only")
+        if self.ingest_share_group is not None and any(c in self.ingest_share_group for c in "/+#"):
+            raise ValueError(f"ingest_share_group {self.ingest_share_group!r}: no '/', '+' or '#'")
+        return self
 
     @property
     def store(self) -> str | Path:

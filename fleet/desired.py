@@ -83,8 +83,9 @@ class DesiredStates:
                     cmd = Command(command="rollback", args={"to": None, "revision": revision})
                     messages.append((self.topics.device(device, "cmd"), encode(cmd), False))
                 out.append(msg)
-        # Published after the commit: if the broker is down the stored states are republished by republish().
-        self.publish_many(messages)
+        # Published after the commit (of the caller's transaction, when this joins one, e.g. a wave start): if the
+        # broker is down, or this process dies first, the stored states are republished by republish().
+        self.store.after_commit(lambda: self.publish_many(messages))
         return out
 
     def revision(self, device: str) -> int:

@@ -261,25 +261,31 @@ class Rollouts:
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def _start_wave(self, rid: str, wave: int) -> None:
-        ro = self._get(rid)
-        plan = json.loads(ro["plan"])
-        req = RolloutRequest.model_validate(plan["request"])
-        plan["waves"].append({"wave": wave, "started_iso": now_iso()})
-        self._set(rid, wave=wave, plan=json.dumps(plan))
-        changes: list[tuple[str, str | None, str | None]] = []
-        failed: list[str] = []
-        for t in self.store.rows("SELECT * FROM rollout_targets WHERE rollout = ? AND wave = ?", (rid, wave)):
-            if req.shadow_first:
-                # production stays what the device runs now; the release runs beside it as the candidate
-                if t["previous"] is None:
-                    failed.append(t["device"])
-                    continue
-                changes.append((t["device"], t["previous"], plan["release"]))
-            else:
-                changes.append((t["device"], plan["release"], None))
-        self.desired.set_many(changes, rollout=rid)
-        now = str(time.time())
+        """Start `wave` in one transaction: the rollout's wave moves from wave-1 to `wave` only if it is still
+        there and running (compare-and-set: another service instance, or a rollback, may have got there first, and
+        a wave never starts twice), with the desired states and target rows; the desired states are published
+        after the commit (a new leader republishes them if this process dies in between)."""
         with self.store.transaction() as st:
+            ro = self._get(rid)
+            if ro["state"] != RUNNING or ro["wave"] != wave - 1:
+                return
+            plan = json.loads(ro["plan"])
+            req = RolloutRequest.model_validate(plan["request"])
+            plan["waves"].append({"wave": wave, "started_iso": now_iso()})
+            self._set(rid, wave=wave, plan=json.dumps(plan))
+            changes: list[tuple[str, str | None, str | None]] = []
+            failed: list[str] = []
+            for t in st.rows("SELECT * FROM rollout_targets WHERE rollout = ? AND wave = ?", (rid, wave)):
+                if req.shadow_first:
+                    # production stays what the device runs now; the release runs beside it as the candidate
+                    if t["previous"] is None:
+                        failed.append(t["device"])
+                        continue
+                    changes.append((t["device"], t["previous"], plan["release"]))
+                else:
+                    changes.append((t["device"], plan["release"], None))
+            self.desired.set_many(changes, rollout=rid)
+            now = str(time.time())
             for dev in failed:
                 st.upsert("rollout_targets", {"rollout": rid, "device": dev, "state": "failed"},
                           pk=("rollout", "device"))

@@ -1,10 +1,11 @@
 """The fleet service: the store and the domain objects (`Fleet`), wired to MQTT and a rollout loop
-(`FleetService`), served over HTTP by `shadowline fleet serve`."""
+(`FleetService`), served over HTTP by `shadowline fleet serve`. Several instances may run on one store (API
+replicas): each serves the API and reads devices' state; the rollout, monitoring and notification loops run only
+in the one elected leader through the store (fleet.store.leader), and another takes over when it dies."""
 
 from __future__ import annotations
 
 import logging
-import queue
 import secrets
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from fleet.desired import DesiredStates, Publish, PublishMany
 from fleet.devices import Devices
 from fleet.images import ImageStore
 from fleet.ingest import Ingest
+from fleet.ingest_worker import Consumer, record_filters, state_filters
 from fleet.monitoring import Monitor
 from fleet.protocol import Topics
 from fleet.registry import Registry
@@ -24,12 +26,10 @@ from fleet.releases import Releases
 from fleet.rollout import Rollouts
 from fleet.security import Tokens
 from fleet.store import Store
+from fleet.store.leader import FileLeadership, Leadership, PostgresLeadership
 from runtime.signing import TrustStore
 
 log = logging.getLogger(__name__)
-
-# messages committed per transaction at most: bounded so PUBACKs are not held back long under load
-INGEST_GROUP = 50
 
 
 class Fleet:
@@ -94,16 +94,16 @@ class FleetService:
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
         self.fleet = Fleet(config)
+        self.name = config.instance_name or config.client_id
         self.broker: EmbeddedBroker | None = None
         self.mqtt: MqttClient | None = None
+        self.consumer: Consumer | None = None
         self._stop = threading.Event()
         self._reconnected = threading.Event()
-        self._loop: threading.Thread | None = None
-        self._inbox: queue.Queue = queue.Queue()
-        self._ingester: threading.Thread | None = None
+        self.leading = threading.Event()  # set while this instance is the elected leader
+        self.leadership = leadership(self.fleet.store, self.name)
+        self._threads: list[threading.Thread] = []
         self.loop_alive = threading.Event()
-        self._monitor: threading.Thread | None = None
-        self._notify: threading.Thread | None = None
 
     @property
     def broker_url(self) -> str:
@@ -121,27 +121,32 @@ class FleetService:
                                          service_users={username: password}).start()
         # manual acknowledgement: a message is acknowledged only after the transaction holding its records
         # committed, so a kill at any point leaves it unacknowledged (redelivered, ignored by id if it was in)
-        self.mqtt = MqttClient(self.broker_url, self.config.client_id, username=username,
-                               password=password, tls=self.config.tls, persistent=True,
-                               manual_ack=True)
-        for f in self.fleet.ingest.subscriptions():
+        share = self.config.ingest_share_group
+        self.mqtt = MqttClient(self.broker_url, self.config.client_id, username=username, password=password,
+                               tls=self.config.tls, persistent=True, manual_ack=True, mqtt5=share is not None,
+                               session_expiry_s=self.config.session_expiry_s)
+        filters = state_filters(self.fleet.topics)
+        if self.config.ingest_in_service:
+            filters += record_filters(self.fleet.topics, share)
+        for f in filters:
             self.mqtt.subscribe(f, 1)
-        self.mqtt.on_message(self._inbox.put)
-        self._ingester = threading.Thread(target=self._ingest, name="ingest", daemon=True)
-        self._ingester.start()
+        self.consumer = Consumer(self.fleet.ingest, self.mqtt, self.config.ingest_group).start()
         self.mqtt.on_connected(self._reconnected.set)
         self.mqtt.start(wait=30)
         self.fleet.attach(self._publish, self._publish_many)
         self.fleet.broker_connected = lambda: self.mqtt is not None and self.mqtt.connected
-        self._loop = threading.Thread(target=self._run, name="rollout-loop", daemon=True)
-        self._loop.start()
+        self._spawn(self._lead, "leader")
+        self._spawn(self._run, "rollout-loop")
         if self.config.monitor_interval_s > 0:
-            self._monitor = threading.Thread(target=self._watch, name="monitor-loop", daemon=True)
-            self._monitor.start()
+            self._spawn(self._watch, "monitor-loop")
         if self.fleet.notifier.enabled:
-            self._notify = threading.Thread(target=self._notifications, name="notify-loop", daemon=True)
-            self._notify.start()
+            self._spawn(self._notifications, "notify-loop")
         return self
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
         """Publish and wait for the PUBACK. With the broker away the message stays queued in paho and the stored
@@ -159,38 +164,33 @@ class FleetService:
         except TimeoutError:
             log.warning("broker unreachable: %d messages queued, delivered after reconnection", len(messages))
 
-    def _ingest(self) -> None:
-        """Drain the inbox in groups: one transaction for everything that arrived meanwhile, then the PUBACKs."""
-        while True:
-            first = self._inbox.get()
-            if first is None:
-                return
-            msgs = [first]
-            while len(msgs) < INGEST_GROUP:
-                try:
-                    m = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if m is None:
-                    self._inbox.put(None)
-                    break
-                msgs.append(m)
-            self.fleet.ingest.handle_many([(m.topic, m.payload, bool(m.retain)) for m in msgs])
-            assert self.mqtt is not None  # started before this thread
-            for m in msgs:
-                self.mqtt.ack(m)
-            for m in msgs:
-                if m.retain and m.payload and self._record_topic(m.topic):
-                    # cleared so no later subscriber (a restarted fleet, another worker) is handed it again
-                    self.mqtt.publish(m.topic, b"", retain=True, timeout=None)
-
-    def _record_topic(self, topic: str) -> bool:
-        parsed = self.fleet.topics.parse(topic)
-        return parsed is not None and parsed[1] not in Topics.RETAINED
+    def _lead(self) -> None:
+        """Leader election: a standby tries to take the lock every leader_check_s; the leader checks it still
+        holds it and steps down at once if not. A new leader first republishes every stored desired state (the
+        one before it may have died between storing one and publishing it; devices ignore revisions they have)."""
+        while not self._stop.is_set():
+            try:
+                if self.leading.is_set():
+                    if not self.leadership.held():
+                        self.leading.clear()
+                        log.error("%s lost the leadership; the rollout and monitoring loops stop here", self.name)
+                elif self.leadership.try_acquire():
+                    log.info("%s leads: the rollout and monitoring loops run here", self.name)
+                    self._reconnected.set()
+                    self.leading.set()
+            except Exception:  # the store away: stay (or become) a standby and try again
+                if self.leading.is_set():
+                    self.leading.clear()
+                log.exception("leader election")
+            self._stop.wait(self.config.leader_check_s)
+        self.leading.clear()
+        self.leadership.release()
 
     def _run(self) -> None:
         self.loop_alive.set()
         while not self._stop.wait(self.config.rollout_tick_s):
+            if not self.leading.is_set():
+                continue
             try:
                 if self._reconnected.is_set():
                     # here, not in paho's callback: publishing waits for PUBACKs that callback thread delivers
@@ -205,6 +205,8 @@ class FleetService:
     def _watch(self) -> None:
         """The monitoring loop: its own thread, so a long evaluation never delays a rollout step."""
         while not self._stop.wait(self.config.monitor_interval_s):
+            if not self.leading.is_set():
+                continue
             try:
                 self.fleet.monitor.run_once()
             except Exception:  # one bad pass (a broken record, a full disk) must not end monitoring
@@ -213,6 +215,8 @@ class FleetService:
     def _notifications(self) -> None:
         """Send due alert notifications: its own thread, so a slow SMTP server never delays monitoring."""
         while not self._stop.wait(self.config.alerting.tick_s):
+            if not self.leading.is_set():
+                continue
             try:
                 self.fleet.notifier.flush()
             except Exception:  # one failing pass must not end notifications
@@ -224,17 +228,20 @@ class FleetService:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._loop is not None:
-            self._loop.join(10)
-        if self._monitor is not None:
-            self._monitor.join(30)
-        if self._notify is not None:
-            self._notify.join(30)
+        for t in self._threads:
+            t.join(30)
         if self.mqtt is not None:
             self.mqtt.stop()
-        if self._ingester is not None:
-            self._inbox.put(None)
-            self._ingester.join(30)
+        if self.consumer is not None:
+            self.consumer.stop()
         if self.broker is not None:
             self.broker.stop()
         self.fleet.close()
+
+
+def leadership(store: Store, name: str) -> Leadership:
+    """The leader election that fits the store: PostgreSQL advisory lock, or a lock file next to the SQLite file."""
+    if store.dialect == "postgresql":
+        return PostgresLeadership(store.engine, name)
+    assert store.path is not None, "an in-memory SQLite store cannot elect a leader"
+    return FileLeadership(store.path.with_name(store.path.name + ".leader"), name)

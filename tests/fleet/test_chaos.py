@@ -144,12 +144,15 @@ def test_kill9_broker_during_streaming(tmp_path, config: FleetConfig):
             p.join(180)
             assert p.error is None and p.sent == BATCHES, p.error
         expected = {i for p in pubs for i in p.ids}
-        wait_for(lambda: svc.fleet.store.count("predictions") >= len(expected), 120, "every record ingested")
+        try:
+            wait_for(lambda: svc.fleet.store.count("predictions") >= len(expected), 120, "every record ingested")
+        except AssertionError:
+            pass  # the assertions below say how many are missing
         time.sleep(0.5)
         n, distinct, ids = stored()
         stored.close()
         assert killed_at < len(expected)
-        assert n == distinct == len(expected) and ids == expected
+        assert (n, distinct, len(expected - ids)) == (len(expected), len(expected), 0), svc.fleet.ingest.stats
     finally:
         svc.stop()
         broker.stop()

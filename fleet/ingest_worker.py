@@ -1,0 +1,126 @@
+"""Consuming what devices send from MQTT with commit-before-PUBACK, in the service and in `shadowline fleet
+ingest-worker` processes that share the record topics through an MQTT 5 shared subscription.
+
+A message is acknowledged only after the transaction holding its records committed (paho's manual acks). A worker
+killed at any moment leaves its messages unacknowledged: the broker keeps them in the worker's persistent session
+and sends them again when it reconnects with the same client id (Mosquitto keeps them for that session; it does
+not hand them to another member of the share group), and the store ignores what it already has by record id: 0
+lost, 0 duplicated. So give each worker a stable `--worker-id` and let a supervisor restart it."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+import paho.mqtt.client as mqtt
+
+from fleet.broker import MqttClient
+from fleet.config import FleetConfig
+from fleet.devices import Devices
+from fleet.ingest import Ingest
+from fleet.protocol import Topics
+from fleet.store import Store
+
+log = logging.getLogger(__name__)
+
+STATE_KINDS = ("status", "reported")
+RECORD_KINDS = tuple(k for k in Topics.FROM_DEVICE if k not in STATE_KINDS)
+DEFAULT_SHARE_GROUP = "shadowline-ingest"
+
+
+def record_filters(topics: Topics, share_group: str | None) -> list[str]:
+    """Subscription filters of the record topics, under `$share/<group>/` when shared."""
+    return [f"$share/{share_group}/{topics.all_devices(k)}" if share_group else topics.all_devices(k)
+            for k in RECORD_KINDS]
+
+
+def state_filters(topics: Topics) -> list[str]:
+    """The retained state topics (status, reported): never shared, every service instance reads them."""
+    return [topics.all_devices(k) for k in STATE_KINDS]
+
+
+class Consumer:
+    """Drains an MQTT client's messages into `ingest` in groups: one transaction for everything that arrived
+    meanwhile (at most `group` messages), then their PUBACKs."""
+
+    def __init__(self, ingest: Ingest, client: MqttClient, group: int, name: str = "ingest") -> None:
+        self.ingest, self.client, self.group = ingest, client, group
+        self.inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        client.on_message(self.inbox.put)
+
+    def start(self) -> Consumer:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            first = self.inbox.get()
+            if first is None:
+                return
+            msgs = [first]
+            while len(msgs) < self.group:
+                try:
+                    m = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if m is None:
+                    self.inbox.put(None)
+                    break
+                msgs.append(m)
+            self.ingest.handle_many([(m.topic, bytes(m.payload), bool(m.retain)) for m in msgs])
+            for m in msgs:
+                self.client.ack(m)
+            for m in msgs:
+                if m.retain and m.payload and self._record_topic(m.topic):
+                    # retained records are refused by ingest; cleared so no later subscriber (a restarted fleet,
+                    # another worker) is handed it again
+                    self.client.publish(m.topic, b"", retain=True, timeout=None)
+
+    def _record_topic(self, topic: str) -> bool:
+        parsed = self.ingest.topics.parse(topic)
+        return parsed is not None and parsed[1] not in Topics.RETAINED
+
+    def stop(self, timeout: float = 30) -> None:
+        """Finish (commit and acknowledge) what is queued, then end the thread. Stop the client first."""
+        self.inbox.put(None)
+        self.thread.join(timeout)
+
+
+class IngestWorker:
+    """One `shadowline fleet ingest-worker` process: the store, the device registry and ingest, fed by its own
+    MQTT 5 client on the shared record subscriptions. No HTTP, no rollout or monitoring loop."""
+
+    def __init__(self, config: FleetConfig, worker_id: str) -> None:
+        if config.broker_url is None:
+            from runtime.errors import ConfigError
+
+            raise ConfigError("an ingest worker needs broker_url (an MQTT 5 broker such as Mosquitto 2 or EMQX)")
+        self.config, self.worker_id = config, worker_id
+        self.group_name = config.ingest_share_group or DEFAULT_SHARE_GROUP
+        self.client_id = f"{config.client_id}-ingest-{worker_id}"
+        self.store = Store(config.store, create=False)
+        self.topics = Topics(config.prefix)
+        self.ingest = Ingest(self.store, Devices(self.store), self.topics)
+        self.mqtt: MqttClient | None = None
+        self.consumer: Consumer | None = None
+
+    def start(self, wait: float = 30) -> IngestWorker:
+        self.mqtt = MqttClient(self.config.broker_url or "", self.client_id, username=self.config.mqtt_username,
+                               password=self.config.password(), tls=self.config.tls, persistent=True,
+                               manual_ack=True, mqtt5=True, session_expiry_s=self.config.session_expiry_s)
+        for f in record_filters(self.topics, self.group_name):
+            self.mqtt.subscribe(f, 1)
+        self.consumer = Consumer(self.ingest, self.mqtt, self.config.ingest_group, name=f"ingest-{self.worker_id}")
+        self.consumer.start()
+        self.mqtt.start(wait=wait)
+        log.info("ingest worker %s: %s, share group %s", self.worker_id, self.mqtt.url, self.group_name)
+        return self
+
+    def stop(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        if self.consumer is not None:
+            self.consumer.stop()
+        self.store.close()
