@@ -48,6 +48,7 @@ class PostgresLeadership:
     def __init__(self, engine: Engine, name: str, key: int = LEADER_LOCK) -> None:
         self.engine, self.name, self.key = engine, name, key
         self._conn: Connection | None = None
+        self._leading = False
 
     def _connect(self) -> Connection:
         conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
@@ -56,23 +57,19 @@ class PostgresLeadership:
         return conn
 
     def try_acquire(self) -> bool:
-        if self._conn is not None:
+        if self._leading:
             return self.held()
-        conn = self._connect()
+        if self._conn is None:  # kept while waiting too: never back into the pool under the leader's name
+            self._conn = self._connect()
         try:
-            got = bool(conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (self.key,)).scalar())
+            self._leading = bool(self._conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (self.key,)).scalar())
         except Exception:
-            conn.invalidate()
-            conn.close()
+            self._drop()
             raise
-        if got:
-            self._conn = conn
-        else:
-            conn.close()
-        return got
+        return self._leading
 
     def held(self) -> bool:
-        if self._conn is None:
+        if self._conn is None or not self._leading:
             return False
         try:
             n = self._conn.exec_driver_sql(
@@ -94,14 +91,15 @@ class PostgresLeadership:
             except Exception:  # already broken: nothing more to free
                 pass
             self._conn = None
+        self._leading = False
 
     def release(self) -> None:
-        if self._conn is not None:
+        if self._conn is not None and self._leading:
             try:
                 self._conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (self.key,))
             except Exception:  # a broken session frees the lock anyway
                 pass
-            self._drop()
+        self._drop()
 
     def current(self) -> str | None:
         with self.engine.connect() as conn:
