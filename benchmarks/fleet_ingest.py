@@ -1,30 +1,45 @@
-"""Durable ingest rate: prediction records per second published by devices (paho, QoS 1, batches) through a real
-Mosquitto into the fleet store, committed before each PUBACK, against a raw batched SQLite insert of the same rows
-into the same table schema in the same run (median of --repeat runs).
+"""Durable ingest rate: prediction records per second published by devices (paho, QoS 1, batches of 200, from a
+separate process) through a real Mosquitto into the fleet store, each message acknowledged only after its records
+are committed, against baselines measured side by side in the same run (median of --repeat runs):
 
-Prints one line per run and the ratio last; writes benchmarks/results/fleet_ingest.json. Goal: ratio >= 0.5.
+- SQLite (the embedded default: the service ingests): vs a raw batched insert of the same rows into the same schema
+  (1000 rows per transaction); and vs raw paho QoS 1 publish -> subscribe of the same batches (the transport alone).
+- PostgreSQL (a server of its own from Debian's binaries, durable settings): `shadowline fleet ingest-worker`
+  processes on an MQTT 5 shared subscription, 1, 2 and 4 of them, each vs a raw COPY of the same rows into the same
+  table (and a raw executemany for reference).
+
+It also prints where the CPU went during each ingest run (publishers, Mosquitto, the fleet's processes, the
+PostgreSQL server) and the load average: on a 2-core machine that, not the code, is often the limit.
+Prints one line per run and a summary last; writes benchmarks/results/fleet_ingest.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import signal
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the test Mosquitto helper lives in tests.conftest
+sys.path.insert(0, str(ROOT))  # the test Mosquitto and PostgreSQL helpers live in tests/
 
 from fleet.config import FleetConfig  # noqa: E402
 from fleet.protocol import Batch, PredictionRecord, Topics, encode  # noqa: E402
 from fleet.service import FleetService  # noqa: E402
-from fleet.store import Store, row_values  # noqa: E402
+from fleet.store import RECORD_COLUMNS, Store, row_values  # noqa: E402
+
+COLS = ["id", *RECORD_COLUMNS["predictions"], "record"]
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def make_batches(devices: int, batches: int, per_batch: int) -> list[tuple[str, list[dict]]]:
@@ -42,7 +57,57 @@ def make_batches(devices: int, batches: int, per_batch: int) -> list[tuple[str, 
     return out
 
 
-def raw_insert(db_path: Path, batches: list[tuple[str, list[dict]]], rows_per_tx: int) -> float:
+# -- CPU accounting from /proc: where the time of a run went --------------------------------------------------
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _children(ppid: int) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid:
+                    out.append(int(p.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+class CpuMeter:
+    """CPU seconds of named groups of processes between start() and stop() (processes that end in between are
+    counted up to their last reading)."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+
+    def _read(self) -> dict[str, list[int]]:
+        pids = {name: f() for name, f in self.groups.items()}
+        for ps in pids.values():
+            for p in ps:
+                self.last[p] = _cpu(p) or self.last.get(p, 0.0)
+        return pids
+
+    def start(self) -> None:
+        self._read()
+        self.first = dict(self.last)
+
+    def sample(self) -> None:
+        self._read()
+
+    def stop(self) -> dict[str, float]:
+        pids = self._read()
+        return {name: round(sum(self.last[p] - self.first.get(p, 0.0) for p in ps), 2) for name, ps in pids.items()}
+
+
+# -- baselines ---------------------------------------------------------------------------------------------------
+def raw_sqlite(db_path: Path, batches: list[tuple[str, list[dict]]], rows_per_tx: int) -> float:
     """Seconds to insert the same rows into a fresh database with the fleet's schema, `rows_per_tx` rows per
     transaction, WAL + synchronous=NORMAL like the fleet store (rows prepared beforehand: only the insert is
     timed)."""
@@ -51,12 +116,10 @@ def raw_insert(db_path: Path, batches: list[tuple[str, list[dict]]], rows_per_tx
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=NORMAL")
     flat = [row_values("predictions", r) for _, recs in batches for r in recs]
-    rows = [flat[i:i + rows_per_tx] for i in range(0, len(flat), rows_per_tx)]
-    n_cols = len(flat[0])
-    cols = [r[1] for r in con.execute("PRAGMA table_info(predictions)")]
-    sql = f"INSERT OR IGNORE INTO predictions ({', '.join(cols)}) VALUES ({', '.join('?' * n_cols)})"
+    chunks = [flat[i:i + rows_per_tx] for i in range(0, len(flat), rows_per_tx)]
+    sql = f"INSERT INTO predictions ({', '.join(COLS)}) VALUES ({', '.join('?' * len(COLS))}) ON CONFLICT DO NOTHING"
     start = time.perf_counter()
-    for chunk in rows:
+    for chunk in chunks:
         con.execute("BEGIN")
         con.executemany(sql, chunk)
         con.execute("COMMIT")
@@ -65,13 +128,37 @@ def raw_insert(db_path: Path, batches: list[tuple[str, list[dict]]], rows_per_tx
     return elapsed
 
 
+def raw_postgres(url: str, batches: list[tuple[str, list[dict]]], rows_per_tx: int, copy: bool) -> float:
+    """Seconds to COPY (or executemany) the same rows into the fleet's predictions table, `rows_per_tx` rows per
+    transaction, one connection."""
+    import psycopg
+
+    flat = [row_values("predictions", r) for _, recs in batches for r in recs]
+    chunks = [flat[i:i + rows_per_tx] for i in range(0, len(flat), rows_per_tx)]
+    names = ", ".join(COLS)
+    with psycopg.connect(url) as conn:
+        start = time.perf_counter()
+        for chunk in chunks:
+            with conn.cursor() as cur:
+                if copy:
+                    with cur.copy(f"COPY predictions ({names}) FROM STDIN") as cp:
+                        for row in chunk:
+                            cp.write_row(row)
+                else:
+                    cur.executemany(f"INSERT INTO predictions ({names}) VALUES ({', '.join(['%s'] * len(COLS))}) "
+                                    "ON CONFLICT DO NOTHING", chunk)
+            conn.commit()
+        return time.perf_counter() - start
+
+
+# -- publishing like devices ---------------------------------------------------------------------------------------
 def _publish_all(url: str, payloads: list[tuple[str, bytes]], publishers: int, ready, go) -> None:
     """In a separate process, like devices on their own machines: connect, wait for `go`, publish everything
     with QoS 1 and wait for every PUBACK."""
     sys.path.insert(0, str(ROOT))
     from tests.fleet.devicesim import client, wait_for
 
-    clients = [client(url, f"bench-pub-{i}") for i in range(publishers)]
+    clients = [client(url, f"bench-pub-{i}-{os.getpid()}") for i in range(publishers)]
     for c in clients:
         wait_for(c.is_connected, 30)
     ready.set()
@@ -92,84 +179,237 @@ def _publish_all(url: str, payloads: list[tuple[str, bytes]], publishers: int, r
         c.loop_stop()
 
 
-def mqtt_ingest(workdir: Path, batches: list[tuple[str, list[dict]]], publishers: int,
-                inflight: int) -> tuple[float, int]:
+def timed_publish(broker, payloads: list[tuple[str, bytes]], publishers: int, done: Callable[[], bool],
+                  groups: dict[str, Callable[[], list[int]]], timeout: float = 600) -> tuple[float, dict[str, float]]:
+    """Publish from a separate process; seconds from `go` until `done()`, and the CPU seconds per group."""
     import multiprocessing as mp
 
-    from tests.conftest import Mosquitto
     from tests.fleet.devicesim import wait_for
 
-    # max_inflight_messages bounds how many unacknowledged messages the broker has out to the fleet; the fleet
-    # acknowledges after each commit, so a deeper window lets the next messages arrive while it commits
-    broker = Mosquitto(workdir / "broker", extra_conf=f"user root\nallow_anonymous true\n"
-                                                      f"max_inflight_messages {inflight}\n").start()
-    svc = FleetService(FleetConfig(data_dir=workdir / "fleet", broker_url=broker.url,
-                                   client_id=f"bench-{time.monotonic_ns()}")).start()
-    topics = Topics()
-    payloads = [(topics.device(dev, "predictions"), encode(Batch(device=dev, kind="predictions", records=recs)))
-                for dev, recs in batches]
-    total = sum(len(r) for _, r in batches)
     ctx = mp.get_context("spawn")
     ready, go = ctx.Event(), ctx.Event()
     proc = ctx.Process(target=_publish_all, args=(broker.url, payloads, publishers, ready, go))
+    meter = CpuMeter({**groups, "publishers": lambda: [proc.pid] if proc.pid else [],
+                      "mosquitto": lambda: [broker.proc.pid]})
     try:
         proc.start()
         if not ready.wait(60):
             raise SystemExit("publisher process did not connect")
+        meter.start()
         start = time.perf_counter()
         go.set()
-        # poll the in-memory counter (records committed), not count(*): a table scan every 20 ms under the
-        # store's lock would slow down the ingest it measures; the stored count is checked once at the end
-        wait_for(lambda: svc.fleet.ingest.stats.records >= total, 300, "ingest")
+
+        def finished() -> bool:
+            meter.sample()
+            return done()
+
+        wait_for(finished, timeout, "ingest")
         elapsed = time.perf_counter() - start
-        stored = svc.fleet.store.count("predictions")
+        cpu = meter.stop()
         proc.join(60)
     finally:
         if proc.is_alive():
             proc.kill()
+    return elapsed, cpu
+
+
+def payloads_of(batches: list[tuple[str, list[dict]]]) -> list[tuple[str, bytes]]:
+    topics = Topics()
+    return [(topics.device(dev, "predictions"), encode(Batch(device=dev, kind="predictions", records=recs)))
+            for dev, recs in batches]
+
+
+def mosquitto(workdir: Path, inflight: int):
+    from tests.conftest import Mosquitto
+
+    # max_inflight_messages bounds how many unacknowledged messages the broker has out to each consumer; the fleet
+    # acknowledges after each commit, so a deeper window lets the next messages arrive while it commits
+    return Mosquitto(workdir, extra_conf=f"user root\nallow_anonymous true\nmax_inflight_messages {inflight}\n"
+                                         "max_queued_messages 0\n").start()
+
+
+# -- the runs -----------------------------------------------------------------------------------------------------
+def transport_only(workdir: Path, payloads: list[tuple[str, bytes]], publishers: int, inflight: int) -> float:
+    """Raw paho: the same batches published with QoS 1 and received by one QoS 1 subscriber that only counts."""
+    from tests.fleet.devicesim import client, wait_for
+
+    broker = mosquitto(workdir / "broker-raw", inflight)
+    got = [0]
+    sub = client(broker.url, "raw-sub", persistent=True)
+    sub.on_message = lambda c, u, m: got.__setitem__(0, got[0] + 1)
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe(Topics().all_devices("predictions"), 1)
+    try:
+        wait_for(sub.is_connected, 30)
+        time.sleep(0.5)
+        elapsed, _ = timed_publish(broker, payloads, publishers, lambda: got[0] >= len(payloads), {})
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+        broker.stop()
+    return elapsed
+
+
+def sqlite_ingest(workdir: Path, payloads: list[tuple[str, bytes]], total: int, publishers: int,
+                  inflight: int) -> tuple[float, int, dict[str, float]]:
+    broker = mosquitto(workdir / "broker-sqlite", inflight)
+    svc = FleetService(FleetConfig(data_dir=workdir / "fleet", broker_url=broker.url, monitor_interval_s=0,
+                                   client_id=f"bench-{time.monotonic_ns()}")).start()
+    try:
+        # poll the in-memory counter (records committed), not count(*): a table scan every poll would slow the
+        # ingest it measures; the stored count is checked once at the end
+        elapsed, cpu = timed_publish(broker, payloads, publishers, lambda: svc.fleet.ingest.stats.records >= total,
+                                     {"fleet service": lambda: [os.getpid()]})
+        stored = svc.fleet.store.count("predictions")
+    finally:
         svc.stop()
         broker.stop()
-    return elapsed, stored
+    return elapsed, stored, cpu
+
+
+def postgres_workers(workdir: Path, server, name: str, payloads: list[tuple[str, bytes]], total: int,
+                     publishers: int, inflight: int, workers: int) -> tuple[float, int, dict[str, float]]:
+    import psycopg
+
+    url = server.create_database(name)
+    Store(url).close()  # the schema, as `fleet migrate` makes it
+    broker = mosquitto(workdir / f"broker-{name}", inflight)
+    procs: list[subprocess.Popen] = []
+    logs = [workdir / f"{name}-worker-{i}.log" for i in range(workers)]
+    try:
+        for i in range(workers):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "shadowline.cli", "fleet", "ingest-worker", "--store-url", url, "--broker-url",
+                 broker.url, "--client-id", name, "--worker-id", str(i + 1)],
+                stdout=subprocess.DEVNULL, stderr=open(logs[i], "wb")))
+        from tests.fleet.devicesim import wait_for
+
+        wait_for(lambda: all("ingest worker" in lg.read_text() for lg in logs), 60, "workers connected")
+        time.sleep(1.0)  # their SUBSCRIBEs answered
+        conn = psycopg.connect(url, autocommit=True)
+
+        def count() -> int:
+            return conn.execute("SELECT count(*) FROM predictions").fetchone()[0]  # type: ignore[index]
+
+        postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+        elapsed, cpu = timed_publish(broker, payloads, publishers, lambda: count() >= total,
+                                     {"ingest workers": lambda: [p.pid for p in procs],
+                                      "postgresql": lambda: [postmaster, *_children(postmaster)]})
+        stored = count()
+        conn.close()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        broker.stop()
+    return elapsed, stored, cpu
 
 
 def main() -> None:
+    # SIGTERM (e.g. `timeout`) ends the run through the finally blocks: the PostgreSQL server, brokers and workers
+    # this script started are stopped and its temporary directories removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--devices", type=int, default=4, help="publishing devices")
     ap.add_argument("--batches", type=int, default=50, help="batches per device")
     ap.add_argument("--per-batch", type=int, default=200, help="records per batch (the agent's default batch_size)")
     ap.add_argument("--repeat", type=int, default=3, help="runs (median reported)")
-    ap.add_argument("--broker-inflight", type=int, default=20,
-                    help="Mosquitto max_inflight_messages (20 is Mosquitto's default; docs/fleet.md suggests 200)")
+    ap.add_argument("--broker-inflight", type=int, default=200,
+                    help="Mosquitto max_inflight_messages (docs/fleet.md recommends 200; Mosquitto's default is 20)")
     ap.add_argument("--raw-rows-per-tx", type=int, default=1000,
-                    help="rows per transaction of the raw baseline (1000: the FIELD-NOTES measurement)")
+                    help="rows per transaction of the raw baselines (1000: the FIELD-NOTES measurement)")
+    ap.add_argument("--workers", default="1,2,4", help="PostgreSQL ingest worker counts to run")
+    ap.add_argument("--no-postgres", action="store_true", help="SQLite only")
     args = ap.parse_args()
     batches = make_batches(args.devices, args.batches, args.per_batch)
+    payloads = payloads_of(batches)
     total = sum(len(r) for _, r in batches)
-    runs = []
-    for i in range(args.repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            raw_s = raw_insert(Path(tmp) / "raw.db", batches, args.raw_rows_per_tx)
-            raw_msg_s = raw_insert(Path(tmp) / "raw-msg.db", batches, args.per_batch)
-            mqtt_s, stored = mqtt_ingest(Path(tmp), batches, args.devices, args.broker_inflight)
-        if stored != total:
-            raise SystemExit(f"run {i}: stored {stored} of {total} records")
-        run = {"records": total, "raw_s": raw_s, "mqtt_s": mqtt_s, "raw_per_s": total / raw_s,
-               "ingest_per_s": total / mqtt_s, "ratio": raw_s / mqtt_s,
-               "raw_per_message_tx_per_s": total / raw_msg_s, "ratio_vs_per_message_tx": raw_msg_s / mqtt_s}
-        runs.append(run)
-        print(f"run {i}: {total} records  raw insert {run['raw_per_s']:,.0f}/s  "
-              f"MQTT->store {run['ingest_per_s']:,.0f}/s  ratio {run['ratio']:.2f}  "
-              f"(vs {args.per_batch} rows/tx: {run['raw_per_message_tx_per_s']:,.0f}/s, "
-              f"ratio {run['ratio_vs_per_message_tx']:.2f})")
-    med = {k: statistics.median(r[k] for r in runs) for k in ("raw_per_s", "ingest_per_s", "ratio",
-                                                               "raw_per_message_tx_per_s",
-                                                               "ratio_vs_per_message_tx")}
-    result = {"benchmark": "fleet_ingest", "goal": "ratio >= 0.5", "params": vars(args), "runs": runs,
-              "median": med, "machine": {"python": platform.python_version(), "cpu": platform.machine()}}
+    worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    runs: list[dict] = []
+    server = None
+    if not args.no_postgres:
+        from tests.postgres import PostgresServer
+
+        server = PostgresServer(durable=True).start()  # fsync on: durable means durable
+    try:
+        for i in range(args.repeat):
+            run: dict = {"records": total}
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp)
+                load0 = os.getloadavg()[0]
+                raw_s = raw_sqlite(work / "raw.db", batches, args.raw_rows_per_tx)
+                mq_s, stored, cpu = sqlite_ingest(work, payloads, total, args.devices, args.broker_inflight)
+                if stored != total:
+                    raise SystemExit(f"run {i}: SQLite stored {stored} of {total} records")
+                tr_s = transport_only(work, payloads, args.devices, args.broker_inflight)
+                run["sqlite"] = {"raw_per_s": total / raw_s, "ingest_per_s": total / mq_s, "ratio": raw_s / mq_s,
+                                 "transport_per_s": total / tr_s, "ratio_vs_transport": tr_s / mq_s, "cpu_s": cpu,
+                                 "load": os.getloadavg()[0], "load_before": load0}
+                s = run["sqlite"]
+                print(f"run {i}: SQLite: durable ingest {s['ingest_per_s']:,.0f}/s vs raw insert "
+                      f"{s['raw_per_s']:,.0f}/s: {s['ratio']:.2f}x; vs raw paho {s['transport_per_s']:,.0f}/s: "
+                      f"{s['ratio_vs_transport']:.3f}x; CPU s {cpu}; load {s['load']:.2f}", flush=True)
+                if server is not None:
+                    copy_s = _raw_pg(server, f"copy{i}", batches, args.raw_rows_per_tx, True)
+                    em_s = _raw_pg(server, f"em{i}", batches, args.raw_rows_per_tx, False)
+                    pg: dict = {"copy_per_s": total / copy_s, "executemany_per_s": total / em_s, "workers": {}}
+                    for n in worker_counts:
+                        w_s, stored, cpu = postgres_workers(work, server, f"w{n}r{i}", payloads, total, args.devices,
+                                                            args.broker_inflight, n)
+                        if stored != total:
+                            raise SystemExit(f"run {i}: PostgreSQL with {n} workers stored {stored} of {total}")
+                        pg["workers"][n] = {"ingest_per_s": total / w_s, "ratio": copy_s / w_s, "cpu_s": cpu,
+                                            "load": os.getloadavg()[0]}
+                        w = pg["workers"][n]
+                        print(f"run {i}: PostgreSQL: {n} worker(s) {w['ingest_per_s']:,.0f}/s vs raw COPY "
+                              f"{pg['copy_per_s']:,.0f}/s: {w['ratio']:.2f}x (executemany {pg['executemany_per_s']:,.0f}/s); "
+                              f"CPU s {cpu}; load {w['load']:.2f}", flush=True)
+                    run["postgres"] = pg
+            runs.append(run)
+    finally:
+        if server is not None:
+            server.stop()
+
+    def med(path: tuple) -> float:
+        return statistics.median(_get(r, path) for r in runs)
+
+    summary: dict = {"sqlite": {k: med(("sqlite", k)) for k in ("raw_per_s", "ingest_per_s", "ratio",
+                                                              "transport_per_s", "ratio_vs_transport", "load")}}
+    if server is not None:
+        summary["postgres"] = {"copy_per_s": med(("postgres", "copy_per_s")),
+                               "executemany_per_s": med(("postgres", "executemany_per_s")),
+                               "workers": {n: {k: med(("postgres", "workers", n, k)) for k in
+                                               ("ingest_per_s", "ratio", "load")} for n in worker_counts}}
+    result = {"benchmark": "fleet_ingest", "goal": "SQLite >= 0.5x raw insert and >= 50k/s; PostgreSQL >= 0.5x raw COPY",
+              "params": vars(args), "runs": runs, "median": summary,
+              "machine": {"python": platform.python_version(), "cpu": platform.machine(), "cores": os.cpu_count()}}
     out = ROOT / "benchmarks" / "results" / "fleet_ingest.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"durable ingest {med['ingest_per_s']:,.0f} predictions/s vs raw batched SQLite "
-          f"({args.raw_rows_per_tx} rows/tx) {med['raw_per_s']:,.0f}/s: ratio {med['ratio']:.2f} (goal >= 0.5)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    s = summary["sqlite"]
+    line = (f"durable ingest (median of {len(runs)}): SQLite {s['ingest_per_s']:,.0f}/s = {s['ratio']:.2f}x raw insert "
+            f"({s['raw_per_s']:,.0f}/s), {s['ratio_vs_transport']:.3f}x raw paho ({s['transport_per_s']:,.0f}/s)")
+    if "postgres" in summary:
+        p = summary["postgres"]
+        line += "; PostgreSQL " + ", ".join(f"{n} worker{'s' if n > 1 else ''} {w['ingest_per_s']:,.0f}/s = "
+                                            f"{w['ratio']:.2f}x" for n, w in p["workers"].items())
+        line += f" raw COPY ({p['copy_per_s']:,.0f}/s)"
+    print(line + f"; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (goal >= 0.5x)")
+
+
+def _get(d: dict, path: tuple) -> float:
+    for k in path:
+        d = d[k]
+    return float(d)  # type: ignore[arg-type]
+
+
+def _raw_pg(server, name: str, batches: list[tuple[str, list[dict]]], rows_per_tx: int, copy: bool) -> float:
+    url = server.create_database(name)
+    Store(url).close()
+    return raw_postgres(url, batches, rows_per_tx, copy)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from pydantic import TypeAdapter, ValidationError, create_model
@@ -23,7 +24,7 @@ from fleet.protocol import (
     Topics,
     decode,
 )
-from fleet.store import Store
+from fleet.store import Store, StoreUnavailable
 from fleet.validation import RecordLimits, RecordValidator, Refusal
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,12 @@ class IngestStats:
     duplicates: int = 0
     malformed: int = 0
     refused: int = 0
+    store_retries: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_dict(self) -> dict[str, int]:
         return {"messages": self.messages, "records": self.records, "duplicates": self.duplicates,
-                "malformed": self.malformed, "refused": self.refused}
+                "malformed": self.malformed, "refused": self.refused, "store_retries": self.store_retries}
 
 
 class Ingest:
@@ -62,15 +64,25 @@ class Ingest:
     def handle_many(self, messages: list[tuple[str, bytes]] | list[tuple[str, bytes, bool]]) -> list[bool]:
         """Process messages (topic, payload[, retained]) and commit all their records in one transaction (the
         caller acknowledges them to the broker only after this returns). Never raises: whatever is wrong is
-        counted as malformed (by topic) or refused (by device and reason)."""
-        ok = [True] * len(messages)
-        pending: list[tuple[int, str, str, list]] = []  # (message index, topic, kind, records)
-        try:
-            self._process(messages, ok, pending)
-        finally:
+        counted as malformed (by topic) or refused (by device and reason). A store that cannot be reached
+        (connection lost, database locked) is not the message's fault: the group is retried until the store
+        answers (everything in it is idempotent), so nothing is acknowledged, and nothing lost, while it is away."""
+        delay = 0.1
+        while True:
+            ok = [True] * len(messages)
+            pending: list[tuple[int, str, str, list]] = []  # (message index, topic, kind, records)
+            try:
+                self._process(messages, ok, pending)
+            except StoreUnavailable as err:
+                with self.stats.lock:
+                    self.stats.store_retries += 1
+                log.error("fleet store unavailable (%s); retrying %d messages in %.1fs", err, len(messages), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
             with self.stats.lock:  # counted when done, so a reader seeing the count also sees the records
                 self.stats.messages += len(messages)
-        return ok
+            return ok
 
     def _process(self, messages: list, ok: list[bool], pending: list) -> None:
         predictions: dict = {}  # accepted predictions of this group by id: a verdict may come in the same group
@@ -87,6 +99,8 @@ class Ingest:
             except (ProtocolError, ValidationError, ValueError, TypeError, KeyError) as err:
                 ok[i] = False
                 self._malformed(topic, str(err))
+            except StoreUnavailable:
+                raise
             except Exception as err:  # a bug must not kill the MQTT thread; count it and carry on
                 log.exception("ingest failed on %s", topic)
                 ok[i] = False
@@ -99,11 +113,15 @@ class Ingest:
                 groups.setdefault(kind, []).extend(recs)
             new = self.store.insert_many(groups)
             self._count(sum(len(r) for *_, r in pending), new)
+        except StoreUnavailable:
+            raise
         except Exception:  # e.g. one poisoned row, a full disk: retry message by message and count what fails
             log.exception("group insert of %d messages failed; retrying one by one", len(pending))
             for i, topic, kind, recs in pending:
                 try:
                     self._count(len(recs), self.store.insert_many({kind: recs}))
+                except StoreUnavailable:
+                    raise
                 except Exception as err:
                     ok[i] = False
                     self._malformed(topic, f"store: {type(err).__name__}: {err}")
@@ -182,7 +200,7 @@ class Ingest:
             except ValidationError:
                 typed = None
             if (typed is not None and typed.version == PROTOCOL_VERSION and typed.device == device
-                    and typed.kind == kind and all(r.device == device for r in typed.records)):  # type: ignore[attr-defined]
+                    and typed.kind == kind and all(getattr(r, "device", None) == device for r in typed.records)):
                 return kind, typed.records
             batch = decode(topic, payload, Batch)
             assert isinstance(batch, Batch)

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from fleet.store import engine as engines
 from fleet.store import migrate
 from fleet.store.queries import Queries
 from fleet.store.schema import RECORD_COLUMNS, primary_key
+from runtime.errors import StoreError
 
 # pg_advisory_xact_lock key of `transaction()` (see the module docstring)
 WRITE_LOCK = 0x53484C57  # "SHLW"
@@ -32,6 +34,26 @@ WRITE_LOCK = 0x53484C57  # "SHLW"
 _GETTERS = {kind: operator.attrgetter("id", *cols) for kind, cols in RECORD_COLUMNS.items()}
 _LATENCY_AT = 1 + list(RECORD_COLUMNS["predictions"]).index("latency_ms")
 _OVERRIDE_AT = 1 + list(RECORD_COLUMNS["reviews"]).index("override")
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (connection lost, server down, database locked past the busy
+    timeout): retry later; nothing about the data was wrong."""
+
+
+def transient(err: Exception) -> bool:
+    """Whether a database error means "not now" rather than "not this": lost connections, a server going away,
+    SQLite's lock and I/O errors, an exhausted pool."""
+    if isinstance(err, sa_exc.TimeoutError | sa_exc.InterfaceError):
+        return True
+    if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
+        return True
+    orig = getattr(err, "orig", None)
+    if type(orig).__module__.startswith("psycopg") and isinstance(err, sa_exc.OperationalError):
+        return True
+    text = str(orig).lower()
+    return isinstance(err, sa_exc.OperationalError) and any(
+        w in text for w in ("locked", "busy", "disk i/o", "unable to open"))
 
 
 def row_values(kind: str, rec: BaseModel | dict[str, Any]) -> tuple:
@@ -60,6 +82,7 @@ class Store(Queries):
         self.dialect: str = self.engine.dialect.name
         self.path = engines.sqlite_path(self.url)
         self._local = threading.local()
+        self._write_lock = threading.Lock()
         try:
             self.revision = migrate.ensure(self.engine, create=create)
         except BaseException:
@@ -80,11 +103,33 @@ class Store(Queries):
         if bound is not None:
             yield bound
             return
-        with self.engine.connect() as conn:
+        with self._unavailable(), self._writer(write), self.engine.connect() as conn:
             if write:
                 conn.execution_options(write=True)
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def _writer(self, write: bool) -> Iterator[None]:
+        # SQLite has one writer at a time; its busy handler makes waiting writers sleep and poll, which under load
+        # lets one thread starve another for seconds. Writers of this process queue on a lock instead (other
+        # processes still meet the busy timeout). PostgreSQL needs no such thing.
+        if write and self.dialect == "sqlite":
+            with self._write_lock:
+                yield
+        else:
+            yield
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """Turn "the store cannot be reached right now" into StoreUnavailable (other errors pass unchanged)."""
+        try:
+            yield
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as err:
+            if not transient(err):
+                raise
+            raise StoreUnavailable(f"the fleet store {engines.redact(self.url)} is unavailable: "
+                                   f"{str(getattr(err, 'orig', None) or err).strip()}") from err
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:
@@ -95,7 +140,7 @@ class Store(Queries):
             yield self
             return
         after: list[Callable[[], None]] = []
-        with self.engine.connect() as conn:
+        with self._unavailable(), self._writer(True), self.engine.connect() as conn:
             conn.execution_options(write=True)
             with conn.begin():
                 if self.dialect == "postgresql":

@@ -183,3 +183,36 @@ def test_desired_state_set_while_the_broker_is_down_arrives_after_it_returns(con
     finally:
         svc.stop()
         broker.stop()
+
+
+def test_ingest_waits_for_an_unavailable_store_and_loses_nothing(postgres, tmp_path):
+    """The store goes away mid-ingest (PostgreSQL refuses connections, its sessions are ended): handle_many does
+    not return, so nothing would be acknowledged, until the store is back; then everything is stored once."""
+    import threading
+
+    from fleet.service import Fleet
+
+    name = "ingest_outage"
+    url = postgres.create_database(name, template="fleet_template")
+    fleet = Fleet(FleetConfig(data_dir=tmp_path / "fleet", store_url=url))
+    try:
+        recs = predictions("dev-out", 40)
+        t = fleet.topics
+        assert fleet.ingest.handle_many([(t.device("dev-out", "predictions"), batch("dev-out", "predictions",
+                                                                                   recs[:10]))]) == [True]
+        postgres.admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+                       f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        done: list[list[bool]] = []
+        worker = threading.Thread(target=lambda: done.append(fleet.ingest.handle_many(
+            [(t.device("dev-out", "predictions"), batch("dev-out", "predictions", recs))])))
+        worker.start()
+        wait_for(lambda: fleet.ingest.stats.store_retries >= 2, 30, "ingest to retry against the missing store")
+        assert not done and fleet.ingest.stats.malformed == 0  # not returned: nothing acknowledged, nothing dropped
+        postgres.admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        worker.join(30)
+        assert done == [[True]]
+        assert fleet.store.count("predictions") == 40 and fleet.ingest.stats.records == 40
+        assert fleet.ingest.stats.duplicates == 10 and fleet.ingest.stats.malformed == 0
+    finally:
+        fleet.close()
+        postgres.admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
