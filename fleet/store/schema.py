@@ -62,6 +62,7 @@ for _kind, _cols in RECORD_COLUMNS.items():
     if "release" in _cols:
         sa.Index(f"idx_{_kind}_release_revision", _t.c.release, _t.c.revision)
 _table("malformed", ("topic",), topic=TEXT, count=INT, last_error=TEXT, last_at=TEXT)
+_table("refused", ("device", "reason"), device=TEXT, reason=TEXT, count=INT, last_error=TEXT, last_at=TEXT)
 
 
 def primary_key(table: str) -> tuple[str, ...]:

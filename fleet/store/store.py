@@ -226,6 +226,32 @@ class Store(Queries):
     def malformed(self) -> dict[str, dict[str, Any]]:
         return {r["topic"]: r for r in self.rows("SELECT * FROM malformed ORDER BY topic")}
 
+    def count_refused(self, device: str, reason: str, error: str, n: int = 1) -> None:
+        """Count `n` records of `device` refused for `reason` (the last error kept for the admin)."""
+        from fleet.protocol import now_iso
+
+        self.execute("INSERT INTO refused (device, reason, count, last_error, last_at) VALUES (?, ?, ?, ?, ?) "
+                     "ON CONFLICT (device, reason) DO UPDATE SET count = refused.count + excluded.count, "
+                     "last_error = excluded.last_error, last_at = excluded.last_at",
+                     (device[:128], reason[:64], n, error[:500], now_iso()))
+
+    def refused(self) -> list[dict[str, Any]]:
+        """Refused-record counts: device, reason, count, last_error, last_at; by device then reason."""
+        return self.rows("SELECT device, reason, count, last_error, last_at FROM refused ORDER BY device, reason")
+
+    def predictions_by_id(self, device: str, ids: list[str]) -> dict[str, Any]:
+        """The stored predictions of `device` among `ids`, by id (verdicts must name one)."""
+        from fleet.protocol import PredictionRecord
+
+        out: dict[str, PredictionRecord] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            for r in self.rows(f"SELECT record FROM predictions WHERE device = ? AND id IN "
+                               f"({', '.join('?' * len(part))})", [device, *part]):
+                rec = PredictionRecord.model_validate_json(r["record"])
+                out[rec.id] = rec
+        return out
+
     def count(self, kind: str) -> int:
         if kind not in RECORD_COLUMNS:
             raise ValueError(f"unknown record kind {kind!r}")
