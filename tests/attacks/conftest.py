@@ -134,3 +134,10 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path, config: FleetConfig) -> 
 from tests.fleet import conftest as _fleet  # noqa: E402
 
 client, config, fleet, published, tokens = _fleet.client, _fleet.config, _fleet.fleet, _fleet.published, _fleet.tokens
+
+
+@pytest.fixture
+def store_url() -> None:
+    """The attacks run on the embedded default store (SQLite): what they probe is the broker and the HTTP edge,
+    which are the same whichever store is behind (tests/fleet runs the store contract on both)."""
+    return None
