@@ -63,6 +63,9 @@ for _kind, _cols in RECORD_COLUMNS.items():
         sa.Index(f"idx_{_kind}_release_revision", _t.c.release, _t.c.revision)
 _table("malformed", ("topic",), topic=TEXT, count=INT, last_error=TEXT, last_at=TEXT)
 _table("refused", ("device", "reason"), device=TEXT, reason=TEXT, count=INT, last_error=TEXT, last_at=TEXT)
+images = _table("images", ("device", "prediction_id"), device=TEXT, prediction_id=TEXT, sha256=TEXT, size=INT,
+                suffix=TEXT, reasons=TEXT, uploader=TEXT, uploaded_at=TEXT)
+sa.Index("idx_images_sha256", images.c.sha256)
 
 
 def primary_key(table: str) -> tuple[str, ...]:
