@@ -285,3 +285,24 @@ def test_provision_writes_everything_one_device_needs(tmp_path, keys, bundles):
     assert again.returncode == 0, again.stderr
     assert Tokens.load(tokens).check(token) is None
     assert (out / "broker-password").read_text().strip() == password
+
+
+def test_embedded_broker_listens_beyond_loopback_only_with_passwords(tmp_path):
+    from fleet.broker import EmbeddedBroker
+    from tests.conftest import free_port
+
+    with pytest.raises(ConfigError, match="refusing to listen on 0.0.0.0"):
+        EmbeddedBroker(free_port(), "0.0.0.0", topics=Topics())
+    with pytest.raises(ConfigError, match="refusing to listen on 192.0.2.7"):
+        EmbeddedBroker(free_port(), "192.0.2.7", topics=Topics(), credentials_dir=tmp_path / "none")
+    creds = provision(tmp_path / "creds", ["cam-a"], Topics())
+    port = free_port()
+    broker = EmbeddedBroker(port, "0.0.0.0", topics=Topics(), credentials_dir=tmp_path / "creds").start()
+    try:
+        ok = MqttClient(f"mqtt://127.0.0.1:{port}", "cam-a", username="cam-a", password=creds["cam-a"].password,
+                        persistent=False).start(5)
+        ok.stop()
+        with pytest.raises(ConfigError, match="cannot connect"):
+            MqttClient(f"mqtt://127.0.0.1:{port}", "anon", persistent=False).start(wait=2)
+    finally:
+        broker.stop()
