@@ -50,7 +50,7 @@ def _progress(quiet: bool):
 
 @export_group.command("model")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--preset", help="shipped preset name (pcb-aoi, squeezenet, yolox-nano) or a YAML file of options")
+@click.option("--preset", help="shipped preset name (pcb-aoi, squeezenet, yolox-nano, yolov8) or a YAML file of options")
 @click.option("--name", help="bundle name, e.g. pcb-screen")
 @click.option("--version", "version_", help="bundle version MAJOR.MINOR")
 @click.option("--task", type=click.Choice(["classify", "detect"]), help="what the model does")
@@ -59,6 +59,8 @@ def _progress(quiet: bool):
 @click.option("--license", "license_", help="the model's licence (manifest and Core ML package metadata)")
 @click.option("--description", help="one line on what the model does (manifest and Core ML package)")
 @click.option("--dedupe-labels", is_flag=True, default=None, help="rename duplicate labels to 'label [index]'")
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]),
+              help="input layout (default: from the input shape; needed when it reads both ways)")
 @click.option("--color-order", type=click.Choice(["RGB", "BGR"]), help="channel order the model expects")
 @click.option("--resize", type=click.Choice(["stretch", "letterbox", "short_side_center_crop"]),
               help="how an image of any size becomes the input size")
@@ -71,8 +73,9 @@ def _progress(quiet: bool):
 @click.option("--scale", type=float, help="multiplies 0..255 pixels first (1/255 for 0..1 models)")
 @click.option("--mean", nargs=3, type=float, help="per-channel mean, model colour order, after scaling")
 @click.option("--std", nargs=3, type=float, help="per-channel std, after scaling")
-@click.option("--decoder", type=click.Choice(["softmax", "sigmoid", "probabilities", "yolox"]),
-              help="how the output is read: logits (softmax/sigmoid), scores as given, or YOLOX boxes")
+@click.option("--decoder", type=click.Choice(["softmax", "sigmoid", "probabilities", "yolox", "yolov8"]),
+              help="how the output is read: logits (softmax/sigmoid), scores as given, YOLOX boxes "
+                   "[N, anchors, 5 + C], or YOLOv8/YOLO11 boxes [N, 4 + C, anchors]")
 @click.option("--nms-iou", type=float, help="NMS IoU for detectors")
 @click.option("--class-agnostic-nms/--per-class-nms", default=None, help="NMS across classes, or per class")
 @click.option("--threshold", type=float, help="default decision threshold")

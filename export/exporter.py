@@ -1,27 +1,27 @@
-"""`shadowline export MODEL.onnx`: validate, describe, reference, variants, sign, and move into place."""
+"""`shadowline export MODEL.onnx`: check, describe, reference, variants, sign, and move into place."""
 
 from __future__ import annotations
 
-import math
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from export.bundle import finish_bundle, npz_bytes
 from export.labels import check_labels, read_labels
+from export.model_check import check_model
 from export.options import ExportOptions
 from export.reference import build_reference
-from export.validate import ModelInfo, validate_model
+from export.specs import check_output, class_count, input_spec, output_spec
+from export.staging import staging_dir
 from runtime import __version__
-from runtime.errors import ConfigError, LabelError, ModelRejected, ParityError
+from runtime.errors import ConfigError, LabelError, ParityError
 from runtime.fsio import sha256_file
 from runtime.manifest import BatchInfo, Manifest, ParityCheck, Provenance, Thresholds
-from runtime.parity import compare
-from runtime.processing.spec import InputSpec, LetterboxSpec, OutputSpec
+from runtime.parity import Reference, compare
 from runtime.runners.base import run_batched
 from runtime.runners.onnxrt import OnnxRuntimeRunner
 
@@ -32,75 +32,58 @@ def _quiet(_: str) -> None:
     return None
 
 
-def input_spec(info: ModelInfo, opts: ExportOptions) -> InputSpec:
-    if len(info.inputs) != 1:
-        raise ModelRejected(f"{info.path}: expected one image input, found {[i[0] for i in info.inputs]}")
-    name, shape, dtype = info.inputs[0]
-    if len(shape) != 4:
-        raise ModelRejected(f"{info.path}: input {name!r} has shape {shape}; an NCHW image tensor is expected")
-    h, w = shape[2], shape[3]
-    if opts.input_size:
-        if len(opts.input_size) != 2:
-            raise ConfigError("input_size must be [height, width]")
-        if isinstance(h, int) and isinstance(w, int) and [h, w] != opts.input_size:
-            raise ConfigError(f"input_size {opts.input_size} does not match the model's fixed input {[h, w]}")
-        h, w = opts.input_size
-    if not isinstance(h, int) or not isinstance(w, int):
-        raise ConfigError(f"the model's input size is dynamic ({shape}); give --input-size HEIGHT WIDTH")
-    for key in ("color_order", "resize"):
-        if getattr(opts, key) is None:
-            raise ConfigError(f"{key} is required (the model file does not say how its pixels are prepared)")
-    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else "N"
-    return InputSpec(
-        name=name, shape=[batch, shape[1], h, w], dtype="float32" if dtype == "float32" else "float16",
-        layout="NCHW", color_order=opts.color_order, resize=opts.resize,
-        letterbox=LetterboxSpec(alignment=opts.letterbox_alignment, pad_value=opts.pad_value)
-        if opts.resize == "letterbox" else None,
-        resize_short=opts.resize_short, interpolation=opts.interpolation, scale=opts.scale, mean=opts.mean,
-        std=opts.std)
+class Steps:
+    """Times each step of an export and reports its start and end through `progress`."""
 
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
 
-def class_count(info: ModelInfo, task: str, decoder: str) -> int | None:
-    dims = info.outputs[0][1]
-    if task == "detect":
-        if decoder != "yolox":
-            raise ConfigError(f"decoder {decoder!r} cannot decode detections; use yolox")
-        return int(dims[-1]) - 5 if isinstance(dims[-1], int) else None
-    if decoder == "yolox":
-        raise ConfigError("decoder yolox is for task detect")
-    rest = dims[1:]
-    return math.prod(rest) if all(isinstance(d, int) for d in rest) else None
-
-
-def export_model(model_path: Path, opts: ExportOptions, out_dir: Path, signing_key=None, as_tar: bool = False,
-                 force: bool = False, progress: Progress = _quiet) -> tuple[Path, Manifest, dict[str, float]]:
-    """Export and return (bundle path, manifest, seconds per step). Nothing is left on disk if a step fails."""
-    timings: dict[str, float] = {}
-
-    def step(label: str) -> Callable[[], None]:
-        start = time.perf_counter()
-        progress(f"[{label}] ...")
+    def start(self, label: str) -> Callable[[], None]:
+        begin = time.perf_counter()
+        self.progress(f"[{label}] ...")
 
         def done() -> None:
-            timings[label] = time.perf_counter() - start
-            progress(f"[{label}] done in {timings[label]:.2f} s")
+            self.timings[label] = time.perf_counter() - begin
+            self.progress(f"[{label}] done in {self.timings[label]:.2f} s")
         return done
 
+
+def check_variant(draft: Manifest, reference: Reference, model: Path, *, kind: str, precision: str,
+                  max_batch: int, elementwise: dict[str, float] | None = None, task: dict[str, float] | None = None,
+                  artifact: str | None = None) -> ParityCheck:
+    """Run the ONNX `model` on the reference inputs with ONNX Runtime and judge it against the reference outputs."""
+    start = time.perf_counter()
+    with OnnxRuntimeRunner(model) as runner:
+        outs = run_batched(runner, draft.input.name, reference.inputs, max_batch)
+    return compare(draft, reference, outs, artifact=artifact or model.name, kind=kind, precision=precision,
+                   elementwise=elementwise, task=task, seconds=time.perf_counter() - start)
+
+
+def export_model(model_path: Path, opts: ExportOptions, out_dir: Path, signing_key: Any = None, as_tar: bool = False,
+                 force: bool = False, progress: Progress = _quiet) -> tuple[Path, Manifest, dict[str, float]]:
+    """Export and return (bundle path, manifest, seconds per step). Nothing is left on disk if a step fails or a
+    signal (SIGINT, SIGTERM, SIGHUP) stops it."""
+    steps = Steps(progress)
     model_path = Path(model_path)
     if not opts.name or not opts.task or not opts.decoder:
         raise ConfigError("name, task and decoder are required (give them as options or in a --preset)")
-    done = step("validate")
-    info = validate_model(model_path)
+    task, decoder = opts.task, opts.decoder
+    done = steps.start("validate")
+    info = check_model(model_path)
     spec = input_spec(info, opts)
-    output = OutputSpec(names=[o[0] for o in info.outputs], decoder=opts.decoder, nms_iou=opts.nms_iou,
-                        class_agnostic_nms=opts.class_agnostic_nms,
-                        strides=opts.strides, min_score=opts.min_score)
+    output = output_spec(info, opts)
     if opts.labels is None:
-        if "labels" not in info.metadata:
+        if "labels" not in info.metadata and "names" not in info.metadata:
             raise LabelError("no labels given and the model carries none in its metadata")
         opts = opts.model_copy(update={"labels": "model-metadata"})
-    labels, renames = check_labels(read_labels(opts.labels, info.metadata),
-                                   class_count(info, opts.task, opts.decoder), opts.dedupe_labels)
+    assert opts.labels is not None
+    out_shape = info.outputs[0][1]
+    given = read_labels(opts.labels, info.metadata)
+    # The shape rule on the declared shape (dynamic dimensions pass), so a model no decoder reads fails before any
+    # work; it runs again on the actual output of the reference run below.
+    check_output(out_shape, spec, output, task, len(given), str(model_path))
+    labels, renames = check_labels(given, class_count(out_shape, output.decoder), opts.dedupe_labels)
     for idx, new in renames.items():
         progress(f"[labels] duplicate label at index {idx} renamed to {new!r}")
     try:
@@ -110,6 +93,8 @@ def export_model(model_path: Path, opts: ExportOptions, out_dir: Path, signing_k
     unknown = (set(opts.thresholds) | set(opts.ignore_classes)) - set(labels)
     if unknown:
         raise ConfigError(f"thresholds name classes that are not labels: {sorted(unknown)}")
+    if not opts.calibration:
+        raise ConfigError("calibration: a folder of real images is required for reference.npz")
     done()
 
     out_dir = Path(out_dir)
@@ -118,19 +103,19 @@ def export_model(model_path: Path, opts: ExportOptions, out_dir: Path, signing_k
     destination = out_dir / (bundle_id + (".tar" if as_tar else ""))
     if destination.exists() and not force:
         raise ConfigError(f"{destination} exists already (use --force to replace it)")
-    staging = Path(tempfile.mkdtemp(prefix=f".{bundle_id}.staging-", dir=out_dir))
-    try:
+    with staging_dir(out_dir, bundle_id) as staging:
         shutil.copyfile(model_path, staging / "model.onnx")
         max_batch = opts.max_batch if spec.dynamic_batch else 1
         runner = OnnxRuntimeRunner(staging / "model.onnx").load()
         parity: list[ParityCheck] = []
-        if not opts.calibration:
-            raise ConfigError("calibration: a folder of real images is required for reference.npz")
-        done = step("reference")
+        done = steps.start("reference")
         reference, skipped = build_reference(Path(opts.calibration), spec, runner, opts.max_calibration, max_batch,
                                              opts.max_pixels)
         for s in skipped:
             progress(f"[reference] skipped {s}")
+        actual = list(reference.outputs[output.names[0]].shape)
+        check_output(actual, spec, output, task, len(labels), str(model_path))
+        output = output.model_copy(update={"shape": [spec.shape[0], *actual[1:]]})
         (staging / "reference.npz").write_bytes(npz_bytes(reference.to_arrays()))
         done()
         draft = Manifest(
@@ -142,21 +127,18 @@ def export_model(model_path: Path, opts: ExportOptions, out_dir: Path, signing_k
             provenance=_provenance(model_path), extras={"calibration_skipped": skipped,
                                                         "calibration_images": reference.names})
         if opts.fp16:
-            done = step("fp16")
+            done = steps.start("fp16")
             from export.fp16 import convert_fp16
             convert_fp16(staging / "model.onnx", staging / "model.fp16.onnx")
-            start = time.perf_counter()
-            with OnnxRuntimeRunner(staging / "model.fp16.onnx") as r16:
-                outs = run_batched(r16, spec.name, reference.inputs, max_batch)
-            check = compare(draft, reference, outs, artifact="model.fp16.onnx", kind="onnx-fp16", precision="fp16",
-                            seconds=time.perf_counter() - start)
+            check = check_variant(draft, reference, staging / "model.fp16.onnx", kind="onnx-fp16", precision="fp16",
+                                  max_batch=max_batch)
             parity.append(check)
             progress(f"[fp16] parity {'passed' if check.passed else 'FAILED'}: {check.stats}")
             if not check.passed:
                 raise ParityError(f"model.fp16.onnx disagrees with the FP32 reference: {check.detail}")
             done()
         if opts.coreml:
-            done = step("coreml")
+            done = steps.start("coreml")
             from export.coreml import add_coreml  # optional extra, imported only when asked for
             checks, extras = add_coreml(staging, draft, reference, opts.coreml_precision, progress)
             parity.extend(checks)
@@ -170,21 +152,18 @@ def export_model(model_path: Path, opts: ExportOptions, out_dir: Path, signing_k
             if opts.task != "classify":
                 raise ConfigError("validation metrics are computed for classifiers (detector validation: "
                                   "use `shadowline fleet tune` with labelled boxes)")
-            done = step("validation")
-            from export.validation import validate_classifier
-            validation = validate_classifier(Path(opts.validation), opts.validation_labels, labels, spec,
-                                             opts.decoder, runner, thresholds, max_batch, opts.max_pixels)
+            done = steps.start("validation")
+            from export.metrics import classifier_metrics
+            validation = classifier_metrics(Path(opts.validation), opts.validation_labels, labels, spec,
+                                            decoder, runner, thresholds, max_batch, opts.max_pixels)
             done()
         runner.close()
         manifest = draft.model_copy(update={"parity": parity, "validation": validation})
-        done = step("sign")
+        done = steps.start("sign")
         path, manifest = finish_bundle(staging, manifest, destination, signing_key, as_tar=as_tar,
                                        overwrite=force)
         done()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return path, manifest, timings
+    return path, manifest, steps.timings
 
 
 def _provenance(model_path: Path) -> Provenance:

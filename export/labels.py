@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from collections import Counter
 from pathlib import Path
@@ -17,9 +18,13 @@ def read_labels(source: str | Path | list[str], model_metadata: dict[str, str] |
         return [str(s).strip() for s in source]
     text = str(source)
     if text == "model-metadata":
-        if not model_metadata or "labels" not in model_metadata:
-            raise LabelError("labels: model-metadata was asked for, but the model has no metadata_props['labels']")
-        return [s.strip() for s in model_metadata["labels"].split(",")]
+        meta = model_metadata or {}
+        if "labels" in meta:
+            return [s.strip() for s in meta["labels"].split(",")]
+        if "names" in meta:
+            return _index_dict(meta["names"])
+        raise LabelError("labels: model-metadata was asked for, but the model has neither metadata_props['labels'] "
+                         "(comma-separated) nor ['names'] (an {index: name} mapping, as Ultralytics writes)")
     path = Path(text)
     if not path.is_file():
         if "," in text and "/" not in text:
@@ -33,6 +38,20 @@ def read_labels(source: str | Path | list[str], model_metadata: dict[str, str] |
             raise LabelError(f"labels file {path}: indices are not 0..{len(lines) - 1} in order")
         return [m.group(2).strip() for m in matches]  # type: ignore[union-attr]
     return lines
+
+
+def _index_dict(text: str) -> list[str]:
+    """Ultralytics' `names` metadata, a Python literal {0: 'person', 1: 'bicycle', ...}, as a list in index order.
+    Read with ast.literal_eval: a literal, never code."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
+        raise LabelError(f"labels: metadata_props['names'] is not an {{index: name}} mapping ({err})") from err
+    if not isinstance(value, dict) or not all(isinstance(k, int) for k in value):
+        raise LabelError("labels: metadata_props['names'] is not an {index: name} mapping")
+    if sorted(value) != list(range(len(value))):
+        raise LabelError(f"labels: metadata_props['names'] indices are not 0..{len(value) - 1}")
+    return [str(value[i]).strip() for i in range(len(value))]
 
 
 def check_labels(labels: list[str], expected: int | None, dedupe: bool) -> tuple[list[str], dict[str, str]]:

@@ -23,6 +23,7 @@ class ExportOptions(BaseModel):
     license: str = ""
     labels: str | list[str] | None = Field(None, description="file, comma list, list, or 'model-metadata'")
     dedupe_labels: bool = False
+    layout: Literal["NCHW", "NHWC"] | None = Field(None, description="input layout; read from the shape when unset")
     color_order: Literal["RGB", "BGR"] | None = None
     resize: Literal["stretch", "letterbox", "short_side_center_crop"] | None = None
     letterbox_alignment: Literal["top_left", "center"] = "center"
@@ -33,7 +34,7 @@ class ExportOptions(BaseModel):
     scale: float = 1.0
     mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
     std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
-    decoder: Literal["softmax", "sigmoid", "probabilities", "yolox"] | None = None
+    decoder: Literal["softmax", "sigmoid", "probabilities", "yolox", "yolov8"] | None = None
     nms_iou: float = 0.45
     class_agnostic_nms: bool = False
     strides: list[int] = Field(default_factory=lambda: [8, 16, 32])
@@ -46,6 +47,9 @@ class ExportOptions(BaseModel):
     validation: str | None = Field(None, description="folder of labelled images")
     validation_labels: Literal["folder", "prefix"] = Field("folder", description="class = sub-folder or file prefix")
     fp16: bool = False
+    int8: bool = Field(False, description="add INT8 variants (TensorRT Q/DQ; ORT CPU where faster), parity-gated")
+    int8_cpu: Literal["auto", "always", "never"] = Field(
+        "auto", description="ORT-CPU INT8 variant: only where faster than FP32 on this CPU (auto), always, or never")
     coreml: bool = False
     coreml_precision: Literal["fp32", "fp16"] = "fp32"
     max_batch: int = Field(8, ge=1, description="largest batch of the optimisation profile (dynamic batch)")

@@ -10,6 +10,25 @@ class ShadowlineError(Exception):
     http_status = 500
 
 
+class Interrupted(BaseException):
+    """A signal (SIGINT, SIGTERM, SIGHUP) stopped a command that cleans up after itself; exit code 128 + signal.
+
+    A BaseException like KeyboardInterrupt, so no `except Exception` on the way swallows it and every cleanup
+    (`finally`, `except BaseException`) between the signal and the CLI runs."""
+
+    http_status = 503
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 class ConfigError(ShadowlineError):
     """A configuration file or option is invalid; the message names the key path."""
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from runtime.processing.spec import InputSpec, OutputSpec
 
-SCHEMA_ID = "shadowline.bundle.manifest"
+SCHEMA_ID: Literal["shadowline.bundle.manifest"] = "shadowline.bundle.manifest"
 SCHEMA_VERSION = 1
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 VERSION_RE = re.compile(r"^\d+\.\d+$")

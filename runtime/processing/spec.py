@@ -7,7 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ResizeMode = Literal["stretch", "letterbox", "short_side_center_crop"]
-Decoder = Literal["softmax", "sigmoid", "probabilities", "yolox"]
+Decoder = Literal["softmax", "sigmoid", "probabilities", "yolox", "yolov8"]
+CLASSIFY_DECODERS: tuple[str, ...] = ("softmax", "sigmoid", "probabilities")
+DETECT_DECODERS: tuple[str, ...] = ("yolox", "yolov8")
 
 
 class LetterboxSpec(BaseModel):
@@ -71,9 +73,13 @@ class InputSpec(BaseModel):
 class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     names: list[str] = Field(description="output tensor names; the first is decoded")
-    decoder: Decoder = Field(description="softmax/sigmoid: raw logits; probabilities: scores as given; yolox: boxes")
+    decoder: Decoder = Field(description="softmax/sigmoid: raw logits; probabilities: scores as given; yolox: "
+                                         "[N, anchors, 5 + classes] grid offsets; yolov8: [N, 4 + classes, anchors] "
+                                         "centre/size boxes in input pixels (YOLOv8, YOLO11)")
+    shape: list[int | str] | None = Field(None, description="shape of the decoded output at export (batch as 'N'); "
+                                                            "devices check their model's output against it")
     nms_iou: float = Field(0.45, ge=0.0, le=1.0, description="NMS IoU (detectors)")
     class_agnostic_nms: bool = Field(False, description="NMS across classes (one box per object) instead of per class")
-    strides: list[int] = Field(default_factory=lambda: [8, 16, 32], description="yolox grid strides, in output order")
+    strides: list[int] = Field(default_factory=lambda: [8, 16, 32], description="grid strides, in output order")
     min_score: float = Field(0.05, ge=0.0, le=1.0, description="detections below this are dropped before NMS")
     max_detections: int = Field(300, ge=1)

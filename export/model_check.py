@@ -36,7 +36,7 @@ def _opsets(model) -> dict[str, int]:
     return {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
 
 
-def validate_model(path: Path | str) -> ModelInfo:
+def check_model(path: Path | str) -> ModelInfo:
     """Load, check, infer shapes and open `path` with ONNX Runtime; raise ModelRejected naming op and opset."""
     import onnx
     import onnxruntime as ort

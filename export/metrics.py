@@ -50,7 +50,7 @@ def per_class_metrics(scores: np.ndarray, truth: list[int], labels: list[str], t
     return result
 
 
-def validate_classifier(folder: Path, mode: str, labels: list[str], spec: InputSpec, decoder: str,
+def classifier_metrics(folder: Path, mode: str, labels: list[str], spec: InputSpec, decoder: str,
                         runner: Runner, thresholds: Thresholds, max_batch: int, max_pixels: int) -> ValidationMetrics:
     pairs = labelled_images(Path(folder), mode, labels)
     names, items, skipped = load_images([p for p, _ in pairs], spec, max_pixels)
