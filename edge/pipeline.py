@@ -135,7 +135,8 @@ class StageResult:
     def to_protocol(self) -> StageOutput:
         dets = [d.as_dict() for d in self.output.detections] if self.output.scores is None else None
         return StageOutput(role=self.role, bundle=self.bundle, scores=self.recorded_scores(), detections=dets,
-                           hits=[(c, round(s, 6)) for c, s in self.hits], latency_ms=round(self.latency_ms, 3))
+                           hits=[(c, round(s, 6)) for c, s in self.hits], latency_ms=round(self.latency_ms, 3),
+                           variant=self.output.variant or None)
 
 
 @dataclass
@@ -395,7 +396,7 @@ def build_pipeline(active: ReleaseSpec, candidate: ReleaseSpec | None, resolve: 
                    band: float = 0.1, verify_timeout_s: float | None = None) -> Pipeline:
     """Load and verify every bundle, load the runners, check the rules; nothing is half-built on failure."""
     bundles: dict[Path, Bundle] = {}
-    models: dict[Path, BundleModel] = {}
+    models: dict[tuple[Path, str | None], BundleModel] = {}
     paths: dict[str, Path] = {}
     try:
         def cascade(spec: ReleaseSpec) -> Cascade:
@@ -404,8 +405,14 @@ def build_pipeline(active: ReleaseSpec, candidate: ReleaseSpec | None, resolve: 
                 path = paths[st.bundle] = resolve(st.bundle).resolve()
                 if path not in bundles:
                     bundles[path] = load_bundle(path, trust)
-                    models[path] = BundleModel(bundles[path], backend, **(runner_options or {})).load()
-                m = models[path]
+                # The release's precision for this stage wins over the device's runner setting (TensorRT's).
+                options = dict(runner_options or {})
+                precision = st.precision or options.pop("precision", None)
+                options.pop("precision", None)
+                if (path, precision) not in models:
+                    models[path, precision] = BundleModel(bundles[path], backend, precision=precision,
+                                                          **options).load()
+                m = models[path, precision]
                 stages.append((st, m, StageRule.from_spec(st, m.manifest.labels, m.manifest.thresholds)))
             return Cascade(spec, stages, band, verify_timeout_s)
 

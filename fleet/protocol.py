@@ -93,6 +93,7 @@ class StageOutput(_Msg):
     detections: list[dict[str, Any]] | None = None
     hits: list[tuple[str, float]] = Field(default_factory=list, description="classes at/over their threshold")
     latency_ms: float = 0.0
+    variant: str | None = Field(None, description="model variant that ran: fp32, fp16, int8-cpu, int8, tensorrt-<p>")
 
 
 class PredictionRecord(_Msg):
@@ -202,6 +203,9 @@ class StageSpec(_Msg):
     candidate_classes: list[str] | None = Field(None, description="screen: classes that make a frame a candidate")
     threshold: float | None = Field(None, ge=0, le=1, description="screen: one threshold for candidate classes")
     thresholds: dict[str, float] | None = Field(None, description="verify: {default: t, class: t, ...}")
+    precision: Literal["auto", "fp32", "fp16", "int8"] | None = Field(
+        None, description="model variant: auto = the fastest that passes parity on the device; unset = the device's "
+                          "runner setting (FP32 on ONNX Runtime)")
 
 
 class ReleaseSpec(_Msg):

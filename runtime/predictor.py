@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,10 +11,12 @@ import numpy as np
 
 from runtime.bundle import Bundle
 from runtime.manifest import Thresholds
-from runtime.processing.decode import Detection, decode_classification, decode_yolox
+from runtime.processing.decode import Detection, decode_classification, decode_detections
 from runtime.processing.preprocess import Transform, preprocess
+from runtime.processing.shapes import check_bundle_output
 from runtime.runners import create_runner
 from runtime.runners.base import Runner
+from runtime.variants import BY_NAME, Choice, candidates, choose_variant
 
 
 @dataclass
@@ -24,6 +27,7 @@ class ModelOutput:
     infer_ms: float = 0.0
     # classify: the same scores as a float vector in label order, for code that works on all classes at once
     vector: np.ndarray | None = field(default=None, repr=False, compare=False)
+    variant: str = ""  # the model variant that ran (runtime.variants), recorded with every prediction
 
     def top(self) -> tuple[str, float]:
         if self.scores is not None and self.vector is not None and len(self.vector) == len(self.scores):
@@ -50,7 +54,8 @@ class ModelOutput:
         return sorted(found.items(), key=lambda kv: -kv[1])
 
     def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"preprocess_ms": round(self.preprocess_ms, 3), "infer_ms": round(self.infer_ms, 3)}
+        d: dict[str, Any] = {"preprocess_ms": round(self.preprocess_ms, 3), "infer_ms": round(self.infer_ms, 3),
+                             "variant": self.variant}
         if self.scores is not None:
             d["scores"] = {k: round(v, 6) for k, v in self.scores.items()}
         else:
@@ -59,18 +64,37 @@ class ModelOutput:
 
 
 class BundleModel:
-    """Holds a bundle and its runner; `predict` takes BGR uint8 images."""
+    """Holds a bundle and its runner; `predict` takes BGR uint8 images.
+
+    `precision` picks the model variant (runtime.variants): None or "fp32" runs model.onnx as before; "fp16"/"int8"
+    run that variant; "auto" runs the fastest variant that passes parity on this device, chosen at `load()`. For
+    TensorRT the precision goes to the engine loader. `variant` names what runs; every output carries it."""
 
     def __init__(self, bundle: Bundle, backend: str = "onnxruntime", runner: Runner | None = None,
+                 precision: str | None = None, timings: Mapping[str, float] | None = None,
                  **runner_options: Any) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
-        self.runner = runner or create_runner(backend, bundle.model_path, **runner_options)
+        check_bundle_output(bundle)  # a bundle no decoder can read never reaches a frame
+        self.backend, self.precision, self.timings = backend, precision, timings
+        self.choice: Choice | None = None
+        self.variant = "fp32"
+        if backend == "tensorrt" and precision is not None:
+            runner_options["precision"] = precision
+        self._make_runner = lambda path: create_runner(backend, path, **runner_options)
+        if runner is None and backend == "onnxruntime" and precision not in (None, "fp32", "auto"):
+            self.variant = candidates(self.manifest, precision)[0].name
+        self.runner = runner or self._make_runner(self.bundle.path(BY_NAME[self.variant].file))
         # identifies this model's preprocessing: two models with the same key take the same input tensor
         self.input_key = self.manifest.input.model_dump_json()
 
     def load(self) -> BundleModel:
+        if self.backend == "onnxruntime" and self.precision == "auto" and self.choice is None:
+            self.choice = choose_variant(self.bundle, "auto", self._make_runner, self.timings)
+            self.runner, self.variant = self.choice.runner, self.choice.variant.name
         self.runner.load()
+        if self.backend == "tensorrt":
+            self.variant = f"tensorrt-{self.runner.describe().get('precision', self.precision or 'auto')}"
         return self
 
     def close(self) -> None:
@@ -102,11 +126,13 @@ class BundleModel:
             if m.task == "classify":
                 scores = decode_classification(raw, m.output.decoder)
                 results += [ModelOutput(scores=dict(zip(m.labels, s.tolist())), preprocess_ms=p.ms, infer_ms=inf_ms,
-                                        vector=s.astype(np.float64)) for s, p in zip(scores, chunk)]
+                                        vector=s.astype(np.float64), variant=self.variant)
+                            for s, p in zip(scores, chunk)]
             else:
-                dets = decode_yolox(raw, (m.input.height, m.input.width), m.output, m.labels,
-                                    [p.transform for p in chunk])
-                results += [ModelOutput(detections=d, preprocess_ms=p.ms, infer_ms=inf_ms) for d, p in zip(dets, chunk)]
+                dets = decode_detections(raw, (m.input.height, m.input.width), m.output, m.labels,
+                                         [p.transform for p in chunk])
+                results += [ModelOutput(detections=d, preprocess_ms=p.ms, infer_ms=inf_ms, variant=self.variant)
+                            for d, p in zip(dets, chunk)]
         return results
 
 

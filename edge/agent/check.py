@@ -14,12 +14,11 @@ import numpy as np
 from runtime.bundle import load_bundle
 from runtime.errors import ImageError, ParityError
 from runtime.manifest import ParityCheck
-from runtime.parity import Reference, compare
+from runtime.parity import Reference, compare, tolerances_for
 from runtime.predictor import BundleModel
 from runtime.processing.image import read_image
-
-# The device runs the same FP32 ONNX the reference came from; only accumulation order may differ between CPUs.
-DEVICE_TOLERANCE = {"max_rel_to_peak": 1e-3}
+from runtime.processing.shapes import check_manifest_output
+from runtime.variants import variant_precision
 
 
 def pick_backend(wanted: str) -> str:
@@ -64,8 +63,14 @@ def check(model: BundleModel, latency_budget_ms: float | None, images: list[Path
         outputs.append(model.runner.infer({m.input.name: ref.inputs[i : i + 1]})[out_name])
         times.append((time.perf_counter() - t0) * 1000)
     got = {out_name: np.concatenate(outputs, axis=0)}
+    check_manifest_output(m, got[out_name].shape)  # what this device's model really outputs, decodable or refused
     kind = "tensorrt" if type(model.runner).__name__.lower().startswith("tensorrt") else "onnx"
-    parity = compare(m, ref, got, artifact=m.bundle_id, kind=kind, precision="fp32", elementwise=DEVICE_TOLERANCE)
+    # FP32 is the ONNX the reference came from: only accumulation order may differ between CPUs, so it is judged
+    # element-wise; a reduced-precision variant (FP16, INT8) at task level with the tolerances of its precision.
+    precision = variant_precision(model.variant)
+    elementwise, task = tolerances_for(precision)
+    parity = compare(m, ref, got, artifact=m.bundle_id, kind=kind, precision=precision, elementwise=elementwise,
+                     task=task)
     if not parity.passed:
         raise ParityError(f"{m.bundle_id}: device outputs disagree with reference.npz: {parity.detail}")
     median_ms = statistics.median(times) if times else 0.0
