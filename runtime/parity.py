@@ -211,7 +211,7 @@ def compare(manifest: Manifest, reference: Reference, outputs: dict[str, np.ndar
         anchor_stats, problems = anchor_problems(manifest, ref_out, got_out, reference.names,
                                                  threshold - task["score"], task["iou"], task["score"])
         stats.update(anchor_stats)
-        total, matched, unmatched = 0, 0, []
+        total, matched, unmatched = 0, 0, list[str]()
         for i in range(n):
             r = [d for d in ref_t.detections[i] if d.score >= threshold - task["score"]]
             g = [d for d in got_t.detections[i] if d.score >= threshold - task["score"]]
