@@ -76,8 +76,6 @@ class OutputSpec(BaseModel):
     decoder: Decoder = Field(description="softmax/sigmoid: raw logits; probabilities: scores as given; yolox: "
                                          "[N, anchors, 5 + classes] grid offsets; yolov8: [N, 4 + classes, anchors] "
                                          "centre/size boxes in input pixels (YOLOv8, YOLO11)")
-    shape: list[int | str] | None = Field(None, description="shape of the decoded output at export (batch as 'N'); "
-                                                            "devices check their model's output against it")
     nms_iou: float = Field(0.45, ge=0.0, le=1.0, description="NMS IoU (detectors)")
     class_agnostic_nms: bool = Field(False, description="NMS across classes (one box per object) instead of per class")
     strides: list[int] = Field(default_factory=lambda: [8, 16, 32], description="grid strides, in output order")
