@@ -85,6 +85,11 @@ def _progress(quiet: bool):
 @click.option("--validation", help="folder of labelled images: per-class precision/recall/F1 into the manifest")
 @click.option("--validation-labels", type=click.Choice(["folder", "prefix"]), help="class from sub-folder or prefix")
 @click.option("--fp16", is_flag=True, default=None, help="add model.fp16.onnx, checked at task level")
+@click.option("--int8", is_flag=True, default=None,
+              help="add INT8 variants calibrated on half the calibration images and checked on the other half: "
+                   "model.int8.onnx (TensorRT Q/DQ) and, where faster here, model.int8.cpu.onnx (ONNX Runtime CPU)")
+@click.option("--int8-cpu", type=click.Choice(["auto", "always", "never"]),
+              help="the ONNX Runtime CPU INT8 variant: where faster than FP32 on this CPU (auto), always, never")
 @click.option("--coreml", is_flag=True, default=None, help="add a Core ML ML Program package (needs [coreml])")
 @click.option("--coreml-precision", type=click.Choice(["fp32", "fp16"]), help="Core ML compute precision")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("bundles"), show_default=True,

@@ -136,6 +136,17 @@ def export_model(model_path: Path, opts: ExportOptions, out_dir: Path, signing_k
             if not check.passed:
                 raise ParityError(f"model.fp16.onnx disagrees with the FP32 reference: {check.detail}")
             done()
+        if opts.int8:
+            done = steps.start("int8")
+            from export.int8 import add_int8
+            result = add_int8(staging, draft, reference, max_batch, opts.int8_cpu, progress)
+            parity.extend(result.checks)
+            draft.extras["int8"] = result.extras
+            failed = [c for c in result.checks if not c.passed]
+            if failed:
+                raise ParityError(f"{failed[0].artifact} disagrees with the FP32 reference on the held-out images: "
+                                  f"{failed[0].detail}")
+            done()
         if opts.coreml:
             done = steps.start("coreml")
             from export.coreml import add_coreml  # optional extra, imported only when asked for

@@ -64,7 +64,7 @@ class ParityCheck(BaseModel):
     """One comparison of an artifact against reference.npz."""
 
     artifact: str
-    kind: Literal["onnx-fp16", "coreml", "tensorrt", "onnx"]
+    kind: Literal["onnx-fp16", "onnx-int8", "coreml", "tensorrt", "onnx"]
     precision: Literal["fp32", "fp16", "int8"]
     level: Literal["elementwise", "task", "elementwise+task"]
     passed: bool

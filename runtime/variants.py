@@ -106,8 +106,8 @@ def _device_check(manifest: Manifest, reference: Reference, runner: Runner, vari
                    elementwise=elementwise, task=task)
 
 
-def _time(runners: Mapping[str, Runner], feed_name: str, x: np.ndarray, budget_s: float, rounds: int
-          ) -> dict[str, float]:
+def median_latency_ms(runners: Mapping[str, Runner], feed_name: str, x: np.ndarray, budget_s: float,
+                      rounds: int) -> dict[str, float]:
     """Median latency per runner, measured in interleaved rounds (one run of each per round) so a burst of load on
     a shared CPU hits every variant alike; stops early when the time budget is spent (at least 3 rounds)."""
     for r in runners.values():  # warm-up: first runs allocate and pick kernels
@@ -160,7 +160,7 @@ def choose_variant(bundle: Bundle, precision: str, make_runner: Callable[[Path],
         if timings is not None and all(k in timings for k in loaded):
             median = {k: float(timings[k]) for k in loaded}
         else:
-            median = _time(loaded, manifest.input.name, reference.inputs[:1], budget_s, rounds)
+            median = median_latency_ms(loaded, manifest.input.name, reference.inputs[:1], budget_s, rounds)
         best = min(loaded, key=lambda k: (median[k], k != "fp32"))
     except BaseException:
         for r in loaded.values():
