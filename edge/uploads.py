@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -278,9 +279,14 @@ class Uploader:
             c.execute("UPDATE uploads SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE "
                       "prediction_id = ?", (time.time() + delay, error, pid))
 
+    def client(self) -> httpx.Client:
+        """The HTTP client uploads go through: the fleet's certificate checked against `ca_file` when set, else
+        against the system's CAs."""
+        verify: Any = ssl.create_default_context(cafile=str(self.cfg.ca_file)) if self.cfg.ca_file else True
+        return httpx.Client(timeout=self.cfg.timeout_s, verify=verify)
+
     def _run(self) -> None:
-        verify: Any = str(self.cfg.ca_file) if self.cfg.ca_file else True
-        with httpx.Client(timeout=self.cfg.timeout_s, verify=verify) as client:
+        with self.client() as client:
             while not self.stop.is_set():
                 try:
                     self.scan()

@@ -55,7 +55,7 @@ def uploader(store: Store, tmp_path: Path, fleet: FleetProcess, **cfg: Any) -> U
 
 
 def drain(up: Uploader) -> None:
-    with httpx.Client(timeout=30) as client:
+    with up.client() as client:
         while up.send_one(client):
             pass
 
@@ -166,3 +166,48 @@ def test_throttle_paces_a_stream():
     stop = threading.Event()
     stop.set()
     assert Throttle(rate=1, burst=1, stop=stop).take(10) is False  # stopping ends the wait
+
+
+def test_upload_over_https_checks_the_fleets_certificate(tmp_path: Path):
+    """The fleet's API behind TLS (uvicorn with a certificate from fleet.tls.make_tls, the real app and store, no
+    broker needed for uploads): the device uploads when `ca_file` is the CA that signed it, and refuses to talk to it
+    without that CA (no upload, the TLS failure reported and retried)."""
+    import uvicorn
+
+    from fleet.api import create_app
+    from fleet.config import FleetConfig
+    from fleet.security import add_token
+    from fleet.service import Fleet
+    from fleet.tls import make_tls
+    from tests.conftest import free_port
+
+    tls = make_tls(tmp_path / "tls", "localhost")
+    tokens = tmp_path / "tokens.json"
+    token = add_token(tokens, "dev-1", ["device"], device="dev-1")
+    port = free_port()
+    fleet = Fleet(FleetConfig(data_dir=tmp_path / "fleet", tokens_file=tokens, http_port=port))
+    server = uvicorn.Server(uvicorn.Config(create_app(fleet), host="127.0.0.1", port=port, log_level="warning",
+                                           ssl_certfile=str(tls["cert"]), ssl_keyfile=str(tls["key"])))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the TLS server did not start"
+            time.sleep(0.05)
+        for ca, expect in ((None, 0), (tls["ca"], 1)):
+            store, _ = device_store(tmp_path / f"dev-{expect}")
+            config = UploadsConfig.model_validate({"url": f"https://127.0.0.1:{port}", "ca_file": ca,
+                                                   "spool_dir": str(tmp_path / f"spool-{expect}")})
+            up = Uploader(config, store, "dev-1", threading.Event(), token=token)
+            up.scan()
+            with up.client() as client:
+                assert up.send_one(client)  # one attempt
+            st = up.status()
+            assert st["uploaded"] == expect
+            if not expect:
+                assert st["retries"] == 1 and "CERTIFICATE_VERIFY_FAILED" in (st["last_error"] or "")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert len(fleet.images.list("dev-1")) == 1
