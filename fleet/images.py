@@ -1,6 +1,6 @@
 """Images uploaded by devices (and iPads) for their inspectors' cases: content-addressed blobs on disk
-(`<dir>/<sha256[:2]>/<sha256>`), one row per (device, prediction) in the store's `images` table, within a disk
-budget. `fleet promote-data` reads them back by prediction.
+(`<dir>/<sha256[:2]>/<sha256>`), one row per (device, prediction) in the store's `images` table (migration 0004),
+within a disk budget. `fleet promote-data` reads them back by prediction.
 
 Idempotent by construction: a blob is written once whatever the number of uploads of the same bytes, a
 (device, prediction) is recorded once, and a second upload for it with other bytes is a conflict, not a
@@ -34,25 +34,10 @@ class Stored:
     size: int
 
 
-def ensure_table(store: Any) -> None:
-    """The `images` table: one row per (device, prediction), the blob's sha256 indexed. The sqlite-utils store
-    creates its tables when it opens (`if_not_exists`), so this does the same there; a store with schema
-    migrations gets the table from its migration instead."""
-    db = getattr(store, "db", None)
-    if db is None:
-        return
-    with store.lock:
-        db["images"].create({"device": str, "prediction_id": str, "sha256": str, "size": int, "suffix": str,
-                             "reasons": str, "uploader": str, "uploaded_at": str},
-                            pk=("device", "prediction_id"), if_not_exists=True)
-        db["images"].create_index(["sha256"], if_not_exists=True)
-
-
 class ImageStore:
     def __init__(self, store: Any, directory: Path, budget_bytes: int, max_image_bytes: int) -> None:
         self.store, self.dir = store, Path(directory)
         self.budget, self.max_image = budget_bytes, max_image_bytes
-        ensure_table(store)
 
     def blob_path(self, sha256: str) -> Path:
         if not SHA256_RE.match(sha256):
