@@ -4,7 +4,8 @@ downloads and Prometheus /metrics."""
 from __future__ import annotations
 
 from datetime import timedelta
-from urllib.parse import quote
+from typing import Any
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -12,12 +13,10 @@ from pydantic import ValidationError
 
 from fleet import decisions
 from fleet.analytics.shadow import SignOff
-from fleet.analytics.windows import FLEET
-from fleet.dashboard import auth, data
-from fleet.dashboard.alertviews import alert_body, alerts_body
-from fleet.dashboard.layout import confirm_page, e, hidden, page
+from fleet.analytics.windows import FLEET, WINDOWS
+from fleet.dashboard import auth, data, views
 from fleet.dashboard.metrics import METRICS_CONTENT_TYPE, render_metrics
-from fleet.dashboard.views import devices_body, pillars_body, refused_body, rollouts_body, shadow_body
+from fleet.dashboard.render import render
 from runtime.errors import ShadowlineError
 
 
@@ -37,8 +36,27 @@ def _html(text: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(text, status_code=status, headers={"Cache-Control": "no-store"})
 
 
+def _page(template: str, title: str, session: auth.Session | None, active: str = "", message: str = "",
+          status: int = 200, **context: Any) -> HTMLResponse:
+    """A dashboard page: `template` inside the frame (navigation, who is logged in, the message of the last
+    action), autoescaped."""
+    return _html(render(template, title=title, who=session.name if session else None, active=active,
+                        message=message, **context), status)
+
+
+def _error(s: auth.Session | None, title: str, why: str, status: int, active: str = "") -> HTMLResponse:
+    return _page("error.html", title, s, active, status=status, error=why)
+
+
 def _refused(s: auth.Session | None, why: str, status: int = 403) -> HTMLResponse:
-    return _html(page("Not allowed", f"<p id=error>{e(why)}</p>", s.name if s else None), status)
+    return _error(s, "Not allowed", why, status)
+
+
+def _confirm(verb: str, question: str, action: str, fields: dict[str, Any], s: auth.Session, back: str,
+             warnings: list[str] | None = None) -> HTMLResponse:
+    """Every control goes through this page: the action runs only from its second, explicit submit."""
+    return _page("confirm.html", f"Confirm: {verb}", s, verb=verb, question=question, action=action, fields=fields,
+                 csrf=s.csrf, back=back, warnings=warnings or [])
 
 
 def build_router() -> APIRouter:
@@ -48,10 +66,7 @@ def build_router() -> APIRouter:
     @r.get("/dashboard/login")
     def login_page(next: str = "/dashboard/", failed: int = 0) -> HTMLResponse:
         msg = "That token is not valid for the dashboard (it needs the viewer or admin role)." if failed else ""
-        body = (f'<form method="post" action="/dashboard/login">{hidden({"next": next})}'
-                '<label>API token <input id="token" name="token" type="password" size="50" autofocus></label> '
-                '<button id="login" type="submit">Log in</button></form>')
-        return _html(page("Log in", body, message=msg))
+        return _page("login.html", "Log in", None, message=msg, next=next)
 
     @r.post("/dashboard/login")
     def login(request: Request, token: str = Form(""), next: str = Form("/dashboard/")) -> Response:
@@ -79,8 +94,21 @@ def build_router() -> APIRouter:
         if s is None:
             return _login_redirect(request)
         fleet = request.app.state.fleet
-        body = devices_body(data.devices(fleet)) + refused_body(fleet.store.refused())
-        return _html(page("Devices", body, s.name, "/dashboard/"))
+        devices = data.devices(fleet)
+        return _page("devices.html", "Devices", s, "/dashboard/", devices=devices, refused=fleet.store.refused(),
+                     online_count=sum(1 for d in devices if d.get("status") == "online"))
+
+    @r.get("/dashboard/devices/{device}")
+    def device_page(request: Request, device: str) -> Response:
+        s = _who(request)
+        if s is None:
+            return _login_redirect(request)
+        try:
+            ctx = data.device_page(request.app.state.fleet, device)
+        except ShadowlineError as err:
+            return _error(s, "Device", str(err), err.http_status, "/dashboard/")
+        return _page("device.html", f"Device {device}", s, "/dashboard/", end_to_end=views.end_to_end,
+                     queue_chart=views.queue_chart(ctx.pop("queue_series")), **ctx)
 
     @r.get("/dashboard/rollouts")
     def rollouts_page(request: Request, message: str = "") -> Response:
@@ -89,9 +117,11 @@ def build_router() -> APIRouter:
             return _login_redirect(request)
         fleet = request.app.state.fleet
         rollouts = [fleet.rollouts.status(ro["id"]) for ro in reversed(fleet.rollouts.list())]
-        body = rollouts_body(rollouts, fleet.releases.list(), s.csrf, s.admin,
-                             hasattr(fleet.rollouts, "halt"))
-        return _html(page("Rollouts", body, s.name, "/dashboard/rollouts", message))
+        for ro in rollouts:
+            ro["gate_rows"] = views.gate_rows(ro.get("gates"))
+        return _page("rollouts.html", "Rollouts", s, "/dashboard/rollouts", message, rollouts=rollouts,
+                     releases=data.releases_newest_first(fleet), csrf=s.csrf, admin=s.admin,
+                     can_halt=hasattr(fleet.rollouts, "halt"))
 
     @r.get("/dashboard/pillars")
     def pillars_page(request: Request, device: str = FLEET, release: str = "", window: str = "24h") -> Response:
@@ -99,13 +129,22 @@ def build_router() -> APIRouter:
         if s is None:
             return _login_redirect(request)
         fleet = request.app.state.fleet
+        device = device or FLEET
         try:
-            snap, points = data.pillars(fleet, device or FLEET, release or None, window)
+            snap, points = data.pillars(fleet, device, release or None, window)
+            limits, note = data.limits(fleet, snap, device, release)
         except ShadowlineError as err:
-            return _html(page("Pillars", f"<p id=error>{e(err)}</p>", s.name, "/dashboard/pillars"), 400)
-        body = pillars_body(snap, points, [d["id"] for d in fleet.devices.list()],
-                            [x["ref"] for x in fleet.releases.list()], device or FLEET, release, window)
-        return _html(page("Four pillars", body, s.name, "/dashboard/pillars"))
+            return _error(s, "Pillars", str(err), 400, "/dashboard/pillars")
+        low = decisions.pillar_options(fleet).low_confidence
+        return _page("pillars.html", "Four pillars", s, "/dashboard/pillars", snap=snap, h=snap.health,
+                     d=snap.distribution, o=snap.overrides, i=snap.impact, FLEET=FLEET, device=device,
+                     release=release, window=window, windows=list(WINDOWS),
+                     device_options=[FLEET] + [x["id"] for x in fleet.devices.list()],
+                     releases=[x["ref"] for x in fleet.releases.list()],
+                     latency=views.latency_table(snap.health),
+                     histogram=views.confidence_histogram(snap.distribution, low),
+                     charts=views.trend_charts(points, limits), limits_note=note,
+                     monitor_window=fleet.config.monitor_window)
 
     @r.get("/dashboard/alerts")
     def alerts_page(request: Request, message: str = "") -> Response:
@@ -113,8 +152,10 @@ def build_router() -> APIRouter:
         if s is None:
             return _login_redirect(request)
         book = request.app.state.fleet.alerts
-        body = alerts_body(book.current(), book.history(), book.silences(), s.csrf, s.admin)
-        return _html(page("Alerts", body, s.name, "/dashboard/alerts", message))
+        current = book.current()
+        return _page("alerts.html", "Alerts", s, "/dashboard/alerts", message, current=current,
+                     history=book.history(), silences=book.silences(), csrf=s.csrf, admin=s.admin,
+                     firing=sum(1 for v in current if v.status == "firing"))
 
     @r.get("/dashboard/alerts/{alert_id}")
     def alert_page(request: Request, alert_id: str, message: str = "") -> Response:
@@ -124,15 +165,15 @@ def build_router() -> APIRouter:
         try:
             view = request.app.state.fleet.alerts.get(alert_id)
         except ShadowlineError as err:
-            return _html(page("Alert", f"<p id=error>{e(err)}</p>", s.name, "/dashboard/alerts"), err.http_status)
+            return _error(s, "Alert", str(err), err.http_status, "/dashboard/alerts")
         title = f"Alert: {view.rule} on {'the whole fleet' if view.device == FLEET else view.device}"
-        return _html(page(title, alert_body(view, s.csrf, s.admin), s.name, "/dashboard/alerts", message))
+        return _page("alert.html", title, s, "/dashboard/alerts", message, v=view, csrf=s.csrf, admin=s.admin)
 
     @r.post("/dashboard/alerts/{alert_id}/{action}")
     def alert_action(request: Request, alert_id: str, action: str, note: str = Form(""), csrf: str = Form(""),
                      confirm: str = Form("")) -> Response:
         if action not in ("ack", "resolve"):
-            return _html(page("Unknown action", f"<p id=error>no action {e(action)!r}</p>"), 404)
+            return _error(_who(request), "Unknown action", f"no action {action!r}", 404)
         s = _control(request, csrf)
         if isinstance(s, Response):
             return s
@@ -142,7 +183,7 @@ def build_router() -> APIRouter:
             what = "Acknowledge" if action == "ack" else "Resolve"
             q = (f"Acknowledge alert {alert_id}? Repeats stop and everyone sees you are on it." if action == "ack" else
                  f"Resolve alert {alert_id} by hand? If its condition still holds, the next evaluation raises it again.")
-            return _html(confirm_page(what, q, f"{back}/{action}", {"note": note}, s.csrf, s.name, back))
+            return _confirm(what, q, f"{back}/{action}", {"note": note}, s, back)
         try:
             view = book.ack(alert_id, s.name, note) if action == "ack" else book.resolve(alert_id, s.name, note)
             msg = f"alert {alert_id}: {view.status}"
@@ -159,9 +200,9 @@ def build_router() -> APIRouter:
         fields = {"device": device, "rule": rule, "hours": hours, "reason": reason, "back": back}
         target = f"/dashboard/alerts/{quote(back)}" if back else "/dashboard/alerts"
         if confirm != "yes":
-            return _html(confirm_page("Silence", f"Silence alerts of rule {rule!r} on device {device!r} for {hours:g} h "
-                                      f"because: {reason}? They still show here but notify nobody.",
-                                      "/dashboard/alerts/silence", fields, s.csrf, s.name, target))
+            return _confirm("Silence", f"Silence alerts of rule {rule!r} on device {device!r} for {hours:g} h "
+                            f"because: {reason}? They still show here but notify nobody.",
+                            "/dashboard/alerts/silence", fields, s, target)
         try:
             sil = request.app.state.fleet.alerts.silence(s.name, reason, timedelta(hours=hours), device, rule)
             msg = f"silenced {sil.rule} on {sil.device} until {sil.until[:16]} UTC"
@@ -175,9 +216,8 @@ def build_router() -> APIRouter:
         if isinstance(s, Response):
             return s
         if confirm != "yes":
-            return _html(confirm_page("End silence", f"End silence {silence_id} now? Matching alerts notify again.",
-                                      f"/dashboard/silences/{silence_id}/expire", {}, s.csrf, s.name,
-                                      "/dashboard/alerts"))
+            return _confirm("End silence", f"End silence {silence_id} now? Matching alerts notify again.",
+                            f"/dashboard/silences/{silence_id}/expire", {}, s, "/dashboard/alerts")
         try:
             request.app.state.fleet.alerts.expire(silence_id, s.name)
             msg = f"silence {silence_id} ended"
@@ -199,9 +239,13 @@ def build_router() -> APIRouter:
             except ShadowlineError as err:
                 error = str(err)
         audit = [a for a in data.audit_log(fleet).entries() if not release or a.release == release]
-        body = shadow_body(report, [x["ref"] for x in fleet.releases.list()], release, group, days,
-                           ", ".join(fleet.config.adjudicators), audit, s.csrf, s.admin, error)
-        return _html(page("Shadow report", body, s.name, "/dashboard/shadow", message))
+        cols = sorted({m for row in report.agreement.values() for m in row}) if report else []
+        return _page("shadow.html", "Shadow report", s, "/dashboard/shadow", message, r=report,
+                     releases=[x["ref"] for x in fleet.releases.list()], release=release, group=group, days=days,
+                     adjudicators=", ".join(fleet.config.adjudicators), audit=list(reversed(audit)), csrf=s.csrf,
+                     admin=s.admin, error=error, matrix_cols=cols,
+                     query=urlencode({"release": release, "group": group, "days": days}),
+                     keep={"release": release, "group": group, "days": days, "csrf": s.csrf})
 
     @r.get("/dashboard/shadow/report")
     def shadow_download(request: Request, release: str, group: str, days: int = Query(14, ge=1, le=365),
@@ -236,9 +280,9 @@ def build_router() -> APIRouter:
         fields = {"release": release, "group": group, "waves": waves, "shadow_first": shadow_first}
         if confirm != "yes":
             how = "as candidate beside production (shadow first)" if shadow_first else "replacing the current release"
-            return _html(confirm_page("Start rollout", f"Start a rollout of {release} to group {group!r} in waves "
-                                      f"{waves}, {how}?", "/dashboard/rollouts/start", fields, s.csrf, s.name,
-                                      "/dashboard/rollouts"))
+            return _confirm("Start rollout", f"Start a rollout of {release} to group {group!r} in waves {waves}, "
+                            f"{how}?", "/dashboard/rollouts/start", fields, s, "/dashboard/rollouts",
+                            data.start_warnings(request.app.state.fleet, release, group, bool(shadow_first)))
         from fleet.rollout import RolloutRequest
         try:
             req = RolloutRequest(release=release, group=group, shadow_first=bool(shadow_first),
@@ -253,7 +297,7 @@ def build_router() -> APIRouter:
     def rollout_action(request: Request, rid: str, action: str, csrf: str = Form(""),
                        confirm: str = Form("")) -> Response:
         if action not in ("halt", "rollback"):
-            return _html(page("Unknown action", f"<p id=error>no action {e(action)!r}</p>"), 404)
+            return _error(_who(request), "Unknown action", f"no action {action!r}", 404)
         s = _control(request, csrf)
         if isinstance(s, Response):
             return s
@@ -261,8 +305,8 @@ def build_router() -> APIRouter:
         if confirm != "yes":
             q = (f"Roll back rollout {rid}? Every device it touched returns to the release it ran before."
                  if action == "rollback" else f"Halt rollout {rid}? No further wave starts; devices keep what they run.")
-            return _html(confirm_page("Roll back" if action == "rollback" else "Halt", q,
-                                      f"/dashboard/rollouts/{rid}/{action}", {}, s.csrf, s.name, "/dashboard/rollouts"))
+            return _confirm("Roll back" if action == "rollback" else "Halt", q, f"/dashboard/rollouts/{rid}/{action}",
+                            {}, s, "/dashboard/rollouts")
         try:
             if action == "rollback":
                 st = rollouts.rollback(rid, reason=f"rolled back from the dashboard by {s.name}")
@@ -293,8 +337,8 @@ def build_router() -> APIRouter:
         fields = {"release": release, "group": group, "note": note, "days": days}
         back = _shadow_url(release, group, days)
         if confirm != "yes":
-            return _html(confirm_page("Sign off", f"Sign off the shadow period of {release} on {group} as {s.name}?",
-                                      "/dashboard/shadow/signoff", fields, s.csrf, s.name, back))
+            return _confirm("Sign off", f"Sign off the shadow period of {release} on {group} as {s.name}?",
+                            "/dashboard/shadow/signoff", fields, s, back)
         try:
             data.record_signoff(request.app.state.fleet, release, group, SignOff(by=s.name, note=note))
             msg = f"signed off by {s.name}"
@@ -313,8 +357,8 @@ def build_router() -> APIRouter:
         back = _shadow_url(release, group, days)
         if confirm != "yes":
             extra = f" overriding the exit criteria because: {reason}" if reason.strip() else ""
-            return _html(confirm_page("Promote", f"Promote {release} from shadow to production on {group}{extra}?",
-                                      "/dashboard/shadow/promote", fields, s.csrf, s.name, back))
+            return _confirm("Promote", f"Promote {release} from shadow to production on {group}{extra}?",
+                            "/dashboard/shadow/promote", fields, s, back)
         try:
             done = decisions.promote(fleet, release, group, actor=s.name, admin=s.admin, reason=reason, days=days)
             msg = (f"promoted: {done.release} rolling out to {group} (rollout {done.rollout})"

@@ -4,6 +4,7 @@ simulated devices that obey their desired state over MQTT, and the dashboard dri
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ from fleet.protocol import Desired, Reported, Topics, encode
 from fleet.security import add_token
 from fleet.service import Fleet
 from tests.conftest import ROOT, Mosquitto, free_port
-from tests.dashboard.world import DEVICES, populate
+from tests.dashboard.world import DEVICES, add_device_detail, populate
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
@@ -49,9 +50,14 @@ class SimDevice:
         if not msg.payload:
             return
         want = Desired.model_validate_json(msg.payload)
-        self.active = want.release.ref
+        previous, self.active = self.active, want.release.ref
+        # what the real agent reports (edge/agent/runtime.py): the release cache, backends and a hardware summary
         rep = Reported(device=self.device, active=self.active, desired_revision=want.revision,
-                       activation={"state": "committed"})
+                       cached=[r for r in (previous, self.active) if r], backends=["onnxruntime"],
+                       activation={"state": "committed", "target": self.active,
+                                   "chain": ["download", "verify", "prepare", "check", "activate", "commit"]},
+                       hardware={"machine": platform.machine(), "system": platform.system(),
+                                 "python": platform.python_version()})
         client.publish(self.topics.device(self.device, "reported"), encode(rep), qos=1, retain=True)
         self.changed.set()
 
@@ -82,6 +88,7 @@ def service(tmp_path_factory, bundles, keys):
                       public_url=f"http://127.0.0.1:{http_port}")
     fleet = Fleet(cfg, publish=lambda *a: None)  # filled offline; the service republishes desired on connect
     populate(fleet, bundles["pcb-aoi"])
+    add_device_detail(fleet, bundles["pcb-aoi"], work)
     from fleet.protocol import AlertRecord
     fleet.store.insert_records("alerts", [  # one alert of each severity the pages must show
         AlertRecord(device="dev-a", rule="error_rate", state="raised", severity="critical", value=0.1, threshold=0.01,
@@ -162,8 +169,10 @@ def test_pillars_page_renders_store_figures(service, page):
     page.goto(service["url"] + "/dashboard/pillars?window=30d")
     stored = api(service, "/api/ingest")["stored"]["predictions"]
     assert page.locator("#health p").first.inner_text().startswith(f"{stored} predictions")
-    assert page.locator(".chart svg").count() == 6
+    assert page.locator(".charts .chart svg").count() == 6  # the 30-day trends
     assert page.locator("#chart-predictions polyline").count() >= 1
+    assert page.locator("#chart-confidence rect.bar").count() == 10  # the histogram's ten bins as bars
+    assert page.locator("#chart-errors line.limit").count() == 1
     assert page.locator("#override-class tbody tr").count() == 2  # Defective and Normal
     page.screenshot(path=str(ARTIFACTS / "pillars.png"), full_page=True)
 
@@ -249,6 +258,14 @@ def test_halt_from_the_page_is_confirmed_and_stops_the_rollout(service, page):
     assert page.locator(f"#rollback-{rid}").count() == 1
 
 
+def _fits(page, width: int) -> None:
+    """Nothing but the tables that scroll inside their own box is wider than the window: the page itself does
+    not scroll sideways (charts shrink to the width, cards stack)."""
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, "the page scrolls sideways"
+    for box in page.locator(".chart svg").all():
+        assert box.bounding_box()["width"] <= width
+
+
 @pytest.mark.parametrize("width,height", [(390, 844), (1400, 1000)])
 def test_pages_at_phone_and_desktop_width(service, page, width, height):
     """Devices, pillars, alerts, one alert and the API docs at phone and desktop width; saved for people to look
@@ -259,7 +276,13 @@ def test_pages_at_phone_and_desktop_width(service, page, width, height):
         page.goto(service["url"] + "/dashboard/")
         assert page.locator("meta[name=viewport]").count() == 1
         page.screenshot(path=str(ARTIFACTS / f"devices-{tag}.png"), full_page=True)
+        page.click("#devices tbody tr:first-child td:first-child a")
+        page.wait_for_selector("#recent-predictions")
+        assert page.inner_text("h1") == "Device dev-a" and "online" in page.inner_text("#summary")
+        _fits(page, width)
+        page.screenshot(path=str(ARTIFACTS / f"device-{tag}.png"), full_page=True)
         page.goto(service["url"] + "/dashboard/pillars?window=30d")
+        _fits(page, width)
         page.screenshot(path=str(ARTIFACTS / f"pillars-{tag}.png"), full_page=True)
         page.goto(service["url"] + "/dashboard/alerts")
         first = page.locator("#active-alerts tbody tr").first

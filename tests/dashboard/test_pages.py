@@ -40,7 +40,7 @@ def test_pages_show_the_store(world):
     assert "dev-a" in devices and "dev-b" in devices and "pcb-line@1" in devices
     pillars = c.get("/dashboard/pillars", params={"window": "30d"}).text
     n = len(list(fleet.store.predictions()))
-    assert f"<p>{n} predictions" in pillars and pillars.count("<svg") == 6
+    assert f"<p>{n} predictions" in pillars and pillars.count("<svg") == 7  # 6 trends and the histogram
     shadow = c.get("/dashboard/shadow", params={"release": "pcb-line@1", "group": "line-3", "days": 30}).text
     assert 'id="verdict"' in shadow and "NO-GO" in shadow  # no sign-off yet
     md = c.get("/dashboard/shadow/report", params={"release": "pcb-line@1", "group": "line-3", "days": 30,
@@ -74,7 +74,7 @@ def test_rollback_is_confirmed_then_takes_effect(world):
     csrf = csrf_of(page)
     before = len(published)
     first = c.post(f"/dashboard/rollouts/{rid}/rollback", data={"csrf": csrf})
-    assert "id=question" in first.text and fleet.rollouts.status(rid)["state"] != "rolled_back"
+    assert 'id="question"' in first.text and fleet.rollouts.status(rid)["state"] != "rolled_back"
     assert len(published) == before  # nothing happened before the confirmation
     assert c.post(f"/dashboard/rollouts/{rid}/rollback", data={"csrf": "forged", "confirm": "yes"}).status_code == 403
     done = c.post(f"/dashboard/rollouts/{rid}/rollback", data={"csrf": csrf, "confirm": "yes"})
@@ -139,7 +139,7 @@ def test_alerts_acknowledge_silence_resolve_from_the_pages(world):
     assert "just now</time>" in page and "docs/runbooks.md#error-rate" in page
     csrf = csrf_of(page)
     first = c.post(f"/dashboard/alerts/{crit.id}/ack", data={"csrf": csrf})
-    assert "id=question" in first.text and fleet.alerts.get(crit.id).ack is None  # confirmation first
+    assert 'id="question"' in first.text and fleet.alerts.get(crit.id).ack is None  # confirmation first
     done = c.post(f"/dashboard/alerts/{crit.id}/ack", data={"csrf": csrf, "confirm": "yes"})
     assert f"alert {crit.id}: acknowledged" in done.text and fleet.alerts.get(crit.id).ack.by == "admin-user"
     c.post("/dashboard/alerts/silence", data={"csrf": csrf, "confirm": "yes", "device": "*", "rule": "override_rate",

@@ -23,8 +23,8 @@ def bundle_tar(bundle_dir: Path) -> bytes:
     return buf.getvalue()
 
 
-def model_outputs(bundle_dir: Path) -> list[tuple[str, dict[str, float], float]]:
-    """(image name, scores, measured ms) of the real PCB model on the real PCB images."""
+def model_outputs(bundle_dir: Path) -> list[tuple[str, dict[str, float], float, float]]:
+    """(image name, scores, measured model ms, measured decode ms) of the real PCB model on the real PCB images."""
     from runtime.bundle import load_bundle
     from runtime.predictor import BundleModel
     from runtime.processing.image import read_image
@@ -33,8 +33,11 @@ def model_outputs(bundle_dir: Path) -> list[tuple[str, dict[str, float], float]]
     try:
         out = []
         for path in sorted((IMAGES / "pcb_winml").glob("*.png")):
-            res = model.predict([read_image(path)])[0]
-            out.append((path.name, res.scores, res.preprocess_ms + res.infer_ms))
+            t0 = time.perf_counter()
+            image = read_image(path)
+            decode_ms = (time.perf_counter() - t0) * 1000
+            res = model.predict([image])[0]
+            out.append((path.name, res.scores, res.preprocess_ms + res.infer_ms, decode_ms))
         return out
     finally:
         model.close()
@@ -42,12 +45,13 @@ def model_outputs(bundle_dir: Path) -> list[tuple[str, dict[str, float], float]]
 
 def records(outputs, release: str, revision: int, now: datetime, days: int = 20, per_day: int = 8):
     """Predictions spread over the last `days` days on both devices, and a review for each: inspectors agree
-    except on every 9th item (a false positive corrected) and every 13th (a missed defect)."""
+    except on every 9th item (a false positive corrected) and every 13th (a missed defect). Latencies are keyed as
+    the daemon keys them (edge/records.py): decode, the stage, and `total` = the model stages without decode."""
     preds, revs = [], []
     k = 0
     for d in range(days, -1, -1):
         for i in range(per_day):
-            name, scores, ms = outputs[k % len(outputs)]
+            name, scores, ms, decode_ms = outputs[k % len(outputs)]
             dev = DEVICES[k % 2]
             t = (now - timedelta(days=d, hours=i + 1)).isoformat()
             defect = scores["Defective"] >= 0.5
@@ -59,7 +63,7 @@ def records(outputs, release: str, revision: int, now: datetime, days: int = 20,
                                     latency_ms=ms)],
                 decision="flag" if defect else "pass", flagged=flagged,
                 top_label=max(scores, key=scores.get), top_score=max(scores.values()),
-                latency_ms={"verify": ms, "total": ms + 1.0})
+                latency_ms={"decode": round(decode_ms, 3), "verify": round(ms, 3), "total": round(ms, 3)})
             preds.append(p)
             verdict = "confirm"
             if k % 9 == 0 and defect:
@@ -106,3 +110,53 @@ def populate(fleet, bundle_dir: Path, now: datetime | None = None) -> None:
             fleet.rollouts.tick()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"rollout of {ref} did not complete: {fleet.rollouts.status(st['id'])}")
+
+
+def add_device_detail(fleet, bundle_dir: Path, workdir: Path, now: datetime | None = None) -> None:
+    """What a device page shows beyond predictions, from the real parts where there are any: a capability record
+    of a real `shadowline hwbench` run of the PCB bundle on this machine (dev-a), an error record with the message
+    the real decoder gives for a truncated PNG, a record refused by the fleet's real ingest validation (a time in
+    the future), and a day of hourly metrics records (their readings are made up: queue depth rising then
+    draining, memory, CPU, one thermal zone)."""
+    from fleet.protocol import Batch, EventRecord, MetricsRecord, Topics, encode
+    from hwbench.report import Report, capability_summary
+    from runtime.errors import ImageError
+    from runtime.processing.image import decode_image
+    from shadowline.cli import main
+
+    now = now or datetime.now(timezone.utc)
+    out = workdir / "hwbench"
+    rc = main(["hwbench", str(bundle_dir), "--batch-sizes", "1", "--precisions", "fp32", "--warmup", "1",
+               "--iterations", "5", "--seconds", "0", "--quiet", "--out", str(out)])
+    assert rc == 0, "hwbench failed"
+    (path,) = out.glob("hwbench-*.json")
+    summary = capability_summary(Report.model_validate_json(path.read_text()))
+    fleet.store.insert_records("events", [EventRecord(device="dev-a", kind="capability", detail=summary)])
+
+    png = (IMAGES / "pcb_winml" / "Normal_33.png").read_bytes()
+    try:
+        decode_image(png[: len(png) // 3], name="Normal_33.png")
+        raise AssertionError("a truncated PNG decoded")
+    except ImageError as err:
+        error = str(err)
+    bad = PredictionRecord(device="dev-a", created_at=(now - timedelta(minutes=20)).isoformat(),
+                           source="folder:Normal_33.png", release="pcb-line", revision=1, mode="shadow",
+                           decision="error", error=error, latency_ms={"decode": 2.5})
+    fleet.store.insert_records("predictions", [bad])
+    future = PredictionRecord(device="dev-b", created_at=(now + timedelta(days=2)).isoformat(), source="http",
+                              release="pcb-line", revision=1, mode="shadow", decision="pass")
+    topic = Topics("shadowline").device("dev-b", "predictions")
+    fleet.ingest.handle(topic, encode(Batch(device="dev-b", kind="predictions",
+                                            records=[future.model_dump(mode="json")])))
+    assert [r["reason"] for r in fleet.store.refused()] == ["timestamp_in_future"]
+
+    mets = []
+    for dev, scale in (("dev-a", 1.0), ("dev-b", 0.5)):
+        for h in range(24, 0, -1):
+            depth = max(0.0, (12 - abs(h - 6)) * 3 * scale) if h <= 12 else 0.0
+            mets.append(MetricsRecord(device=dev, created_at=(now - timedelta(hours=h)).isoformat(), release="pcb-line",
+                                      revision=1, window_s=60.0,
+                                      values={"queue_depth": depth, "queue_capacity": 64.0, "frames": 8.0,
+                                              "rss_bytes": 212.0 * 2**20, "cpu_percent": 41.0,
+                                              "temp_c:cpu-thermal": 52.5}))
+    fleet.store.insert_records("metrics", mets)

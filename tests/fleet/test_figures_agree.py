@@ -108,7 +108,8 @@ def test_every_surface_shows_the_same_figures(served, tokens):
     assert "overall 20.0% (7 of 35 reviewed cases)" in pillars and "unresolved disputes 2" in pillars
     assert "missed defects (the model passed them) 3" in pillars
     assert "defects the model caught that inspectors missed 2" in pillars
-    assert re.search(r"total [\d.]+ 47\.0 ", pillars), pillars  # avg, P95 of the stage table
+    # the stage table's total row: what it includes, ms per prediction, avg, P95, P99, n
+    assert re.search(r"total \(model stages\) .*? [\d.]+ [\d.]+ 47\.0 49\.0 40 ", pillars), pillars
     assert "Defective 31.6%" in pillars and "low-confidence share 26.3%" in pillars
     shadow = _text(http.get("/dashboard/shadow", params=q).text)
     assert "NO-GO" in shadow and "adjudicators (fleet config): qa-lead" in shadow
