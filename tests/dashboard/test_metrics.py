@@ -87,7 +87,12 @@ def test_figures_are_the_stores(world):
 
 def test_a_failing_store_is_reported_not_a_500(world):
     fleet, tokens, _ = world
-    fleet.store.close()  # every query now raises
+    # the database file becomes unreachable (a lost mount, a path now taken by something else): SQLAlchemy's
+    # pool opens new connections after close(), and every one of them fails
+    db = fleet.store.path
+    fleet.store.close()
+    db.rename(db.with_name(db.name + ".gone"))
+    db.mkdir()
     s = samples(scrape(fleet, tokens["viewer"]))
     assert [x.value for x in s["shadowline_fleet_store_up"]] == [0.0]
     assert "shadowline_build_info" in s and "shadowline_fleet_predictions_total" not in s
