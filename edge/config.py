@@ -12,7 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from edge.agent.config import AgentConfig
 from fleet.protocol import ReleaseSpec
 from runtime.errors import ConfigError
-from runtime.yamlconf import parse_yaml_model
+from runtime.yamlconf import parse_yaml_model, read_config_text
 
 
 class _Cfg(BaseModel):
@@ -371,8 +371,4 @@ def parse_config(text: str, where: str = "config", base: Path | None = None) -> 
 
 def load_config(path: Path | str) -> DeviceConfig:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the config ({err.strerror})") from err
-    return parse_config(text, str(path), path.resolve().parent)
+    return parse_config(read_config_text(path), str(path), path.resolve().parent)

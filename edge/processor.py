@@ -51,7 +51,7 @@ MB = 1024 * 1024
 class QueueFull(ShadowlineError):
     """The inference queue is full; the caller should retry later."""
 
-    exit_code = 12
+    exit_code = 21
     http_status = 503
 
 

@@ -27,8 +27,8 @@ from runtime.errors import (
 DEFAULT_URL = "http://127.0.0.1:8700"
 
 
-class ApiError(ServiceError):
-    """The fleet API could not be reached or failed; the message is its error text."""
+# The fleet API could not be reached or failed: the ServiceError case itself, under the name this module uses.
+ApiError = ServiceError
 
 
 # a refusal becomes the domain error it stands for, so the exit code says what went wrong (docs/cli.md)
@@ -280,13 +280,9 @@ def release_create(url: str, token: str | None, as_json: bool, spec_file: Path) 
     """Create a release from a YAML spec (name, mode, stages, actions); prints it with its revision. The spec is
     checked here first: every problem is printed as file:line: key.path: message."""
     from fleet.protocol import ReleaseSpec
-    from runtime.yamlconf import parse_yaml_model
+    from runtime.yamlconf import parse_yaml_model, read_config_text
 
-    try:
-        text = spec_file.read_text()
-    except OSError as err:
-        raise ConfigError(f"{spec_file}: cannot read the release spec ({err.strerror})") from err
-    spec = parse_yaml_model(text, ReleaseSpec, str(spec_file))
+    spec = parse_yaml_model(read_config_text(spec_file, "release spec"), ReleaseSpec, str(spec_file))
     api = Api(url, token)
     try:
         made = api.call("POST", "/api/releases", json=spec.model_dump(mode="json", exclude_unset=True))

@@ -13,7 +13,7 @@ from fleet.analytics.shadow import ExitCriteria
 from fleet.broker import BrokerTLS
 from fleet.validation import RecordLimits
 from runtime.errors import ConfigError
-from runtime.yamlconf import describe, parse_yaml_model
+from runtime.yamlconf import describe, parse_yaml_model, read_config_text
 
 
 class ImagesConfig(BaseModel):
@@ -153,8 +153,4 @@ def load_config(path: Path | None, **overrides: object) -> FleetConfig:
             return FleetConfig.model_validate(given)
         except ValidationError as err:
             raise ConfigError(describe(err, None, "fleet config (command-line options)")) from err
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the config ({err.strerror})") from err
-    return parse_yaml_model(text, FleetConfig, str(path), given)
+    return parse_yaml_model(read_config_text(path), FleetConfig, str(path), given)

@@ -29,6 +29,8 @@ class PublishTarget(BaseModel):
 class PublishError(ShadowlineError):
     """The broker could not be reached or did not acknowledge the capability record."""
 
+    exit_code = 25
+
 
 def build_message(device_id: str, summary: dict[str, Any], prefix: str = "shadowline") -> tuple[str, bytes, str]:
     """(topic, payload, record id) of the capability record; invalid ids raise ConfigError."""

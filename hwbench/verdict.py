@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runtime.errors import ConfigError
+from runtime.yamlconf import read_config_text
 
 Metric = Literal["avg", "p50", "p95", "p99", "max"]
 
@@ -50,9 +51,7 @@ def load_targets(path: Path | str | None) -> TargetSet:
     """The targets of a YAML file (`targets: [...]`), or the defaults (hwbench/targets.yaml) when none is given."""
     path = Path(path) if path is not None else DEFAULT_TARGETS_FILE
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read targets file ({err.strerror})") from err
+        data = yaml.safe_load(read_config_text(path, "targets file"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
     try:

@@ -46,6 +46,8 @@ class ModelRejected(ShadowlineError):
 class LabelError(ModelRejected):
     """Labels do not fit the model output, or are not unique."""
 
+    exit_code = 19
+
 
 class BundleError(ShadowlineError):
     """A bundle is malformed, incomplete or does not match its manifest."""

@@ -4,6 +4,7 @@ device config, the fleet config and release specs all read their files through h
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -13,6 +14,17 @@ from runtime.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 Loc = tuple[Any, ...]
+
+
+def read_config_text(path: Path | str, what: str = "config") -> str:
+    """The text of a config file, or a ConfigError naming the file: unreadable, or not text at all (a binary file
+    given by mistake would otherwise escape as a UnicodeDecodeError)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the {what} ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: the {what} is not UTF-8 text (byte {err.start}: {err.reason})") from err
 
 
 def read_yaml(text: str, where: str) -> tuple[yaml.Node | None, dict[str, Any]]:

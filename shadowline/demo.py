@@ -37,6 +37,8 @@ SCREEN_T, VERIFY_T = 0.3, 0.5
 class DemoFailed(ShadowlineError):
     """A demo step did not reach the state it waits for."""
 
+    exit_code = 23
+
 
 def _default_realdata() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "realdata"

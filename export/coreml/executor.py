@@ -28,6 +28,8 @@ class ExecutorError(ConversionError):
     """The program contains an op the executor cannot evaluate, or an op's output disagrees with its declared
     shape: either way the package is not verified."""
 
+    exit_code = 22
+
 
 @dataclass
 class Stage:

@@ -40,6 +40,8 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached right now (connection lost, server down, database locked past the busy
     timeout): retry later; nothing about the data was wrong."""
 
+    exit_code = 24
+
 
 def transient(err: Exception) -> bool:
     """Whether a database error means "not now" rather than "not this": lost connections, a server going away,

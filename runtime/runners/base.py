@@ -25,6 +25,8 @@ class TensorMeta:
 class RunnerError(ShadowlineError):
     """A runner was used out of order or given inputs that do not fit."""
 
+    exit_code = 20
+
 
 class Runner(ABC):
     backend: str = "base"
