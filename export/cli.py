@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import click
 
@@ -44,8 +46,34 @@ def export_group() -> None:
     verify or build device artifacts from bundles."""
 
 
-def _progress(quiet: bool):
-    return (lambda _m: None) if quiet else (lambda m: click.echo(m, err=True))
+class Display:
+    """The export's one progress display on stderr. On a terminal each step is one line that shows `...` while it
+    runs and its time when done; in a log only the finished steps and their findings appear, one line each."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.running = ""
+
+    def __call__(self, message: str) -> None:
+        if message.endswith("] ..."):
+            self.running = message
+            if self.tty:
+                self.stream.write("\r\033[K" + message)
+                self.stream.flush()
+            return
+        if self.tty and self.running:
+            self.stream.write("\r\033[K")
+        self.stream.write(message + "\n")
+        if " done in " in message:
+            self.running = ""
+        elif self.tty and self.running:
+            self.stream.write(self.running)
+        self.stream.flush()
+
+
+def _progress(quiet: bool) -> Callable[[str], None]:
+    return (lambda _m: None) if quiet else Display()
 
 
 @export_group.command("model")
@@ -98,7 +126,7 @@ def _progress(quiet: bool):
 @click.option("--key", type=click.Path(path_type=Path), help="ed25519 private key to sign with")
 @click.option("--force", is_flag=True, help="replace an existing bundle of the same name and version")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-@click.option("--quiet", is_flag=True, help="no progress on stderr")
+@click.option("--quiet", is_flag=True, help="nothing on stderr but an error: no progress, no third-party output")
 def export_model_command(model: Path, preset: str | None, version_: str | None, license_: str | None,
                          class_threshold: tuple[str, ...],
                          ignore_class: tuple[str, ...], input_size, mean, std, out_dir: Path, as_tar: bool,
@@ -122,8 +150,9 @@ def export_model_command(model: Path, preset: str | None, version_: str | None, 
     signing_key = load_private_key(key) if key else None
     path, manifest, timings = export_model(model, opts, out_dir, signing_key, as_tar=as_tar, force=force,
                                            progress=_progress(quiet or as_json))
+    sizes = {k: v.size for k, v in manifest.files.items()}
     summary = {"bundle": str(path), "name": manifest.name, "version": manifest.version, "task": manifest.task,
-               "signed": signing_key is not None, "files": {k: v.size for k, v in manifest.files.items()},
+               "signed": signing_key is not None, "files": sizes,
                "parity": [c.model_dump() for c in manifest.parity],
                "validation": manifest.validation.model_dump() if manifest.validation else None,
                "seconds": timings}
@@ -131,7 +160,7 @@ def export_model_command(model: Path, preset: str | None, version_: str | None, 
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(f"bundle {path} ({'signed' if signing_key else 'UNSIGNED'}), "
-                   f"{sum(summary['files'].values()) / 1e6:.1f} MB in {sum(timings.values()):.1f} s")
+                   f"{sum(sizes.values()) / 1e6:.1f} MB in {sum(timings.values()):.1f} s")
 
 
 @export_group.command("inspect")
@@ -184,8 +213,11 @@ def keys_group() -> None:
 @click.option("--name", default="signer", show_default=True, help="file name stem")
 def keys_generate(directory: Path, name: str) -> None:
     """Generate a key pair: NAME.key (private, 0600) and NAME.pub (put it in devices' trust stores)."""
+    from runtime.errors import ConfigError
     from runtime.signing import generate_keys
 
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"--dir {directory} is a file, not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     priv, pub, kid = generate_keys(directory, name)
     click.echo(f"key {kid}: private {priv}, public {pub}")
@@ -200,6 +232,3 @@ def keys_show(key: Path) -> None:
     k = load_private_key(key).public_key() if key.suffix == ".key" else load_public_key(key)
     click.echo(key_id(k))
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(export_group())

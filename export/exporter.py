@@ -5,7 +5,9 @@ from __future__ import annotations
 import platform
 import shutil
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -60,12 +62,38 @@ def check_variant(draft: Manifest, reference: Reference, model: Path, *, kind: s
                    elementwise=elementwise, task=task, seconds=time.perf_counter() - start)
 
 
+@contextmanager
+def third_parties_through(progress: Progress) -> Iterator[None]:
+    """What onnx, ONNX Runtime and its quantizer would print on their own goes through `progress` instead, one
+    line each, so an export shows one display (or, quiet, nothing): Python warnings become `[warning] ...` lines;
+    ONNX Runtime's native log (sessions the quantizer opens itself) is kept to errors."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            seen: set[str] = set()
+            for w in caught:
+                text = " ".join(f"{w.category.__name__}: {w.message}".split())
+                if text not in seen:
+                    seen.add(text)
+                    progress(f"[warning] {text[:300]}")
+
+
 def export_model(model_path: Path, opts: ExportOptions, out_dir: Path, signing_key: Any = None, as_tar: bool = False,
                  force: bool = False, progress: Progress = _quiet) -> tuple[Path, Manifest, dict[str, float]]:
     """Export and return (bundle path, manifest, seconds per step). Nothing is left on disk if a step fails or a
     signal (SIGINT, SIGTERM, SIGHUP) stops it."""
+    with third_parties_through(progress):
+        return _export(Path(model_path), opts, Path(out_dir), signing_key, as_tar, force, progress)
+
+
+def _export(model_path: Path, opts: ExportOptions, out_dir: Path, signing_key: Any, as_tar: bool, force: bool,
+            progress: Progress) -> tuple[Path, Manifest, dict[str, float]]:
     steps = Steps(progress)
-    model_path = Path(model_path)
     if not opts.name or not opts.task or not opts.decoder:
         raise ConfigError("name, task and decoder are required (give them as options or in a --preset)")
     task, decoder = opts.task, opts.decoder
@@ -97,7 +125,6 @@ def export_model(model_path: Path, opts: ExportOptions, out_dir: Path, signing_k
         raise ConfigError("calibration: a folder of real images is required for reference.npz")
     done()
 
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle_id = f"{opts.name}-v{opts.version}"
     destination = out_dir / (bundle_id + (".tar" if as_tar else ""))
