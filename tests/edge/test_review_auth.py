@@ -21,6 +21,12 @@ from tests.fleet.apiserver import ApiServer
 config, tokens, fleet, published = _fleet.config, _fleet.tokens, _fleet.fleet, _fleet.published
 
 
+@pytest.fixture
+def store_url() -> None:
+    """The embedded default store: what this tests is the device side and the fleet's HTTP answer."""
+    return None
+
+
 def _wait(cond, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
