@@ -269,6 +269,18 @@ class Demo:
             return all(rows.get(d, {}).get("status") == "online" for d in DEVICES)
 
         _wait(online, 60, "the three devices to connect to the fleet")
+
+        def inspectors_synced() -> bool:
+            # the devices fetch the inspectors' token hashes from the fleet every few seconds: until the first sync
+            # lands, the review API rightly refuses every inspector
+            for name in DEVICES:
+                r = self.http.get(f"http://127.0.0.1:{self.api_ports[name]}/v1/predictions?limit=1",
+                                  headers=self.as_inspector(INSPECTOR))
+                if r.status_code == 401:
+                    return False
+            return True
+
+        _wait(inspectors_synced, 60, "the devices to sync the inspectors' tokens from the fleet", step=0.5)
         for name in DEVICES:
             _say(f"  {name} online (review API http://127.0.0.1:{self.api_ports[name]}/review)")
 
