@@ -22,6 +22,7 @@ from fleet.analytics import figures
 from fleet.analytics.cases import Case, review_cases
 from fleet.analytics.pillars import QUEUE_KEYS, PillarOptions
 from fleet.analytics.windows import parse_ts
+from fleet.protocol import Topics
 from runtime import __version__
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,8 @@ class FleetCollector(Collector):
         yield dup
         bad = CounterMetricFamily("shadowline_fleet_malformed_messages",
                                   "Malformed messages stored per device topic kind (all time).", labels=["kind"])
-        per_kind: Counter[str] = Counter()
+        # every kind a device sends starts at 0, so an increase() over it reads 0 rather than no data
+        per_kind: Counter[str] = Counter({k: 0 for k in Topics.FROM_DEVICE})
         for topic, row in store.malformed().items():
             per_kind[topic.rsplit("/", 1)[-1]] += row["count"]
         for k, n in sorted(per_kind.items()):
@@ -181,12 +183,22 @@ class FleetCollector(Collector):
             f"{low:g}, by device, release and role.", labels=["device", "release", "role"])
         low_sum: Counter[tuple[str, str, str]] = Counter()
         per_group: Counter[tuple[str, str, str, str]] = Counter()
+        released: set[tuple[str, str, str, str]] = set()  # (device, release, role, mode) with predictions
+        errors_seen: set[tuple[str, str, str, str]] = set()
         for r in rows:
             ref, role = f"{r['release']}@{r['revision']}", r["role"] or "active"
             preds.add_metric([r["device"], ref, role, r["mode"] or "", r["decision"], r["top_label"] or ""], r["n"])
             low_sum[(r["device"], ref, role)] += r["low"] or 0
+            released.add((r["device"], ref, role, r["mode"] or ""))
+            if r["decision"] == "error":
+                errors_seen.add((r["device"], ref, role, r["mode"] or ""))
             for g in member.get(r["device"], []):
                 per_group[(g, ref, role, r["decision"])] += r["n"]
+                per_group[(g, ref, role, "error")] += 0
+        # a release that made no error yet has an error series at 0: the error-rate panels and SLO rules read 0%,
+        # not "no data", and a burn rate exists before the first error
+        for dev, ref, role, mode in sorted(released - errors_seen):
+            preds.add_metric([dev, ref, role, mode, "error", ""], 0)
         for key, n in sorted(low_sum.items()):
             lowc.add_metric(list(key), n)
         yield preds
@@ -332,7 +344,9 @@ class FleetCollector(Collector):
         fam = CounterMetricFamily("shadowline_fleet_alert_notifications",
                                   "Alert notification delivery attempts since the service started, by channel and "
                                   "outcome (sent, failed, gave_up).", labels=["channel", "outcome"])
-        for (channel, outcome), n in sorted(notifier.outcomes().items()):
+        counts = {(ch.name, outcome): 0 for ch in notifier.config.channels for outcome in ("sent", "failed", "gave_up")}
+        counts.update(notifier.outcomes())
+        for (channel, outcome), n in sorted(counts.items()):
             fam.add_metric([channel, outcome], n)
         yield fam
 
