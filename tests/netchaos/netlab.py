@@ -146,6 +146,8 @@ class NetLab:
         run("ip", "addr", "add", f"{ip}/30", "dev", "eth0", ns=ns)
         run("ip", "link", "set", "eth0", "up", ns=ns)
         run("ip", "route", "add", f"{self.hub_ip}/32", "via", gw, ns=ns)
+        # a rule without a target only counts: the bytes the device receives (see received_bytes)
+        run("iptables", "-A", "INPUT", "-i", "eth0", "-m", "comment", "--comment", "received", ns=ns)
         dev = Device(name, ns, ip, gw, hub_if)
         self.devices[name] = dev
         return dev
@@ -220,6 +222,12 @@ class NetLab:
                 key = f"{chain} {'partition' if 'partition' in line else 'loss'}"
                 counts[key] = counts.get(key, 0) + int(parts[0])
         return counts
+
+    def received_bytes(self, name: str) -> int:
+        """Bytes (IP packets, headers included) the device has received on its link and not dropped before."""
+        out = run("iptables", "-L", "INPUT", "-v", "-n", "-x", ns=self.devices[name].ns).stdout
+        line = next(line for line in out.splitlines() if "/* received */" in line)
+        return int(line.split()[1])
 
     # -- cleanup -------------------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """Hostile networks (issue 13, item 7): three real device daemons, each in its own network namespace behind a veth
 pair, stream predictions of real PCB images to a real fleet service and a real Mosquitto in a hub namespace, while
 
-- `nc-lossy` loses 10% of its packets at random, both ways (iptables statistic match), all along;
+- `nc-lossy` loses 10% of its packets at random, both ways (iptables statistic match), all along, and gets a
+  new release through it;
 - `nc-slow` sits behind a 256 kbit/s token bucket (tc tbf, which queues) and is cut off for 60 s mid-stream;
 - `nc-act` sits behind a 2 Mbit/s token bucket and is cut off for 60 s in the middle of downloading the release
   a rollout just sent it.
@@ -67,7 +68,7 @@ def scenario(netlab: NetLab, tars: dict[str, Path], keys: dict[str, Path],
     try:
         r1, r2 = hub.release(tars["v1.0"]), hub.release(tars["v1.1"])
         for n in names:  # registered (and grouped) before they first connect
-            hub.call("PUT", f"/api/devices/{n}", json={"groups": ["netchaos"] + (["netchaos-act"] if n == ACT else [])})
+            hub.call("PUT", f"/api/devices/{n}", json={"groups": ["netchaos", f"netchaos-{n}"]})
         wire = WireCounter(netlab.hub_ip)
         watcher = StatusWatcher(hub)
         watcher.start()
@@ -91,13 +92,15 @@ def scenario(netlab: NetLab, tars: dict[str, Path], keys: dict[str, Path],
         # mid-stream: nc-slow is cut off while it streams
         t: dict[str, dict[str, Any]] = {SLOW: {"cut": netlab.partition(SLOW)}, ACT: {}}
         # mid-activation: nc-act is cut off once its download of r2 is under way (its .part file is growing)
-        second = hub.rollout(r2, "netchaos-act", wave_timeout_s=40)
+        second = hub.rollout(r2, f"netchaos-{ACT}", wave_timeout_s=40)
         size = tars["v1.1"].stat().st_size
-        until(lambda: daemons[ACT].part_bytes() >= size // 10, 60, f"{ACT} downloading r2")
+        until(lambda: daemons[ACT].part_bytes() >= size * 4 // 10, 60, f"{ACT} downloading r2")
         t[ACT]["cut"] = netlab.partition(ACT)
         t[ACT]["part_at_cut"] = daemons[ACT].part_bytes()
         t[ACT]["size"] = size
         t[ACT]["activation_at_cut"] = (hub.devices()[ACT].get("activation") or {}).get("state")
+        # meanwhile the lossy device gets the same release through its 10% loss
+        lossy_rollout = hub.rollout(r2, f"netchaos-{LOSSY}", wave_timeout_s=90)
 
         # both partitions last PARTITION_S; the fleet must show each device offline meanwhile
         for n in (SLOW, ACT):
@@ -113,10 +116,14 @@ def scenario(netlab: NetLab, tars: dict[str, Path], keys: dict[str, Path],
                   f"the fleet to show {n} online after the partition")
 
         second_done = until(lambda: _rollout_done(hub, second), 60, "the interrupted rollout to end")
+        lossy_done = until(lambda: _rollout_done(hub, lossy_rollout), 60, "the rollout over the lossy link to end")
+        lossy_state = until(lambda: _consistent(hub, LOSSY), 30, f"{LOSSY} to report its rollout")
         act_state = until(lambda: _consistent(hub, ACT), 60, f"{ACT} to settle on the fleet's desired state")
         # the same release again, over the healed (still 2 Mbit/s) link: this time it activates
-        third = hub.rollout(r2, "netchaos-act", wave_timeout_s=60)
+        t[ACT]["part_before_repeat"], received = daemons[ACT].part_bytes(), netlab.received_bytes(ACT)
+        third = hub.rollout(r2, f"netchaos-{ACT}", wave_timeout_s=60)
         third_done = until(lambda: _rollout_done(hub, third), 75, "the repeated rollout to end")
+        t[ACT]["received_in_repeat"] = netlab.received_bytes(ACT) - received
         act_final = until(lambda: _consistent(hub, ACT), 30, f"{ACT} to report the repeated rollout")
         time.sleep(2 * FRAME_EVERY_S)  # a few frames on the new release
         feeder.stop()
@@ -126,8 +133,9 @@ def scenario(netlab: NetLab, tars: dict[str, Path], keys: dict[str, Path],
                        and d.local_ids() <= hub.store_ids(n)[1] for n, d in daemons.items())
         until(drained, 90, "every frame processed and every prediction at the fleet")
 
-        out: dict[str, Any] = {"rollouts": {"first": done, "second": second_done, "third": third_done},
-                               "act_state": act_state, "act_final": act_final,
+        out: dict[str, Any] = {"rollouts": {"first": done, "second": second_done, "third": third_done,
+                                            "lossy": lossy_done},
+                               "act_state": act_state, "act_final": act_final, "lossy_state": lossy_state,
                                "r1": r1, "r2": r2, "times": t, "devices": {}}
         for n, d in daemons.items():
             local = d.local_ids()
@@ -189,9 +197,17 @@ def _offline_then_online(res: dict[str, Any], name: str) -> None:
 
 
 def test_lossy_link_every_prediction_exactly_once(scenario: dict[str, Any]) -> None:
-    print(_summary(LOSSY, scenario))
-    d = scenario["devices"][LOSSY]
+    d, ro, rep = scenario["devices"][LOSSY], scenario["rollouts"]["lossy"], scenario["lossy_state"]
+    offline = sum(1 for _, s in d["history"] if s == "offline")
+    print(_summary(LOSSY, scenario) + f"; the fleet saw it offline {offline} time(s)")
+    print(f"[netchaos] {LOSSY}: rollout of the new release through the loss {ro['state']}, targets {ro['counts']}; "
+          f"device runs {rep['active']} (activation {rep['activation']})")
     assert d["drops"].get("INPUT loss", 0) + d["drops"].get("OUTPUT loss", 0) > 0, "the loss rule dropped nothing"
+    # a 3 MB download and activation through 10% loss: TCP carries it, the rollout completes
+    assert ro["state"] == "completed" and ro["counts"] == {"active": 1}, ro
+    assert rep["active"] == scenario["r2"] and rep["activation"] not in ACTIVATION_IN_PROGRESS
+    name, rev = d["latest_prediction"]
+    assert f"{name}@{rev}" == scenario["r2"]
     _exactly_once(scenario, LOSSY)
 
 
@@ -226,6 +242,12 @@ def test_partition_mid_activation_ends_cleanly(scenario: dict[str, Any]) -> None
     print(f"[netchaos] {ACT}: the same release again after the heal: rollout {third['state']}, targets "
           f"{third['counts']}; device runs {final['active']} (activation {final['activation']})")
     assert third["state"] == "completed" and third["counts"] == {"active": 1}, third
+    # it resumed the partial download (Range) rather than starting over: it received the rest, not the whole
+    rest, got, kept = t["size"] - t["part_before_repeat"], t["received_in_repeat"], t["part_before_repeat"]
+    print(f"[netchaos] {ACT}: {kept} bytes kept from the cut download; the repeat received {got} bytes on its "
+          f"link for the remaining {rest}")
+    assert kept >= t["part_at_cut"] > 0
+    assert rest <= got < rest + kept // 2, "the repeat downloaded the whole release again"
     assert final["active"] == scenario["r2"] and final["activation"] not in ACTIVATION_IN_PROGRESS
     name, rev = scenario["devices"][ACT]["latest_prediction"]
     assert f"{name}@{rev}" == scenario["r2"]
