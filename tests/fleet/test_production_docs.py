@@ -56,7 +56,9 @@ def test_the_documented_production_setup_starts_and_ingests(keys):
     def local(s: str) -> str:
         for old, new in (("/etc/shadowline", f"{base}/etc"), ("/var/lib/mosquitto", f"{base}/mosquitto"),
                          ("/run/mosquitto", f"{base}/run"), ("/var/lib/shadowline", f"{base}/var"),
-                         ("fleet.plant.example", "localhost")):
+                         ("fleet.plant.example", "localhost"),
+                         # the alerting channels' hosts: loopback, where nothing listens (no traffic leaves)
+                         ("alerts.plant.example", "127.0.0.1"), ("smtp.plant.example", "127.0.0.1")):
             s = s.replace(old, new)
         for old, new in ports.items():
             s = re.sub(rf"\b{old}\b", new, s)
@@ -80,6 +82,8 @@ def test_the_documented_production_setup_starts_and_ingests(keys):
         (etc / "fleet-broker-password").write_text(json.loads((etc / "broker" / "credentials.json").read_text())
                                                    ["users"]["shadowline-fleet"]["password"] + "\n")
         os.chmod(etc / "fleet-broker-password", 0o600)
+        (etc / "smtp-password").write_text("not-used-here\n")
+        os.chmod(etc / "smtp-password", 0o600)
         admin = _cli("token", "create", "--tokens-file", f"{etc}/tokens.json", "--name", "ops",
                      "--role", "admin").stdout.strip()
         mosq = Mosquitto(base / "run", port=int(ports["8883"]))
@@ -101,6 +105,10 @@ def test_the_documented_production_setup_starts_and_ingests(keys):
                     return False
 
             wait_for(ready, 60, "the documented fleet.yaml to serve: " + str(base / "serve.log"))
+            # the documented alerting channels are loaded: each has its notification counters from the start
+            metrics = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+            assert {m for m in re.findall(r'shadowline_fleet_alert_notifications_total\{channel="([^"]+)"', metrics)} \
+                == {"on-call", "quality-team"}, metrics
             out = base / "line3-jetson-02"
             _cli("provision", "line3-jetson-02", "--credentials-dir", f"{etc}/broker", "--tokens-file",
                  f"{etc}/tokens.json", "--broker-url", f"mqtts://localhost:{ports['8883']}", "--fleet-url", url,
