@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from edge import outbox
 from edge.config import ActionsConfig
 from edge.store import Store
-from fleet.protocol import EventRecord
+from fleet.protocol import EventRecord, RecordKind
 
 log = logging.getLogger("shadowline.edge.actions")
 
@@ -130,7 +130,7 @@ class ActionDispatcher:
             final = "action_delivered" if ok else ("action_failed" if attempts >= retry.max_attempts else None)
             with self.store.tx() as c:
                 if final is not None:  # the fleet sees each work order's outcome, not every retry
-                    outbox.enqueue(c, "events", EventRecord(device=self.device_id, kind=final, detail={
+                    outbox.enqueue(c, RecordKind.EVENTS, EventRecord(device=self.device_id, kind=final, detail={
                         "prediction_id": r["prediction_id"], "channel": r["channel"], "attempts": attempts,
                         "detail": detail}).model_dump(mode="json"))
                 c.execute("INSERT INTO delivery_attempts (delivery_id, at, ok, detail) VALUES (?,?,?,?)",

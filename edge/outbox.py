@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleet.protocol import Batch, RecordKind
+
 DDL = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,          -- the record's UUID (ingest deduplicates on it)
-    kind TEXT NOT NULL,               -- predictions | reviews | metrics | alerts | events
+    kind TEXT NOT NULL,               -- a fleet.protocol.RecordKind
     payload TEXT NOT NULL,            -- the record as JSON (fleet.protocol record model)
     size INTEGER NOT NULL,            -- bytes of payload, for the disk budget
     created_at REAL NOT NULL
@@ -35,17 +37,19 @@ CREATE TABLE IF NOT EXISTS outbox_losses (
 
 MQTT_ERR_QUEUE_SIZE = 15  # paho.mqtt.client.MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
 
-KINDS = ("predictions", "reviews", "metrics", "alerts", "events")
+KINDS: tuple[RecordKind, ...] = tuple(RecordKind)
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(DDL)
 
 
-def enqueue(conn: sqlite3.Connection, kind: str, record: dict[str, Any]) -> None:
+def enqueue(conn: sqlite3.Connection, kind: RecordKind | str, record: dict[str, Any]) -> None:
     """Add `record` (with an `id`) to the outbox inside the caller's open transaction. Idempotent by id."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown outbox kind {kind!r}")
+    try:
+        kind = RecordKind(kind)
+    except ValueError:
+        raise ValueError(f"unknown outbox kind {kind!r}; one of {', '.join(KINDS)}") from None
     payload = json.dumps(record, separators=(",", ":"))
     conn.execute("INSERT OR IGNORE INTO outbox (id, kind, payload, size, created_at) VALUES (?, ?, ?, ?, ?)",
                  (record["id"], kind, payload, len(payload), time.time()))
@@ -56,7 +60,8 @@ def enqueue(conn: sqlite3.Connection, kind: str, record: dict[str, Any]) -> None
 # this order of kinds: metrics first (windowed, the next window supersedes them), then predictions (the bulk; each
 # is one frame of many), then events, alerts, and reviews last (an inspector's verdict cannot be produced again).
 # Every drop is counted per kind in `outbox_losses` and reported as an `outbox_overflow` event: never silent.
-OVERFLOW_ORDER = ("metrics", "predictions", "events", "alerts", "reviews")
+OVERFLOW_ORDER = (RecordKind.METRICS, RecordKind.PREDICTIONS, RecordKind.EVENTS, RecordKind.ALERTS,
+                  RecordKind.REVIEWS)
 
 
 def pending(conn: sqlite3.Connection) -> dict[str, int]:
@@ -110,7 +115,7 @@ def connect(db_path: str | Path) -> sqlite3.Connection:
 class _InFlight:
     info: Any  # paho MQTTMessageInfo
     seqs: list[int]
-    kind: str
+    kind: RecordKind
     sent_at: float
 
 
@@ -131,15 +136,12 @@ class Publisher:
     def __init__(self, db_path: Path, client: Any, topics: Any, device: str, *, batch_size: int = 200,
                  budget_bytes: int = 512 << 20, window: int = 8, poll_s: float = 0.2,
                  on_overflow: Callable[[dict[str, int]], None] | None = None) -> None:
-        from fleet.protocol import Batch  # the device side imports only the protocol module of fleet/
-
-        self._batch_cls = Batch
         self.db_path, self.client, self.topics, self.device = Path(db_path), client, topics, device
         self.batch_size, self.budget_bytes, self.window, self.poll_s = batch_size, budget_bytes, window, poll_s
         self.on_overflow = on_overflow
         self.stats = PublisherStats()
         self._inflight: list[_InFlight] = []
-        self._sent_upto: dict[str, int] = {}
+        self._sent_upto: dict[RecordKind, int] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -163,7 +165,7 @@ class Publisher:
                 self._conn.close()
                 self._conn = None
 
-    def enqueue(self, kind: str, record: dict[str, Any]) -> None:
+    def enqueue(self, kind: RecordKind | str, record: dict[str, Any]) -> None:
         """Enqueue through the publisher's own connection (for the agent's events; the daemon uses its own)."""
         with self._db_lock:
             if self._conn is None:
@@ -211,7 +213,7 @@ class Publisher:
         assert self._conn is not None
         sent = False
         while len(self._inflight) < self.window:
-            row = None
+            row: tuple[int, RecordKind] | None = None
             for kind in KINDS:
                 r = self._conn.execute("SELECT MIN(seq) FROM outbox WHERE kind = ? AND seq > ?",
                                        (kind, self._sent_upto.get(kind, 0))).fetchone()
@@ -222,7 +224,7 @@ class Publisher:
             kind = row[1]
             rows = self._conn.execute("SELECT seq, payload FROM outbox WHERE kind = ? AND seq > ? ORDER BY seq "
                                       "LIMIT ?", (kind, self._sent_upto.get(kind, 0), self.batch_size)).fetchall()
-            batch = self._batch_cls(device=self.device, kind=kind, records=[json.loads(p) for _, p in rows])
+            batch = Batch(device=self.device, kind=kind, records=[json.loads(p) for _, p in rows])
             payload = json.dumps(batch.model_dump(mode="json", by_alias=True), separators=(",", ":"))
             info = self.client.publish(self.topics.device(self.device, kind), payload, qos=1)
             seqs = [s for s, _ in rows]

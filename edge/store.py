@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import outbox
-from fleet.protocol import EventRecord, MetricsRecord, PredictionRecord, ReviewRecord
+from fleet.protocol import EventRecord, MetricsRecord, PredictionRecord, RecordKind, ReviewRecord
 from runtime.errors import Conflict, NotFound
 
 DDL = """
@@ -162,7 +162,7 @@ class Store:
                 (r.id, f.frame_key, r.role, r.created_at, r.source, r.release, r.revision, r.mode, r.decision,
                  r.top_label, r.top_score, json.dumps(d["flagged"]), r.disagrees_with, r.error,
                  str(f.kept[r.id][0]) if r.id in f.kept else None, json.dumps(d)))
-            outbox.enqueue(c, "predictions", d)
+            outbox.enqueue(c, RecordKind.PREDICTIONS, d)
         now = time.time()
         for pid, (path, size, reasons) in f.kept.items():
             c.execute("INSERT OR REPLACE INTO kept_images (prediction_id, path, size, reasons, created_at) "
@@ -175,7 +175,7 @@ class Store:
     def add_metrics(self, record: MetricsRecord) -> None:
         """A windowed metrics record into the outbox (the agent sends it to the fleet)."""
         with self.tx() as c:
-            outbox.enqueue(c, "metrics", record.model_dump(mode="json"))
+            outbox.enqueue(c, RecordKind.METRICS, record.model_dump(mode="json"))
 
     def prediction(self, pid: str) -> dict[str, Any]:
         rows = self.query("SELECT record, image_path FROM predictions WHERE id = ?", (pid,))
@@ -223,7 +223,7 @@ class Store:
                                                int(review.override), json.dumps(d)))
             # Everything an inspector touched is kept (pinned) by retention.
             c.execute("UPDATE kept_images SET pinned = 1 WHERE prediction_id = ?", (review.prediction_id,))
-            outbox.enqueue(c, "reviews", d)
+            outbox.enqueue(c, RecordKind.REVIEWS, d)
 
     def reviews(self, limit: int = 100, prediction_id: str | None = None) -> list[dict[str, Any]]:
         if prediction_id:
@@ -236,7 +236,7 @@ class Store:
     # -- events and counters ------------------------------------------------------------------------------------
     def event(self, device: str, kind: str, detail: dict[str, Any]) -> None:
         with self.tx() as c:
-            outbox.enqueue(c, "events", EventRecord(device=device, kind=kind, detail=detail).model_dump(mode="json"))
+            outbox.enqueue(c, RecordKind.EVENTS, EventRecord(device=device, kind=kind, detail=detail).model_dump(mode="json"))
 
     def bump(self, name: str, by: int = 1, conn: sqlite3.Connection | None = None) -> None:
         sql = "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fleet.protocol import Artifact, Command, Desired, ReleaseSpec, Topics, encode, now_iso
+from fleet.protocol import Artifact, ClearArgs, ClearCommand, Desired, ReleaseSpec, Topics, encode, now_iso
 from fleet.registry import Registry
 from fleet.releases import Releases
 from fleet.store import Store
@@ -41,7 +41,7 @@ class DesiredStates:
     def set(self, device: str, release: str | None, candidate: str | None = None,
             rollout: str | None = None) -> Desired | None:
         """Ask `device` to run `release` (+ `candidate` in shadow). `release=None` clears the retained desired
-        state and sends a `rollback` command: the device has nothing earlier from this fleet to return to."""
+        state and sends a `clear` command: the device has nothing earlier from this fleet to return to."""
         return self.set_many([(device, release, candidate)], rollout)[0]
 
     def set_many(self, changes: list[tuple[str, str | None, str | None]],
@@ -80,7 +80,7 @@ class DesiredStates:
                           pk=("device", "revision"))
                 messages.append((self.topics.device(device, "desired"), payload, True))
                 if msg is None:
-                    cmd = Command(command="rollback", args={"to": None, "revision": revision})
+                    cmd = ClearCommand(args=ClearArgs(revision=revision))
                     messages.append((self.topics.device(device, "cmd"), encode(cmd), False))
                 out.append(msg)
         # Published after the commit (of the caller's transaction, when this joins one, e.g. a wave start): if the

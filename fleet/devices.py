@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fleet.protocol import DEVICE_ID_RE, Reported, now_iso
+from pydantic import ValidationError
+
+from fleet.protocol import DEVICE_ID_RE, Activation, Reported, now_iso
 from fleet.store import Store
 from runtime.errors import ConfigError, NotFound
 
@@ -15,6 +17,19 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     for k in ("groups", "tags", "activation", "reported"):
         out[k] = json.loads(row[k]) if row.get(k) else ({} if k in ("tags", "activation", "reported") else [])
     return out
+
+
+def activation_of(row: dict[str, Any] | None) -> Activation | None:
+    """The typed activation a device last reported, from a devices row (its `activation` column as stored, JSON
+    text, or as decoded by the registry); None if it never reported one or what is stored does not parse."""
+    raw = (row or {}).get("activation")
+    if not raw:
+        return None
+    try:
+        return Activation.model_validate_json(raw) if isinstance(raw, (str, bytes)) else \
+            Activation.model_validate(raw)
+    except ValidationError:
+        return None
 
 
 class Devices:
@@ -34,7 +49,7 @@ class Devices:
 
     def report(self, rep: Reported) -> None:
         self._touch(rep.device, active=rep.active, candidate=rep.candidate,
-                    activation=json.dumps(rep.activation), last_error=rep.last_error,
+                    activation=rep.activation.model_dump_json(), last_error=rep.last_error,
                     reported=rep.model_dump_json(by_alias=True))
 
     def add(self, device: str, groups: list[str] | None = None, tags: dict[str, str] | None = None) -> dict:

@@ -20,6 +20,7 @@ from fleet.protocol import (
     STATUS_ONLINE,
     Batch,
     ProtocolError,
+    RecordKind,
     Reported,
     Topics,
     decode,
@@ -162,7 +163,7 @@ class Ingest:
         except Exception:  # counting must not fail the handler either
             log.exception("could not count a malformed message on %s", topic)
 
-    def _handle(self, topic: str, payload: bytes, retained: bool = False) -> tuple[str, list] | None:
+    def _handle(self, topic: str, payload: bytes, retained: bool = False) -> tuple[RecordKind, list] | None:
         """Apply status and reported state at once; return (kind, validated records) of a batch to insert."""
         parsed = self.topics.parse(topic)
         if parsed is None:
@@ -195,6 +196,7 @@ class Ingest:
             self.devices.report(rep)
             return None
         elif kind in RECORD_TYPES:
+            kind = RecordKind(kind)
             try:  # fast path: parse and validate the batch with its records in one pass
                 typed = _typed_batch(kind).model_validate_json(payload)
             except ValidationError:
@@ -216,7 +218,7 @@ class Ingest:
         else:
             raise ProtocolError(f"{topic}: devices do not publish {kind!r}")
 
-    def _records(self, kind: str, device: str, raws: list[dict]) -> tuple[list, list[str]]:
+    def _records(self, kind: RecordKind, device: str, raws: list[dict]) -> tuple[list, list[str]]:
         """Validated records of a batch and the errors of the bad ones. The whole list is validated in one call
         (the common case: all good); only a batch with a bad record is gone through one by one."""
         model = RECORD_TYPES[kind]
@@ -239,7 +241,7 @@ class Ingest:
 
 
 @functools.cache
-def _typed_batch(kind: str) -> type[Batch]:
+def _typed_batch(kind: RecordKind) -> type[Batch]:
     """A Batch whose records are validated as RECORD_TYPES[kind] in the same pass as the envelope."""
     return create_model(f"{kind.title()}Batch", __base__=Batch,
                         records=(list[RECORD_TYPES[kind]], ...))  # type: ignore[valid-type]

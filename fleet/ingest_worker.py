@@ -19,13 +19,13 @@ from fleet.broker import MqttClient
 from fleet.config import FleetConfig
 from fleet.devices import Devices
 from fleet.ingest import Ingest
-from fleet.protocol import Topics
+from fleet.protocol import RecordKind, Topics
 from fleet.store import Store
 
 log = logging.getLogger(__name__)
 
 STATE_KINDS = ("status", "reported")
-RECORD_KINDS = tuple(k for k in Topics.FROM_DEVICE if k not in STATE_KINDS)
+RECORD_KINDS: tuple[RecordKind, ...] = tuple(RecordKind)
 DEFAULT_SHARE_GROUP = "shadowline-ingest"
 
 

@@ -8,9 +8,10 @@ import json
 import re
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Literal
+from enum import Enum
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
 PROTOCOL_VERSION = 1
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -19,12 +20,64 @@ DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # sets `offline` as its last will.
 STATUS_ONLINE, STATUS_OFFLINE = "online", "offline"
 
-# `Reported.activation["state"]`: the step the device is in. While it is one of ACTIVATION_IN_PROGRESS the fleet
-# waits; `committed` with `active` equal to the target means success; `failed` or `rollback` (with
-# `desired_revision` at or past the revision the fleet sent) means the device refused the release and is back on
-# its previous one, `last_error` saying why.
-ACTIVATION_IN_PROGRESS = ("download", "verify", "prepare", "check", "activate", "commit")
-ACTIVATION_STATES = ("idle", *ACTIVATION_IN_PROGRESS, "committed", "failed", "rollback")
+
+class _StrEnum(str, Enum):
+    """A str enum that formats as its value on every Python version (3.11 changed `format()` of mixed-in enums),
+    so it can go into topics, SQL parameters and JSON as the plain string the wire carries."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class ActivationState(_StrEnum):
+    """The device's activation state machine (edge/agent/statemachine.py runs it; defined here because the fleet
+    reads it in `Reported.activation.state` and fleet/ cannot import edge/). The machine moves through IDLE and the
+    steps; COMMITTED is never entered: it is what a device reports while idle after a successful activation (and
+    FAILED while idle after a failed one). While a device is in one of IN_PROGRESS the fleet waits; COMMITTED with
+    `active` equal to the target means success; FAILED or ROLLBACK (with `desired_revision` at or past the revision
+    the fleet sent) means the device refused the release and is back on its previous one, `last_error` saying why."""
+
+    IDLE = "idle"
+    DOWNLOAD = "download"
+    VERIFY = "verify"
+    PREPARE = "prepare"
+    CHECK = "check"
+    ACTIVATE = "activate"
+    COMMIT = "commit"
+    ROLLBACK = "rollback"
+    FAILED = "failed"
+    COMMITTED = "committed"
+
+    @property
+    def in_progress(self) -> bool:
+        return self in ACTIVATION_IN_PROGRESS
+
+
+ACTIVATION_IN_PROGRESS: frozenset[ActivationState] = frozenset({
+    ActivationState.DOWNLOAD, ActivationState.VERIFY, ActivationState.PREPARE, ActivationState.CHECK,
+    ActivationState.ACTIVATE, ActivationState.COMMIT})
+
+
+class ActivationSource(_StrEnum):
+    """What started an activation: a desired state, or a fleet command."""
+
+    DESIRED = "desired"
+    ROLLBACK = "cmd:rollback"
+    RECHECK = "cmd:recheck"
+
+
+class RecordKind(_StrEnum):
+    """The kinds of record a device sends in batches, each on its own topic: the edge outbox, fleet ingest and
+    validation all key on this enum (RECORD_TYPES maps each to its record model)."""
+
+    PREDICTIONS = "predictions"
+    REVIEWS = "reviews"
+    METRICS = "metrics"
+    ALERTS = "alerts"
+    EVENTS = "events"
 
 
 def now_iso() -> str:
@@ -186,15 +239,16 @@ class Batch(_Msg):
     schema_id: Literal["shadowline.batch"] = Field("shadowline.batch", alias="schema")
     version: int = PROTOCOL_VERSION
     device: str
-    kind: Literal["predictions", "reviews", "metrics", "alerts", "events"]
+    kind: RecordKind
     sent_at: str = Field(default_factory=now_iso)
     records: list[dict[str, Any]]
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-RECORD_TYPES: dict[str, type[_Msg]] = {"predictions": PredictionRecord, "reviews": ReviewRecord,
-                                        "metrics": MetricsRecord, "alerts": AlertRecord, "events": EventRecord}
+RECORD_TYPES: dict[RecordKind, type[_Msg]] = {
+    RecordKind.PREDICTIONS: PredictionRecord, RecordKind.REVIEWS: ReviewRecord, RecordKind.METRICS: MetricsRecord,
+    RecordKind.ALERTS: AlertRecord, RecordKind.EVENTS: EventRecord}
 
 
 class StageSpec(_Msg):
@@ -242,6 +296,21 @@ class Desired(_Msg):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class Activation(_Msg):
+    """`Reported.activation`: where the device's activation state machine is, and what its last activation did."""
+
+    state: ActivationState = ActivationState.IDLE
+    source: ActivationSource = ActivationSource.DESIRED
+    chain: list[ActivationState] = Field(default_factory=list, description="states entered, in order")
+    steps: int = Field(0, ge=0, description="steps entered in this activation")
+    times: dict[ActivationState, float] = Field(default_factory=dict, description="seconds per step")
+    skipped: list[ActivationState] = Field(default_factory=list, description="steps not needed (cached release)")
+    target: str | None = Field(None, description="release key name@revision being (or last) activated")
+    previous: str | None = Field(None, description="the committed release when the activation began")
+    committed: str | None = Field(None, description="the release the device runs after its last commit")
+    target_revision: int | None = Field(None, description="desired revision of the target")
+
+
 class Reported(_Msg):
     schema_id: Literal["shadowline.reported"] = Field("shadowline.reported", alias="schema")
     version: int = PROTOCOL_VERSION
@@ -250,8 +319,7 @@ class Reported(_Msg):
     candidate: str | None = None
     cached: list[str] = Field(default_factory=list, description="last releases ready on disk")
     desired_revision: int | None = None
-    activation: dict[str, Any] = Field(default_factory=dict,
-                                       description="state (one of ACTIVATION_STATES), target, step times")
+    activation: Activation = Field(default_factory=Activation)
     last_error: str | None = None
     backends: list[str] = Field(default_factory=list)
     hardware: dict[str, Any] = Field(default_factory=dict)
@@ -260,15 +328,96 @@ class Reported(_Msg):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class Command(_Msg):
+class _CommandBase(_Msg):
     schema_id: Literal["shadowline.cmd"] = Field("shadowline.cmd", alias="schema")
     version: int = PROTOCOL_VERSION
     id: str = Field(default_factory=new_id)
-    command: Literal["rollback", "upload_samples", "recheck", "report"]
-    args: dict[str, Any] = Field(default_factory=dict)
     issued_at: str = Field(default_factory=now_iso)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class NoArgs(_Msg):
+    """A command without arguments (`args` is `{}` on the wire)."""
+
+
+class RollbackArgs(_Msg):
+    release: str | None = Field(None, description="a cached release key name@revision; unset: the release "
+                                                   "committed before the current one")
+
+
+class RollbackCommand(_CommandBase):
+    """Return to an earlier release from the device's cache (no download)."""
+
+    command: Literal["rollback"] = "rollback"
+    args: RollbackArgs = Field(default_factory=RollbackArgs)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_clear(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "to" in (data.get("args") or {}):
+            raise ValueError("a rollback with args.to is the old form of the 'clear' command; parse it with "
+                             "CommandMessage")
+        return data
+
+
+class ClearArgs(_Msg):
+    revision: int = Field(ge=0, description="the desired revision at which the fleet cleared this device's "
+                                            "desired state")
+
+
+class ClearCommand(_CommandBase):
+    """The fleet cleared this device's desired state and has no earlier release for it: the device keeps running
+    what it runs and takes `args.revision` as handled. (Fleets before this command sent it as `rollback` with
+    `args = {"to": null, "revision": N}`; CommandMessage still reads that form.)"""
+
+    command: Literal["clear"] = "clear"
+    args: ClearArgs
+
+
+class UploadSamplesArgs(_Msg):
+    limit: int = Field(8, ge=1, le=1000, description="recent images to send")
+    url: str | None = Field(None, pattern=r"^https?://", description="POST each image there (multipart); unset: "
+                                                                     "list them in a `samples` event only")
+
+
+class UploadSamplesCommand(_CommandBase):
+    command: Literal["upload_samples"] = "upload_samples"
+    args: UploadSamplesArgs = Field(default_factory=UploadSamplesArgs)
+
+
+class RecheckCommand(_CommandBase):
+    """Run prepare and check again on the committed release (no cache shortcut)."""
+
+    command: Literal["recheck"] = "recheck"
+    args: NoArgs = Field(default_factory=NoArgs)
+
+
+class ReportCommand(_CommandBase):
+    """Publish the reported state now."""
+
+    command: Literal["report"] = "report"
+    args: NoArgs = Field(default_factory=NoArgs)
+
+
+Command = Annotated[RollbackCommand | ClearCommand | UploadSamplesCommand | RecheckCommand | ReportCommand,
+                    Field(discriminator="command")]
+
+
+class CommandMessage(RootModel[Command]):
+    """The `cmd` topic's payload: one of the commands, chosen by its `command` field. Reads the old wire form of
+    `clear` (a `rollback` whose args are `{"to": null, "revision": N}`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("command") == "rollback":
+            args = data.get("args")
+            if isinstance(args, dict) and "to" in args:
+                if args["to"] is not None:
+                    raise ValueError("rollback args.to: only null (the old form of 'clear') is known")
+                data = {**data, "command": "clear", "args": {k: v for k, v in args.items() if k != "to"}}
+        return data
 
 
 class ProtocolError(ValueError):
@@ -279,7 +428,10 @@ def encode(msg: BaseModel) -> bytes:
     return json.dumps(msg.model_dump(mode="json", by_alias=True), separators=(",", ":")).encode()
 
 
-def decode(topic: str, payload: bytes, model: type[BaseModel]) -> BaseModel:
+M = TypeVar("M", bound=BaseModel)
+
+
+def decode(topic: str, payload: bytes, model: type[M]) -> M:
     try:
         return model.model_validate_json(payload)
     except ValidationError as err:

@@ -20,8 +20,8 @@ from fleet.analytics import figures
 from fleet.analytics.cases import review_cases
 from fleet.analytics.windows import Window, parse_ts
 from fleet.desired import DesiredStates
-from fleet.devices import Devices
-from fleet.protocol import ACTIVATION_IN_PROGRESS, now_iso
+from fleet.devices import Devices, activation_of
+from fleet.protocol import now_iso
 from fleet.releases import Releases
 from fleet.store import Store
 from runtime.errors import Conflict, NotFound
@@ -195,10 +195,10 @@ class Rollouts:
             want = self.desired.revision(t["device"])
             running = rep.get("candidate") if shadow_first else rep.get("active")
             seen_rev = rep.get("desired_revision") or 0
-            activation = json.loads(dev.get("activation") or "{}").get("state")
+            activation = activation_of(dev)
             if running == ref and seen_rev >= want:
                 state = "active"
-            elif seen_rev >= want and activation not in ACTIVATION_IN_PROGRESS:
+            elif seen_rev >= want and not (activation is not None and activation.state.in_progress):
                 state = "failed"
             elif t["started_at"] and time.time() - float(t["started_at"]) > gates.wave_timeout_s:
                 state = "failed"

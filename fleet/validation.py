@@ -23,6 +23,7 @@ from fleet.protocol import (
     MetricsRecord,
     PredictionRecord,
     ProtocolError,
+    RecordKind,
     ReviewRecord,
     verdict_override,
 )
@@ -239,7 +240,7 @@ class RecordValidator:
             "revision": pred.revision, "models": dict(pred.models), "thresholds": dict(pred.thresholds),
             "top_label": pred.top_label, "top_score": pred.top_score})
 
-    def screen(self, kind: str, device: str, records: Iterable[Any], pending: dict[str, PredictionRecord],
+    def screen(self, kind: RecordKind, device: str, records: Iterable[Any], pending: dict[str, PredictionRecord],
                received: datetime | None = None, payload: bytes | None = None) -> tuple[list[Any], list[Refusal]]:
         """(records to store, refusals). `pending`: predictions of this ingest group not yet committed, by id
         (a verdict may arrive in the same group as its prediction); accepted predictions are added to it.

@@ -25,6 +25,7 @@ from urllib.parse import unquote
 
 import click
 
+from fleet.protocol import Activation, ActivationState
 from runtime.errors import ShadowlineError
 
 DEVICES = ("demo-cam-1", "demo-cam-2", "demo-cam-3")
@@ -128,6 +129,16 @@ class Processes:
         self.procs = []
 
 
+
+def _activation_state(row: dict[str, Any]) -> ActivationState | None:
+    """The activation state in a device row of the fleet API (None when the device never reported one)."""
+    raw = row.get("activation")
+    try:
+        return Activation.model_validate(raw).state if raw else None
+    except ValueError:
+        return None
+
+
 class Demo:
     def __init__(self, realdata: Path, workdir: Path, quick: bool) -> None:
         import httpx
@@ -163,7 +174,8 @@ class Demo:
         """True when the fleet's registry says every device finished activating `ref`."""
         rows = {d["id"]: d for d in self.api("GET", f"/api/devices?group={GROUP}")}
         return all(rows.get(d, {}).get("active") == ref
-                   and (rows[d].get("activation") or {}).get("state") in ("committed", "idle") for d in DEVICES)
+                   and _activation_state(rows[d]) in (ActivationState.COMMITTED, ActivationState.IDLE)
+                   for d in DEVICES)
 
     def rollout(self, ref: str, waves: list[str]) -> dict:
         ro = self.api("POST", "/api/rollouts", json={"release": ref, "group": GROUP, "waves": waves,

@@ -20,7 +20,18 @@ from edge.agent.commands import run_command
 from edge.agent.config import AgentConfig
 from edge.agent.host import AgentHost
 from edge.agent.statemachine import ActivationRecord, Machine, State
-from fleet.protocol import Command, Desired, EventRecord, ProtocolError, Reported, Topics, decode, encode
+from fleet.protocol import (
+    Activation,
+    CommandMessage,
+    Desired,
+    EventRecord,
+    ProtocolError,
+    RecordKind,
+    Reported,
+    Topics,
+    decode,
+    encode,
+)
 from runtime.errors import ConfigError
 from runtime.signing import TrustStore
 
@@ -160,7 +171,7 @@ class Agent:
                     raise ProtocolError(f"{msg.topic}: desired state for {desired.device!r}")
                 self._queue.put(("desired", desired))
             elif parsed[1] == "cmd":
-                self._queue.put(("cmd", decode(msg.topic, msg.payload, Command)))
+                self._queue.put(("cmd", decode(msg.topic, msg.payload, CommandMessage).root))
             else:
                 raise ProtocolError(f"{msg.topic}: unexpected topic")
         except ProtocolError as err:
@@ -226,15 +237,14 @@ class Agent:
         r: ActivationRecord = self.machine.record
         active, candidate = self.host.current()
         status = self.host.status()
-        # between activations the fleet reads the outcome of the last one (fleet.protocol.ACTIVATION_STATES)
-        state = r.state.value if r.state != State.IDLE else \
-            ("idle" if not r.chain else "committed" if r.error is None else "failed")
-        activation = {"state": state, "source": r.source, "chain": r.chain, "steps": r.steps,
-                      "times": r.times, "skipped": r.skipped,
-                      "target": release_key(r.target) if r.target else None,
-                      "previous": release_key(r.previous) if r.previous else None,
-                      "committed": release_key(r.committed) if r.committed else None,
-                      "target_revision": r.target.revision if r.target else None}
+        # between activations the fleet reads the outcome of the last one
+        state = r.state if r.state != State.IDLE else \
+            (State.IDLE if not r.chain else State.COMMITTED if r.error is None else State.FAILED)
+        activation = Activation(state=state, source=r.source, chain=r.chain, steps=r.steps, times=r.times,
+                                skipped=r.skipped, target=release_key(r.target) if r.target else None,
+                                previous=release_key(r.previous) if r.previous else None,
+                                committed=release_key(r.committed) if r.committed else None,
+                                target_revision=r.target.revision if r.target else None)
         return Reported(device=self.device_id, active=active.ref if active else None,
                         candidate=candidate.ref if candidate else None, cached=self.machine.cache.keys(),
                         desired_revision=r.handled_revision if r.handled_revision >= 0 else None,
@@ -248,7 +258,7 @@ class Agent:
 
     def _on_step(self, record: ActivationRecord, event: str, detail: dict[str, Any]) -> None:
         target = release_key(record.target) if record.target else None
-        self._event(f"activation.{event}", {**detail, "target": target, "source": record.source})
+        self._event(f"activation.{event}", {**detail, "target": target, "source": record.source.value})
         if event in ("done", "unchanged"):
             self.report()
         elif event in ("step", "error", "resume"):
@@ -283,7 +293,7 @@ class Agent:
     def _event(self, kind: str, detail: dict[str, Any]) -> None:
         record = EventRecord(device=self.device_id, kind=kind, detail=detail)
         try:
-            self.publisher.enqueue("events", record.model_dump(mode="json"))
+            self.publisher.enqueue(RecordKind.EVENTS, record.model_dump(mode="json"))
         except RuntimeError:
             log.info("%s: event %s before start/after stop: %s", self.device_id, kind, detail)
 

@@ -15,7 +15,6 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,15 @@ from edge.agent.check import CheckResult, check, prepare
 from edge.agent.config import AgentConfig
 from edge.agent.download import download
 from edge.agent.host import AgentHost
-from fleet.protocol import Desired
+from fleet.protocol import ActivationSource, ActivationState, Desired
 from runtime.signing import TrustStore
 
 log = logging.getLogger(__name__)
 
 
-class State(str, Enum):
-    IDLE = "idle"
-    DOWNLOAD = "download"
-    VERIFY = "verify"
-    PREPARE = "prepare"
-    CHECK = "check"
-    ACTIVATE = "activate"
-    COMMIT = "commit"
-    ROLLBACK = "rollback"
-    FAILED = "failed"
-
-
+# the state enum is the protocol's (the fleet reads it in Reported.activation.state); the machine never enters
+# COMMITTED, which a device reports while idle after a successful activation
+State = ActivationState
 S = State
 # state -> (next on success, next on failure)
 TRANSITIONS: dict[State, tuple[State, State]] = {
@@ -74,12 +64,12 @@ class ActivationRecord(BaseModel):
     previous: Desired | None = Field(None, description="the committed release when this activation began")
     committed: Desired | None = Field(None, description="the release the device runs after the last commit")
     handled_revision: int = Field(-1, description="highest desired revision taken up (older ones are ignored)")
-    source: str = Field("desired", description="desired | cmd:rollback | cmd:recheck")
+    source: ActivationSource = Field(ActivationSource.DESIRED, description="what started the activation")
     steps: int = Field(0, description="steps entered in this activation (loop counter)")
-    chain: list[str] = Field(default_factory=list, description="states entered in this activation, in order")
+    chain: list[State] = Field(default_factory=list, description="states entered in this activation, in order")
     error: str | None = Field(None, description="why the current or last activation failed")
-    times: dict[str, float] = Field(default_factory=dict, description="seconds per step")
-    skipped: list[str] = Field(default_factory=list, description="steps not needed (release ready in cache)")
+    times: dict[State, float] = Field(default_factory=dict, description="seconds per step")
+    skipped: list[State] = Field(default_factory=list, description="steps not needed (release ready in cache)")
 
 
 Reporter = Callable[[ActivationRecord, str, dict[str, Any]], None]
@@ -145,15 +135,15 @@ class Machine:
     def busy(self) -> bool:
         return self.record.state != S.IDLE
 
-    def apply(self, desired: Desired, source: str = "desired") -> ActivationRecord:
+    def apply(self, desired: Desired, source: ActivationSource = ActivationSource.DESIRED) -> ActivationRecord:
         """Activate `desired` from idle; returns the record once back in idle (committed, or failed with error)."""
         r = self.record
         if self.busy:
             raise RuntimeError(f"activation in progress ({r.state.value}); resume() it first")
-        if source == "desired":
+        if source == ActivationSource.DESIRED:
             r.handled_revision = max(r.handled_revision, desired.revision)
         if r.committed is not None and release_key(r.committed) == release_key(desired) and \
-                r.committed.artifacts == desired.artifacts and source != "cmd:recheck":
+                r.committed.artifacts == desired.artifacts and source != ActivationSource.RECHECK:
             r.committed = desired
             self._save()
             self.report(r, "unchanged", {"release": release_key(desired)})
@@ -197,7 +187,7 @@ class Machine:
         while state != S.IDLE:
             r.state = state
             r.steps += 1
-            r.chain.append(state.value)
+            r.chain.append(state)
             self._save()  # persisted before the step: a crash from here on resumes in this state
             self.report(r, "step", {"state": state.value})
             t0 = time.monotonic()
@@ -219,19 +209,19 @@ class Machine:
                 log.warning("activation %s failed in %s: %s", release_key(r.target) if r.target else "-",
                             state.value, err)
                 self.report(r, "error", {"state": state.value, "error": str(err)})
-            r.times[state.value] = round(time.monotonic() - t0, 4)
+            r.times[state] = round(time.monotonic() - t0, 4)
             state = TRANSITIONS[state][0 if ok else 1]
         self._close_models()
         r.state = S.IDLE
-        r.chain.append(S.IDLE.value)
+        r.chain.append(S.IDLE)
         self._save()
-        self.report(r, "done", {"chain": r.chain, "error": r.error})
+        self.report(r, "done", {"chain": [c.value for c in r.chain], "error": r.error})
         return r
 
     # -- steps ---------------------------------------------------------------------------------------------------
     def _ready(self) -> bool:
         assert self.record.target is not None
-        return self.record.source != "cmd:recheck" and self.cache.is_ready(self.record.target)
+        return self.record.source != ActivationSource.RECHECK and self.cache.is_ready(self.record.target)
 
     def _step_download(self) -> None:
         t = self.record.target
@@ -255,7 +245,7 @@ class Machine:
 
     def _step_prepare(self) -> None:
         if self._ready():
-            self.record.skipped.append("prepare")
+            self.record.skipped.append(S.PREPARE)
             return
         t = self.record.target
         assert t is not None
@@ -265,7 +255,7 @@ class Machine:
 
     def _step_check(self) -> None:
         if self._ready():
-            self.record.skipped.append("check")
+            self.record.skipped.append(S.CHECK)
             return
         images = self.host.recent_images(self.config.smoke_images) if self.config.smoke_images else []
         self.last_checks = [check(m, self.config.latency_budget_ms, images) for m in self._models.values()]

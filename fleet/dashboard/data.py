@@ -14,6 +14,7 @@ from fleet.analytics.pillars import Snapshot, baseline, health, snapshot
 from fleet.analytics.shadow import ShadowReport
 from fleet.analytics.windows import FLEET, Scope, Window, parse_ts
 from fleet.decisions import audit_log, latest_signoff, now_utc, pillars, record_signoff
+from fleet.devices import activation_of
 from fleet.protocol import AlertRecord
 from runtime.errors import NotFound
 
@@ -37,7 +38,8 @@ def devices(fleet: Any, now: datetime | None = None) -> list[dict[str, Any]]:
     for d in fleet.devices.list():
         s = snapshot(preds, [], mets, win, Scope(device=d["id"]))
         total = s.health.latency_ms.get("total")
-        out.append({**d, "activation_state": (d.get("activation") or {}).get("state", "–"),
+        act = activation_of(d)
+        out.append({**d, "activation_state": act.state.value if act else "–",
                     "predictions_24h": s.health.predictions, "error_rate_24h": s.health.error_rate,
                     "p95_ms_24h": total.p95 if total else None, "queue_depth": s.health.queue_depth,
                     "alerts": sorted(rule for (dev, rule) in active if dev == d["id"]),
@@ -171,17 +173,16 @@ def device_page(fleet: Any, device: str, now: datetime | None = None, recent: in
 
 
 def _reported(d: dict[str, Any]) -> dict[str, Any]:
-    """What the device reported, as text: the fleet stores its `reported` message as sent, so the activation
-    record's inner shape is the device's (fleet.protocol.Reported only types the outer fields)."""
-    raw_rep, raw_act = d.get("reported"), d.get("activation")
+    """What the device reported, as text. The stored activation is read as the protocol's Activation (a row that
+    does not parse shows as unknown)."""
+    raw_rep = d.get("reported")
     rep: dict[str, Any] = raw_rep if isinstance(raw_rep, dict) else {}
-    act: dict[str, Any] = raw_act if isinstance(raw_act, dict) else {}
-    chain = act.get("chain")
-    text = str(act.get("state") or "–")
-    if act.get("target"):
-        text += f" → {act['target']}"
-    if isinstance(chain, list) and chain:
-        text += f" ({' → '.join(map(str, chain))})"
+    act = activation_of(d)
+    text = act.state.value if act else "–"
+    if act and act.target:
+        text += f" → {act.target}"
+    if act and act.chain:
+        text += f" ({' → '.join(s.value for s in act.chain)})"
     hw = rep.get("hardware")
     return {"cached": [str(x) for x in rep.get("cached") or [] if x is not None],
             "backends": [str(x) for x in rep.get("backends") or [] if x is not None],

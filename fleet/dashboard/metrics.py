@@ -22,7 +22,7 @@ from fleet.analytics import figures
 from fleet.analytics.cases import Case, review_cases
 from fleet.analytics.pillars import QUEUE_KEYS, PillarOptions
 from fleet.analytics.windows import parse_ts
-from fleet.protocol import Topics
+from fleet.protocol import RecordKind, Topics
 from runtime import __version__
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 # The classic text format that generate_latest writes (and every Prometheus 2.x parses); newer prometheus_client
 # versions name 1.0.0 as "latest", which older scrapers do not know.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-RECORD_KINDS = ("predictions", "reviews", "metrics", "alerts", "events")
+RECORD_KINDS: tuple[RecordKind, ...] = tuple(RecordKind)
 
 
 def _hist_sql(column: str, scale: float, buckets: tuple[float, ...]) -> str:

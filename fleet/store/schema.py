@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.dialects import postgresql
 
-from fleet.protocol import AlertRecord, EventRecord, MetricsRecord, PredictionRecord, ReviewRecord
+from fleet.protocol import RECORD_TYPES
 
 # Text compares byte-wise on both engines: ISO-8601 times and ids sort the same in SQLite and PostgreSQL whatever
 # the database's locale (a glibc or ICU collation ignores punctuation at its first level).
@@ -17,8 +17,7 @@ TEXT = sa.Text().with_variant(postgresql.TEXT(collation="C"), "postgresql")
 INT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 FLOAT = sa.Float().with_variant(sa.REAL(), "sqlite")  # REAL: what the pre-migration store declared
 
-RECORD_TABLES: dict[str, type[BaseModel]] = {"predictions": PredictionRecord, "reviews": ReviewRecord,
-                                  "metrics": MetricsRecord, "alerts": AlertRecord, "events": EventRecord}
+RECORD_TABLES: dict[str, type[BaseModel]] = {k.value: m for k, m in RECORD_TYPES.items()}  # one per RecordKind
 
 # Columns copied out of each record for filtering; the whole record stays in `record` as JSON.
 RECORD_COLUMNS: dict[str, dict[str, str]] = {

@@ -11,7 +11,7 @@ import pytest
 from edge.agent.config import AgentConfig
 from edge.agent.headless import HeadlessHost
 from edge.agent.runtime import Agent
-from fleet.protocol import Command, Topics, encode
+from fleet.protocol import ActivationState, ClearArgs, ClearCommand, RollbackCommand, Topics, encode
 from tests.agent.conftest import PCB_IMAGES, desired_for
 from tests.agent.mqtt_helpers import Collector, connect
 
@@ -44,7 +44,8 @@ def send(fleet, device: str, kind: str, payload: bytes, retain: bool = False) ->
 def active(col: Collector, device: str) -> str | None:
     with col.lock:
         rep = col.reported.get(device) or {}
-    return rep.get("active") if rep.get("activation", {}).get("state") in ("committed", "failed") else None
+    done = (ActivationState.COMMITTED, ActivationState.FAILED)
+    return rep.get("active") if rep.get("activation", {}).get("state") in done else None
 
 
 def test_follows_desired_reports_and_rolls_back_by_command(rig, tars, artifact_server):
@@ -62,11 +63,21 @@ def test_follows_desired_reports_and_rolls_back_by_command(rig, tars, artifact_s
     assert col.wait(lambda: len(col.events("dev-1", "activation.step")) == 12, 10)
 
     requests = len(artifact_server.requests)
-    send(fleet, "dev-1", "cmd", encode(Command(command="rollback")))
+    send(fleet, "dev-1", "cmd", encode(RollbackCommand()))
     assert col.wait(lambda: active(col, "dev-1") == "pcb-screen@1", 10)
     assert len(artifact_server.requests) == requests, "rollback needed no download"
     assert agent.host.current()[0].ref == "pcb-screen@1"
     assert col.reported["dev-1"]["activation"]["source"] == "cmd:rollback"
+
+    # the fleet cleared the desired state (no earlier release for us): the device stays and takes the revision as
+    # handled, from the old wire form (a rollback with args.to null) and the typed `clear` command alike
+    send(fleet, "dev-1", "cmd", json.dumps({"schema": "shadowline.cmd", "version": 1, "id": "old-clear",
+                                            "command": "rollback", "args": {"to": None, "revision": 3}}).encode())
+    assert col.wait(lambda: col.reported["dev-1"]["desired_revision"] == 3, 10)
+    send(fleet, "dev-1", "cmd", encode(ClearCommand(args=ClearArgs(revision=4))))
+    assert col.wait(lambda: col.reported["dev-1"]["desired_revision"] == 4, 10)
+    assert col.reported["dev-1"]["active"] == "pcb-screen@1" and agent.bad_messages == 0
+    assert col.wait(lambda: len(col.events("dev-1", "command.rejected")) == 2, 10)
 
 
 def test_malformed_messages_are_counted_and_ignored(rig, tars, artifact_server):
@@ -77,8 +88,15 @@ def test_malformed_messages_are_counted_and_ignored(rig, tars, artifact_server):
     send(fleet, "dev-1", "cmd", json.dumps({"schema": "shadowline.cmd", "command": "format-disk"}).encode())
     other = desired_for(artifact_server, tars["v1.0"], "dev-2", 1)
     send(fleet, "dev-1", "desired", encode(other))
-    assert col.wait(lambda: agent.bad_messages == 3, 5)
-    assert col.wait(lambda: len(col.events("dev-1", "bad_message")) == 3, 5)
+    # a known command with arguments of the wrong type or unknown arguments is refused as a whole
+    send(fleet, "dev-1", "cmd", json.dumps({"schema": "shadowline.cmd", "command": "upload_samples",
+                                            "args": {"limit": "all"}}).encode())
+    send(fleet, "dev-1", "cmd", json.dumps({"schema": "shadowline.cmd", "command": "rollback",
+                                            "args": {"release": "x@1", "force": True}}).encode())
+    assert col.wait(lambda: agent.bad_messages == 5, 5)
+    assert col.wait(lambda: len(col.events("dev-1", "bad_message")) == 5, 5)
+    errors = [e["detail"]["error"] for e in col.events("dev-1", "bad_message")]
+    assert any("format-disk" in e for e in errors) and any("limit" in e for e in errors), errors
     assert any("dev-1/desired" in e["detail"]["error"] for e in col.events("dev-1", "bad_message"))
     # still alive and following
     send(fleet, "dev-1", "desired", encode(desired_for(artifact_server, tars["v1.0"], "dev-1", 1)), retain=True)

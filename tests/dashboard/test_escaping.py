@@ -58,12 +58,12 @@ def plant(fleet) -> dict[str, str]:
     now = datetime.now(timezone.utc)
     at = (now - timedelta(minutes=5)).isoformat()
     rep = Reported(device=EVIL_DEVICE, active=f"pcb-line@1{SCRIPT}", cached=[HOSTILE], backends=[HOSTILE],
-                   activation={"state": HOSTILE, "target": HOSTILE, "chain": [HOSTILE]}, last_error=HOSTILE,
+                   activation={"state": "committed", "target": HOSTILE, "previous": HOSTILE}, last_error=HOSTILE,
                    hardware={HOSTILE: HOSTILE})
     fleet.store.upsert("devices", {"id": EVIL_DEVICE, "groups": json.dumps([f"line{IMG}"]),
                                    "tags": json.dumps({HOSTILE: HOSTILE}), "first_seen": at, "last_seen": at,
                                    "status": "online", "active": rep.active, "candidate": HOSTILE,
-                                   "activation": json.dumps(rep.activation), "last_error": HOSTILE,
+                                   "activation": rep.activation.model_dump_json(), "last_error": HOSTILE,
                                    "reported": rep.model_dump_json(by_alias=True)}, pk="id")
     # a label, a source, an error and a release name that carry markup, on the evil device and on a real one
     preds = [PredictionRecord(device=dev, created_at=at, source=f"folder:{HOSTILE}.png", release=f"pcb{QUOTE}",
