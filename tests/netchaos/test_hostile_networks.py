@@ -110,6 +110,7 @@ def scenario(netlab: NetLab, tars: dict[str, Path], keys: dict[str, Path],
         for n in sorted((SLOW, ACT), key=lambda n: t[n]["cut"]):
             time.sleep(max(0.0, t[n]["cut"] + PARTITION_S - time.time()))  # the partition's length, by design
             assert watcher.first(n, "online", t[n]["cut"]) is None, f"{n} seen online while cut off"
+            t[n]["outbox_at_heal"] = daemons[n].outbox()[0]  # what the daemon kept while cut off
             t[n]["healed"] = netlab.heal(n)
         for n in (SLOW, ACT):
             until(lambda n=n: watcher.first(n, "online", t[n]["healed"]), 45,  # type: ignore[misc]
@@ -169,8 +170,9 @@ def _summary(name: str, res: dict[str, Any], times: dict[str, float] | None = No
         cut, healed = times["cut"], times["healed"]
         off = next((at for at, s in d["history"] if s == "offline" and cut <= at <= healed), None)
         on = next((at for at, s in d["history"] if s == "online" and at >= healed), None)
-        line += (f"; partition {healed - cut:.1f}s, fleet showed offline {off - cut:.1f}s after the cut, "
-                 f"online {on - healed:.1f}s after the heal") if off and on else "; offline/online not seen"
+        line += (f"; partition {healed - cut:.1f}s, {times['outbox_at_heal']} predictions waiting in the outbox "
+                 f"at the heal, fleet showed offline {off - cut:.1f}s after the cut, online {on - healed:.1f}s after "
+                 "the heal") if off and on else "; offline/online not seen"
     return line
 
 
@@ -215,6 +217,8 @@ def test_slow_link_partition_mid_stream(scenario: dict[str, Any]) -> None:
     print(_summary(SLOW, scenario, scenario["times"][SLOW]))
     d = scenario["devices"][SLOW]
     assert d["drops"].get("OUTPUT partition", 0) > 0, "the partition dropped nothing: the device was not streaming"
+    # it went on making predictions while cut off: they waited in its outbox (about 2 a second for 60 s)
+    assert scenario["times"][SLOW]["outbox_at_heal"] >= PARTITION_S / FRAME_EVERY_S / 2
     _offline_then_online(scenario, SLOW)
     _exactly_once(scenario, SLOW)
 
