@@ -126,7 +126,11 @@ def scenario(netlab: NetLab, tars: dict[str, Path], keys: dict[str, Path],
         third_done = until(lambda: _rollout_done(hub, third), 75, "the repeated rollout to end")
         t[ACT]["received_in_repeat"] = netlab.received_bytes(ACT) - received
         act_final = until(lambda: _consistent(hub, ACT), 30, f"{ACT} to report the repeated rollout")
-        time.sleep(2 * FRAME_EVERY_S)  # a few frames on the new release
+        # frames keep coming: the two devices on r2 make their next predictions with it
+        def on_r2(n: str) -> bool:
+            latest = daemons[n].latest_prediction()
+            return latest is not None and f"{latest[0]}@{latest[1]}" == r2
+        until(lambda: on_r2(LOSSY) and on_r2(ACT), 30, "predictions from the new release where it was activated")
         feeder.stop()
 
         def drained() -> bool:
