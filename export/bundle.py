@@ -10,6 +10,7 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,5 +60,6 @@ def finish_bundle(staging: Path, manifest: Manifest, destination: Path, signing_
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    named: dict[str, Any] = dict(arrays)  # numpy's stub types **kwds like its allow_pickle flag
+    np.savez_compressed(buf, **named)
     return buf.getvalue()

@@ -19,7 +19,7 @@ from hwbench.verdict import TargetVerdict
 from runtime import __version__
 from runtime.fsio import atomic_write_bytes, atomic_write_text
 
-SCHEMA_ID = "shadowline.hwbench"
+SCHEMA_ID: Literal["shadowline.hwbench"] = "shadowline.hwbench"
 SCHEMA_VERSION = 1
 
 

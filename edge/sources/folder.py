@@ -47,6 +47,12 @@ class FolderWatcher:
         self.moved_failed = 0
         self.recovered = 0
 
+    def _done_callback(self, path: Path) -> Callable[[Outcome], None]:
+        """What the processor calls once the frame read from `path` is settled: hand the move to the mover thread."""
+        def done(out: Outcome) -> None:
+            self._finished.put((path, out))
+        return done
+
     def start(self) -> FolderWatcher:
         self.thread.start()
         self.mover.start()
@@ -92,7 +98,7 @@ class FolderWatcher:
             with self._lock:
                 self._inflight.add(p.name)
             frame = Frame(source=f"folder:{p.name}", data=data, suffix=p.suffix, key=key,
-                          on_done=lambda out, p=p: self._finished.put((p, out)))
+                          on_done=self._done_callback(p))
             if not self.queue.put(frame, self.stop):
                 with self._lock:
                     self._inflight.discard(p.name)

@@ -15,10 +15,18 @@ def same_pads(size: int, k: int, s: int, d: int, lower: bool) -> tuple[int, int]
     return (big, small) if lower else (small, big)
 
 
+def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int) -> np.ndarray:
+    """[N, C, oh, ow, kh, kw]: the kh x kw windows of an NCHW array at stride (sh, sw), the first oh x ow of them."""
+    win = sliding_window_view(x, (1, 1, kh, kw))[..., 0, 0, :, :]
+    return win[:, :, ::sh, ::sw][:, :, :oh, :ow]
+
+
 def explicit_pads(pad_type: str, pad: np.ndarray | None, hw: tuple[int, int], kernel, strides,
                   dilations) -> list[tuple[int, int]]:
     """[(top, bottom), (left, right)] for Core ML's pad_type."""
     if pad_type == "custom":
+        if pad is None:
+            raise ValueError("pad_type 'custom' needs pad")
         p = [int(v) for v in pad]
         return [(p[0], p[1]), (p[2], p[3])]
     if pad_type == "valid":
@@ -97,8 +105,7 @@ def pool2d(x: np.ndarray, kind: str, kernel, strides, pads: list[tuple[int, int]
     widths = ((0, 0), (0, 0), (pads[0][0], pads[0][1] + extra_h), (pads[1][0], pads[1][1] + extra_w))
     if kind == "max":
         xp = np.pad(x, widths, constant_values=-np.inf)
-        win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :oh, :ow]
-        return win.max(axis=(-2, -1))
+        return _windows(xp, kh, kw, sh, sw, oh, ow).max(axis=(-2, -1))
     xp = np.pad(x, widths)
     ones = np.ones((1, 1, h, w), np.float32)
     if exclude_padding:
@@ -106,8 +113,8 @@ def pool2d(x: np.ndarray, kind: str, kernel, strides, pads: list[tuple[int, int]
     else:
         mask = np.pad(np.pad(ones, ((0, 0), (0, 0), pads[0], pads[1]), constant_values=1.0),
                       ((0, 0), (0, 0), (0, extra_h), (0, extra_w)))
-    total = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :oh, :ow].sum(axis=(-2, -1))
-    count = sliding_window_view(mask, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :oh, :ow].sum(axis=(-2, -1))
+    total = _windows(xp, kh, kw, sh, sw, oh, ow).sum(axis=(-2, -1))
+    count = _windows(mask, kh, kw, sh, sw, oh, ow).sum(axis=(-2, -1))
     return total / np.maximum(count, 1.0)
 
 

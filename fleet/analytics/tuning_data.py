@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from fleet.analytics.cases import NO_DEFECT, model_finding, review_finding
@@ -67,8 +68,10 @@ def samples_from_images(model, folder: Path, batch: int = 8) -> LabelledSet:
     scores: the best detection of each class. Unreadable images are skipped with the reason, the rest go on."""
     labels = list(model.manifest.labels)
     items = labelled_images(folder, labels)
-    out, skipped = [], []
-    images, metas = [], []
+    out: list[Sample] = []
+    skipped: list[Skipped] = []
+    images: list[np.ndarray] = []
+    metas: list[tuple[Path, list[str]]] = []
 
     def flush() -> None:
         for (path, truth), res in zip(metas, model.predict(images)):
@@ -115,13 +118,14 @@ def samples_from_verdicts(predictions: Iterable[PredictionRecord], reviews: Iter
     latest: dict[str, ReviewRecord] = {}
     for r in sorted(reviews, key=lambda r: r.created_at):
         latest[r.prediction_id] = r
-    out, skipped = [], []
+    out: list[Sample] = []
+    skipped: list[Skipped] = []
     for p in predictions:
-        r = latest.get(p.id)
-        if r is None:
+        review = latest.get(p.id)
+        if review is None:
             continue
         scores = _stage_scores(p)
-        found = review_finding(r, model_finding(p))
+        found = review_finding(review, model_finding(p))
         if found is None:
             skipped.append(Skipped(source=p.id, reason="bad image"))
         elif scores is None:

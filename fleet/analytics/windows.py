@@ -26,6 +26,7 @@ class Versioned(Stamped, Protocol):
 
 
 R = TypeVar("R", bound=Stamped)
+V = TypeVar("V", bound=Versioned)
 
 
 def parse_ts(value: str | datetime) -> datetime:
@@ -99,9 +100,9 @@ def select(records: Iterable[R], window: Window | None = None, scope: Scope | No
     return out
 
 
-def group_by(records: Iterable[R], by: Literal["device", "release", "revision"]) -> dict[str, list[R]]:
+def group_by(records: Iterable[V], by: Literal["device", "release", "revision"]) -> dict[str, list[V]]:
     """Records grouped per device, per release name, or per release ref (name@revision)."""
-    groups: dict[str, list[R]] = defaultdict(list)
+    groups: dict[str, list[V]] = defaultdict(list)
     for r in records:
         if by == "device":
             key = r.device

@@ -68,9 +68,10 @@ class OnnxRuntimeRunner(Runner):
                 "install onnxruntime-gpu (NVIDIA's Jetson wheel on a Jetson)"
             )
         usable = [p for p in self.requested if (p[0] if isinstance(p, tuple) else p) in available]
-        self._session = ort.InferenceSession(str(self.model_path), sess_options=opts,
-                                             providers=usable or ["CPUExecutionProvider"])
-        self.active_providers = list(self._session.get_providers())
+        session = ort.InferenceSession(str(self.model_path), sess_options=opts,
+                                       providers=usable or ["CPUExecutionProvider"])
+        self._session = session
+        self.active_providers = list(session.get_providers())
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._session is not None

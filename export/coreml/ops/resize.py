@@ -26,10 +26,10 @@ def _convert(g: Graph, node, a: Attrs, mode: str, scales: np.ndarray | None, siz
         raise ConversionError(f"{node.op_type} node {node.name!r}: only NCHW inputs with static H, W are supported")
     h, w = int(shape[2]), int(shape[3])
     if sizes is not None and sizes.size:
-        sizes = [int(v) for v in sizes.reshape(-1)]
-        if sizes[:2] != [d for d in shape[:2]] and is_static(shape[0]):
+        sz = [int(v) for v in sizes.reshape(-1)]
+        if sz[:2] != [d for d in shape[:2]] and is_static(shape[0]):
             raise ConversionError(f"{node.op_type} node {node.name!r}: resizing N or C is not supported")
-        out_h, out_w = sizes[2], sizes[3]
+        out_h, out_w = sz[2], sz[3]
         fh, fw = out_h / h, out_w / w
     elif scales is not None and scales.size:
         sc = [float(v) for v in scales.reshape(-1)]
