@@ -190,7 +190,7 @@ def _export(model_path: Path, opts: ExportOptions, out_dir: Path, signing_key: A
                 raise ConfigError("validation metrics are computed for classifiers (detector validation: "
                                   "use `shadowline fleet tune` with labelled boxes)")
             done = steps.start("validation")
-            from export.metrics import classifier_metrics
+            from export.accuracy import classifier_metrics
             validation = classifier_metrics(Path(opts.validation), opts.validation_labels, labels, spec,
                                             decoder, runner, thresholds, max_batch, opts.max_pixels)
             done()

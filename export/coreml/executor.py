@@ -6,6 +6,10 @@ and rounded to float16 after every op, as FP16 storage with wider accumulation d
 
 A package is one ML Program, or a pipeline of stages (a detector: network, decoding, NonMaximumSuppression); every
 stage is evaluated, the ML Programs op by op (`mil_ops`), the NMS model by its documented semantics (`nms`).
+
+Written here on purpose, not taken from a library: Core ML itself (coremltools' `predict`) runs only on macOS, and
+no other library evaluates an ML Program, so this is the only way to check a package's outputs on the Linux
+machines that export it. On macOS, runtime/runners/coreml.py runs a package with the real Core ML.
 """
 
 from __future__ import annotations
