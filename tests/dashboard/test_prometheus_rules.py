@@ -1,6 +1,7 @@
 """The shipped Prometheus rules: `promtool check rules` accepts them, `promtool test rules` proves the burn-rate
-and pillar alerts with the unit tests in deploy/prometheus/tests, a planted bug makes those tests fail, and every
-runbook an alert links to exists in docs/runbooks.md."""
+and pillar alerts with the unit tests in deploy/prometheus/tests, in which every alert fires on a stream and clears
+once the stream recovers, a planted bug makes those tests fail, and every runbook an alert links to exists in
+docs/runbooks.md."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from tests.conftest import ROOT
 PROMTOOL = shutil.which("promtool")
 RULES = ROOT / "deploy" / "prometheus" / "shadowline.rules.yml"
 UNIT = sorted((ROOT / "deploy" / "prometheus" / "tests").glob("*.test.yml"))
+# The unit tests a planted bug below must break (fire_and_clear.test.yml proves each alert once more; running it for
+# every planted bug would only add time).
+PLANTED_UNIT = [f for f in UNIT if f.name in ("burn_rate.test.yml", "pillars.test.yml")]
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool comes with Debian's prometheus package "
                                                              "(scripts/install.sh)")
 
@@ -34,9 +38,47 @@ def test_promtool_check_rules():
 
 @needs_promtool
 def test_promtool_test_rules_proves_the_alerts():
-    assert len(UNIT) >= 2
+    assert len(UNIT) >= 3 and len(PLANTED_UNIT) == 2
     done = promtool("test", "rules", *map(str, UNIT))
     assert done.returncode == 0 and done.stdout.count("SUCCESS") == len(UNIT), done.stdout + done.stderr
+
+
+def _seconds(duration: str) -> int:
+    """A Prometheus duration such as 1h30m in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    parts = re.findall(r"(\d+)(ms|[smhdwy])", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return int(sum(int(n) * units[u] for n, u in parts))
+
+
+def fire_and_clear(unit_files: list[Path]) -> dict[str, bool]:
+    """Per alert name: whether some unit test expects it firing at one evaluation time and not firing at a later
+    one of the same input (the alert fires on the stream and clears once the stream recovers)."""
+    seen: dict[str, bool] = {}
+    for f in unit_files:
+        for test in yaml.safe_load(f.read_text())["tests"]:
+            evals: dict[str, list[tuple[int, bool]]] = {}
+            for case in test.get("alert_rule_test", []):
+                evals.setdefault(case["alertname"], []).append((_seconds(case["eval_time"]),
+                                                                bool(case.get("exp_alerts"))))
+            for name, seq in evals.items():
+                fired = [t for t, firing in seq if firing]
+                seen[name] = seen.get(name, False) or any(t > min(fired) and not firing for t, firing in seq
+                                                          if fired)
+    return seen
+
+
+def test_every_alert_fires_and_clears_in_the_unit_tests(tmp_path):
+    doc = yaml.safe_load(RULES.read_text())
+    alerts = {r["alert"] for g in doc["groups"] for r in g["rules"] if "alert" in r}
+    seen = fire_and_clear(UNIT)
+    assert sorted(a for a in alerts if not seen.get(a)) == []
+    # the check can fail: a unit test whose alert never clears
+    only_fires = tmp_path / "only_fires.test.yml"
+    only_fires.write_text(yaml.safe_dump({"tests": [{"alert_rule_test": [
+        {"eval_time": "5m", "alertname": "A", "exp_alerts": [{"exp_labels": {"severity": "info"}}]},
+        {"eval_time": "1m", "alertname": "A", "exp_alerts": []}]}]}))
+    assert fire_and_clear([only_fires]) == {"A": False}
 
 
 @needs_promtool
@@ -49,9 +91,9 @@ def test_the_unit_tests_catch_a_planted_bug(tmp_path, old, new):
     assert old in text, old
     (tmp_path / "tests").mkdir()
     (tmp_path / "shadowline.rules.yml").write_text(text.replace(old, new))
-    for f in UNIT:
+    for f in PLANTED_UNIT:
         shutil.copy(f, tmp_path / "tests" / f.name)
-    done = promtool("test", "rules", *[f"tests/{f.name}" for f in UNIT], cwd=tmp_path)
+    done = promtool("test", "rules", *[f"tests/{f.name}" for f in PLANTED_UNIT], cwd=tmp_path)
     assert done.returncode != 0 and "FAILED" in done.stdout + done.stderr
 
 
