@@ -2,8 +2,10 @@
 and, with --matrix, what the exporter does with every test model and the variants asked for (--int8, --coreml).
 
 Default: one line per shipped model and a summary line last; writes benchmarks/results/export_time.json.
---matrix: the three shipped models, the two YOLO architecture files and a classifier with a constant shape subgraph,
-each exported once with --fp16 plus the flags given; one line per model: exported (steps and seconds, parity of every
+--matrix: the three shipped models, the two YOLO architecture files, a classifier with a constant shape subgraph, a
+model with an NHWC input, and two models no decoder reads (a text detector's probability map [N,1,96,96], asked for
+as a classifier and as a YOLOX detector; a CRNN recogniser's sequence [1,50,6625] asked for as a 6625-class
+classifier), all made with onnx.helper by the tests' builders; each exported once with --fp16 plus the flags given; one line per model: exported (steps and seconds, parity of every
 variant) or refused (the error class, exit code and message); writes benchmarks/results/export_matrix.json.
 """
 
@@ -30,15 +32,20 @@ PRESETS = {"pcb-aoi": "pcb-aoi_opset11.onnx", "squeezenet": "squeezenet1.0_fp32.
 YOLO = {"yolov8n-arch": "yolov8n_arch_320.onnx", "yolo11n-arch": "yolo11n_arch_320.onnx"}
 
 
+def _test_builders() -> None:
+    """The test helpers that build models with onnx.helper are not installed; run from a checkout."""
+    import sys
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
 def shape_classifier(path: Path) -> Path:
     """The Core ML converter's constant-fold case (tests/coreml/onnx_cases.py): a classifier whose flatten is a
     Shape -> Gather -> Unsqueeze -> Concat -> Reshape chain, as PyTorch exports `x.view(x.size(0), -1)`."""
-    import sys
-
     import onnx
 
-    if str(ROOT) not in sys.path:  # the test helpers are not installed; run from a checkout
-        sys.path.insert(0, str(ROOT))
+    _test_builders()
     from tests.coreml.onnx_cases import shape_classifier as build
 
     onnx.save(build(), str(path))
@@ -54,6 +61,22 @@ def matrix_cases(work: Path) -> list[tuple[str, Path, dict[str, Any]]]:
     cases.append(("shape-classifier", shape_classifier(work / "shape_classifier.onnx"),
                   dict(name="shape-classifier", task="classify", labels=["scratch", "dent", "ok"], color_order="RGB",
                        resize="stretch", scale=1 / 255, decoder="softmax", calibration=str(IMAGES / "photos"))))
+    _test_builders()
+    from tests.export import onnx_models
+
+    cases.append(("pcb-nhwc", onnx_models.nhwc_pcb(work / "pcb_nhwc.onnx"),
+                  dict(name="pcb-nhwc", task="classify", decoder="probabilities", labels="model-metadata",
+                       color_order="BGR", resize="short_side_center_crop", resize_short=227,
+                       interpolation="bilinear_antialias", calibration=str(IMAGES / "pcb_winml"))))
+    common = dict(color_order="RGB", resize="stretch", scale=1 / 255, calibration=str(IMAGES / "photos"))
+    db = onnx_models.probability_map(work / "text_det_db.onnx")
+    cases.append(("probmap-as-cls", db, dict(common, name="text-det", task="classify", decoder="sigmoid",
+                                             labels=["text"])))
+    cases.append(("probmap-as-yolox", db, dict(common, name="text-det", task="detect", decoder="yolox",
+                                               labels=["text"])))
+    cases.append(("crnn-as-cls", onnx_models.sequence_recogniser(work / "crnn_rec.onnx"),
+                  dict(common, name="text-rec", task="classify", decoder="probabilities",
+                       labels=[f"c{i}" for i in range(6625)])))
     return cases
 
 
