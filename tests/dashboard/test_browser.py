@@ -287,6 +287,12 @@ def test_pages_at_phone_and_desktop_width(service, page, width, height):
         page.goto(service["url"] + "/dashboard/alerts")
         first = page.locator("#active-alerts tbody tr").first
         assert "critical" in first.inner_text().lower()
+        _fits(page, width)
+        # the on-call person's whole alert is on screen at either width: its message and the buttons to take it
+        # (on a phone each alert is a card; a table would hide them behind a sideways scroll)
+        for part in (first.get_by_text("error rate", exact=False).first, first.locator("button", has_text="Acknowledge")):
+            box = part.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (tag, box)
         page.screenshot(path=str(ARTIFACTS / f"alerts-{tag}.png"), full_page=True)
         first.locator("a").first.click()
         page.wait_for_selector("#runbook")

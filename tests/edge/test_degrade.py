@@ -88,3 +88,42 @@ def test_failing_verify_flags_for_review(tmp_path: Path, bundles, keys) -> None:
             1 for _, dets in raw.values() if dets is not None)
     finally:
         d.stop()
+
+
+def test_a_failing_store_holds_frames_never_passes_them_and_recovers(tmp_path: Path, bundles, keys) -> None:
+    """The device's store refuses writes (SQLite's own "attempt to write a readonly database", what a data
+    partition remounted read-only after an SD card error gives; made real on the daemon's connection with
+    PRAGMA query_only): no frame is decided without being recorded. Each stays in the inbox, nothing is stored or counted as a decision, the
+    failures are counted in /metrics (errors_total{reason="store"}) and the status; once the store has room again
+    every frame is decided and stored exactly once."""
+    import shutil
+
+    from tests.edge.conftest import PCB, pcb_release
+    from tests.edge.test_daemon_inprocess import make_daemon
+
+    inbox = tmp_path / "inbox"
+    d = make_daemon(tmp_path, keys, pcb_release(bundles),
+                    sources=[{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0}])
+    d.start()
+    try:
+        with d.store._lock:  # the store's own lock: no frame is being written meanwhile
+            d.store.conn.execute("PRAGMA query_only = ON")  # read-only from now on
+        files = sorted(PCB.iterdir())
+        for f in files:
+            shutil.copy(f, inbox / f.name)
+        # every frame was tried at least twice (the folder offers it again) and refused by the store each time
+        wait(lambda: d.metrics.value("errors_total", reason="store") >= 2 * len(files))
+        assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == [f.name for f in files]
+        assert d.store.query("SELECT COUNT(*) AS n FROM predictions")[0]["n"] == 0
+        assert d.metrics.value("decisions_total") == 0  # nothing passed (or flagged) unrecorded
+        st = d.status()
+        assert st["store_failures"] >= 2 * len(files) and "readonly" in (st["last_error"] or ""), st
+
+        with d.store._lock:
+            d.store.conn.execute("PRAGMA query_only = OFF")  # writable again (BEGIN IMMEDIATE itself is refused)
+        wait(lambda: not [p for p in inbox.iterdir() if p.is_file()])
+        rows = d.store.query("SELECT source, COUNT(*) AS n FROM predictions WHERE role = 'active' GROUP BY source")
+        assert {r["source"]: r["n"] for r in rows} == {f"folder:{f.name}": 1 for f in files}
+        assert d.metrics.value("decisions_total") == len(files)
+    finally:
+        d.stop()
