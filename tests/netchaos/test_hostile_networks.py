@@ -111,6 +111,8 @@ def scenario(netlab: NetLab, tars: dict[str, Path], keys: dict[str, Path],
             time.sleep(max(0.0, t[n]["cut"] + PARTITION_S - time.time()))  # the partition's length, by design
             assert watcher.first(n, "online", t[n]["cut"]) is None, f"{n} seen online while cut off"
             t[n]["outbox_at_heal"] = daemons[n].outbox()[0]  # what the daemon kept while cut off
+            if n == ACT:  # did the fleet give up on the wave while the device could not answer?
+                t[n]["rollout_at_heal"] = hub.call("GET", f"/api/rollouts/{second}")["state"]
             t[n]["healed"] = netlab.heal(n)
         for n in (SLOW, ACT):
             until(lambda n=n: watcher.first(n, "online", t[n]["healed"]), 45,  # type: ignore[misc]
@@ -232,7 +234,8 @@ def test_partition_mid_activation_ends_cleanly(scenario: dict[str, Any]) -> None
     second, act = scenario["rollouts"]["second"], scenario["act_state"]
     print(_summary(ACT, scenario, t))
     print(f"[netchaos] {ACT}: cut at {t['part_at_cut']} of {t['size']} bytes of r2 "
-          f"(fleet saw activation {t['activation_at_cut']!r}); rollout {second['state']} "
+          f"(fleet saw activation {t['activation_at_cut']!r}); rollout {t['rollout_at_heal']} when the partition "
+          f"ended, then {second['state']} "
           f"({second.get('reason')}), targets {second['counts']}; device then ran {act['active']} "
           f"(desired revision {act['desired_revision']}, activation {act['activation']}, "
           f"last error {act['last_error']!r})")
