@@ -6,11 +6,15 @@ are committed, against baselines measured side by side in the same run (median o
   (1000 rows per transaction); and vs raw paho QoS 1 publish -> subscribe of the same batches (the transport alone).
 - PostgreSQL (a server of its own from Debian's binaries, durable settings): `shadowline fleet ingest-worker`
   processes on an MQTT 5 shared subscription, 1, 2 and 4 of them, each vs a raw COPY of the same rows into the same
-  table (and a raw executemany for reference).
+  table run right before it (and a raw executemany for reference).
 
 It also prints where the CPU went during each ingest run (publishers, Mosquitto, the fleet's processes, the
-PostgreSQL server) and the load average: on a 2-core machine that, not the code, is often the limit.
-Prints one line per run and a summary last; writes benchmarks/results/fleet_ingest.json.
+PostgreSQL server), whether the store side or the transport is the limit, and the load average: on a 2-core machine
+shared with other work, the machine, not the code, is often the limit.
+Prints one line per run, a median line per backend and a summary last; writes benchmarks/results/fleet_ingest.json.
+Temporary files (databases, brokers, the PostgreSQL server) are removed at the end, also on SIGTERM.
+
+    python benchmarks/fleet_ingest.py [--quick] [--repeat 3] [--workers 1,2,4] [--no-postgres | --no-sqlite]
 """
 
 from __future__ import annotations
@@ -80,30 +84,37 @@ def _children(ppid: int) -> list[int]:
 
 class CpuMeter:
     """CPU seconds of named groups of processes between start() and stop() (processes that end in between are
-    counted up to their last reading)."""
+    counted up to their last reading; one born in between from 0). The groups' processes are listed at start and
+    stop only (listing a server's children reads all of /proc), and read at most every `every` seconds in between:
+    the meter must not take the CPU it measures."""
 
-    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
-        self.groups = groups
+    def __init__(self, groups: dict[str, Callable[[], list[int]]], every: float = 0.25) -> None:
+        self.groups, self.every = groups, every
+        self.pids: dict[str, list[int]] = {}
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
+        self._at = 0.0
 
-    def _read(self) -> dict[str, list[int]]:
-        pids = {name: f() for name, f in self.groups.items()}
-        for ps in pids.values():
+    def _read(self) -> None:
+        for ps in self.pids.values():
             for p in ps:
                 self.last[p] = _cpu(p) or self.last.get(p, 0.0)
-        return pids
+        self._at = time.monotonic()
 
     def start(self) -> None:
+        self.pids = {name: f() for name, f in self.groups.items()}
         self._read()
         self.first = dict(self.last)
 
     def sample(self) -> None:
-        self._read()
+        if time.monotonic() - self._at >= self.every:
+            self._read()
 
     def stop(self) -> dict[str, float]:
-        pids = self._read()
-        return {name: round(sum(self.last[p] - self.first.get(p, 0.0) for p in ps), 2) for name, ps in pids.items()}
+        self.pids = {name: sorted(set(self.pids.get(name, [])) | set(f())) for name, f in self.groups.items()}
+        self._read()
+        return {name: round(sum(self.last[p] - self.first.get(p, 0.0) for p in ps), 2)
+                for name, ps in self.pids.items()}
 
 
 # -- baselines ---------------------------------------------------------------------------------------------------
@@ -152,9 +163,10 @@ def raw_postgres(url: str, batches: list[tuple[str, list[dict]]], rows_per_tx: i
 
 
 # -- publishing like devices ---------------------------------------------------------------------------------------
-def _publish_all(url: str, payloads: list[tuple[str, bytes]], publishers: int, ready, go) -> None:
+def _publish_all(url: str, payloads: list[tuple[str, bytes]], publishers: int, ready, go, finish) -> None:
     """In a separate process, like devices on their own machines: connect, wait for `go`, publish everything
-    with QoS 1 and wait for every PUBACK."""
+    with QoS 1 and wait for every PUBACK; then wait for `finish` before disconnecting and exiting (the process's
+    teardown must not take CPU from the ingest being measured)."""
     sys.path.insert(0, str(ROOT))
     from tests.fleet.devicesim import client, wait_for
 
@@ -174,21 +186,22 @@ def _publish_all(url: str, payloads: list[tuple[str, bytes]], publishers: int, r
         t.start()
     for t in threads:
         t.join()
+    finish.wait(600)
     for c in clients:
         c.disconnect()
         c.loop_stop()
 
 
 def timed_publish(broker, payloads: list[tuple[str, bytes]], publishers: int, done: Callable[[], bool],
-                  groups: dict[str, Callable[[], list[int]]], timeout: float = 600) -> tuple[float, dict[str, float]]:
-    """Publish from a separate process; seconds from `go` until `done()`, and the CPU seconds per group."""
+                  groups: dict[str, Callable[[], list[int]]], timeout: float = 600,
+                  poll: float = 0.01) -> tuple[float, dict[str, float]]:
+    """Publish from a separate process; seconds from `go` until `done()` (checked every `poll` seconds: `done`
+    must be cheap), and the CPU seconds per group."""
     import multiprocessing as mp
 
-    from tests.fleet.devicesim import wait_for
-
     ctx = mp.get_context("spawn")
-    ready, go = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_publish_all, args=(broker.url, payloads, publishers, ready, go))
+    ready, go, finish = ctx.Event(), ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_publish_all, args=(broker.url, payloads, publishers, ready, go, finish))
     meter = CpuMeter({**groups, "publishers": lambda: [proc.pid] if proc.pid else [],
                       "mosquitto": lambda: [broker.proc.pid]})
     try:
@@ -198,16 +211,17 @@ def timed_publish(broker, payloads: list[tuple[str, bytes]], publishers: int, do
         meter.start()
         start = time.perf_counter()
         go.set()
-
-        def finished() -> bool:
+        while not done():
+            if time.perf_counter() - start > timeout:
+                raise SystemExit(f"ingest not done after {timeout:.0f} s")
             meter.sample()
-            return done()
-
-        wait_for(finished, timeout, "ingest")
+            time.sleep(poll)
         elapsed = time.perf_counter() - start
         cpu = meter.stop()
+        finish.set()
         proc.join(60)
     finally:
+        finish.set()
         if proc.is_alive():
             proc.kill()
     return elapsed, cpu
@@ -235,12 +249,13 @@ def transport_only(workdir: Path, payloads: list[tuple[str, bytes]], publishers:
 
     broker = mosquitto(workdir / "broker-raw", inflight)
     got = [0]
+    subscribed = threading.Event()
     sub = client(broker.url, "raw-sub", persistent=True)
     sub.on_message = lambda c, u, m: got.__setitem__(0, got[0] + 1)
+    sub.on_subscribe = lambda *_: subscribed.set()
     sub.on_connect = lambda c, u, f, rc, p: c.subscribe(Topics().all_devices("predictions"), 1)
     try:
-        wait_for(sub.is_connected, 30)
-        time.sleep(0.5)
+        wait_for(subscribed.is_set, 30, "raw subscriber's SUBACK")
         elapsed, _ = timed_publish(broker, payloads, publishers, lambda: got[0] >= len(payloads), {})
     finally:
         sub.disconnect()
@@ -291,9 +306,10 @@ def postgres_workers(workdir: Path, server, name: str, payloads: list[tuple[str,
             return conn.execute("SELECT count(*) FROM predictions").fetchone()[0]  # type: ignore[index]
 
         postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+        # count(*) scans the table: polled every 50 ms (at most 50 ms late, which only lowers the ratio)
         elapsed, cpu = timed_publish(broker, payloads, publishers, lambda: count() >= total,
                                      {"ingest workers": lambda: [p.pid for p in procs],
-                                      "postgresql": lambda: [postmaster, *_children(postmaster)]})
+                                      "postgresql": lambda: [postmaster, *_children(postmaster)]}, poll=0.05)
         stored = count()
         conn.close()
     finally:
@@ -316,18 +332,25 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=4, help="publishing devices")
     ap.add_argument("--batches", type=int, default=50, help="batches per device")
     ap.add_argument("--per-batch", type=int, default=200, help="records per batch (the agent's default batch_size)")
-    ap.add_argument("--repeat", type=int, default=3, help="runs (median reported)")
+    ap.add_argument("--repeat", type=int, default=3, help="paired runs (median reported)")
     ap.add_argument("--broker-inflight", type=int, default=200,
                     help="Mosquitto max_inflight_messages (docs/fleet.md recommends 200; Mosquitto's default is 20)")
     ap.add_argument("--raw-rows-per-tx", type=int, default=1000,
                     help="rows per transaction of the raw baselines (1000: the FIELD-NOTES measurement)")
     ap.add_argument("--workers", default="1,2,4", help="PostgreSQL ingest worker counts to run")
     ap.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    ap.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    ap.add_argument("--quick", action="store_true", help="a short run: 2 devices x 25 batches (10,000 records), "
+                                                         "2 paired runs")
     args = ap.parse_args()
+    if args.quick or os.environ.get("SHADOWLINE_BENCH_QUICK"):
+        args.devices, args.batches, args.repeat = 2, 25, 2
     batches = make_batches(args.devices, args.batches, args.per_batch)
     payloads = payloads_of(batches)
     total = sum(len(r) for _, r in batches)
     worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    print(f"{total:,} prediction records in {len(payloads)} batches of {args.per_batch} from {args.devices} "
+          f"devices; {args.repeat} paired runs; load average {_load()}", flush=True)
     runs: list[dict] = []
     server = None
     if not args.no_postgres:
@@ -337,44 +360,12 @@ def main() -> None:
     try:
         for i in range(args.repeat):
             run: dict = {"records": total}
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory(prefix="shadowline-bench-ingest-") as tmp:
                 work = Path(tmp)
-                load0 = os.getloadavg()[0]
-                raw_s, raw_cpu = raw_sqlite(work / "raw.db", batches, args.raw_rows_per_tx)
-                mq_s, stored, cpu = sqlite_ingest(work, payloads, total, args.devices, args.broker_inflight)
-                if stored != total:
-                    raise SystemExit(f"run {i}: SQLite stored {stored} of {total} records")
-                tr_s = transport_only(work, payloads, args.devices, args.broker_inflight)
-                # CPU seconds per record, ours against the raw insert's: far less sensitive to a loaded machine
-                # than wall-clock (the service's process includes its MQTT thread; the broker and publishers
-                # are counted apart)
-                run["sqlite"] = {"raw_per_s": total / raw_s, "ingest_per_s": total / mq_s, "ratio": raw_s / mq_s,
-                                 "raw_cpu_us": raw_cpu / total * 1e6,
-                                 "ingest_cpu_us": cpu["fleet service"] / total * 1e6,
-                                 "cpu_ratio": raw_cpu / cpu["fleet service"] if cpu["fleet service"] else 0.0,
-                                 "transport_per_s": total / tr_s, "ratio_vs_transport": tr_s / mq_s, "cpu_s": cpu,
-                                 "load": os.getloadavg()[0], "load_before": load0}
-                s = run["sqlite"]
-                print(f"run {i}: SQLite: durable ingest {s['ingest_per_s']:,.0f}/s vs raw insert "
-                      f"{s['raw_per_s']:,.0f}/s: {s['ratio']:.2f}x; vs raw paho {s['transport_per_s']:,.0f}/s: "
-                      f"{s['ratio_vs_transport']:.3f}x; CPU per record {s['ingest_cpu_us']:.0f} us vs raw "
-                      f"{s['raw_cpu_us']:.0f} us ({s['cpu_ratio']:.2f}x); CPU s {cpu}; load {s['load']:.2f}", flush=True)
+                if not args.no_sqlite:
+                    run["sqlite"] = _sqlite_pair(work, i, batches, payloads, total, args)
                 if server is not None:
-                    copy_s = _raw_pg(server, f"copy{i}", batches, args.raw_rows_per_tx, True)
-                    em_s = _raw_pg(server, f"em{i}", batches, args.raw_rows_per_tx, False)
-                    pg: dict = {"copy_per_s": total / copy_s, "executemany_per_s": total / em_s, "workers": {}}
-                    for n in worker_counts:
-                        w_s, stored, cpu = postgres_workers(work, server, f"w{n}r{i}", payloads, total, args.devices,
-                                                            args.broker_inflight, n)
-                        if stored != total:
-                            raise SystemExit(f"run {i}: PostgreSQL with {n} workers stored {stored} of {total}")
-                        pg["workers"][n] = {"ingest_per_s": total / w_s, "ratio": copy_s / w_s, "cpu_s": cpu,
-                                            "load": os.getloadavg()[0]}
-                        w = pg["workers"][n]
-                        print(f"run {i}: PostgreSQL: {n} worker(s) {w['ingest_per_s']:,.0f}/s vs raw COPY "
-                              f"{pg['copy_per_s']:,.0f}/s: {w['ratio']:.2f}x (executemany {pg['executemany_per_s']:,.0f}/s); "
-                              f"CPU s {cpu}; load {w['load']:.2f}", flush=True)
-                    run["postgres"] = pg
+                    run["postgres"] = _postgres_pairs(work, server, i, batches, payloads, total, args, worker_counts)
             runs.append(run)
     finally:
         if server is not None:
@@ -383,30 +374,90 @@ def main() -> None:
     def med(path: tuple) -> float:
         return statistics.median(_get(r, path) for r in runs)
 
-    summary: dict = {"sqlite": {k: med(("sqlite", k)) for k in ("raw_per_s", "ingest_per_s", "ratio",
-                                                              "transport_per_s", "ratio_vs_transport", "load",
-                                                              "raw_cpu_us", "ingest_cpu_us", "cpu_ratio")}}
+    summary: dict = {}
+    if not args.no_sqlite:
+        summary["sqlite"] = {k: med(("sqlite", k)) for k in (
+            "raw_per_s", "ingest_per_s", "ratio", "transport_per_s", "ratio_vs_transport", "load", "raw_cpu_us",
+            "ingest_cpu_us", "cpu_ratio")}
+        summary["sqlite"]["cpu_s"] = {k: med(("sqlite", "cpu_s", k)) for k in runs[0]["sqlite"]["cpu_s"]}
     if server is not None:
-        summary["postgres"] = {"copy_per_s": med(("postgres", "copy_per_s")),
-                               "executemany_per_s": med(("postgres", "executemany_per_s")),
-                               "workers": {n: {k: med(("postgres", "workers", n, k)) for k in
-                                               ("ingest_per_s", "ratio", "load")} for n in worker_counts}}
+        summary["postgres"] = {"executemany_per_s": med(("postgres", "executemany_per_s")), "workers": {
+            n: {k: med(("postgres", "workers", n, k)) for k in ("copy_per_s", "ingest_per_s", "ratio", "load")}
+            | {"cpu_s": {k: med(("postgres", "workers", n, "cpu_s", k))
+                         for k in runs[0]["postgres"]["workers"][n]["cpu_s"]}}
+            for n in worker_counts}}
     result = {"benchmark": "fleet_ingest", "goal": "SQLite >= 0.5x raw insert and >= 50k/s; PostgreSQL >= 0.5x raw COPY",
               "params": vars(args), "runs": runs, "median": summary,
               "machine": {"python": platform.python_version(), "cpu": platform.machine(), "cores": os.cpu_count()}}
     out = ROOT / "benchmarks" / "results" / "fleet_ingest.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    s = summary["sqlite"]
-    line = (f"durable ingest (median of {len(runs)}): SQLite {s['ingest_per_s']:,.0f}/s = {s['ratio']:.2f}x raw insert "
-            f"({s['raw_per_s']:,.0f}/s; CPU per record {s['cpu_ratio']:.2f}x), {s['ratio_vs_transport']:.3f}x raw paho "
-            f"({s['transport_per_s']:,.0f}/s)")
+    parts = []
+    if "sqlite" in summary:
+        s = summary["sqlite"]
+        limit = ("the store side (decode, validation, insert), not the transport" if s["ratio_vs_transport"] < 0.5
+                 else "the transport")
+        print(f"SQLite (median of {len(runs)}): ingest {s['ingest_per_s']:,.0f}/s = {s['ratio']:.2f}x raw insert "
+              f"({s['raw_per_s']:,.0f}/s), CPU per record {s['ingest_cpu_us']:.0f} us vs {s['raw_cpu_us']:.0f} us "
+              f"({s['cpu_ratio']:.2f}x); {s['ratio_vs_transport']:.3f}x raw paho ({s['transport_per_s']:,.0f}/s): "
+              f"the limit is {limit}; CPU s {s['cpu_s']}", flush=True)
+        parts.append(f"SQLite {s['ingest_per_s']:,.0f}/s = {s['ratio']:.2f}x raw insert ({s['raw_per_s']:,.0f}/s), "
+                     f"{s['ratio_vs_transport']:.3f}x raw paho ({s['transport_per_s']:,.0f}/s)")
     if "postgres" in summary:
         p = summary["postgres"]
-        line += "; PostgreSQL " + ", ".join(f"{n} worker{'s' if n > 1 else ''} {w['ingest_per_s']:,.0f}/s = "
-                                            f"{w['ratio']:.2f}x" for n, w in p["workers"].items())
-        line += f" raw COPY ({p['copy_per_s']:,.0f}/s)"
-    print(line + f"; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (goal >= 0.5x)")
+        for n, w in p["workers"].items():
+            print(f"PostgreSQL (median of {len(runs)}): {n} worker(s) {w['ingest_per_s']:,.0f}/s = {w['ratio']:.2f}x "
+                  f"raw COPY ({w['copy_per_s']:,.0f}/s); CPU s {w['cpu_s']}", flush=True)
+        parts.append("PostgreSQL " + ", ".join(f"{n} worker{'s' if n > 1 else ''} {w['ingest_per_s']:,.0f}/s = "
+                                               f"{w['ratio']:.2f}x raw COPY ({w['copy_per_s']:,.0f}/s)"
+                                               for n, w in p["workers"].items()))
+    print(f"durable ingest (median of {len(runs)} paired runs): " + "; ".join(parts)
+          + f"; load {_load()} on {os.cpu_count()} cores (goal >= 0.5x, SQLite >= 50k/s)")
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _sqlite_pair(work: Path, i: int, batches: list, payloads: list, total: int, args: argparse.Namespace) -> dict:
+    """One paired SQLite run: the raw insert, the durable ingest, the transport alone, back to back."""
+    load0 = _load()
+    raw_s, raw_cpu = raw_sqlite(work / "raw.db", batches, args.raw_rows_per_tx)
+    mq_s, stored, cpu = sqlite_ingest(work, payloads, total, args.devices, args.broker_inflight)
+    if stored != total:
+        raise SystemExit(f"run {i}: SQLite stored {stored} of {total} records")
+    tr_s = transport_only(work, payloads, args.devices, args.broker_inflight)
+    # CPU seconds per record, ours against the raw insert's: far less sensitive to a loaded machine than
+    # wall-clock (the service's process includes its MQTT thread; the broker and publishers are counted apart)
+    s = {"raw_per_s": total / raw_s, "ingest_per_s": total / mq_s, "ratio": raw_s / mq_s,
+         "raw_cpu_us": raw_cpu / total * 1e6, "ingest_cpu_us": cpu["fleet service"] / total * 1e6,
+         "cpu_ratio": raw_cpu / cpu["fleet service"] if cpu["fleet service"] else 0.0,
+         "transport_per_s": total / tr_s, "ratio_vs_transport": tr_s / mq_s, "cpu_s": cpu,
+         "load": os.getloadavg()[0], "load_before": load0}
+    print(f"run {i}: SQLite: durable ingest {s['ingest_per_s']:,.0f}/s vs raw insert {s['raw_per_s']:,.0f}/s: "
+          f"{s['ratio']:.2f}x; vs raw paho {s['transport_per_s']:,.0f}/s: {s['ratio_vs_transport']:.3f}x; CPU per "
+          f"record {s['ingest_cpu_us']:.0f} us vs raw {s['raw_cpu_us']:.0f} us ({s['cpu_ratio']:.2f}x); CPU s {cpu}; "
+          f"load {_load()}", flush=True)
+    return s
+
+
+def _postgres_pairs(work: Path, server, i: int, batches: list, payloads: list, total: int,  # type: ignore[no-untyped-def]
+                    args: argparse.Namespace, worker_counts: list[int]) -> dict:
+    """One paired PostgreSQL run: for each worker count, a raw COPY of the same rows right before the ingest."""
+    em_s = _raw_pg(server, f"em{i}", batches, args.raw_rows_per_tx, False)
+    pg: dict = {"executemany_per_s": total / em_s, "workers": {}}
+    for n in worker_counts:
+        copy_s = _raw_pg(server, f"copy{n}r{i}", batches, args.raw_rows_per_tx, True)
+        w_s, stored, cpu = postgres_workers(work, server, f"w{n}r{i}", payloads, total, args.devices,
+                                            args.broker_inflight, n)
+        if stored != total:
+            raise SystemExit(f"run {i}: PostgreSQL with {n} workers stored {stored} of {total}")
+        w = pg["workers"][n] = {"copy_per_s": total / copy_s, "ingest_per_s": total / w_s, "ratio": copy_s / w_s,
+                                "cpu_s": cpu, "load": os.getloadavg()[0]}
+        print(f"run {i}: PostgreSQL: {n} worker(s) {w['ingest_per_s']:,.0f}/s vs raw COPY {w['copy_per_s']:,.0f}/s: "
+              f"{w['ratio']:.2f}x (executemany {pg['executemany_per_s']:,.0f}/s); CPU s {cpu}; load {_load()}",
+              flush=True)
+    return pg
 
 
 def _get(d: dict, path: tuple) -> float:
