@@ -127,14 +127,29 @@ def _check_fields(rec: BaseModel, limits: RecordLimits, floats: bool) -> None:
             _refuse(name, _bad_value(value, limits, 1, floats))
 
 
+def _short_keys(d: dict, limits: RecordLimits) -> bool:
+    """A mapping within the entry limit whose keys are all within the text limit (lengths taken in C)."""
+    return len(d) <= limits.max_entries and (not d or max(map(len, d)) <= limits.max_text)
+
+
 def _check_prediction_fields(rec: PredictionRecord, limits: RecordLimits, floats: bool) -> None:
-    """The bulk of ingest: the typed fields by hand, the free-form ones (thresholds, detections) walked."""
+    """The bulk of ingest: the typed fields by hand, the free-form ones (thresholds, detections) walked. Without
+    `floats` (the payload holds nothing that parses to NaN or infinity) the fields whose types the schema fixed
+    (models: str -> str, latency_ms: str -> float, flagged: (str, float) pairs) are checked by their lengths only,
+    in C; a field that fails that quick check is walked for the exact reason."""
+    mt = limits.max_text
     for name in ("source", "top_label", "error"):
         v = getattr(rec, name)
-        if v is not None and len(v) > limits.max_text:
+        if v is not None and len(v) > mt:
             raise Refused("too_large", f"{name}: {len(v)} characters")
-    for name in ("models", "thresholds", "flagged", "latency_ms"):
-        _refuse(name, _bad_value(getattr(rec, name), limits, 1, floats))
+    models, latency, flagged = rec.models, rec.latency_ms, rec.flagged
+    if floats or not (_short_keys(models, limits) and (not models or max(map(len, models.values())) <= mt)):
+        _refuse("models", _bad_value(models, limits, 1, floats))
+    _refuse("thresholds", _bad_value(rec.thresholds, limits, 1, floats))
+    if floats or len(flagged) > limits.max_entries or (flagged and max(len(c) for c, _ in flagged) > mt):
+        _refuse("flagged", _bad_value(flagged, limits, 1, floats))
+    if floats or not _short_keys(latency, limits):
+        _refuse("latency_ms", _bad_value(latency, limits, 1, floats))
     if floats and rec.top_score is not None and not math.isfinite(rec.top_score):
         raise Refused("not_finite", f"top_score: {rec.top_score}")
     if len(rec.stages) > 8:
@@ -215,9 +230,14 @@ class RecordValidator:
                                            hi.isoformat(timespec="milliseconds")))
         return self._bounds_for[1]
 
-    def check_prediction(self, rec: PredictionRecord) -> None:
-        for k, v in rec.latency_ms.items():
-            _latency(v, f"latency_ms.{k}", self.limits)
+    def check_prediction(self, rec: PredictionRecord, floats: bool = True) -> None:
+        """Latencies finite, >= 0 and at most max_latency_ms; `floats=False`: the payload holds no non-finite
+        number, so the common case is one min and one max (in C), and only a record outside the range is gone
+        through latency by latency for the reason."""
+        lat = rec.latency_ms
+        if floats or (lat and not 0 <= min(lat.values()) <= max(lat.values()) <= self.limits.max_latency_ms):
+            for k, v in lat.items():
+                _latency(v, f"latency_ms.{k}", self.limits)
         for i, st in enumerate(rec.stages):
             _latency(st.latency_ms, f"stages[{i}].latency_ms", self.limits)
         if rec.disagrees_with is not None and not ID_RE.match(rec.disagrees_with):
@@ -256,13 +276,14 @@ class RecordValidator:
         refused: list[Refusal] = []
         wanted = [r.prediction_id for r in records if isinstance(r, ReviewRecord) and r.prediction_id not in pending]
         found = self.lookup(device, wanted) if wanted else {}
+        device_ok = DEVICE_ID_RE.match(device) is not None
         for i, rec in enumerate(records):
             try:
-                if not DEVICE_ID_RE.match(device):
+                if not device_ok:
                     raise Refused("bad_id", f"device id {device!r}")
                 rec = self.check_common(rec, device, received, floats)
                 if isinstance(rec, PredictionRecord):
-                    self.check_prediction(rec)
+                    self.check_prediction(rec, floats)
                     pending[rec.id] = rec
                 elif isinstance(rec, ReviewRecord):
                     rec = self.review_of(rec, pending.get(rec.prediction_id) or found.get(rec.prediction_id))
