@@ -8,6 +8,7 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydantic import TypeAdapter, ValidationError, create_model
@@ -48,12 +49,25 @@ class IngestStats:
                 "malformed": self.malformed, "refused": self.refused, "store_retries": self.store_retries}
 
 
+@dataclass
+class Prepared:
+    """Messages of one group, decoded, validated and screened, not yet written: whether each was well formed,
+    and the records to insert as (message index, topic, kind, records)."""
+
+    messages: list
+    ok: list[bool]
+    pending: list[tuple[int, str, str, list]]
+
+
 class Ingest:
     def __init__(self, store: Store, devices: Devices, topics: Topics, limits: RecordLimits | None = None) -> None:
         self.store, self.devices, self.topics = store, devices, topics
         self.stats = IngestStats()
-        self.validator = RecordValidator(limits or RecordLimits(), store.predictions_by_id)
+        self.validator = RecordValidator(limits or RecordLimits(), self._lookup)
         self._known: set[str] = set()  # devices already registered (saves a lookup per batch)
+        # called before a verdict's prediction is looked up in the store: a pipelined consumer (ingest_worker)
+        # waits there until the groups it prepared earlier are committed
+        self.before_lookup: Callable[[], None] = lambda: None
 
     def subscriptions(self) -> list[str]:
         return [self.topics.all_devices(kind) for kind in Topics.FROM_DEVICE]
@@ -70,20 +84,54 @@ class Ingest:
         answers (everything in it is idempotent), so nothing is acknowledged, and nothing lost, while it is away."""
         delay = 0.1
         while True:
-            ok = [True] * len(messages)
-            pending: list[tuple[int, str, str, list]] = []  # (message index, topic, kind, records)
             try:
-                self._process(messages, ok, pending)
+                prepared = self.prepare(messages)
+                self._write_once(prepared)
             except StoreUnavailable as err:
-                with self.stats.lock:
-                    self.stats.store_retries += 1
-                log.error("fleet store unavailable (%s); retrying %d messages in %.1fs", err, len(messages), delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = self.backoff(err, len(messages), delay)
                 continue
-            with self.stats.lock:  # counted when done, so a reader seeing the count also sees the records
-                self.stats.messages += len(messages)
-            return ok
+            self._done(len(messages))
+            return prepared.ok
+
+    def prepare(self, messages: list[tuple[str, bytes]] | list[tuple[str, bytes, bool]]) -> Prepared:
+        """The first half of `handle_many`: decode, validate and screen the messages' records (refusals and
+        malformed messages counted, status and reported state applied), inserting nothing. Raises StoreUnavailable
+        only (a verdict's prediction could not be looked up; state could not be written): retry it."""
+        prepared = Prepared(messages, [True] * len(messages), [])
+        self._process(messages, prepared.ok, prepared.pending)
+        return prepared
+
+    def write(self, prepared: Prepared) -> list[bool]:
+        """The second half: commit the prepared records in one transaction, retried while the store is
+        unavailable (the insert is idempotent by record id); then the messages may be acknowledged. Returns
+        whether each message was well formed."""
+        delay = 0.1
+        while True:
+            try:
+                self._write_once(prepared)
+            except StoreUnavailable as err:
+                delay = self.backoff(err, len(prepared.messages), delay)
+                continue
+            self._done(len(prepared.messages))
+            return prepared.ok
+
+    def backoff(self, err: StoreUnavailable, n: int, delay: float) -> float:
+        """Count and log a store that is unavailable, sleep `delay`; the next delay (doubled, at most 5 s)."""
+        with self.stats.lock:
+            self.stats.store_retries += 1
+        log.error("fleet store unavailable (%s); retrying %d messages in %.1fs", err, n, delay)
+        time.sleep(delay)
+        return min(delay * 2, 5.0)
+
+    def _done(self, n: int) -> None:
+        with self.stats.lock:  # counted when done, so a reader seeing the count also sees the records
+            self.stats.messages += n
+
+    def _lookup(self, device: str, ids: list[str]) -> dict:
+        """Stored predictions for verdicts: first every prepared group still being written (`before_lookup`), so a
+        verdict never misses a prediction that came in an earlier message."""
+        self.before_lookup()
+        return self.store.predictions_by_id(device, ids)
 
     def _process(self, messages: list, ok: list[bool], pending: list) -> None:
         predictions: dict = {}  # accepted predictions of this group by id: a verdict may come in the same group
@@ -106,6 +154,9 @@ class Ingest:
                 log.exception("ingest failed on %s", topic)
                 ok[i] = False
                 self._malformed(topic, f"{type(err).__name__}: {err}")
+
+    def _write_once(self, prepared: Prepared) -> None:
+        pending, ok = prepared.pending, prepared.ok
         if not pending:
             return
         try:

@@ -18,9 +18,9 @@ import paho.mqtt.client as mqtt
 from fleet.broker import MqttClient
 from fleet.config import FleetConfig
 from fleet.devices import Devices
-from fleet.ingest import Ingest
+from fleet.ingest import Ingest, Prepared
 from fleet.protocol import RecordKind, Topics
-from fleet.store import Store
+from fleet.store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -41,51 +41,92 @@ def state_filters(topics: Topics) -> list[str]:
 
 
 class Consumer:
-    """Drains an MQTT client's messages into `ingest` in groups: one transaction for everything that arrived
-    meanwhile (at most `group` messages), then their PUBACKs."""
+    """Drains an MQTT client's messages into `ingest` in groups (everything that arrived meanwhile, at most `group`
+    messages), in two threads: this one decodes, validates and screens a group while the writer commits the one
+    before it in one transaction and then sends their PUBACKs, in the order the messages came. So a message is
+    still acknowledged only once its records are committed, and the CPU-heavy decoding overlaps the database's
+    work (SQLite and the PostgreSQL driver release the GIL while the database works). A verdict whose prediction
+    must be looked up waits until the groups before it are committed (`Ingest.before_lookup`)."""
 
     def __init__(self, ingest: Ingest, client: MqttClient, group: int, name: str = "ingest") -> None:
         self.ingest, self.client, self.group = ingest, client, group
         self.inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
+        # prepared groups waiting for the writer: one being written and one ready is enough to overlap the two
+        self.writes: queue.Queue[tuple[list[mqtt.MQTTMessage], Prepared] | None] = queue.Queue(maxsize=1)
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.writer = threading.Thread(target=self._write, name=f"{name}-writer", daemon=True)
+        ingest.before_lookup = self._drain
         client.on_message(self.inbox.put)
 
     def start(self) -> Consumer:
+        self.writer.start()
         self.thread.start()
         return self
 
     def _run(self) -> None:
+        try:
+            while True:
+                first = self.inbox.get()
+                if first is None:
+                    return
+                msgs = [first]
+                while len(msgs) < self.group:
+                    try:
+                        m = self.inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if m is None:
+                        self.inbox.put(None)
+                        break
+                    msgs.append(m)
+                self.writes.put((msgs, self._prepare(msgs)))
+        finally:
+            self.writes.put(None)
+
+    def _drain(self) -> None:
+        """In this consumer's thread: wait until every group prepared before is committed (other threads read
+        what is committed, as before)."""
+        if threading.current_thread() is self.thread:
+            self.writes.join()
+
+    def _prepare(self, msgs: list[mqtt.MQTTMessage]) -> Prepared:
+        delay = 0.1
+        batch = [(m.topic, bytes(m.payload), bool(m.retain)) for m in msgs]
         while True:
-            first = self.inbox.get()
-            if first is None:
-                return
-            msgs = [first]
-            while len(msgs) < self.group:
-                try:
-                    m = self.inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if m is None:
-                    self.inbox.put(None)
-                    break
-                msgs.append(m)
-            self.ingest.handle_many([(m.topic, bytes(m.payload), bool(m.retain)) for m in msgs])
-            for m in msgs:
-                self.client.ack(m)
-            for m in msgs:
-                if m.retain and m.payload and self._record_topic(m.topic):
-                    # retained records are refused by ingest; cleared so no later subscriber (a restarted fleet,
-                    # another worker) is handed it again
-                    self.client.publish(m.topic, b"", retain=True, timeout=None)
+            try:
+                return self.ingest.prepare(batch)
+            except StoreUnavailable as err:  # a verdict's lookup or a state write: nothing acknowledged yet
+                delay = self.ingest.backoff(err, len(msgs), delay)
+
+    def _write(self) -> None:
+        while True:
+            item = self.writes.get()
+            try:
+                if item is None:
+                    return
+                msgs, prepared = item
+                self.ingest.write(prepared)
+                for m in msgs:
+                    self.client.ack(m)
+                for m in msgs:
+                    if m.retain and m.payload and self._record_topic(m.topic):
+                        # retained records are refused by ingest; cleared so no later subscriber (a restarted
+                        # fleet, another worker) is handed it again
+                        self.client.publish(m.topic, b"", retain=True, timeout=None)
+            except Exception:  # the writer must outlive a bug: the group stays unacknowledged, the broker resends it
+                log.exception("ingest writer failed on a group of %d messages", len(item[0]) if item else 0)
+            finally:
+                self.writes.task_done()
 
     def _record_topic(self, topic: str) -> bool:
         parsed = self.ingest.topics.parse(topic)
         return parsed is not None and parsed[1] not in Topics.RETAINED
 
     def stop(self, timeout: float = 30) -> None:
-        """Finish (commit and acknowledge) what is queued, then end the thread. Stop the client first."""
+        """Finish (commit and acknowledge) what is queued, then end the threads. Stop the client first."""
         self.inbox.put(None)
         self.thread.join(timeout)
+        self.writer.join(timeout)
 
 
 class IngestWorker:

@@ -62,6 +62,37 @@ def test_ingest_is_idempotent_and_counts_malformed(service, mosquitto):
     c.loop_stop()
 
 
+def test_a_verdict_right_after_its_prediction_is_stored_although_the_groups_are_pipelined(config, mosquitto):
+    """The consumer decodes the next group while the writer commits the one before: a verdict arriving in the
+    message right after its prediction's (one message per group here) must still find it, never be refused as
+    unknown, on either backend."""
+    from fleet.protocol import ReviewRecord
+
+    svc = FleetService(config.model_copy(update={"broker_url": mosquitto.url, "ingest_group": 1})).start()
+    c = client(mosquitto.url, "dev-v")
+    try:
+        fleet, t = svc.fleet, svc.fleet.topics
+        wait_for(c.is_connected, 10)
+        rounds, infos = 15, []
+        for r in range(rounds):  # back to back, not waiting for acknowledgements in between
+            recs = predictions("dev-v", 20, seed=r)
+            verdicts = [ReviewRecord(prediction_id=p["id"], device="dev-v", inspector="ann", verdict="confirm",
+                                     override=False, model_decision=p["decision"], release=p["release"],
+                                     revision=p["revision"]).model_dump(mode="json") for p in recs[:5]]
+            infos.append(c.publish(t.device("dev-v", "predictions"), batch("dev-v", "predictions", recs), qos=1))
+            infos.append(c.publish(t.device("dev-v", "reviews"), batch("dev-v", "reviews", verdicts), qos=1))
+        for info in infos:
+            info.wait_for_publish(30)
+        wait_for(lambda: fleet.ingest.stats.messages >= 2 * rounds, 30, "every message ingested")
+        assert fleet.store.refused() == []
+        assert fleet.store.count("predictions") == 20 * rounds and fleet.store.count("reviews") == 5 * rounds
+        assert fleet.ingest.stats.records == 25 * rounds and fleet.ingest.stats.duplicates == 0
+    finally:
+        c.disconnect()
+        c.loop_stop()
+        svc.stop()
+
+
 def test_retained_status_registers_a_device_and_desired_is_retained(service, mosquitto, bundles):
     fleet, t = service.fleet, service.fleet.topics
     c = client(mosquitto.url, "dev-z")
