@@ -57,6 +57,10 @@ class Prepared:
     messages: list
     ok: list[bool]
     pending: list[tuple[int, str, str, list]]
+    # malformed messages and refused records found, added to the stats once the group is written: a reader
+    # waiting for a count then also sees the group's good records
+    malformed: int = 0
+    refused: int = 0
 
 
 class Ingest:
@@ -65,6 +69,7 @@ class Ingest:
         self.stats = IngestStats()
         self.validator = RecordValidator(limits or RecordLimits(), self._lookup)
         self._known: set[str] = set()  # devices already registered (saves a lookup per batch)
+        self._local = threading.local()  # the group being prepared by this thread
         # called before a verdict's prediction is looked up in the store: a pipelined consumer (ingest_worker)
         # waits there until the groups it prepared earlier are committed
         self.before_lookup: Callable[[], None] = lambda: None
@@ -90,7 +95,7 @@ class Ingest:
             except StoreUnavailable as err:
                 delay = self.backoff(err, len(messages), delay)
                 continue
-            self._done(len(messages))
+            self._done(prepared)
             return prepared.ok
 
     def prepare(self, messages: list[tuple[str, bytes]] | list[tuple[str, bytes, bool]]) -> Prepared:
@@ -98,7 +103,11 @@ class Ingest:
         malformed messages counted, status and reported state applied), inserting nothing. Raises StoreUnavailable
         only (a verdict's prediction could not be looked up; state could not be written): retry it."""
         prepared = Prepared(messages, [True] * len(messages), [])
-        self._process(messages, prepared.ok, prepared.pending)
+        self._local.prepared = prepared
+        try:
+            self._process(messages, prepared.ok, prepared.pending)
+        finally:
+            self._local.prepared = None
         return prepared
 
     def write(self, prepared: Prepared) -> list[bool]:
@@ -112,7 +121,7 @@ class Ingest:
             except StoreUnavailable as err:
                 delay = self.backoff(err, len(prepared.messages), delay)
                 continue
-            self._done(len(prepared.messages))
+            self._done(prepared)
             return prepared.ok
 
     def backoff(self, err: StoreUnavailable, n: int, delay: float) -> float:
@@ -123,9 +132,23 @@ class Ingest:
         time.sleep(delay)
         return min(delay * 2, 5.0)
 
-    def _done(self, n: int) -> None:
+    def _done(self, prepared: Prepared) -> None:
         with self.stats.lock:  # counted when done, so a reader seeing the count also sees the records
-            self.stats.messages += n
+            self.stats.messages += len(prepared.messages)
+            self.stats.malformed += prepared.malformed
+            self.stats.refused += prepared.refused
+
+    def _tally(self, malformed: int = 0, refused: int = 0) -> None:
+        """Count malformed messages and refused records: with the group being prepared in this thread (added
+        to the stats when it is written), else at once."""
+        prepared: Prepared | None = getattr(self._local, "prepared", None)
+        if prepared is not None:
+            prepared.malformed += malformed
+            prepared.refused += refused
+            return
+        with self.stats.lock:
+            self.stats.malformed += malformed
+            self.stats.refused += refused
 
     def _lookup(self, device: str, ids: list[str]) -> dict:
         """Stored predictions for verdicts: first every prepared group still being written (`before_lookup`), so a
@@ -188,8 +211,7 @@ class Ingest:
         """Count refused records per reason (one store write per reason), log the first of each."""
         if not refusals:
             return
-        with self.stats.lock:
-            self.stats.refused += len(refusals)
+        self._tally(refused=len(refusals))
         by_reason: dict[str, list[Refusal]] = {}
         for r in refusals:
             by_reason.setdefault(r.reason, []).append(r)
@@ -206,8 +228,7 @@ class Ingest:
             self.stats.duplicates += total - new
 
     def _malformed(self, topic: str, error: str) -> None:
-        with self.stats.lock:
-            self.stats.malformed += 1
+        self._tally(malformed=1)
         log.warning("malformed message on %s: %s", topic, error)
         try:
             self.store.count_malformed(topic[:256], error)
