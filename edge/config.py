@@ -338,6 +338,7 @@ class DeviceConfig(_Cfg):
         if self.fleet is not None:
             upd["fleet"] = self.fleet.model_copy(update={
                 "releases_dir": fix_keep(self.fleet.releases_dir), "trust_store": fix_keep(self.fleet.trust_store),
+                "fleet_keys": [fix_keep(k) for k in self.fleet.fleet_keys],
                 "password_file": fix_keep(self.fleet.password_file),
                 "tls": self.fleet.tls.model_copy(update={
                     "ca_file": fix_keep(self.fleet.tls.ca_file), "cert_file": fix_keep(self.fleet.tls.cert_file),

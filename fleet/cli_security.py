@@ -158,8 +158,11 @@ def mosquitto_conf_cmd(directory: Path, tls_dir: Path | None, port: int, bind: s
 @click.option("--client-cert", is_flag=True, help="Also issue a client certificate (mutual TLS).")
 @click.option("--trust-store", type=click.Path(path_type=Path, exists=True),
               help="Bundle-signing public keys (*.pub) the device must trust.")
-@click.option("--desired-key", type=click.Path(path_type=Path, exists=True),
-              help="The fleet's public key for signed desired states and commands.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="The fleet's config (fleet.yaml): the device gets its control public key (made in the data "
+                   "directory if the fleet has not started yet).")
+@click.option("--control-key", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="The fleet's control public key (*.pub) instead of --config.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the device's files.")
 @click.option("--install-dir", default="/etc/shadowline", show_default=True,
               help="Where the files will live on the device (paths in the config snippet).")
@@ -167,14 +170,25 @@ def mosquitto_conf_cmd(directory: Path, tls_dir: Path | None, port: int, bind: s
 @click.option("--rotate", is_flag=True, help="Give an existing device user a new password.")
 @_reload_option
 def provision_cmd(device: str, credentials_dir: Path, tokens_file: Path, broker_url: str, fleet_url: str,
-                  tls_dir: Path | None, client_cert: bool, trust_store: Path | None, desired_key: Path | None,
+                  tls_dir: Path | None, client_cert: bool, trust_store: Path | None, config_path: Path | None,
+                  control_key: Path | None,
                   out: Path, install_dir: str, prefix: str, rotate: bool, reload_pid_file: Path | None, as_json: bool) -> None:
     """Everything DEVICE needs in one step, files 0600: broker password, CA, device token, trust store, the
-    fleet's desired-state key and a device.yaml snippet; its broker user is merged into the credentials."""
+    fleet's control public key (desired states and commands are signed with it) and a device.yaml snippet; its
+    broker user is merged into the credentials."""
     from fleet.provision import provision_device
 
+    if control_key is None:
+        if config_path is None:
+            raise click.UsageError("give --config (the fleet's fleet.yaml) or --control-key (its control public "
+                                   "key): the device acts only on desired states and commands signed by it")
+        from fleet.config import load_config
+        from fleet.control import ensure_control_key
+
+        cfg = load_config(config_path)
+        control_key = ensure_control_key(cfg.data_dir, cfg.control_key)[1]
     written = provision_device(device, credentials_dir=credentials_dir, tokens_file=tokens_file,
                                broker_url=broker_url, fleet_url=fleet_url, tls_dir=tls_dir, client_cert=client_cert,
-                               trust_store=trust_store, desired_key=desired_key, out=out, install_dir=install_dir,
+                               trust_store=trust_store, control_key=control_key, out=out, install_dir=install_dir,
                                prefix=prefix, rotate=rotate)
     _out({"device": device, "files": [str(p) for p in written], "reloaded_pid": _reload(reload_pid_file)}, as_json)

@@ -71,6 +71,12 @@ class FleetConfig(BaseModel):
     http_port: int = Field(8700, ge=0, le=65535, description="port of the HTTP API")
     public_url: str | None = Field(None, description="base URL devices use for artifacts (default: from host/port)")
     trust_store: Path | None = Field(None, description="directory of *.pub keys pushed bundles must be signed by")
+    control_key: Path | None = Field(None, description="the fleet's ed25519 control key (private, 0600) that signs "
+                                                      "every desired state and command; its public half is read from "
+                                                      "the .pub beside it (written when missing). Default: made on "
+                                                      "first start as data_dir/control.key")
+    command_ttl_s: float = Field(24 * 3600, gt=0, description="a signed command expires this long after it was "
+                                                               "sent: a device refuses it later (replays too)")
     tokens_file: Path | None = Field(None, description="JSON file of API token hashes and roles")
     max_upload_mb: float = Field(2048, gt=0, description="largest bundle accepted by POST /api/bundles")
     max_body_kb: float = Field(1024, gt=0, description="largest request body of every other API route (413 above)")

@@ -1,11 +1,14 @@
 """Desired state per device: the full release spec(s) plus artifact URLs and hashes, published retained with QoS 1
-on the device's `desired` topic, and recorded with a per-device monotonic revision (devices ignore older ones)."""
+on the device's `desired` topic, and recorded with a per-device monotonic revision (devices ignore older ones).
+Every desired state and command is signed with the fleet's control key (fleet.control): devices act on nothing
+else."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from fleet.protocol import Artifact, ClearArgs, ClearCommand, Desired, ReleaseSpec, Topics, encode, now_iso
+from fleet.control import ControlSigner
+from fleet.protocol import Artifact, ClearArgs, ClearCommand, Command, Desired, ReleaseSpec, Topics, encode, now_iso
 from fleet.registry import Registry
 from fleet.releases import Releases
 from fleet.store import Store
@@ -18,11 +21,16 @@ PublishMany = Callable[[list[tuple[str, bytes, bool]]], None]
 
 class DesiredStates:
     def __init__(self, store: Store, registry: Registry, releases: Releases, topics: Topics, public_url: str,
-                 publish: Publish, publish_many: PublishMany | None = None) -> None:
+                 publish: Publish, publish_many: PublishMany | None = None, *, signer: ControlSigner) -> None:
         self.store, self.registry, self.releases, self.topics = store, registry, releases, topics
+        self.signer = signer
         self.public_url = public_url.rstrip("/")
         self.publish = publish
-        self.publish_many = publish_many or (lambda msgs: [publish(*m) for m in msgs] and None)
+        self.publish_many: PublishMany = publish_many or self._one_by_one
+
+    def _one_by_one(self, messages: list[tuple[str, bytes, bool]]) -> None:
+        for m in messages:
+            self.publish(*m)
 
     def artifacts(self, *specs: ReleaseSpec | None) -> list[Artifact]:
         out: dict[str, Artifact] = {}
@@ -48,10 +56,10 @@ class DesiredStates:
                  rollout: str | None = None) -> list[Desired | None]:
         """`set` for many devices at once: one transaction, then every message published before waiting for
         the acknowledgements (a rollback of a hundred devices is one round of PUBACKs, not a hundred)."""
-        specs: dict[str, object] = {}
-        arts: dict[tuple, list[Artifact]] = {}
+        specs: dict[str, ReleaseSpec] = {}
+        arts: dict[tuple[str | None, str | None], list[Artifact]] = {}
 
-        def spec_of(ref: str | None):
+        def spec_of(ref: str | None) -> ReleaseSpec | None:
             if ref and ref not in specs:
                 specs[ref] = self.releases.get(ref)
             return specs.get(ref) if ref else None
@@ -67,9 +75,10 @@ class DesiredStates:
                 msg = None
                 if spec is not None:
                     if (release, candidate) not in arts:
-                        arts[(release, candidate)] = self.artifacts(spec, cand)  # type: ignore[arg-type]
-                    msg = Desired(device=device, revision=revision, release=spec, candidate=cand,
-                                  artifacts=arts[(release, candidate)], rollout=rollout, issued_at=now)
+                        arts[(release, candidate)] = self.artifacts(spec, cand)
+                    msg = self.signer.desired(Desired(device=device, revision=revision, release=spec,
+                                                      candidate=cand, artifacts=arts[(release, candidate)],
+                                                      rollout=rollout, issued_at=now))
                 payload = encode(msg) if msg else b""
                 st.upsert("desired", {"device": device, "revision": revision, "release": release,
                                       "candidate": candidate, "rollout": rollout,
@@ -80,7 +89,7 @@ class DesiredStates:
                           pk=("device", "revision"))
                 messages.append((self.topics.device(device, "desired"), payload, True))
                 if msg is None:
-                    cmd = ClearCommand(args=ClearArgs(revision=revision))
+                    cmd = self.signer.command(ClearCommand(args=ClearArgs(revision=revision)), device)
                     messages.append((self.topics.device(device, "cmd"), encode(cmd), False))
                 out.append(msg)
         # Published after the commit (of the caller's transaction, when this joins one, e.g. a wave start): if the
@@ -92,10 +101,26 @@ class DesiredStates:
         row = self.store.get("desired", device)
         return row["revision"] if row else 0
 
+    def send_command(self, device: str, command: Command) -> Command:
+        """Sign `command` for `device` (expiry, the device's id) and publish it (QoS 1, not retained)."""
+        signed = self.signer.command(command, device)
+        self.publish(self.topics.device(device, "cmd"), encode(signed), False)
+        return signed
+
     def republish(self) -> int:
         """Publish every stored desired state again (retained, idempotent on the device by revision): run on
-        every (re)connection so a state stored while the broker was away still reaches it."""
+        every (re)connection so a state stored while the broker was away still reaches it. A state stored
+        unsigned (before signing) or under an earlier control key is signed again with the current key (same
+        revision, same content)."""
         rows = self.store.rows("SELECT device, payload FROM desired")
-        self.publish_many([(self.topics.device(r["device"], "desired"),
-                            r["payload"].encode() if r["payload"] else b"", True) for r in rows])
+        self.publish_many([(self.topics.device(r["device"], "desired"), self._signed(r["payload"]), True)
+                           for r in rows])
         return len(rows)
+
+    def _signed(self, payload: str | None) -> bytes:
+        if not payload:
+            return b""
+        msg = Desired.model_validate_json(payload)
+        if msg.signature is not None and msg.signature.key_id == self.signer.key_id:
+            return payload.encode()
+        return encode(self.signer.desired(msg))

@@ -11,7 +11,11 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Literal, TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
+
+from runtime.errors import SignatureError
+from runtime.signing import TrustStore, sign_document
 
 PROTOCOL_VERSION = 1
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -282,6 +286,16 @@ class Artifact(_Msg):
     size: int
 
 
+class MessageSignature(_Msg):
+    """The fleet's ed25519 signature of a control message (desired state, command): over the canonical JSON
+    (runtime.signing.canonical_json) of the whole message without this field, made with the fleet's control key
+    (never a bundle-signing key). Devices act only on messages signed by a key in their `fleet.fleet_keys`."""
+
+    algorithm: Literal["ed25519"] = "ed25519"
+    key_id: str = Field(description="first 16 hex digits of sha256 of the raw public key")
+    signature: str = Field(description="base64")
+
+
 class Desired(_Msg):
     schema_id: Literal["shadowline.desired"] = Field("shadowline.desired", alias="schema")
     version: int = PROTOCOL_VERSION
@@ -292,6 +306,7 @@ class Desired(_Msg):
     artifacts: list[Artifact]
     issued_at: str = Field(default_factory=now_iso)
     rollout: str | None = None
+    signature: MessageSignature | None = Field(None, description="the fleet's signature (sign_message)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -333,6 +348,12 @@ class _CommandBase(_Msg):
     version: int = PROTOCOL_VERSION
     id: str = Field(default_factory=new_id)
     issued_at: str = Field(default_factory=now_iso)
+    device: str | None = Field(None, description="the device it is for (signed: a command for one device is "
+                                                 "refused by every other)")
+    nonce: str = Field(default_factory=lambda: uuid.uuid4().hex, description="unique per command: a device "
+                       "refuses a nonce it has seen (replay)")
+    expires_at: str | None = Field(None, description="a device refuses the command after this time (UTC ISO 8601)")
+    signature: MessageSignature | None = Field(None, description="the fleet's signature (sign_message)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -418,6 +439,27 @@ class CommandMessage(RootModel[Command]):
                     raise ValueError("rollback args.to: only null (the old form of 'clear') is known")
                 data = {**data, "command": "clear", "args": {k: v for k, v in args.items() if k != "to"}}
         return data
+
+
+_SignedT = TypeVar("_SignedT", bound=_Msg)
+
+
+def sign_message(msg: _SignedT, key: Ed25519PrivateKey) -> _SignedT:
+    """`msg` with the fleet's signature over every other field (canonical JSON as it travels)."""
+    doc = msg.model_dump(mode="json", by_alias=True, exclude={"signature"})
+    return msg.model_copy(update={"signature": MessageSignature.model_validate(sign_document(doc, key))})
+
+
+def verify_message(topic: str, payload: bytes, trust: TrustStore) -> str:
+    """Check the signature of a control message as received (the JSON document minus `signature`): the signer's
+    key id, or SignatureError naming the problem (unsigned, malformed, unknown key, does not match)."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise SignatureError(f"{topic}: not JSON ({err})") from err
+    if not isinstance(doc, dict):
+        raise SignatureError(f"{topic}: not a JSON object")
+    return trust.verify_document(doc, doc.pop("signature", None), topic)
 
 
 class ProtocolError(ValueError):

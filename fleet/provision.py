@@ -1,7 +1,8 @@
 """`fleet provision DEVICE`: everything one device needs, in one directory, each file 0600: its broker password
 (its user merged into the broker's credentials), the broker's CA (and a client certificate), a device token for
 artifact downloads and the inspector sync (earlier tokens of the device revoked), the bundle-signing keys, the
-fleet's public key for signed desired states, and a device.yaml snippet naming them where they will live."""
+fleet's control public key (fleet.pub: desired states and commands are signed with its private half), and a
+device.yaml snippet naming them where they will live."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from fleet.security import TokenFile, Tokens, add_token, device_of
 from fleet.tls import issue_device_cert
 from runtime.errors import ConfigError
 from runtime.fsio import atomic_write_bytes, atomic_write_text
+from runtime.signing import load_public_key
 
 
 def _private(dst: Path, data: bytes) -> Path:
@@ -54,7 +56,7 @@ def _device_token(tokens_file: Path, device: str) -> str:
 
 def provision_device(device: str, *, credentials_dir: Path, tokens_file: Path, broker_url: str, fleet_url: str,
                      out: Path, tls_dir: Path | None = None, client_cert: bool = False,
-                     trust_store: Path | None = None, desired_key: Path | None = None,
+                     trust_store: Path | None = None, control_key: Path,
                      install_dir: str = "/etc/shadowline", prefix: str = "shadowline",
                      rotate: bool = False) -> list[Path]:
     """Write the device's files into `out` (created 0700); returns them."""
@@ -91,9 +93,9 @@ def provision_device(device: str, *, credentials_dir: Path, tokens_file: Path, b
         os.chmod(out / "trust", 0o700)
         written += [_private(out / "trust" / k.name, _read(k)) for k in keys]
         snippet["trust_store"] = fleet["trust_store"] = f"{inst}/trust"
-    if desired_key is not None:
-        written.append(_private(out / "fleet.pub", _read(desired_key)))
-        fleet["fleet_keys"] = f"{inst}/fleet.pub"  # the agent's key for signed desired states and commands
+    load_public_key(control_key)  # a private key or anything else here would lock the device out
+    written.append(_private(out / "fleet.pub", _read(control_key)))
+    fleet["fleet_keys"] = [f"{inst}/fleet.pub"]  # the agent acts only on desired states and commands it signed
     text = (f"# written by `shadowline fleet provision {device}`: merge into {inst}/device.yaml and copy the files\n"
             f"# of this directory to {inst}/ (mode 0600, owner of the daemon)\n" + yaml.safe_dump(snippet, sort_keys=False))
     written.append(_private(out / "device.yaml", text.encode()))

@@ -14,6 +14,7 @@ from pathlib import Path
 from fleet.alerting import AlertBook, JsonlActionLog, NotificationLog, Notifier
 from fleet.broker import EmbeddedBroker, MqttClient
 from fleet.config import FleetConfig
+from fleet.control import ControlSigner
 from fleet.desired import DesiredStates, Publish, PublishMany
 from fleet.devices import Devices
 from fleet.images import ImageStore
@@ -55,8 +56,10 @@ class Fleet:
         self._publish_many: PublishMany | None = None
         # set by FleetService once it has a broker connection; /metrics reports it
         self.broker_connected: Callable[[], bool] | None = None
+        # the key that signs desired states and commands (made on first start in the data directory)
+        self.control = ControlSigner.for_fleet(data, config.control_key, trust, config.command_ttl_s)
         self.desired = DesiredStates(self.store, self.registry, self.releases, self.topics, config.base_url,
-                                     self.publish, self.publish_many)
+                                     self.publish, self.publish_many, signer=self.control)
         self.rollouts = Rollouts(self.store, self.releases, self.devices, self.desired, config.adjudicators)
         self.ingest = Ingest(self.store, self.devices, self.topics, config.record_limits)
         self.monitor = Monitor(self.store, self.topics, config, self.publish)

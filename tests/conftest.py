@@ -51,8 +51,11 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     trust = d / "trust"
     trust.mkdir()
     shutil.copy(pub, trust / "signer.pub")
+    # the fleet's control key (signs desired states and commands; devices get `control_public` as fleet_keys)
+    (d / "control").mkdir()
+    control_priv, control_pub, _ = generate_keys(d / "control", "control")
     return {"private": priv, "public": pub, "key_id": kid, "trust": trust, "other_private": other_priv,
-            "other_key_id": other_kid}
+            "other_key_id": other_kid, "control_private": control_priv, "control_public": control_pub}
 
 
 def export_preset(preset: str, out: Path, private_key: Path | None, **overrides) -> Path:

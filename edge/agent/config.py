@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class TLSConfig(BaseModel):
@@ -25,6 +25,14 @@ class AgentConfig(BaseModel):
     password_file: Path | None = Field(None, description="file holding the password (preferred over password)")
     tls: TLSConfig | None = None
     trust_store: Path | None = Field(None, description="directory of public keys bundles must be signed by")
+    fleet_keys: list[Path] = Field(default_factory=list, description="the fleet's control public key(s) (`fleet "
+                                    "provision` writes fleet.pub): a *.pub file or a directory of them, or a list "
+                                    "(key rotation: trust the old and the new key until every device has both). "
+                                    "Desired states and commands must be signed by one of them")
+    allow_unsigned_control: bool = Field(False, description="start the agent without fleet_keys and act on "
+                                         "unsigned desired states and commands (anyone who can publish on the "
+                                         "broker then controls the device; logged as a warning). Ignored when "
+                                         "fleet_keys is set")
     http_token: str | None = Field(None, description="device token for artifact downloads")
     releases_dir: Path = Field(Path("releases"), description="where downloaded bundles and releases are kept")
     keep_releases: int = Field(3, ge=1, description="releases kept on disk, ready, for rollback without download")
@@ -43,3 +51,8 @@ class AgentConfig(BaseModel):
     download_timeout_s: float = Field(30.0, gt=0, description="HTTP timeout per artifact request")
     publish_interval_s: float = Field(0.2, gt=0, description="outbox poll interval when it was found empty")
     report_interval_s: float = Field(60.0, gt=0, description="periodic reported-state refresh")
+
+    @field_validator("fleet_keys", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, (str, Path)) else v

@@ -18,6 +18,7 @@ from edge import outbox
 from edge.agent.cache import release_key
 from edge.agent.commands import run_command
 from edge.agent.config import AgentConfig
+from edge.agent.control import STALE, ControlGuard, Refused
 from edge.agent.host import AgentHost
 from edge.agent.statemachine import ActivationRecord, Machine, State
 from fleet.protocol import (
@@ -75,7 +76,8 @@ def make_client(config: AgentConfig, client_id: str) -> tuple[mqtt.Client, str, 
             client.tls_set(ca_certs=str(tls.ca_file), certfile=str(tls.cert_file) if tls.cert_file else None,
                            keyfile=str(tls.key_file) if tls.key_file else None)
             client.tls_insecure_set(tls.insecure_skip_hostname)
-    client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)
+    # seconds as floats (tests reconnect after 0.1 s): paho computes with them as given, its stub says int
+    client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # type: ignore[arg-type]
     client.max_queued_messages_set(0)
     port = url.port or (8883 if url.scheme == "mqtts" else 1883)
     return client, url.hostname, port, kwargs
@@ -88,6 +90,8 @@ class Agent:
         self.config, self.host = config, host
         self.device_id = host.device_id
         self.topics = Topics(config.prefix)
+        # refuses to start without the fleet's control key unless allow_unsigned_control says otherwise
+        self.control = ControlGuard(config, self.device_id)
         if trust is None and config.trust_store is not None:
             trust = TrustStore.load(config.trust_store)
         self.client, self._host, self._port, self._connect_kwargs = make_client(config, self.device_id)
@@ -97,6 +101,7 @@ class Agent:
             budget_bytes=int(config.outbox_budget_mb * (1 << 20)), poll_s=config.publish_interval_s,
             on_overflow=self._on_overflow)
         self.bad_messages = 0
+        self.refused_control: dict[str, int] = {}  # control messages refused, by reason
         self.connected = threading.Event()
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -160,18 +165,23 @@ class Agent:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         parsed = self.topics.parse(msg.topic)
+        payload = bytes(msg.payload)
         try:
             if parsed is None or parsed[0] != self.device_id:
                 raise ProtocolError(f"{msg.topic}: not a topic of device {self.device_id}")
             if parsed[1] == "desired":
-                if not msg.payload:
+                if not payload:
                     return  # a cleared retained message
-                desired = decode(msg.topic, msg.payload, Desired)
-                if desired.device != self.device_id:
-                    raise ProtocolError(f"{msg.topic}: desired state for {desired.device!r}")
+                desired = decode(msg.topic, payload, Desired)
+                assert isinstance(desired, Desired)
+                # checked here, before the worker coalesces queued states by revision: a forged state never
+                # gets to hide a real one
+                self.control.check_desired(msg.topic, payload, desired)
                 self._queue.put(("desired", desired))
             elif parsed[1] == "cmd":
-                self._queue.put(("cmd", decode(msg.topic, msg.payload, CommandMessage).root))
+                cmd = decode(msg.topic, payload, CommandMessage).root
+                self.control.check_command(msg.topic, payload, cmd)
+                self._queue.put(("cmd", cmd))
             else:
                 raise ProtocolError(f"{msg.topic}: unexpected topic")
         except ProtocolError as err:
@@ -179,6 +189,8 @@ class Agent:
             self.bad_messages += 1
             log.warning("bad message on %s: %s", msg.topic, err)
             self._queue.put(("bad", str(err)))
+        except Refused as refusal:
+            self._queue.put(("refused", (parsed[1] if parsed else msg.topic, refusal)))
 
     # -- worker --------------------------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -200,7 +212,14 @@ class Agent:
                 if kind == "desired":
                     self._follow(self._latest(value))
                 elif kind == "cmd":
-                    run_command(self, value)
+                    try:
+                        self.control.fresh_nonce(value)
+                    except Refused as refusal:
+                        self._refuse("cmd", refusal, command=value.id)
+                    else:
+                        run_command(self, value)
+                elif kind == "refused":
+                    self._refuse(value[0], value[1])
                 elif kind == "bad":
                     self._event("bad_message", {"error": value, "count": self.bad_messages})
                 else:
@@ -227,10 +246,24 @@ class Agent:
         return desired
 
     def _follow(self, desired: Desired) -> None:
-        if desired.revision <= self.machine.record.handled_revision:
-            self.report()  # an old or repeated (retained) desired state: nothing to do
+        handled = self.machine.record.handled_revision
+        if desired.revision == handled:
+            self.report()  # the retained desired state again (every reconnection): nothing to do
+            return
+        if desired.revision < handled:
+            # signed, but older than what we handled: a replay of an old state (or a late duplicate)
+            self._refuse("desired", Refused(STALE, f"revision {desired.revision} is older than the handled "
+                                                   f"revision {handled}"), revision=desired.revision)
             return
         self.machine.apply(desired)
+
+    def _refuse(self, kind: str, refusal: Refused, **detail: Any) -> None:
+        """A control message not acted on: counted by reason, logged, reported as a control.refused event."""
+        self.refused_control[refusal.reason] = self.refused_control.get(refusal.reason, 0) + 1
+        log.warning("%s: refused %s message: %s", self.device_id, kind, refusal)
+        self._event("control.refused", {"topic": kind, "reason": refusal.reason, "error": refusal.error[:500],
+                                        "count": sum(self.refused_control.values()), **detail})
+        self.report()
 
     # -- reporting -----------------------------------------------------------------------------------------------
     def reported(self) -> Reported:

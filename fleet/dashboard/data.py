@@ -147,7 +147,7 @@ def start_warnings(fleet: Any, release: str, group: str, shadow_first: bool) -> 
 def device_page(fleet: Any, device: str, now: datetime | None = None, recent: int = 20) -> dict[str, Any]:
     """Everything the device page shows: fleet.decisions.device_details (registry, reported state, desired state,
     24 h health, open alerts, capability, recent errors) plus its recent predictions, alert history, refused
-    records, latest readings and backlog series. NotFound for an unknown device."""
+    records, refused control messages, latest readings and backlog series. NotFound for an unknown device."""
     now = now or now_utc()
     d = decisions.device_details(fleet, device, now)
     win = Window.last("24h", end=now)
@@ -168,6 +168,7 @@ def device_page(fleet: Any, device: str, now: datetime | None = None, recent: in
     return {"d": d, "modes": modes, "stages": stages, "reported": _reported(d), "predictions": preds[-recent:][::-1],
             "cap": capability(caps[device]) if device in caps else None, "alerts": views,
             "refused": [r for r in fleet.store.refused() if r["device"] == device],
+            "control_refused": fleet.store.control_refused(device),
             "readings": _readings(mets[-1].values if mets else {}),
             "queue_series": health([], mets, win).queue_series}
 

@@ -167,6 +167,13 @@ class FleetCollector(Collector):
         for row in store.refused():
             refused.add_metric([row["device"], row["reason"]], row["count"])
         yield refused
+        control = CounterMetricFamily(
+            "shadowline_fleet_refused_control_messages", "Desired states and commands a device refused (unsigned, "
+            "bad signature, for another device, replayed, expired; its control.refused events), by device.",
+            labels=["device"])
+        for row in store.control_refused():
+            control.add_metric([row["device"]], row["count"])
+        yield control
 
     def _predictions(self, store: Any, member: dict[str, list[str]]) -> Iterator[Metric]:
         low = PillarOptions().low_confidence

@@ -97,6 +97,26 @@ class Queries:
                          f"WHERE e.kind = ? ORDER BY e.device, e.id", [*params, kind])
         return {r.device: r for r in (EventRecord.model_validate_json(x["record"]) for x in rows)}
 
+    def control_refused(self, device: str | None = None) -> list[dict[str, Any]]:
+        """Control messages (desired states, commands) devices refused and reported as `control.refused` events
+        (edge/agent/control.py: unsigned, bad_signature, wrong_device, stale_revision, replayed_command,
+        expired_command), per device: count, time, reason and error of the last one."""
+        where, params = "kind = ?", ["control.refused"]
+        if device is not None:
+            where += " AND device = ?"
+            params.append(device)
+        counts = self.rows(f"SELECT device, COUNT(*) AS n FROM events WHERE {where} GROUP BY device ORDER BY device",
+                           params)
+        last = self.latest_events("control.refused", device)
+        out = []
+        for row in counts:
+            ev = last.get(row["device"])
+            detail = ev.detail if ev is not None else {}
+            out.append({"device": row["device"], "count": int(row["n"]), "last_at": ev.created_at if ev else None,
+                        "last_reason": str(detail.get("reason", "")), "last_topic": str(detail.get("topic", "")),
+                        "last_error": str(detail.get("error", ""))})
+        return out
+
     def record_counts(self, kind: str, *, group: str | None = None, release: str | None = None,
                       since: str | None = None, until: str | None = None,
                       by: tuple[str, ...] = ("device",)) -> list[dict[str, Any]]:

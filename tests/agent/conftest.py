@@ -3,18 +3,22 @@ match its model), served over HTTP; helpers to build desired states."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from export.bundle import finish_bundle, npz_bytes
-from fleet.protocol import Artifact, Desired, ReleaseSpec, StageSpec
+from fleet.control import ControlSigner
+from fleet.protocol import Artifact, Command, Desired, ReleaseSpec, StageSpec, encode
 from runtime.bundle import read_manifest
 from runtime.fsio import sha256_file
-from runtime.signing import load_private_key
+from runtime.signing import load_private_key, sign_document
 from tests.agent.servers import ArtifactServer
 from tests.conftest import IMAGES, export_preset
 
@@ -79,3 +83,21 @@ def desired_for(server: ArtifactServer, tar: Path, device: str, revision: int, r
     release, artifact = release_for(tar, release_revision if release_revision is not None else revision)
     artifact = artifact.model_copy(update={"url": server.url(tar.name)})
     return Desired(device=device, revision=revision, release=release, artifacts=[artifact])
+
+
+def signed(msg: Desired | Command, keys: dict[str, Path], device: str | None = None) -> bytes:
+    """The message as the fleet sends it: signed with its control key (`keys["control_private"]`, which the
+    test devices trust); a command gets `device` and an expiry first, as fleet.control.ControlSigner does."""
+    signer = ControlSigner(load_private_key(keys["control_private"]), command_ttl_s=600)
+    if isinstance(msg, Desired):
+        return encode(signer.desired(msg))
+    assert device is not None, "a command is signed for one device"
+    return encode(signer.command(msg, device))
+
+
+def signed_doc(doc: dict, keys: dict[str, Path], device: str) -> bytes:
+    """A raw command document (e.g. an older wire form) as the fleet's control key signs it: for `device`,
+    with a nonce and an expiry."""
+    expires = (datetime.now(timezone.utc) + timedelta(minutes=10)).isoformat(timespec="milliseconds")
+    doc = {**doc, "device": device, "nonce": uuid.uuid4().hex, "expires_at": expires}
+    return json.dumps({**doc, "signature": sign_document(doc, load_private_key(keys["control_private"]))}).encode()

@@ -46,7 +46,7 @@ class FleetRig:
             agent_config = AgentConfig(broker_url=self.broker_url, releases_dir=self.workdir / name / "releases",
                                        trust_store=self.trust, http_token=add_token(self.tokens, name, ["device"]),
                                        reconnect_min_s=0.1, reconnect_max_s=1.0, publish_interval_s=0.05,
-                                       **config)
+                                       fleet_keys=[self.fleet.control.public_file], **config)
             host = HeadlessHost(name, self.workdir / name, images, load_models=load_models)
             self.agents[name] = Agent(agent_config, host).start()
 

@@ -12,8 +12,8 @@ import sys
 import pytest
 import yaml
 
-from fleet.protocol import Topics, encode
-from tests.agent.conftest import PCB_IMAGES, desired_for
+from fleet.protocol import Topics
+from tests.agent.conftest import PCB_IMAGES, desired_for, signed
 from tests.agent.mqtt_helpers import Collector, connect
 from tests.conftest import ROOT
 
@@ -34,7 +34,8 @@ def test_daemon_follows_fleet_and_streams_predictions(tmp_path, mosquitto, keys,
         "store": {"path": str(tmp_path / "shadowline.db")},
         "api": {"enabled": False},
         "fleet": {"broker_url": mosquitto.url, "releases_dir": str(tmp_path / "releases"),
-                  "trust_store": str(keys["trust"]), "reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
+                  "trust_store": str(keys["trust"]), "fleet_keys": [str(keys["control_public"])],
+                  "reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
                   "publish_interval_s": 0.05, "smoke_images": 1},
     }))
     col = Collector(mosquitto.port)
@@ -43,7 +44,7 @@ def test_daemon_follows_fleet_and_streams_predictions(tmp_path, mosquitto, keys,
     try:
         assert col.wait(lambda: col.status.get("line3-cam1") == "online", 30), proc.stderr.read1().decode()
         desired = desired_for(artifact_server, tars["v1.0"], "line3-cam1", 1)
-        fleet.publish(Topics().device("line3-cam1", "desired"), encode(desired), qos=1,
+        fleet.publish(Topics().device("line3-cam1", "desired"), signed(desired, keys), qos=1,
                       retain=True).wait_for_publish(5)
         assert col.wait(lambda: (col.reported.get("line3-cam1") or {}).get("active") == "pcb-screen@1", 60)
         for image in PCB_IMAGES:

@@ -11,8 +11,8 @@ import pytest
 from edge.agent.config import AgentConfig
 from edge.agent.headless import HeadlessHost
 from edge.agent.runtime import Agent
-from fleet.protocol import ActivationState, ClearArgs, ClearCommand, RollbackCommand, Topics, encode
-from tests.agent.conftest import PCB_IMAGES, desired_for
+from fleet.protocol import ActivationState, ClearArgs, ClearCommand, RollbackCommand, Topics
+from tests.agent.conftest import PCB_IMAGES, desired_for, signed, signed_doc
 from tests.agent.mqtt_helpers import Collector, connect
 
 
@@ -25,7 +25,7 @@ def rig(tmp_path, mosquitto, keys):
     def start(device: str = "dev-1", **kw) -> Agent:
         config = AgentConfig(broker_url=mosquitto.url, releases_dir=tmp_path / device / "releases",
                              trust_store=keys["trust"], smoke_images=2, reconnect_min_s=0.1, reconnect_max_s=0.5,
-                             publish_interval_s=0.05, **kw)
+                             publish_interval_s=0.05, fleet_keys=[keys["control_public"]], **kw)
         agent = Agent(config, HeadlessHost(device, tmp_path / device, PCB_IMAGES)).start()
         agents.append(agent)
         return agent
@@ -48,13 +48,15 @@ def active(col: Collector, device: str) -> str | None:
     return rep.get("active") if rep.get("activation", {}).get("state") in done else None
 
 
-def test_follows_desired_reports_and_rolls_back_by_command(rig, tars, artifact_server):
+def test_follows_desired_reports_and_rolls_back_by_command(rig, tars, artifact_server, keys):
     start, col, fleet = rig
     agent = start()
     assert col.wait(lambda: col.status.get("dev-1") == "online", 5)
-    send(fleet, "dev-1", "desired", encode(desired_for(artifact_server, tars["v1.0"], "dev-1", 1)), retain=True)
+    send(fleet, "dev-1", "desired", signed(desired_for(artifact_server, tars["v1.0"], "dev-1", 1), keys),
+         retain=True)
     assert col.wait(lambda: active(col, "dev-1") == "pcb-screen@1", 20)
-    send(fleet, "dev-1", "desired", encode(desired_for(artifact_server, tars["v1.1"], "dev-1", 2)), retain=True)
+    send(fleet, "dev-1", "desired", signed(desired_for(artifact_server, tars["v1.1"], "dev-1", 2), keys),
+         retain=True)
     assert col.wait(lambda: active(col, "dev-1") == "pcb-screen@2", 20)
     rep = col.reported["dev-1"]
     assert rep["cached"] == ["pcb-screen@2", "pcb-screen@1"] and rep["desired_revision"] == 2
@@ -63,7 +65,7 @@ def test_follows_desired_reports_and_rolls_back_by_command(rig, tars, artifact_s
     assert col.wait(lambda: len(col.events("dev-1", "activation.step")) == 12, 10)
 
     requests = len(artifact_server.requests)
-    send(fleet, "dev-1", "cmd", encode(RollbackCommand()))
+    send(fleet, "dev-1", "cmd", signed(RollbackCommand(), keys, "dev-1"))
     assert col.wait(lambda: active(col, "dev-1") == "pcb-screen@1", 10)
     assert len(artifact_server.requests) == requests, "rollback needed no download"
     assert agent.host.current()[0].ref == "pcb-screen@1"
@@ -71,44 +73,51 @@ def test_follows_desired_reports_and_rolls_back_by_command(rig, tars, artifact_s
 
     # the fleet cleared the desired state (no earlier release for us): the device stays and takes the revision as
     # handled, from the old wire form (a rollback with args.to null) and the typed `clear` command alike
-    send(fleet, "dev-1", "cmd", json.dumps({"schema": "shadowline.cmd", "version": 1, "id": "old-clear",
-                                            "command": "rollback", "args": {"to": None, "revision": 3}}).encode())
+    send(fleet, "dev-1", "cmd", signed_doc({"schema": "shadowline.cmd", "version": 1, "id": "old-clear",
+                                            "command": "rollback", "args": {"to": None, "revision": 3}}, keys,
+                                           "dev-1"))
     assert col.wait(lambda: col.reported["dev-1"]["desired_revision"] == 3, 10)
-    send(fleet, "dev-1", "cmd", encode(ClearCommand(args=ClearArgs(revision=4))))
+    send(fleet, "dev-1", "cmd", signed(ClearCommand(args=ClearArgs(revision=4)), keys, "dev-1"))
     assert col.wait(lambda: col.reported["dev-1"]["desired_revision"] == 4, 10)
     assert col.reported["dev-1"]["active"] == "pcb-screen@1" and agent.bad_messages == 0
     assert col.wait(lambda: len(col.events("dev-1", "command.rejected")) == 2, 10)
 
 
-def test_malformed_messages_are_counted_and_ignored(rig, tars, artifact_server):
+def test_malformed_messages_are_counted_and_ignored(rig, tars, artifact_server, keys):
     start, col, fleet = rig
     agent = start()
     assert col.wait(lambda: col.status.get("dev-1") == "online", 5)
     send(fleet, "dev-1", "desired", b"{not json")
     send(fleet, "dev-1", "cmd", json.dumps({"schema": "shadowline.cmd", "command": "format-disk"}).encode())
-    other = desired_for(artifact_server, tars["v1.0"], "dev-2", 1)
-    send(fleet, "dev-1", "desired", encode(other))
+    # signed by the fleet, but for another device: refused as a control message, not acted on
+    send(fleet, "dev-1", "desired", signed(desired_for(artifact_server, tars["v1.0"], "dev-2", 1), keys))
     # a known command with arguments of the wrong type or unknown arguments is refused as a whole
     send(fleet, "dev-1", "cmd", json.dumps({"schema": "shadowline.cmd", "command": "upload_samples",
                                             "args": {"limit": "all"}}).encode())
     send(fleet, "dev-1", "cmd", json.dumps({"schema": "shadowline.cmd", "command": "rollback",
                                             "args": {"release": "x@1", "force": True}}).encode())
-    assert col.wait(lambda: agent.bad_messages == 5, 5)
-    assert col.wait(lambda: len(col.events("dev-1", "bad_message")) == 5, 5)
+    assert col.wait(lambda: agent.bad_messages == 4, 5)
+    assert col.wait(lambda: len(col.events("dev-1", "bad_message")) == 4, 5)
     errors = [e["detail"]["error"] for e in col.events("dev-1", "bad_message")]
     assert any("format-disk" in e for e in errors) and any("limit" in e for e in errors), errors
     assert any("dev-1/desired" in e["detail"]["error"] for e in col.events("dev-1", "bad_message"))
+    assert col.wait(lambda: [e["detail"]["reason"] for e in col.events("dev-1", "control.refused")]
+                    == ["wrong_device"], 5)
+    assert agent.machine.record.handled_revision == -1
     # still alive and following
-    send(fleet, "dev-1", "desired", encode(desired_for(artifact_server, tars["v1.0"], "dev-1", 1)), retain=True)
+    send(fleet, "dev-1", "desired", signed(desired_for(artifact_server, tars["v1.0"], "dev-1", 1), keys),
+         retain=True)
     assert col.wait(lambda: active(col, "dev-1") == "pcb-screen@1", 20)
 
 
-def test_failed_check_reported_with_reason(rig, tars, artifact_server):
+def test_failed_check_reported_with_reason(rig, tars, artifact_server, keys):
     start, col, fleet = rig
     agent = start()
-    send(fleet, "dev-1", "desired", encode(desired_for(artifact_server, tars["v1.0"], "dev-1", 1)), retain=True)
+    send(fleet, "dev-1", "desired", signed(desired_for(artifact_server, tars["v1.0"], "dev-1", 1), keys),
+         retain=True)
     assert col.wait(lambda: active(col, "dev-1") == "pcb-screen@1", 20)
-    send(fleet, "dev-1", "desired", encode(desired_for(artifact_server, tars["bad"], "dev-1", 2)), retain=True)
+    send(fleet, "dev-1", "desired", signed(desired_for(artifact_server, tars["bad"], "dev-1", 2), keys),
+         retain=True)
     assert col.wait(lambda: col.reported["dev-1"]["desired_revision"] == 2
                     and col.reported["dev-1"]["activation"]["state"] == "failed", 20)
     rep = col.reported["dev-1"]
@@ -116,10 +125,11 @@ def test_failed_check_reported_with_reason(rig, tars, artifact_server):
     assert agent.host.current()[0].ref == "pcb-screen@1"
 
 
-def test_restart_resumes_and_last_will(tmp_path, rig, tars, artifact_server, mosquitto):
+def test_restart_resumes_and_last_will(tmp_path, rig, tars, artifact_server, mosquitto, keys):
     start, col, fleet = rig
     agent = start()
-    send(fleet, "dev-1", "desired", encode(desired_for(artifact_server, tars["v1.0"], "dev-1", 1)), retain=True)
+    send(fleet, "dev-1", "desired", signed(desired_for(artifact_server, tars["v1.0"], "dev-1", 1), keys),
+         retain=True)
     assert col.wait(lambda: active(col, "dev-1") == "pcb-screen@1", 20)
     # the device dies without saying goodbye: the broker publishes its last will
     agent.client._sock_close()
@@ -137,7 +147,8 @@ def test_restart_resumes_and_last_will(tmp_path, rig, tars, artifact_server, mos
     mosquitto.start()
     send_after = connect(mosquitto.port, "fleet-standin-2")
     assert col.wait(lambda: again.connected.is_set(), 10)
-    send(send_after, "dev-1", "desired", encode(desired_for(artifact_server, tars["v1.1"], "dev-1", 2)), retain=True)
+    send(send_after, "dev-1", "desired", signed(desired_for(artifact_server, tars["v1.1"], "dev-1", 2), keys),
+         retain=True)
     assert col.wait(lambda: again.host.current()[0].ref == "pcb-screen@2", 20)
     send_after.loop_stop()
     time.sleep(0)

@@ -7,9 +7,9 @@ import paho.mqtt.client as mqtt
 from edge.agent.config import AgentConfig, TLSConfig
 from edge.agent.headless import HeadlessHost
 from edge.agent.runtime import Agent
-from fleet.protocol import Topics, encode
+from fleet.protocol import Topics
 from fleet.security import make_tls, provision
-from tests.agent.conftest import PCB_IMAGES, desired_for
+from tests.agent.conftest import PCB_IMAGES, desired_for, signed
 from tests.agent.mqtt_helpers import Collector
 from tests.conftest import Mosquitto
 
@@ -26,7 +26,7 @@ def test_tls_password_acl_mqtt5(tmp_path, keys, tars, artifact_server):
     config = AgentConfig(broker_url=f"mqtts://localhost:{broker.port}", tls=TLSConfig(ca_file=tls["ca"]),
                          password_file=sec / "dev-1.pass", releases_dir=tmp_path / "releases",
                          trust_store=keys["trust"], mqtt_version="5", smoke_images=1, reconnect_min_s=0.1,
-                         reconnect_max_s=0.5)
+                         reconnect_max_s=0.5, fleet_keys=[keys["control_public"]])
     agent = Agent(config, HeadlessHost("dev-1", tmp_path / "host", PCB_IMAGES)).start()
     fleet = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fleet")
     fleet.username_pw_set("fleet", creds["fleet"].password)
@@ -36,7 +36,7 @@ def test_tls_password_acl_mqtt5(tmp_path, keys, tars, artifact_server):
     try:
         assert Collector.wait(agent.connected.is_set, 10), "TLS + password connect"
         desired = desired_for(artifact_server, tars["v1.0"], "dev-1", 1)
-        fleet.publish(Topics().device("dev-1", "desired"), encode(desired), qos=1, retain=True).wait_for_publish(5)
+        fleet.publish(Topics().device("dev-1", "desired"), signed(desired, keys), qos=1, retain=True).wait_for_publish(5)
         assert Collector.wait(lambda: agent.host.current()[0] is not None, 20)
         assert agent.host.current()[0].ref == "pcb-screen@1"
     finally:
@@ -52,7 +52,7 @@ def test_wrong_password_never_connects_and_agent_keeps_running(tmp_path, keys):
     broker = Mosquitto(tmp_path / "broker", f"user root\nallow_anonymous false\npassword_file {sec / 'passwd'}\n")
     broker.start()
     config = AgentConfig(broker_url=broker.url, password="wrong", releases_dir=tmp_path / "releases",
-                         reconnect_min_s=0.1, reconnect_max_s=0.2)
+                         reconnect_min_s=0.1, reconnect_max_s=0.2, fleet_keys=[keys["control_public"]])
     agent = Agent(config, HeadlessHost("dev-1", tmp_path / "host")).start()
     try:
         assert not Collector.wait(agent.connected.is_set, 1.5)

@@ -69,6 +69,8 @@ def write_config(workdir: Path, keys: dict[str, Path], release: dict[str, Any], 
                            "retention": {"sample_pct": 0.0}}
     for k, v in extra.items():
         cfg[k] = v
+    if "fleet" in cfg and "fleet_keys" not in cfg["fleet"]:  # the fleet's control key, as provisioning gives it
+        cfg["fleet"] = {**cfg["fleet"], "fleet_keys": [str(keys["control_public"])]}
     if cfg["api"].get("enabled", True) and "inspectors_file" not in cfg["api"]:
         cfg["api"] = {**cfg["api"], "inspectors_file": str(inspectors_file(workdir))}
     path = workdir / "device.yaml"

@@ -185,10 +185,11 @@ def test_fleet_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     cfg_dir = tmp_path / "etc"
     cfg_dir.mkdir()
     (cfg_dir / "device.yaml").write_text(
-        "device_id: cam-1\nfleet:\n  broker_url: mqtts://fleet:8883\n  releases_dir: rel\n"
+        "device_id: cam-1\nfleet:\n  broker_url: mqtts://fleet:8883\n  releases_dir: rel\n  fleet_keys: fleet.pub\n"
         "  tls: {ca_file: pki/ca.pem, cert_file: pki/dev.pem, key_file: /abs/dev.key}\n")
     cfg = load_config(cfg_dir / "device.yaml")
     assert cfg.fleet.releases_dir == cfg_dir.resolve() / "rel"
+    assert cfg.fleet.fleet_keys == [cfg_dir.resolve() / "fleet.pub"]  # one key or a list of them
     assert cfg.fleet.tls.ca_file == cfg_dir.resolve() / "pki/ca.pem"
     assert cfg.fleet.tls.cert_file == cfg_dir.resolve() / "pki/dev.pem"
     assert cfg.fleet.tls.key_file == Path("/abs/dev.key")

@@ -20,6 +20,8 @@ from tests.edge.conftest import INSPECTOR, INSPECTOR_TOKEN, PCB, PHOTOS, inspect
 
 
 def make_daemon(tmp_path: Path, keys, release: dict, **extra) -> Daemon:
+    if "fleet" in extra and "fleet_keys" not in extra["fleet"]:  # the fleet's control key, as provisioning gives it
+        extra["fleet"] = {**extra["fleet"], "fleet_keys": [str(keys["control_public"])]}
     cfg = DeviceConfig.model_validate({
         "device_id": "dev-1", "trust_store": str(keys["trust"]), "release": release,
         "api": {"enabled": False}, "runner": {"threads": 1}, "retention": {"sample_pct": 0.0},

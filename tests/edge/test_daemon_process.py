@@ -284,14 +284,31 @@ def test_start_up_errors_exit_with_a_clear_message(tmp_path: Path, bundles, keys
     assert p.returncode == 4 and "missing-v1.0' not found" in p.stderr
 
 
+def test_fleet_section_without_a_fleet_key_refuses_to_start_the_agent(tmp_path: Path, bundles, keys) -> None:
+    """No fleet control key: anyone who can publish on the broker would steer the device, so the daemon does not
+    start (a ConfigError: exit 2, naming the key) unless the config says allow_unsigned_control."""
+    from edge.config import load_config
+    from edge.daemon import Daemon
+    from runtime.errors import ConfigError
+
+    cfg = write_config(tmp_path, keys, pcb_release(bundles), fleet={"broker_url": "mqtt://127.0.0.1:1",
+                                                                    "fleet_keys": []}, api={"enabled": False})
+    d = Daemon(load_config(cfg))
+    try:
+        with pytest.raises(ConfigError, match="fleet.fleet_keys: no fleet control key configured"):
+            d.start()
+    finally:
+        d.stop()
+
+
 @pytest.mark.slow
 def test_fleet_desired_state_swaps_the_running_daemon(tmp_path: Path, bundles, keys, daemons, mosquitto) -> None:
     """The real agent inside the real daemon: a retained desired state is downloaded, verified, checked and
     activated; frames after the swap carry the new release."""
     import paho.mqtt.client as mqtt
 
-    from fleet.protocol import Topics, encode
-    from tests.agent.conftest import desired_for, make_tar
+    from fleet.protocol import Topics
+    from tests.agent.conftest import desired_for, make_tar, signed
     from tests.agent.servers import ArtifactServer
     from tests.conftest import export_preset
 
@@ -308,7 +325,8 @@ def test_fleet_desired_state_swaps_the_running_daemon(tmp_path: Path, bundles, k
         fleet.connect("127.0.0.1", mosquitto.port)
         fleet.loop_start()
         desired = desired_for(server, tar, "dev-1", 1, release_revision=2)
-        fleet.publish(Topics().device("dev-1", "desired"), encode(desired), qos=1, retain=True).wait_for_publish(5)
+        fleet.publish(Topics().device("dev-1", "desired"), signed(desired, keys), qos=1,
+                       retain=True).wait_for_publish(5)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and d.get("/v1/status")["release"] != "pcb-screen@2":
             time.sleep(0.1)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from fleet.broker import BrokerTLS, MqttClient
 from fleet.protocol import Topics
@@ -112,8 +113,11 @@ def test_the_documented_production_setup_starts_and_ingests(keys):
             out = base / "line3-jetson-02"
             _cli("provision", "line3-jetson-02", "--credentials-dir", f"{etc}/broker", "--tokens-file",
                  f"{etc}/tokens.json", "--broker-url", f"mqtts://localhost:{ports['8883']}", "--fleet-url", url,
-                 "--tls-dir", f"{etc}/tls", "--trust-store", f"{etc}/trust", "--out", str(out),
-                 "--reload-pid-file", str(pid_file))
+                 "--tls-dir", f"{etc}/tls", "--trust-store", f"{etc}/trust", "--config", str(fleet_yaml),
+                 "--out", str(out), "--reload-pid-file", str(pid_file))
+            # the device trusts the control key the running fleet signs with (made on its first start)
+            data_dir = Path(yaml.safe_load(fleet_yaml.read_text())["data_dir"])
+            assert (out / "fleet.pub").read_bytes() == (data_dir / "control.pub").read_bytes()
             dev = MqttClient(f"mqtts://localhost:{ports['8883']}", "line3-jetson-02", username="line3-jetson-02",
                              password=(out / "broker-password").read_text().strip(),
                              tls=BrokerTLS(ca_file=out / "broker-ca.pem"), persistent=False)

@@ -262,11 +262,16 @@ def test_provision_writes_everything_one_device_needs(tmp_path, keys, bundles):
     args = ["provision", "cam-z", "--credentials-dir", str(creds), "--tokens-file", str(tokens), "--broker-url",
             "mqtts://localhost:8883", "--fleet-url", "https://fleet.example", "--tls-dir", str(tls),
             "--client-cert", "--trust-store", str(keys["trust"]), "--out", str(out), "--json"]
+    # the device acts only on what the fleet's control key signed: provisioning without it is a usage error
+    res = _cli(*args)
+    assert res.returncode == 64 and "--config" in res.stderr and "--control-key" in res.stderr
+    assert not out.exists()
+    args += ["--control-key", str(keys["control_public"])]
     res = _cli(*args)
     assert res.returncode == 0, res.stderr
     files = [Path(p) for p in json.loads(res.stdout)["files"]]
     assert {f.name for f in files} >= {"broker-password", "fleet-token", "broker-ca.pem", "device.crt", "device.key",
-                                       "signer.pub", "device.yaml"}
+                                       "signer.pub", "fleet.pub", "device.yaml"}
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     assert _hashes(creds)["cam-a"] == before["cam-a"] and "cam-z" in _hashes(creds)
@@ -278,6 +283,8 @@ def test_provision_writes_everything_one_device_needs(tmp_path, keys, bundles):
     snippet = yaml.safe_load((out / "device.yaml").read_text())
     fleet_section = snippet["fleet"]
     assert fleet_section["username"] == "cam-z" and fleet_section["http_token"] == token
+    assert fleet_section["fleet_keys"] == ["/etc/shadowline/fleet.pub"]
+    assert (out / "fleet.pub").read_bytes() == keys["control_public"].read_bytes()
     # the snippet is a valid fleet section of the device config once its files are where it says
     AgentConfig.model_validate(fleet_section)
     # provisioning again replaces the device token (the old one stops working) and keeps the password

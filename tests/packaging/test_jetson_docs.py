@@ -48,6 +48,7 @@ def test_docs_example_config_is_a_valid_device_config():
     block = re.search(r"```yaml\n(.*?)```", DOC.read_text(), re.S).group(1)
     cfg = DeviceConfig.model_validate(yaml.safe_load(textwrap.dedent(block)))
     assert cfg.fleet is not None and cfg.fleet.tls is not None
+    assert cfg.fleet.fleet_keys == [Path("/etc/shadowline/fleet.pub")]  # the agent does not start without it
     assert str(cfg.store.path).startswith("/var/lib/shadowline/data")  # on the data volume
 
 
