@@ -229,6 +229,7 @@ class Demo:
                  f"parity checked, {time.perf_counter() - t0:.1f} s)")
 
     def start(self) -> None:
+        from fleet.control import ensure_control_key
         from fleet.protocol import Topics
         from fleet.security import add_token, provision
 
@@ -248,6 +249,9 @@ class Demo:
             "http_port": self.http_port, "embedded_broker_port": self.mqtt_port, "rollout_tick_s": 0.1,
             # the QA lead's verdicts decide disputed cases on every surface (report, dashboard, API, gate)
             "adjudicators": [ADJUDICATOR], "broker_credentials_dir": str(broker_dir)}))
+        # the fleet's control key signs every desired state and command; the devices trust its public half (what
+        # `fleet provision` hands a device), made here so the device configs can name it before the fleet starts
+        control_pub = ensure_control_key(self.workdir / "fleet-data")[1]
         self.procs.start("fleet", ["fleet", "serve", "--config", str(fleet_cfg)])
         for name in DEVICES:
             home = self.workdir / "devices" / name
@@ -261,6 +265,7 @@ class Demo:
                            "inspectors_sync_url": self.url, "inspectors_sync_s": 2.0},
                    "fleet": {"broker_url": f"mqtt://127.0.0.1:{self.mqtt_port}", "releases_dir": "releases",
                              "trust_store": str(self.trust), "http_token": add_token(tokens, name, ["device"]),
+                             "fleet_keys": [str(control_pub)],
                              "password_file": "broker-password", "smoke_images": 1,
                              "reconnect_min_s": 0.2, "reconnect_max_s": 2.0, "publish_interval_s": 0.1}}
             (home / "device.yaml").write_text(json.dumps(cfg))

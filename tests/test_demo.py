@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from fleet.protocol import verify_message
+from runtime.signing import TrustStore
 from tests.conftest import REALDATA, ROOT
 
 DEVICES = {"demo-cam-1", "demo-cam-2", "demo-cam-3"}
@@ -86,6 +88,18 @@ def test_quick_demo_runs_every_step(tmp_path: Path, expected: dict) -> None:
     assert states == {"pcb-line@1": "completed", "pcb-line@2": "completed", "pcb-line@3": "rolled_back"}
     devices = {d: (json.loads(g), a) for d, g, a in _rows(db, "SELECT id, groups, active FROM devices")}
     assert devices == {d: (["demo-line"], "pcb-line@2") for d in DEVICES}
+
+    # the default path is signed: every device trusts the fleet's control key, which signed every desired state;
+    # no device refused a control message (the rollouts above were followed through signatures only)
+    control_pub = work / "fleet-data" / "control.pub"
+    trust = TrustStore.load(control_pub)
+    payloads = [(d, p) for d, p in _rows(db, "SELECT device, payload FROM desired") if p]
+    assert {d for d, _ in payloads} == DEVICES
+    assert all(verify_message(d, p.encode(), trust) for d, p in payloads)
+    for d in DEVICES:
+        fleet_cfg = json.loads((work / "devices" / d / "device.yaml").read_text())["fleet"]
+        assert fleet_cfg["fleet_keys"] == [str(control_pub)] and not fleet_cfg.get("allow_unsigned_control")
+    assert _rows(db, "SELECT count(*) FROM events WHERE kind = 'control.refused'") == [(0,)]
 
     audit = [json.loads(line) for line in (work / "fleet-data" / "promotion-audit.jsonl").read_text().splitlines()]
     assert [a["outcome"] for a in audit] == ["overridden"]
