@@ -22,6 +22,7 @@ import httpx
 import paho.mqtt.client as mqtt
 import yaml
 
+from fleet.control import ensure_control_key
 from fleet.protocol import ReleaseSpec, StageSpec, Topics
 from fleet.security import add_token
 from tests.conftest import ROOT, until
@@ -53,6 +54,9 @@ class Hub:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         until(lambda: self._listening(MQTT_PORT), 15, "Mosquitto in the hub namespace")
         self.data = workdir / "fleet-data"
+        # the fleet's control key (signs desired states and commands), made before the fleet starts so the device
+        # configs can name its public half, as `fleet provision` does
+        self.control_pub = ensure_control_key(self.data)[1]
         self.url = f"http://{lab.hub_ip}:{HTTP_PORT}"
         cfg = {"data_dir": str(self.data), "broker_url": f"mqtt://{lab.hub_ip}:{MQTT_PORT}",
                "http_host": lab.hub_ip, "http_port": HTTP_PORT, "public_url": self.url,
@@ -144,6 +148,7 @@ class Daemon:
                "retention": {"dir": str(home / "images"), "sample_pct": 0.0},
                "fleet": {"broker_url": f"mqtt://{lab.hub_ip}:{MQTT_PORT}", "releases_dir": str(self.releases),
                          "trust_store": str(trust), "http_token": hub.device_tokens[name],
+                         "fleet_keys": [str(hub.control_pub)],
                          # a dead link is noticed by the broker after 1.5 x keepalive: about 8 s
                          "keepalive_s": 5, "reconnect_min_s": 0.2, "reconnect_max_s": 2.0,
                          "publish_interval_s": 0.1, "smoke_images": 1, "download_timeout_s": 8}}
