@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from edge.agent.config import AgentConfig  # noqa: E402
 from edge.agent.control import ControlGuard  # noqa: E402
 from fleet.control import ControlSigner, ensure_control_key  # noqa: E402
-from fleet.protocol import Artifact, Desired, ReleaseSpec, StageSpec, decode, encode  # noqa: E402
+from fleet.protocol import Artifact, Desired, ReleaseSpec, StageSpec, Topics, decode, encode  # noqa: E402
 
 RELEASE = ReleaseSpec(name="pcb-line", revision=7, mode="shadow", stages=[
     StageSpec(role="screen", bundle="pcb-aoi-v1.0", candidate_classes=["Defective"], threshold=0.5),
@@ -43,7 +43,7 @@ def fleet_side(n: int, signer: ControlSigner | None) -> tuple[float, list[bytes]
 
 
 def device_side(payloads: list[bytes], guard: ControlGuard | None) -> float:
-    topic = "shadowline/dev/cam/desired"
+    topic = Topics().device("cam", "desired")
     t0 = time.perf_counter()
     for p in payloads:
         d = decode(topic, p, Desired)

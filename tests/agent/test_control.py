@@ -14,11 +14,11 @@ from edge.agent.control import ControlGuard, Refused
 from edge.agent.headless import HeadlessHost
 from edge.agent.runtime import Agent
 from fleet.control import ControlSigner
-from fleet.protocol import Desired, ReleaseSpec, ReportCommand, RollbackCommand, StageSpec, encode
+from fleet.protocol import Desired, ReleaseSpec, ReportCommand, RollbackCommand, StageSpec, Topics, encode
 from runtime.errors import ConfigError
 from runtime.signing import generate_keys, load_private_key
 
-TOPIC = "shadowline/dev/cam-1/desired"
+TOPIC = Topics().device("cam-1", "desired")
 
 
 def _desired(device: str = "cam-1", revision: int = 3) -> Desired:
@@ -74,7 +74,7 @@ def test_commands_expire_and_a_replay_is_refused_after_a_restart(tmp_path, keys)
     config = _config(tmp_path, fleet_keys=[keys["control_public"]])
     guard = ControlGuard(config, "cam-1")
     cmd = signer.command(ReportCommand(), "cam-1")
-    topic = "shadowline/dev/cam-1/cmd"
+    topic = Topics().device("cam-1", "cmd")
     guard.check_command(topic, encode(cmd), cmd)
     guard.fresh_nonce(cmd)
     with pytest.raises(Refused, match="replayed_command"):

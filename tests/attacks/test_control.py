@@ -22,7 +22,7 @@ from edge.agent.headless import HeadlessHost
 from edge.agent.runtime import Agent
 from fleet.api import create_app
 from fleet.control import ControlSigner
-from fleet.protocol import Command, Desired, ReleaseSpec, StageSpec, encode, sign_message
+from fleet.protocol import Desired, ReleaseSpec, RollbackCommand, StageSpec, encode, sign_message
 from fleet.security import add_token
 from runtime.signing import load_private_key
 from tests.agent.conftest import PCB_IMAGES, tars  # noqa: F401 - the signed PCB bundle tars (session fixture)
@@ -191,7 +191,7 @@ def test_retained_poisoning_and_command_replay_are_refused(setup: Setup, attack,
 
     # a real signed command (roll back to the release before: r2, from the cache), captured by the attacker
     a.subscribe(s.cmd_topic)
-    fleet.desired.send_command(DEVICE, Command(command="rollback"))
+    fleet.desired.send_command(DEVICE, RollbackCommand())
     assert wait_until(lambda: [m for m in a.got if m[0] == s.cmd_topic], 10)
     captured = [p for t, p, _ in a.got if t == s.cmd_topic]
     assert s.settled_on(r2), "the real signed rollback command was not obeyed"
@@ -202,12 +202,12 @@ def test_retained_poisoning_and_command_replay_are_refused(setup: Setup, attack,
         untouched(r2, rev)
     with attack(f"{kind}: unsigned command"):
         before = s.fleet_refusals()
-        assert a.publish(s.cmd_topic, encode(Command(command="rollback", device=DEVICE)))
+        assert a.publish(s.cmd_topic, encode(RollbackCommand(device=DEVICE)))
         s.refused(before, "unsigned")
         untouched(r2, rev)
     with attack(f"{kind}: expired signed command"):
         before = s.fleet_refusals()
-        expired = ControlSigner(fleet.control.key, command_ttl_s=-60).command(Command(command="rollback"), DEVICE)
+        expired = ControlSigner(fleet.control.key, command_ttl_s=-60).command(RollbackCommand(), DEVICE)
         assert a.publish(s.cmd_topic, encode(expired))
         s.refused(before, "expired_command")
         untouched(r2, rev)

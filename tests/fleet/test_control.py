@@ -11,7 +11,16 @@ import stat
 import pytest
 
 from fleet.config import FleetConfig
-from fleet.protocol import ClearCommand, CommandMessage, Desired, EventRecord, ReleaseSpec, StageSpec, encode, verify_message
+from fleet.protocol import (
+    ClearCommand,
+    CommandMessage,
+    Desired,
+    EventRecord,
+    ReleaseSpec,
+    StageSpec,
+    encode,
+    verify_message,
+)
 from fleet.service import Fleet
 from runtime.errors import ConfigError, SignatureError
 from runtime.signing import TrustStore, generate_keys, key_id
@@ -85,10 +94,10 @@ def test_republish_signs_states_stored_unsigned_or_under_an_earlier_key(fleet: F
     assert fleet.desired.republish() == 2
     trust = TrustStore.load(fleet.control.public_file)
     by_topic = {t: p for t, p, _ in published.messages}
-    again = by_topic["shadowline/dev/cam-1/desired"]
+    again = by_topic[fleet.topics.device("cam-1", "desired")]
     assert verify_message("cam-1", again, trust) == fleet.control.key_id
     assert Desired.model_validate_json(again).model_copy(update={"signature": None}) == unsigned
-    assert by_topic["shadowline/dev/cam-2/desired"] == kept, "a state signed by the current key is sent as stored"
+    assert by_topic[fleet.topics.device("cam-2", "desired")] == kept, "a state signed by the current key is sent as stored"
 
 
 def test_refused_control_messages_counted_per_device(fleet: Fleet, client, tokens):
