@@ -149,15 +149,24 @@ class Publisher:
         self._lock = threading.Lock()
         self._db_lock = threading.RLock()
         self._acked: set[int] = set()
+        self._hub: Any = None
+        self._last_budget = 0.0
 
-    def start(self) -> None:
+    def start(self, hub: Any = None) -> None:
+        """Drain on a thread of its own, or, given a `hub` (edge.agent.hub.Hub), on the hub's one outbox thread,
+        which calls `pump()` whenever this publisher is woken: a row enqueued, a PUBACK, a (re)connection."""
         self._conn = connect(self.db_path)
+        self._hub = hub
+        if hub is not None:
+            hub.wake(self)
+            return
         self._thread = threading.Thread(target=self._loop, name=f"outbox-{self.device}", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
+        self._hub = None
         if self._thread is not None:
             self._thread.join(timeout)
         with self._db_lock:
@@ -172,31 +181,41 @@ class Publisher:
                 raise RuntimeError("publisher not started")
             with self._conn:
                 enqueue(self._conn, kind, record)
-        self._wake.set()
+        self.wake()
 
     def wake(self) -> None:
         """New rows or a new connection: look now instead of at the next poll."""
         self._wake.set()
+        hub = self._hub
+        if hub is not None:
+            hub.wake(self)
 
     def _loop(self) -> None:
-        assert self._conn is not None
-        last_budget = 0.0
         while not self._stop.is_set():
+            if not self.pump():
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+
+    def pump(self) -> bool:
+        """One round: enforce the budget (at most once a second), settle acknowledged batches, send more while the
+        window allows. True if anything moved."""
+        with self._db_lock:
+            if self._conn is None or self._stop.is_set():
+                return False
             try:
-                with self._db_lock:
-                    if time.monotonic() - last_budget > 1.0:
-                        last_budget = time.monotonic()
-                        self._enforce()
-                    progressed = self._settle()
-                    if self.client.is_connected():
-                        progressed |= self._fill()
+                if time.monotonic() - self._last_budget > 1.0:
+                    self._last_budget = time.monotonic()
+                    self._enforce()
+                progressed = self._settle()
+                if self.client.is_connected():
+                    progressed |= self._fill()
+                return progressed
             except sqlite3.Error as err:
                 # a locked or full disk: keep the rows, try again later
                 logging.getLogger(__name__).warning("outbox: %s", err)
-                progressed = False
-            if not progressed:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
+                if self._hub is not None:
+                    self._hub.call_later(self.poll_s, self.wake)
+                return False
 
     def _enforce(self) -> None:
         assert self._conn is not None
@@ -237,7 +256,7 @@ class Publisher:
         """paho callback (PUBACK for QoS 1). A message re-sent after a reconnect keeps its mid."""
         with self._lock:
             self._acked.add(mid)
-        self._wake.set()
+        self.wake()
 
     def _settle(self) -> bool:
         """Delete the rows of every batch the broker acknowledged (PUBACK)."""

@@ -20,6 +20,7 @@ from edge.agent.commands import run_command
 from edge.agent.config import AgentConfig
 from edge.agent.control import STALE, ControlGuard, Refused
 from edge.agent.host import AgentHost
+from edge.agent.hub import Hub, Timer
 from edge.agent.statemachine import ActivationRecord, Machine, State
 from fleet.protocol import (
     Activation,
@@ -84,10 +85,15 @@ def make_client(config: AgentConfig, client_id: str) -> tuple[mqtt.Client, str, 
 
 
 class Agent:
-    """`start()` connects and returns at once; the agent reconnects with exponential backoff on its own."""
+    """`start()` connects and returns at once; the agent reconnects with exponential backoff on its own.
 
-    def __init__(self, config: AgentConfig, host: AgentHost, trust: TrustStore | None = None) -> None:
-        self.config, self.host = config, host
+    On a device the agent runs on threads of its own (paho's network thread, a worker, the outbox publisher).
+    Given a `hub` (edge.agent.hub.Hub), it runs on the hub's shared threads instead: many agents per process, each
+    still with its own MQTT connection, session, last will, state machine, cache and outbox."""
+
+    def __init__(self, config: AgentConfig, host: AgentHost, trust: TrustStore | None = None,
+                 hub: Hub | None = None) -> None:
+        self.config, self.host, self.hub = config, host, hub
         self.device_id = host.device_id
         self.topics = Topics(config.prefix)
         # refuses to start without the fleet's control key unless allow_unsigned_control says otherwise
@@ -108,7 +114,8 @@ class Agent:
         self._worker: threading.Thread | None = None
         self._report_lock = threading.Lock()
         self._last_report = 0.0
-        self._report_timer: threading.Timer | None = None
+        self._report_timer: threading.Timer | Timer | None = None
+        self._refresh: Timer | None = None
         status = self.topics.device(self.device_id, "status")
         self.client.will_set(status, "offline", qos=1, retain=True)
         self.client.on_connect = self._on_connect
@@ -118,6 +125,14 @@ class Agent:
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def start(self) -> Agent:
+        if self.hub is not None:
+            hub = self.hub
+            self.publisher.start(hub)
+            self._post(("resume", None))
+            self._refresh = hub.call_later(self.config.report_interval_s, self._periodic)
+            hub.connect(self.client, self._host, self._port, self.config.keepalive_s, self._connect_kwargs,
+                        self.config.reconnect_min_s, self.config.reconnect_max_s)
+            return self
         self.publisher.start()
         self._worker = threading.Thread(target=self._work, name=f"agent-{self.device_id}", daemon=True)
         self._worker.start()
@@ -132,6 +147,9 @@ class Agent:
         with self._report_lock:
             if self._report_timer is not None:
                 self._report_timer.cancel()
+        if self.hub is not None:
+            self._stop_on_hub(timeout)
+            return
         self._queue.put(None)
         if self._worker is not None:
             self._worker.join(timeout)
@@ -146,6 +164,45 @@ class Agent:
         self.client.loop_stop()
         self.machine.close()
 
+    def _stop_on_hub(self, timeout: float) -> None:
+        assert self.hub is not None
+        if self._refresh is not None:
+            self._refresh.cancel()
+        done = threading.Event()
+        self.hub.submit(self, done.set)  # after the work already queued for this agent
+        done.wait(timeout)
+        self.publisher.stop()
+        if self.client.is_connected():
+            # a clean disconnect does not fire the last will: say offline first (written before the DISCONNECT)
+            self.client.publish(self.topics.device(self.device_id, "status"), "offline", qos=1, retain=True)
+        self.hub.disconnect(self.client)
+        self.machine.close()
+
+    def _post(self, item: tuple[str, Any]) -> None:
+        """Queue work for the agent: its own worker thread takes it, or the hub runs `_drain` for it."""
+        self._queue.put(item)
+        if self.hub is not None and not self._stop.is_set():
+            self.hub.submit(self, self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is None or self._stop.is_set():
+                return
+            if item[0] == "resume":
+                self._resume()
+            else:
+                self._handle(item)
+
+    def _periodic(self) -> None:
+        if self._stop.is_set() or self.hub is None:
+            return
+        self._post(("report", None))
+        self._refresh = self.hub.call_later(self.config.report_interval_s, self._periodic)
+
     # -- MQTT callbacks (paho's network thread: never block here) ------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -155,7 +212,7 @@ class Agent:
         client.subscribe([(self.topics.device(self.device_id, "desired"), 1),
                           (self.topics.device(self.device_id, "cmd"), 1)])
         self.connected.set()
-        self._queue.put(("report", None))
+        self._post(("report", None))
         self.publisher.wake()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -177,28 +234,24 @@ class Agent:
                 # checked here, before the worker coalesces queued states by revision: a forged state never
                 # gets to hide a real one
                 self.control.check_desired(msg.topic, payload, desired)
-                self._queue.put(("desired", desired))
+                self._post(("desired", desired))
             elif parsed[1] == "cmd":
                 cmd = decode(msg.topic, payload, CommandMessage).root
                 self.control.check_command(msg.topic, payload, cmd)
-                self._queue.put(("cmd", cmd))
+                self._post(("cmd", cmd))
             else:
                 raise ProtocolError(f"{msg.topic}: unexpected topic")
         except ProtocolError as err:
             # malformed input never stops the agent: counted, logged with its topic, reported
             self.bad_messages += 1
             log.warning("bad message on %s: %s", msg.topic, err)
-            self._queue.put(("bad", str(err)))
+            self._post(("bad", str(err)))
         except Refused as refusal:
-            self._queue.put(("refused", (parsed[1] if parsed else msg.topic, refusal)))
+            self._post(("refused", (parsed[1] if parsed else msg.topic, refusal)))
 
     # -- worker --------------------------------------------------------------------------------------------------
     def _work(self) -> None:
-        try:
-            self.machine.resume()
-        except Exception as err:  # a broken cache must not keep the agent from following new desired states
-            log.exception("%s: resuming the activation failed", self.device_id)
-            self._event("agent_error", {"error": f"resume: {err}"})
+        self._resume()
         while not self._stop.is_set():
             try:
                 item = self._queue.get(timeout=self.config.report_interval_s)
@@ -207,27 +260,37 @@ class Agent:
                 continue
             if item is None:
                 break
-            kind, value = item
-            try:
-                if kind == "desired":
-                    self._follow(self._latest(value))
-                elif kind == "cmd":
-                    try:
-                        self.control.fresh_nonce(value)
-                    except Refused as refusal:
-                        self._refuse("cmd", refusal, command=value.id)
-                    else:
-                        run_command(self, value)
-                elif kind == "refused":
-                    self._refuse(value[0], value[1])
-                elif kind == "bad":
-                    self._event("bad_message", {"error": value, "count": self.bad_messages})
+            self._handle(item)
+
+    def _resume(self) -> None:
+        try:
+            self.machine.resume()
+        except Exception as err:  # a broken cache must not keep the agent from following new desired states
+            log.exception("%s: resuming the activation failed", self.device_id)
+            self._event("agent_error", {"error": f"resume: {err}"})
+
+    def _handle(self, item: tuple[str, Any]) -> None:
+        kind, value = item
+        try:
+            if kind == "desired":
+                self._follow(self._latest(value))
+            elif kind == "cmd":
+                try:
+                    self.control.fresh_nonce(value)
+                except Refused as refusal:
+                    self._refuse("cmd", refusal, command=value.id)
                 else:
-                    self.report()
-            except Exception as err:
-                log.exception("%s: %s failed", self.device_id, kind)
-                self._event("agent_error", {"error": f"{kind}: {err}"})
+                    run_command(self, value)
+            elif kind == "refused":
+                self._refuse(value[0], value[1])
+            elif kind == "bad":
+                self._event("bad_message", {"error": value, "count": self.bad_messages})
+            else:
                 self.report()
+        except Exception as err:
+            log.exception("%s: %s failed", self.device_id, kind)
+            self._event("agent_error", {"error": f"{kind}: {err}"})
+            self.report()
 
     def _latest(self, desired: Desired) -> Desired:
         """Coalesce desired states that queued up while busy: only the newest revision matters."""
@@ -309,12 +372,20 @@ class Agent:
             else:
                 publish = False
                 if self._report_timer is None:
-                    self._report_timer = threading.Timer(REPORT_MIN_S - (now - self._last_report),
-                                                         self._trailing_report)
-                    self._report_timer.daemon = True
-                    self._report_timer.start()
+                    delay = REPORT_MIN_S - (now - self._last_report)
+                    if self.hub is not None:
+                        self._report_timer = self.hub.call_later(delay, self._trailing_on_hub)
+                    else:
+                        timer = threading.Timer(delay, self._trailing_report)
+                        timer.daemon = True
+                        timer.start()
+                        self._report_timer = timer
         if publish:
             self.report()
+
+    def _trailing_on_hub(self) -> None:
+        if self.hub is not None and not self._stop.is_set():
+            self.hub.submit(self, self._trailing_report)
 
     def _trailing_report(self) -> None:
         with self._report_lock:
