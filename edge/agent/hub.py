@@ -102,12 +102,13 @@ class Hub:
             t.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
         for conn in list(self._conns.values()):
-            if conn.sock is not None:
+            sock = conn.sock
+            if sock is not None:
                 try:
-                    conn.client.loop_write()
+                    conn.client.loop_write()  # a last DISCONNECT or status still queued
                 except Exception:  # closing anyway
                     pass
-                conn.sock.close()
+                sock.close()
         self._sel.close()
         self._wake_r.close()
         self._wake_w.close()
