@@ -46,7 +46,8 @@ def run_backend(label: str, store_url: str | None, sizes: list[int], args: argpa
     fleet = FleetProcess(work / f"fleet-{label}", broker.url, trust, store_url=store_url)
     tokens = fleet.device_tokens(names)
     cluster = SimCluster(work / f"sim-{label}", broker.url, [SimDevice(name=n, token=tokens[n]) for n in names],
-                         processes=args.processes, trust_store=trust, images=PCB_IMAGES[:1], workers=args.workers,
+                         processes=args.processes, trust_store=trust, fleet_keys=[fleet.control_pub],
+                         images=PCB_IMAGES[:1], workers=args.workers,
                          agent={"keep_releases": 2, "smoke_images": 1})
     watch: StoreWatch | None = None
     out: dict[str, Any] = {"backend": label, "devices": total, "sizes": []}

@@ -44,6 +44,8 @@ class SimSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     broker_url: str
     trust_store: Path | None = None
+    fleet_keys: list[Path] = Field(default_factory=list, description="the fleet's control public key(s): desired "
+                                   "states and commands are checked against them, as on a real device")
     workdir: Path = Field(description="each device's releases and outbox database live under workdir/<name>")
     devices: list[SimDevice]
     images: list[Path] = Field(default_factory=list, description="the headless hosts' recent images")
@@ -89,7 +91,8 @@ def run(spec: SimSpec) -> None:
         options = {"reconnect_min_s": 0.1, "reconnect_max_s": 2.0, "keepalive_s": 60, "smoke_images": 1,
                    **spec.agent}
         config = AgentConfig(broker_url=spec.broker_url, releases_dir=spec.workdir / d.name / "releases",
-                             trust_store=spec.trust_store, http_token=d.token, **options)
+                             trust_store=spec.trust_store, fleet_keys=spec.fleet_keys, http_token=d.token,
+                             **options)
         host = HeadlessHost(d.name, spec.workdir / d.name, spec.images, load_models=spec.load_models)
         agents.append(Agent(config, host, trust=trust, hub=hub).start())
     deadline = time.monotonic() + 60
@@ -206,11 +209,12 @@ class SimCluster:
     """`processes` simulator processes sharing `devices` round-robin; `start()` returns once all connected."""
 
     def __init__(self, workdir: Path, broker_url: str, devices: list[SimDevice], *, processes: int = 2,
-                 trust_store: Path | None = None, images: list[Path] | None = None, workers: int = 4,
-                 agent: dict[str, Any] | None = None) -> None:
+                 trust_store: Path | None = None, fleet_keys: list[Path] | None = None,
+                 images: list[Path] | None = None, workers: int = 4, agent: dict[str, Any] | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.specs = [SimSpec(broker_url=broker_url, trust_store=trust_store, workdir=self.workdir / f"p{i}",
+        self.specs = [SimSpec(broker_url=broker_url, trust_store=trust_store, fleet_keys=list(fleet_keys or []),
+                              workdir=self.workdir / f"p{i}",
                               devices=devices[i::processes], images=list(images or []), workers=workers,
                               agent=agent or {}) for i in range(processes)]
         self.procs: list[SimProcess] = []
@@ -313,6 +317,11 @@ class FleetProcess:
         self._token_entry, self._hash = TokenEntry, hash_token
         self._tokens = TokenFile(tokens=[TokenEntry(name="admin", sha256=hash_token(self.admin), roles=["admin"])])
         self._write_tokens()
+        # the fleet's control key, made before the fleet starts so the devices can trust its public half (what
+        # `fleet provision` does)
+        from fleet.control import ensure_control_key
+
+        self.control_pub = ensure_control_key(self.workdir / "data")[1]
         cfg = {"data_dir": str(self.workdir / "data"), "broker_url": broker_url, "trust_store": str(trust_store),
                "tokens_file": str(self.tokens_file), "http_port": self.port, "rollout_tick_s": 0.05,
                "monitor_interval_s": 0, "client_id": f"fleet-{self.port}", **config}

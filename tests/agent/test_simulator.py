@@ -30,7 +30,8 @@ def test_simulated_devices_follow_a_rollout_and_a_rollback(tmp_path: Path, mosqu
     fleet = FleetProcess(tmp_path / "fleet", mosquitto.url, keys["trust"])
     tokens = fleet.device_tokens(names)
     cluster = SimCluster(tmp_path / "sim", mosquitto.url, [SimDevice(name=n, token=tokens[n]) for n in names],
-                         processes=PROCESSES, trust_store=keys["trust"], images=PCB_IMAGES[:1], workers=WORKERS,
+                         processes=PROCESSES, trust_store=keys["trust"], fleet_keys=[fleet.control_pub],
+                         images=PCB_IMAGES[:1], workers=WORKERS,
                          agent={"keep_releases": 2, "smoke_images": 1})
     watch = None
     try:
