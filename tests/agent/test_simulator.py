@@ -12,7 +12,7 @@ import pytest
 from tests.agent.conftest import PCB_IMAGES
 from tests.agent.simulator import FleetProcess, SimCluster, SimDevice, StoreWatch
 
-DEVICES, PROCESSES, WORKERS = 30, 2, 4
+DEVICES, PROCESSES, WORKERS = 20, 2, 4
 
 
 def _threads(pid: int) -> int:
