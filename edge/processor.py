@@ -30,7 +30,7 @@ import cv2
 
 from edge.actions import ActionDispatcher, work_order
 from edge.config import DeviceConfig
-from edge.health import mem_available_bytes
+from edge.health import mem_available_bytes, name_os_thread
 from edge.metrics import Metrics
 from edge.pipeline import FrameInput, FrameResult, Pipeline, PipelineSlot, build_pipeline, resolve_paths, resolver_for
 from edge.records import build_records
@@ -95,7 +95,8 @@ class FrameProcessor:
         self.loads = 0  # pipelines built from bundles (a rollback to the warm standby builds none)
         self._activate_lock = threading.Lock()
         pc = config.pipeline
-        self._pool = ThreadPoolExecutor(pc.workers, thread_name_prefix="decode")
+        self._pool = ThreadPoolExecutor(pc.workers, thread_name_prefix="decode",
+                                        initializer=lambda: name_os_thread(threading.current_thread().name))
         self._prefetched: queue_mod.Queue[Future[Decoded]] = queue_mod.Queue(pc.prefetch)
         self._decided: queue_mod.Queue[list[Decided]] = queue_mod.Queue(max(2, pc.commit_batch // pc.max_batch))
         self._stop_intake = threading.Event()
@@ -178,7 +179,12 @@ class FrameProcessor:
         return self
 
     def _start_thread(self, name: str) -> None:
-        target = {"reader": self._read_loop, "inference": self._infer_loop, "commit": self._commit_loop}[name]
+        loop = {"reader": self._read_loop, "inference": self._infer_loop, "commit": self._commit_loop}[name]
+
+        def target() -> None:
+            name_os_thread(name)
+            loop()
+
         t = threading.Thread(target=target, name=name, daemon=True)
         self._threads[name] = t
         t.start()

@@ -27,15 +27,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from edge.config import UploadsConfig
 from edge.store import Store
 from runtime.errors import ConfigError
+
+if TYPE_CHECKING:  # httpx (and the CLI extras it pulls in) loads with the uploader's thread, not at daemon start
+    import httpx
 
 log = logging.getLogger("shadowline.edge.uploads")
 
@@ -245,6 +247,8 @@ class Uploader:
         params = {"prediction_id": pid, "reason": ",".join(reasons), "suffix": path.suffix.lower()}
         headers = {"Authorization": f"Bearer {self.token}", "Content-Length": str(row["size"]),
                    "Content-Type": "application/octet-stream"}
+        import httpx
+
         try:
             r = client.put(url, params=params, headers=headers, content=self._body(path))
         except InterruptedError:
@@ -282,6 +286,8 @@ class Uploader:
     def client(self) -> httpx.Client:
         """The HTTP client uploads go through: the fleet's certificate checked against `ca_file` when set, else
         against the system's CAs."""
+        import httpx
+
         verify: Any = ssl.create_default_context(cafile=str(self.cfg.ca_file)) if self.cfg.ca_file else True
         return httpx.Client(timeout=self.cfg.timeout_s, verify=verify)
 
