@@ -266,6 +266,11 @@ def _fits(page, width: int) -> None:
         assert box.bounding_box()["width"] <= width
 
 
+def _on_screen(locator, width: int, tag: str) -> None:
+    box = locator.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (tag, locator, box)
+
+
 @pytest.mark.parametrize("width,height", [(390, 844), (1400, 1000)])
 def test_pages_at_phone_and_desktop_width(service, page, width, height):
     """Devices, pillars, alerts, one alert and the API docs at phone and desktop width; saved for people to look
@@ -275,6 +280,10 @@ def test_pages_at_phone_and_desktop_width(service, page, width, height):
         tag = "phone" if width < 600 else "desktop"
         page.goto(service["url"] + "/dashboard/")
         assert page.locator("meta[name=viewport]").count() == 1
+        _fits(page, width)
+        cells = page.locator("#devices tbody tr").first.locator("td")
+        for i in (1, 2, 7, 10):  # status, release, error rate, alerts: on screen without a sideways scroll
+            _on_screen(cells.nth(i), width, tag)
         page.screenshot(path=str(ARTIFACTS / f"devices-{tag}.png"), full_page=True)
         page.click("#devices tbody tr:first-child td:first-child a")
         page.wait_for_selector("#recent-predictions")
@@ -291,8 +300,7 @@ def test_pages_at_phone_and_desktop_width(service, page, width, height):
         # the on-call person's whole alert is on screen at either width: its message and the buttons to take it
         # (on a phone each alert is a card; a table would hide them behind a sideways scroll)
         for part in (first.get_by_text("error rate", exact=False).first, first.locator("button", has_text="Acknowledge")):
-            box = part.bounding_box()
-            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (tag, box)
+            _on_screen(part, width, tag)
         page.screenshot(path=str(ARTIFACTS / f"alerts-{tag}.png"), full_page=True)
         first.locator("a").first.click()
         page.wait_for_selector("#runbook")
