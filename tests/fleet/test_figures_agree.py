@@ -1,7 +1,8 @@
 """One dataset (predictions, verdicts, adjudications upholding and overturning overrides, unresolved disputes, a
 bad image, errors), every surface: the API's pillars and shadow report, the dashboard's pillars and shadow pages,
-/metrics, the CLI, the alert rules of the monitoring pass, the rollout gates and the promotion gate all show the
-same figure, and that figure is the one worked out by hand in tests/fleet/figures_data.py.
+/metrics, the Prometheus recording rules and the Grafana panels that divide its counters (evaluated by promtool on
+what /metrics said), the CLI, the alert rules of the monitoring pass, the rollout gates and the promotion gate all
+show the same figure, and that figure is the one worked out by hand in tests/fleet/figures_data.py.
 
 The fleet runs as it does in production: a Fleet on a SQLite store behind a real uvicorn; the CLI runs as a
 separate process; the dashboard is read over HTTP with a logged-in session."""
@@ -13,16 +14,20 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from fleet.rollout import Gates, RolloutRequest
 from fleet.service import Fleet
+from tests.conftest import ROOT
 from tests.fleet.conftest import auth
 from tests.fleet.figures_data import DEVICES, EXPECTED, GROUP, REF, served_fleet
 
@@ -49,7 +54,64 @@ def _sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def test_every_surface_shows_the_same_figures(served, tokens):
+PROMTOOL = shutil.which("promtool")
+RULES = ROOT / "deploy" / "prometheus" / "shadowline.rules.yml"
+GRAFANA = ROOT / "deploy" / "grafana" / "shadowline-fleet.json"
+# the families the figures' PromQL divides (counters, and the case gauges the override rate reads)
+FIGURE_FAMILIES = ("shadowline_fleet_predictions_total", "shadowline_fleet_group_predictions_total",
+                   "shadowline_fleet_low_confidence_predictions_total", "shadowline_fleet_reviewed_cases",
+                   "shadowline_fleet_overridden_cases", "shadowline_fleet_group_reviewed_cases",
+                   "shadowline_fleet_group_overridden_cases")
+
+
+def _panel(title: str) -> str:
+    """A Grafana panel's query, with the dashboard's variables at "All" and its rate window at the hour the
+    dataset spans."""
+    panels = json.loads(GRAFANA.read_text())["panels"]
+    flat = [q for p in panels for q in [p, *p.get("panels", [])]]
+    (expr,) = [t["expr"] for p in flat if p.get("title") == title for t in p.get("targets", [])]
+    return re.sub(r"\$\{?(device|group)\}?", ".*", expr.replace("$__rate_interval", "1h"))
+
+
+def _promql_agrees(metrics: str, workdir: Path) -> None:
+    """The shipped recording rules and Grafana panels, evaluated by promtool on series that grow over an hour from
+    0 to what /metrics said (a rate ratio over that hour is then the ratio of the scraped values), give the figures
+    of the dataset."""
+    e = EXPECTED
+    series = []
+    for m in re.finditer(r"^(\w+)(\{[^}]*\})? (\S+)$", metrics, re.M):
+        if m.group(1) in FIGURE_FAMILIES:
+            series.append({"series": m.group(1) + (m.group(2) or ""), "values": f"0+{float(m.group(3)) / 60!r}x60"})
+    group = {"group": GROUP, "release": REF}
+    # by hand (figures_data.py): the devices alternate, so each has 20 predictions, 1 error, 19 scored, 5 of them
+    # low-confidence (P0-P9 are predictions 12..21)
+    want: dict[str, list[tuple[dict[str, str], float]]] = {
+        "shadowline:slo_errors:ratio_rate1h": [(group, e["error_rate"])],
+        "shadowline:slo_overrides:ratio_rate1d": [(group, e["override_rate"])],
+        _panel("Error rate"): [({"device": d}, 1 / 20) for d in DEVICES],
+        _panel("Low-confidence share (1 h)"): [({"device": d}, 5 / 19) for d in DEVICES],
+        _panel("Class share (active release, 1 h)"): [({"class": c}, v) for c, v in e["class_share"].items()],
+        _panel("Override rate (1 day)"): [({"release": REF}, e["override_rate"])]}
+
+    # both sides rounded to a multiple of 2^-30 (exact in binary): a ratio of rates carries float noise in its
+    # last digits
+    step = 2.0 ** -30
+
+    def sample(labels: dict[str, str], value: float) -> dict[str, object]:
+        return {"labels": "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}",
+                "value": math.floor(value / step + 0.5) * step}
+
+    tests = [{"interval": "1m", "input_series": series, "promql_expr_test": [
+        {"expr": f"round({expr}, {step!r})", "eval_time": "60m", "exp_samples": [sample(lb, v) for lb, v in samples]}
+        for expr, samples in want.items()]}]
+    unit = workdir / "figures.test.yml"
+    unit.write_text(yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}))
+    done = subprocess.run([PROMTOOL or "promtool", "test", "rules", str(unit)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_surface_shows_the_same_figures(served, tokens, tmp_path):
     fleet, url = served
     e = EXPECTED
     viewer = auth(tokens["viewer"])
@@ -99,6 +161,8 @@ def test_every_surface_shows_the_same_figures(served, tokens):
     rank = math.ceil(0.95 * e["predictions"])
     assert _sum(metrics, f"{lat}_bucket", le="0.025") < rank <= _sum(metrics, f"{lat}_bucket", le="0.05")
     assert 0.025 < e["latency_p95_ms"] / 1000 <= 0.05
+    if PROMTOOL:  # Debian's prometheus package (scripts/install.sh)
+        _promql_agrees(metrics, tmp_path)
 
     # -- the dashboard, logged in as a viewer
     login = http.post("/dashboard/login", data={"token": tokens["viewer"], "next": "/dashboard/"})
