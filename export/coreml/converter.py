@@ -129,6 +129,8 @@ def build_program(onnx_model, manifest: Manifest, max_batch: int, bugs: frozense
         x = func.inputs["image"]
         if mul is not None:
             x = mb.add(x=mb.mul(x=x, y=mul), y=add, name="normalised")
+        if manifest.input.layout == "NHWC":  # Core ML hands an image over as [N, 3, H, W]; the model reads NHWC
+            x = mb.transpose(x=x, perm=[0, 2, 3, 1], name="image_nhwc")
         g.set(manifest.input.name, x)
         for node in onnx_model.graph.node:
             fn = CONVERTERS.get(node.op_type)

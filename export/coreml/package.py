@@ -64,10 +64,14 @@ def require_coremltools() -> None:
 
 
 def reference_pixels(reference: Reference, spec: InputSpec) -> np.ndarray:
-    """Invert x = (pixel*scale - mean)/std: the image the device's camera path would hand to Core ML."""
+    """Invert x = (pixel*scale - mean)/std: the image the device's camera path would hand to Core ML, as
+    [N, 3, H, W] whatever the model's layout (an NHWC model's reference inputs are transposed back)."""
     std = np.asarray(spec.std, np.float64).reshape(1, 3, 1, 1)
     mean = np.asarray(spec.mean, np.float64).reshape(1, 3, 1, 1)
-    return ((reference.inputs.astype(np.float64) * std + mean) / spec.scale).astype(np.float32)
+    x = reference.inputs.astype(np.float64)
+    if spec.layout == "NHWC":
+        x = x.transpose(0, 3, 1, 2)
+    return ((x * std + mean) / spec.scale).astype(np.float32)
 
 
 def line_counts() -> dict[str, int]:
