@@ -49,6 +49,24 @@ def run_steps() -> list[str]:
     return [step.strip() for c in commands("RUN") for step in c.value[0].split(" && ")]
 
 
+def run_argvs() -> list[tuple[dict[str, str], list[str]]]:
+    """Each RUN step as the shell runs it: (the VAR=value assignments before the command, the command's argv)."""
+    out = []
+    for step in run_steps():
+        argv = shlex.split(step)
+        assigned: dict[str, str] = {}
+        while argv and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", argv[0]):
+            name, value = argv.pop(0).split("=", 1)
+            assigned[name] = value
+        out.append((assigned, argv))
+    return out
+
+
+def option(argv: list[str], name: str) -> str | None:
+    """The value of `name` in argv (`--name value`), None if absent."""
+    return argv[argv.index(name) + 1] if name in argv[:-1] else None
+
+
 def test_base_image_is_pinned_and_documented():
     (base,) = commands("FROM")
     image = base.value[0]
@@ -60,10 +78,14 @@ def test_pycuda_builds_with_the_cuda_toolchain():
     """pycuda compiles against CUDA_ROOT's headers with nvcc on PATH, both set by an ENV before its install."""
     e = env()
     assert e["CUDA_ROOT"] == "/usr/local/cuda" and "/usr/local/cuda/bin" in e["PATH"].split(":")
-    (step,) = [s for s in run_steps() if "pip install" in s and "pycuda" in s]
-    assert "LIBRARY_PATH=/usr/local/cuda/lib64/stubs" in step  # link against the driver stub, no driver needed
-    assert any("python3.10 -m venv --system-site-packages" in s for s in run_steps())  # apt's TensorRT bindings
-    assert any("python3-libnvinfer" in s for s in run_steps())
+    (assigned,) = [a for a, argv in run_argvs() if argv[:2] == ["pip", "install"] and "pycuda" in argv]
+    assert assigned.get("LIBRARY_PATH") == "/usr/local/cuda/lib64/stubs"  # link against the driver stub, no driver
+    # the venv sees the system site-packages (apt's TensorRT bindings) and its pip is the first on PATH
+    (venv,) = [argv for _, argv in run_argvs() if argv[1:3] == ["-m", "venv"]]
+    assert venv[0] == "python3.10" and "--system-site-packages" in venv
+    assert e["PATH"].split(":")[0] == f"{venv[-1]}/bin"
+    (apt,) = [argv for _, argv in run_argvs() if argv[:2] == ["apt-get", "install"]]
+    assert {"python3-libnvinfer", "python3.10-venv"} <= set(apt)
 
 
 def test_every_copied_file_exists_and_every_package_is_copied():
@@ -152,8 +174,12 @@ def test_engine_cache_is_a_volume_and_the_default_cache():
         else:
             os.environ["SHADOWLINE_ENGINE_CACHE"] = old
     (user,) = commands("USER")
-    assert any(f"useradd --system --gid {user.value[0]}" in s for s in run_steps())
-    assert any(f"chown -R {user.value[0]}:{user.value[0]} /var/lib/shadowline" in s for s in run_steps())
+    name = user.value[0]
+    (useradd,) = [argv for _, argv in run_argvs() if argv[0] == "useradd"]
+    assert useradd[-1] == name and option(useradd, "--gid") == name and "--system" in useradd
+    (chown,) = [argv for _, argv in run_argvs() if argv[0] == "chown"]
+    assert chown[1:3] == ["-R", f"{name}:{name}"]
+    assert all(Path(v).is_relative_to(chown[3]) for v in vol.value)  # the volumes are the user's to write
 
 
 def healthcheck(port: int) -> subprocess.CompletedProcess:
