@@ -154,3 +154,34 @@ def _runs(xs: list[float], ok) -> list[list[float]]:
             runs.append(cur)
             cur = [b]
     return runs + [cur]
+
+
+def test_health_readings_carry_tegrastats_temperatures_power_and_gpu_load(tmp_path: Path, monkeypatch) -> None:
+    """On a Jetson `tegrastats` is on PATH (here a stand-in printing a real JetPack 6 line, as in
+    tests/hwbench/test_tegrastats.py): the readings that go into every metrics record carry its temperatures, power
+    rails and GPU load; without it, memory and CPU only, temperatures from the thermal zones."""
+    import os
+
+    from edge.health import Health, thermal_zones
+    from tests.hwbench.test_tegrastats import ORIN
+
+    exe = tmp_path / "tegrastats"
+    exe.write_text(f"#!/bin/sh\nwhile true; do echo '{ORIN}'; sleep 0.05; done\n")
+    os.chmod(exe, 0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    h = Health().start()
+    try:
+        wait(lambda: "power_mw:VDD_IN" in h.reading(), 10)
+        v = h.reading()
+    finally:
+        h.stop()
+    assert v["power_mw:VDD_IN"] == 4786.0 and v["power_mw:VDD_SOC"] == 1492.0
+    assert v["temp_c:gpu"] == 47.468 and v["temp_c:tj"] == 47.5 and v["gpu_percent"] == 37.0
+    assert v["rss_bytes"] > 0 and "cpu_percent" in v
+    off = Health(use_tegrastats=False).start()
+    try:
+        plain = off.reading()
+    finally:
+        off.stop()
+    assert not any(k.startswith("power_mw:") for k in plain) and "gpu_percent" not in plain
+    assert {k for k in plain if k.startswith("temp_c:")} == {f"temp_c:{k}" for k in thermal_zones()}
