@@ -19,7 +19,7 @@ import numpy as np
 
 from runtime.manifest import Manifest
 from runtime.parity import DEFAULT_TASK, Reference, match_detections, task_output
-from runtime.processing.decode import Detection
+from runtime.processing.decode import Detection, detection_candidates
 
 # FP32: element-wise on the raw output (classifiers absolute, detectors relative to the largest value), and the
 # probabilities the app reads within 1e-4. FP16: task level: same top-1, every probability within 0.05.
@@ -96,16 +96,22 @@ def check_probabilities(manifest: Manifest, reference: Reference, dicts: list[di
     return stats, problems
 
 
+def _vision_boxes(manifest: Manifest, coordinates: np.ndarray, transform) -> np.ndarray:
+    """Vision's (x centre, y centre, width, height), normalised to the input image, as x1, y1, x2, y2 in original
+    image pixels."""
+    xywh = np.asarray(coordinates, np.float64).reshape(-1, 4)
+    w, h = manifest.input.width, manifest.input.height
+    cx, cy, bw, bh = xywh[:, 0] * w, xywh[:, 1] * h, xywh[:, 2] * w, xywh[:, 3] * h
+    return transform.to_original(np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1))
+
+
 def vision_detections(manifest: Manifest, confidence: np.ndarray, coordinates: np.ndarray,
                       transform) -> list[Detection]:
     """Pipeline outputs read as an app reads them (Vision's convention), mapped back to original image pixels."""
     conf = np.asarray(confidence, np.float64).reshape(-1, len(manifest.labels))
-    xywh = np.asarray(coordinates, np.float64).reshape(-1, 4)
     if not len(conf):
         return []
-    w, h = manifest.input.width, manifest.input.height
-    cx, cy, bw, bh = xywh[:, 0] * w, xywh[:, 1] * h, xywh[:, 2] * w, xywh[:, 3] * h
-    boxes = transform.to_original(np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1))
+    boxes = _vision_boxes(manifest, coordinates, transform)
     cls = conf.argmax(1)
     return [Detection(int(c), manifest.labels[int(c)], float(conf[k, c]),
                       (float(boxes[k, 0]), float(boxes[k, 1]), float(boxes[k, 2]), float(boxes[k, 3])))
@@ -113,20 +119,35 @@ def vision_detections(manifest: Manifest, confidence: np.ndarray, coordinates: n
 
 
 def check_detections(manifest: Manifest, reference: Reference, outputs: list[tuple[np.ndarray, np.ndarray]],
-                     tol: Tolerance) -> tuple[dict[str, Any], list[str]]:
+                     tol: Tolerance, before_nms: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                     ) -> tuple[dict[str, Any], list[str]]:
     """The pipeline's detections per reference image against the device decoder's on the ONNX Runtime output, at
-    the bundle's default threshold."""
+    the bundle's default threshold. With `before_nms` (per image, the pipeline's decoded boxes before its NMS
+    stage), a near-tie counts as runtime.parity counts it for every other artifact: a detection one side's NMS kept
+    and the other suppressed behind a near-tied neighbour is matched when it is among that side's boxes before NMS
+    (the pipeline's own boxes, so a wrong box convention in its decoding still fails)."""
     task = FP32_DETECTIONS if tol.fp32 else FP16_DETECTIONS
-    ref = task_output(manifest, reference.outputs[manifest.output.names[0]], reference.transforms).detections
+    ref_raw = reference.outputs[manifest.output.names[0]]
+    ref = task_output(manifest, ref_raw, reference.transforms).detections
     threshold = manifest.thresholds.default
+    ref_boxes, ref_scores = detection_candidates(ref_raw, (manifest.input.height, manifest.input.width),
+                                                 manifest.output)
     total = matched = boxes = 0
     problems: list[str] = []
     for i, (conf, coords) in enumerate(outputs):
-        got = vision_detections(manifest, conf, coords, reference.transforms[i])
+        transform = reference.transforms[i]
+        got = vision_detections(manifest, conf, coords, transform)
         boxes += len(got)
         r = [d for d in ref[i] if d.score >= threshold - task["score"]]
         g = [d for d in got if d.score >= threshold - task["score"]]
-        m, found = match_detections(r, g, threshold, task["iou"], task["score"])
+        if before_nms is None:
+            m, found = match_detections(r, g, threshold, task["iou"], task["score"])
+        else:
+            raw_conf, raw_coords = before_nms[i]
+            got_cands = (_vision_boxes(manifest, raw_coords, transform),
+                         np.asarray(raw_conf, np.float64).reshape(-1, len(manifest.labels)))
+            m, found = match_detections(r, g, threshold, task["iou"], task["score"],
+                                        (transform.to_original(ref_boxes[i]), ref_scores[i]), got_cands)
         total += sum(1 for d in r if d.score >= threshold)
         matched += m
         problems.extend(f"{reference.names[i]}: Vision output: {p}" for p in found)

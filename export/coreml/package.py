@@ -23,7 +23,7 @@ from export.coreml.checks import (
 )
 from export.coreml.converter import LABEL, Converted, convert, describe_model
 from export.coreml.describe import check_description
-from export.coreml.detector import CONFIDENCE, COORDINATES, detector_pipeline
+from export.coreml.detector import CONFIDENCE, COORDINATES, RAW_CONFIDENCE, RAW_COORDINATES, detector_pipeline
 from export.coreml.executor import PackageExecutor, load_package
 from runtime.manifest import Manifest, ParityCheck
 from runtime.parity import Reference, compare, elementwise_stats
@@ -126,6 +126,8 @@ class Evaluated:
     labels: list[str] = field(default_factory=list)  # classify op: predicted label per sample
     probabilities: list[dict[str, float]] = field(default_factory=list)  # classify op: classLabel_probs
     vision: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # pipeline: (confidence, coordinates)
+    # pipeline: the decoding stage's (raw_confidence, raw_coordinates), every box before the NMS stage
+    before_nms: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 def run_reference(executor: PackageExecutor, pixels: np.ndarray, batch: int, var: str) -> Evaluated:
@@ -140,8 +142,9 @@ def run_reference(executor: PackageExecutor, pixels: np.ndarray, batch: int, var
             result.labels.extend(stages[0][LABEL])
             result.probabilities.extend(stages[0][LABEL + "_probs"])
         if executor.package.is_pipeline:
-            last = stages[-1]
+            last, decoded = stages[-1], stages[-2]
             result.vision.append((np.asarray(last[CONFIDENCE]), np.asarray(last[COORDINATES])))
+            result.before_nms.append((np.asarray(decoded[RAW_CONFIDENCE]), np.asarray(decoded[RAW_COORDINATES])))
     result.raw = np.concatenate(outs)
     return result
 
@@ -179,7 +182,7 @@ def judge(manifest: Manifest, reference: Reference, evaluated: Evaluated, precis
     if manifest.task == "classify":
         found, wrong = check_probabilities(manifest, reference, evaluated.probabilities, evaluated.labels, tol)
     else:
-        found, wrong = check_detections(manifest, reference, evaluated.vision, tol)
+        found, wrong = check_detections(manifest, reference, evaluated.vision, tol, evaluated.before_nms)
     stats.update(found)
     problems += wrong
     tolerances = dict(check.tolerances)
