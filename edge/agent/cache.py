@@ -40,9 +40,27 @@ def release_key(desired: Desired) -> str:
     return f"{key}+{desired.candidate.ref}" if desired.candidate else key
 
 
+def tree_stamp(root: Path) -> tuple:
+    """What a directory's files look like to stat: path, size, inode, mtime and ctime of each. Rewriting a file, or
+    replacing, adding, removing or renaming one, changes it (ctime cannot be set back by a process)."""
+    out = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            out.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_ino,
+                        st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(sorted(out))
+
+
 class ReleaseCache:
+    """Each bundle directory is hashed once per process: when it is verified (extracted from its tar, or checked
+    after a restart) its stat stamp is kept, and later verifies of the same, unchanged directory (a rollback to a
+    cached release, the prepare step's reload) check the signature, the files and their sizes without hashing them
+    again. A directory that changed on disk since (its stamp differs) is hashed in full."""
+
     def __init__(self, root: Path, keep: int = 3) -> None:
         self.root, self.keep = Path(root), keep
+        self._stamps: dict[Path, tuple] = {}
         (self.root / "bundles").mkdir(parents=True, exist_ok=True)
         (self.root / "downloads").mkdir(parents=True, exist_ok=True)
         self.index_path = self.root / "cache.json"
@@ -97,8 +115,11 @@ class ReleaseCache:
         extracted into a staging directory and renamed into place only once verified."""
         final = self.bundle_dir(artifact)
         if self.has_bundle(artifact):
-            with load_bundle(final, trust) as b:
+            hashed = self.verified(artifact)
+            with load_bundle(final, trust, hashes=not hashed) as b:
                 self._check_id(b.manifest.bundle_id, artifact)
+            if not hashed:
+                self._stamps[final] = tree_stamp(final)
             return final
         tar = self.tar_path(artifact)
         if not tar.is_file():
@@ -111,11 +132,21 @@ class ReleaseCache:
                 shutil.rmtree(final)
             os.replace(staging, final)
             fsync_dir(final.parent)
+            self._stamps[final] = tree_stamp(final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         tar.unlink(missing_ok=True)
         return final
+
+    def verified(self, artifact: Artifact) -> bool:
+        """The bundle directory was hashed by this cache in this process and has not changed on disk since."""
+        final = self.bundle_dir(artifact)
+        stamp = self._stamps.get(final)
+        try:
+            return stamp is not None and stamp == tree_stamp(final)
+        except OSError:
+            return False
 
     @staticmethod
     def _check_id(bundle_id: str, artifact: Artifact) -> None:

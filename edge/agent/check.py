@@ -41,9 +41,10 @@ class CheckResult:
                 "smoke_images": self.smoke_images, "stats": self.parity.stats, "notes": self.notes}
 
 
-def prepare(bundle_dir: Path, backend: str) -> BundleModel:
-    """Load the bundle for this device's backend (on a Jetson the runner builds or reuses its TensorRT engine)."""
-    bundle = load_bundle(bundle_dir)  # verified with the trust store in the verify step; this re-checks hashes
+def prepare(bundle_dir: Path, backend: str, hashes: bool = True) -> BundleModel:
+    """Load the bundle for this device's backend (on a Jetson the runner builds or reuses its TensorRT engine).
+    Verified with the trust store in the verify step; `hashes=False` when that step hashed these same files."""
+    bundle = load_bundle(bundle_dir, hashes=hashes)
     model = BundleModel(bundle, backend=pick_backend(backend))
     try:
         return model.load()

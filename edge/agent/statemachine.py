@@ -251,7 +251,8 @@ class Machine:
         assert t is not None
         self._close_models()
         for a in t.artifacts:
-            self._models[a.bundle] = prepare(self.cache.bundle_dir(a), self.config.backend)
+            self._models[a.bundle] = prepare(self.cache.bundle_dir(a), self.config.backend,
+                                             hashes=not self.cache.verified(a))
 
     def _step_check(self) -> None:
         if self._ready():
