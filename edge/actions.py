@@ -12,12 +12,12 @@ import logging
 import threading
 import time
 from typing import Any
-from urllib.parse import urlparse
 
 from edge import outbox
 from edge.config import ActionsConfig
 from edge.store import Store
 from fleet.protocol import EventRecord, RecordKind
+from runtime.mqtt import MqttSettings, make_client
 
 log = logging.getLogger("shadowline.edge.actions")
 
@@ -34,22 +34,15 @@ def work_order(record: dict[str, Any]) -> dict[str, Any]:
 class MqttPublisher:
     """One persistent paho connection; `publish` waits for the broker's PUBACK."""
 
-    def __init__(self, broker_url: str, client_id: str, username: str | None, password: str | None) -> None:
-        import paho.mqtt.client as mqtt
-
-        u = urlparse(broker_url)
-        self.host, self.port = u.hostname or "127.0.0.1", u.port or (8883 if u.scheme == "mqtts" else 1883)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-        if username:
-            self.client.username_pw_set(username, password)
-        if u.scheme == "mqtts":
-            self.client.tls_set()
-        self.client.reconnect_delay_set(0.5, 10)
+    def __init__(self, settings: MqttSettings) -> None:
+        self.mqtt = make_client(settings)
+        self.client = self.mqtt.client
+        self.host, self.port = settings.host, settings.port
         self._started = False
 
     def publish(self, topic: str, payload: bytes, timeout: float) -> None:
         if not self._started:
-            self.client.connect_async(self.host, self.port, keepalive=30)
+            self.mqtt.connect_async()
             self.client.loop_start()
             self._started = True
         deadline = time.monotonic() + timeout
@@ -106,8 +99,7 @@ class ActionDispatcher:
             m = self.cfg.mqtt
             assert m is not None
             if self._mqtt is None:
-                self._mqtt = MqttPublisher(m.broker_url, m.client_id or f"shadowline-{self.device_id}-actions",
-                                           m.username, m.password)
+                self._mqtt = MqttPublisher(m.settings(f"shadowline-{self.device_id}-actions"))
             self._mqtt.publish(m.topic, body, timeout=10.0)
             return "PUBACK"
         raise ValueError(f"unknown action channel {channel!r}")

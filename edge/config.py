@@ -12,6 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from edge.agent.config import AgentConfig
 from fleet.protocol import ReleaseSpec
 from runtime.errors import ConfigError
+from runtime.mqtt import MqttSettings, TLSSettings
 from runtime.yamlconf import parse_yaml_model, read_config_text
 
 
@@ -156,11 +157,24 @@ class WebhookConfig(_Cfg):
 
 
 class MqttActionConfig(_Cfg):
-    broker_url: str = Field(description="mqtt://host:port of the work-order broker")
+    broker_url: str = Field(description="mqtt://host:port or mqtts://host:port of the work-order broker")
     topic: str = Field(description="topic of the work-order messages (QoS 1)")
     username: str | None = None
     password: str | None = None
+    tls: TLSSettings | None = Field(None, description="TLS options for mqtts:// (unset: the system's CAs)")
     client_id: str | None = Field(None, description="default: shadowline-<device>-actions")
+
+    @model_validator(mode="after")
+    def _settings(self) -> MqttActionConfig:
+        try:  # the URL, TLS and the rest checked as the client will get them
+            self.settings("check")
+        except ValueError as err:
+            raise ValueError(err.errors()[0]["msg"] if hasattr(err, "errors") else str(err)) from None
+        return self
+
+    def settings(self, client_id: str) -> MqttSettings:
+        return MqttSettings(url=self.broker_url, client_id=self.client_id or client_id, username=self.username,
+                            password=self.password, tls=self.tls, reconnect_min_s=0.5, reconnect_max_s=10)
 
 
 class RetryConfig(_Cfg):

@@ -6,56 +6,25 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError
 
 from fleet.acl import Acl, acl_text
 from fleet.credentials import FLEET_USER, read_password_file
 from fleet.protocol import Topics
 from runtime.errors import ConfigError
+from runtime.mqtt import MqttSettings, TLSSettings, make_client
 
 if TYPE_CHECKING:  # amqtt is imported only where an embedded broker runs
     from fleet.broker_guard import GuardedBroker, Rules
 
 log = logging.getLogger(__name__)
-
-
-class BrokerTLS(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ca_file: Path = Field(description="CA certificate that signed the broker's certificate")
-    cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
-    key_file: Path | None = Field(None, description="client key (mutual TLS)")
-    insecure_skip_hostname: bool = Field(False, description="do not check the broker's host name (tests only)")
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """mqtt://host[:1883] or mqtts://host[:8883]; anything else is a ConfigError naming the URL."""
-        u = urlparse(url)
-        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
-            raise ConfigError(f"broker URL {url!r}: expected mqtt://host:port or mqtts://host:port")
-        tls = u.scheme in ("mqtts", "ssl")
-        try:
-            port = u.port or (8883 if tls else 1883)
-        except ValueError as err:
-            raise ConfigError(f"broker URL {url!r}: bad port") from err
-        return cls(u.hostname, port, tls)
 
 
 def is_loopback(host: str) -> bool:
@@ -221,12 +190,18 @@ class MqttClient:
     False) so QoS 1 messages published while it was away are delivered when it comes back."""
 
     def __init__(self, url: str, client_id: str, *, username: str | None = None, password: str | None = None,
-                 tls: BrokerTLS | None = None, persistent: bool = True, keepalive: int = 30,
+                 tls: TLSSettings | None = None, persistent: bool = True, keepalive: int = 30,
                  will: tuple[str, bytes] | None = None, manual_ack: bool = False, mqtt5: bool = False,
                  session_expiry_s: int = 7 * 24 * 3600) -> None:
         """`mqtt5`: speak MQTT 5 (needed for shared subscriptions, `$share/<group>/...`); a persistent session
         then lasts `session_expiry_s` after a disconnect (MQTT 3.1.1 sessions last until the broker drops them)."""
-        self.address = BrokerAddress.parse(url)
+        try:
+            self.settings = MqttSettings(url=url, client_id=client_id, username=username, password=password,
+                                         tls=tls, protocol="5" if mqtt5 else "3.1.1", keepalive_s=keepalive,
+                                         persistent=persistent, session_expiry_s=session_expiry_s,
+                                         reconnect_min_s=0.2, reconnect_max_s=5, max_inflight=100, max_queued=0)
+        except ValidationError as err:
+            raise ConfigError(f"MQTT client {client_id}: {err.errors()[0]['msg']}") from err
         self.url = url
         self._subs: dict[str, int] = {}
         self._handler: MessageHandler | None = None
@@ -240,29 +215,10 @@ class MqttClient:
         self.keepalive = keepalive
         self.last_rc: object = None
         self.persistent, self.mqtt5, self.session_expiry_s = persistent, mqtt5, session_expiry_s
-        if mqtt5:
-            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
-                                      manual_ack=manual_ack)
-        else:
-            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent,
-                                      protocol=mqtt.MQTTv311, manual_ack=manual_ack)
-        self.client.max_inflight_messages_set(100)
-        self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(0.2, 5)  # type: ignore[arg-type]  # paho types int; sleeps a float
-        if username is not None:
-            self.client.username_pw_set(username, password)
+        self._built = make_client(self.settings, manual_ack=manual_ack)
+        self.client = self._built.client
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
-        if self.address.tls or tls is not None:
-            if tls is None:
-                self.client.tls_set()
-            else:
-                self.client.tls_set(ca_certs=str(tls.ca_file),
-                                    certfile=str(tls.cert_file) if tls.cert_file else None,
-                                    keyfile=str(tls.key_file) if tls.key_file else None,
-                                    cert_reqs=ssl.CERT_REQUIRED)
-                if tls.insecure_skip_hostname:
-                    self.client.tls_insecure_set(True)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect
@@ -324,16 +280,7 @@ class MqttClient:
     def start(self, wait: float | None = 10.0) -> MqttClient:
         """Connect in the background (paho's network thread retries forever); wait for the first CONNACK and the
         SUBACKs of the subscriptions made before."""
-        if self.mqtt5:
-            from paho.mqtt.packettypes import PacketTypes
-            from paho.mqtt.properties import Properties
-
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.session_expiry_s if self.persistent else 0
-            self.client.connect_async(self.address.host, self.address.port, self.keepalive,
-                                      clean_start=not self.persistent, properties=props)
-        else:
-            self.client.connect_async(self.address.host, self.address.port, self.keepalive)
+        self._built.connect_async()
         self.client.loop_start()
         deadline = time.monotonic() + (wait or 0)
         if wait and not self._connected.wait(wait):

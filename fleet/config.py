@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fleet.alerting.config import AlertingConfig
 from fleet.analytics.alerts import AlertRules
 from fleet.analytics.shadow import ExitCriteria
-from fleet.broker import BrokerTLS
 from fleet.validation import RecordLimits
 from runtime.errors import ConfigError
+from runtime.mqtt import TLSSettings, parse_url
 from runtime.yamlconf import describe, parse_yaml_model, read_config_text
 
 
@@ -47,7 +47,8 @@ class FleetConfig(BaseModel):
     mqtt_username: str | None = Field(None, description="the fleet service's broker user")
     mqtt_password: str | None = Field(None, description="its password (prefer mqtt_password_file)")
     mqtt_password_file: Path | None = Field(None, description="file holding the broker password")
-    tls: BrokerTLS | None = Field(None, description="TLS to the broker")
+    tls: TLSSettings | None = Field(None, description="TLS options for an mqtts:// broker_url (unset: the "
+                                                       "system's CAs)")
     ingest_share_group: str | None = Field(None, description="subscribe to the record topics through this MQTT 5 "
                                                               "shared subscription ($share/<group>/...), sharing the "
                                                               "load with other instances and `fleet ingest-worker` "
@@ -123,8 +124,20 @@ class FleetConfig(BaseModel):
                 raise ValueError(str(err)) from err
         return v
 
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_url(v)
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
+        return v
+
     @model_validator(mode="after")
     def _share_needs_mqtt5(self) -> FleetConfig:
+        if self.tls is not None and (self.broker_url is None or not parse_url(self.broker_url)[2]):
+            raise ValueError("tls is set but broker_url is not mqtts:// (the embedded broker speaks no TLS)")
         if self.ingest_share_group is not None and self.broker_url is None:
             raise ValueError("ingest_share_group needs an MQTT 5 broker (broker_url); the embedded broker speaks "
                              "MQTT 3.1.1 only")

@@ -3,16 +3,15 @@ EventRecord(kind="capability") on the device's own events topic, QoS 1, confirme
 
 from __future__ import annotations
 
-import ssl
 import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.protocol import Batch, EventRecord, Topics, encode
 from runtime.errors import ConfigError, ShadowlineError
+from runtime.mqtt import MqttSettings, TLSSettings, make_client, parse_url
 
 
 class PublishTarget(BaseModel):
@@ -45,19 +44,19 @@ def build_message(device_id: str, summary: dict[str, Any], prefix: str = "shadow
 
 def publish(target: PublishTarget, summary: dict[str, Any]) -> str:
     """Publish and wait for the PUBACK; returns the record id."""
-    import paho.mqtt.client as mqtt
-
     topic, payload, record_id = build_message(target.device_id, summary, target.prefix)
-    url = urlparse(target.broker_url)
-    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-        raise ConfigError(f"broker URL {target.broker_url!r} must be mqtt://host:port or mqtts://host:port")
-    port = url.port or (8883 if url.scheme == "mqtts" else 1883)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{target.device_id}-hwbench",
-                         protocol=mqtt.MQTTv311)
-    if target.password is not None:
-        client.username_pw_set(target.username or target.device_id, target.password)
-    if url.scheme == "mqtts":
-        client.tls_set(ca_certs=str(target.ca_file) if target.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+    parse_url(target.broker_url)  # ConfigError naming a bad URL
+    if target.ca_file is not None and not parse_url(target.broker_url)[2]:
+        raise ConfigError(f"--ca-file is for mqtts:// brokers, not {target.broker_url}")
+    try:
+        settings = MqttSettings(url=target.broker_url, client_id=f"{target.device_id}-hwbench",
+                                username=target.username if target.password is not None else None,
+                                password=target.password, persistent=False,
+                                tls=TLSSettings(ca_file=target.ca_file) if target.ca_file else None)
+    except ValueError as err:
+        raise ConfigError(f"publish target: {err}") from err
+    built = make_client(settings)
+    client = built.client
     connected = threading.Event()
     refused: list[str] = []
 
@@ -68,7 +67,7 @@ def publish(target: PublishTarget, summary: dict[str, Any]) -> str:
 
     client.on_connect = on_connect
     try:
-        client.connect(url.hostname, port, keepalive=30)
+        built.connect()
     except OSError as err:
         raise PublishError(f"cannot reach the broker at {target.broker_url}: {err}") from err
     client.loop_start()

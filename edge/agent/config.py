@@ -5,15 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
-class TLSConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ca_file: Path = Field(description="CA certificate that signed the broker's certificate")
-    cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
-    key_file: Path | None = Field(None, description="client key (mutual TLS)")
-    insecure_skip_hostname: bool = Field(False, description="do not check the broker's host name (tests only)")
+from runtime.errors import ConfigError
+from runtime.mqtt import MqttSettings, TLSSettings, parse_url
 
 
 class AgentConfig(BaseModel):
@@ -23,7 +18,7 @@ class AgentConfig(BaseModel):
     username: str | None = Field(None, description="this device's broker user (defaults to the device id)")
     password: str | None = Field(None, description="this device's broker password")
     password_file: Path | None = Field(None, description="file holding the password (preferred over password)")
-    tls: TLSConfig | None = None
+    tls: TLSSettings | None = Field(None, description="TLS options for mqtts:// (unset: the system's CAs)")
     trust_store: Path | None = Field(None, description="directory of public keys bundles must be signed by")
     fleet_keys: list[Path] = Field(default_factory=list, description="the fleet's control public key(s) (`fleet "
                                     "provision` writes fleet.pub): a *.pub file or a directory of them, or a list "
@@ -56,3 +51,26 @@ class AgentConfig(BaseModel):
     @classmethod
     def _one_or_many(cls, v: object) -> object:
         return [v] if isinstance(v, (str, Path)) else v
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, v: str) -> str:
+        try:
+            parse_url(v)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _tls_needs_mqtts(self) -> AgentConfig:
+        if self.tls is not None and not parse_url(self.broker_url)[2]:
+            raise ValueError(f"tls is set but broker_url {self.broker_url} is not mqtts://")
+        return self
+
+    def mqtt(self, client_id: str) -> MqttSettings:
+        """The broker settings of this device's agent (runtime.mqtt builds the client)."""
+        return MqttSettings(url=self.broker_url, client_id=client_id, username=self.username, password=self.password,
+                            password_file=self.password_file, tls=self.tls, protocol=self.mqtt_version,
+                            keepalive_s=self.keepalive_s, persistent=True, session_expiry_s=self.session_expiry_s,
+                            reconnect_min_s=self.reconnect_min_s, reconnect_max_s=self.reconnect_max_s,
+                            max_queued=0)

@@ -8,9 +8,7 @@ import platform
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
@@ -34,54 +32,11 @@ from fleet.protocol import (
     decode,
     encode,
 )
-from runtime.errors import ConfigError
+from runtime.mqtt import make_client
 from runtime.signing import TrustStore
 
 log = logging.getLogger(__name__)
 REPORT_MIN_S = 0.25
-
-
-def make_client(config: AgentConfig, client_id: str) -> tuple[mqtt.Client, str, int, dict[str, Any]]:
-    """A paho client with a persistent session, the broker address, and the connect() keyword arguments."""
-    url = urlparse(config.broker_url)
-    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-        raise ConfigError(f"fleet.broker_url: expected mqtt://host:port or mqtts://host:port, got "
-                          f"{config.broker_url!r}")
-    v5 = config.mqtt_version == "5"
-    kwargs: dict[str, Any] = {}
-    if v5:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = config.session_expiry_s
-        kwargs = {"clean_start": False, "properties": props}
-    else:
-        # clean_session False: the broker keeps our subscriptions and queues QoS 1 messages while we are away
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                             protocol=mqtt.MQTTv311)
-    password = config.password
-    if config.password_file is not None:
-        try:
-            password = Path(config.password_file).read_text().strip()
-        except OSError as err:
-            raise ConfigError(f"fleet.password_file: cannot read {config.password_file}: {err}") from err
-    if password is not None or config.username is not None:
-        client.username_pw_set(config.username or client_id, password)
-    if config.tls is not None or url.scheme == "mqtts":
-        tls = config.tls
-        if tls is None:
-            client.tls_set()
-        else:
-            client.tls_set(ca_certs=str(tls.ca_file), certfile=str(tls.cert_file) if tls.cert_file else None,
-                           keyfile=str(tls.key_file) if tls.key_file else None)
-            client.tls_insecure_set(tls.insecure_skip_hostname)
-    # seconds as floats (tests reconnect after 0.1 s): paho computes with them as given, its stub says int
-    client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # type: ignore[arg-type]
-    client.max_queued_messages_set(0)
-    port = url.port or (8883 if url.scheme == "mqtts" else 1883)
-    return client, url.hostname, port, kwargs
 
 
 class Agent:
@@ -100,7 +55,8 @@ class Agent:
         self.control = ControlGuard(config, self.device_id)
         if trust is None and config.trust_store is not None:
             trust = TrustStore.load(config.trust_store)
-        self.client, self._host, self._port, self._connect_kwargs = make_client(config, self.device_id)
+        self.mqtt = make_client(config.mqtt(self.device_id))
+        self.client = self.mqtt.client
         self.machine = Machine(config, host, trust=trust, report=self._on_step)
         self.publisher = outbox.Publisher(
             host.db_path, self.client, self.topics, self.device_id, batch_size=config.batch_size,
@@ -130,14 +86,14 @@ class Agent:
             self.publisher.start(hub)
             self._post(("resume", None))
             self._refresh = hub.call_later(self.config.report_interval_s, self._periodic)
-            hub.connect(self.client, self._host, self._port, self.config.keepalive_s, self._connect_kwargs,
+            hub.connect(self.client, self.mqtt.settings.host, self.mqtt.settings.port, self.mqtt.settings.keepalive_s,
+                        self.mqtt.connect_kwargs,
                         self.config.reconnect_min_s, self.config.reconnect_max_s)
             return self
         self.publisher.start()
         self._worker = threading.Thread(target=self._work, name=f"agent-{self.device_id}", daemon=True)
         self._worker.start()
-        self.client.connect_async(self._host, self._port, keepalive=self.config.keepalive_s,
-                                  **self._connect_kwargs)
+        self.mqtt.connect_async()
         self.client.loop_start()
         return self
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import paho.mqtt.client as mqtt
 
-from edge.agent.config import AgentConfig, TLSConfig
+from edge.agent.config import AgentConfig
 from edge.agent.headless import HeadlessHost
 from edge.agent.runtime import Agent
 from fleet.protocol import Topics
 from fleet.security import make_tls, provision
+from runtime.mqtt import TLSSettings
 from tests.agent.conftest import PCB_IMAGES, desired_for, signed
 from tests.agent.mqtt_helpers import Collector
 from tests.conftest import Mosquitto
@@ -23,7 +24,7 @@ def test_tls_password_acl_mqtt5(tmp_path, keys, tars, artifact_server):
             f"cafile {tls['ca']}\ncertfile {tls['cert']}\nkeyfile {tls['key']}\n")
     broker = Mosquitto(tmp_path / "broker", conf).start()
     (sec / "dev-1.pass").write_text(creds["dev-1"].password + "\n")
-    config = AgentConfig(broker_url=f"mqtts://localhost:{broker.port}", tls=TLSConfig(ca_file=tls["ca"]),
+    config = AgentConfig(broker_url=f"mqtts://localhost:{broker.port}", tls=TLSSettings(ca_file=tls["ca"]),
                          password_file=sec / "dev-1.pass", releases_dir=tmp_path / "releases",
                          trust_store=keys["trust"], mqtt_version="5", smoke_images=1, reconnect_min_s=0.1,
                          reconnect_max_s=0.5, fleet_keys=[keys["control_public"]])

@@ -10,13 +10,13 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet.broker import BrokerAddress
+from runtime.mqtt import parse_url
 
 
 class Peer:
     def __init__(self, url: str, client_id: str, user: str | None = None, password: str | None = None, *,
                  clean: bool = True, will: tuple[str, bytes, bool] | None = None) -> None:
-        a = BrokerAddress.parse(url)
+        host, port, _ = parse_url(url)
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
                              protocol=mqtt.MQTTv311)
         if user is not None:
@@ -32,7 +32,7 @@ class Peer:
         self.subacks: dict[int, list] = {}
         self.c.on_subscribe = lambda c, u, mid, codes, props: self.subacks.__setitem__(mid, list(codes))
         self.c.reconnect_delay_set(1, 2)
-        self.c.connect_async(a.host, a.port, 30)
+        self.c.connect_async(host, port, 30)
         self.c.loop_start()
 
     def _on_connect(self, c, u, flags, rc, props) -> None:

@@ -14,17 +14,17 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet.broker import BrokerAddress
 from fleet.protocol import Batch, Desired, PredictionRecord, Reported, ReviewRecord, Topics, decode, encode
+from runtime.mqtt import parse_url
 
 
 def client(url: str, client_id: str, persistent: bool = False, **auth) -> mqtt.Client:
-    a = BrokerAddress.parse(url)
+    host, port, _ = parse_url(url)
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
     if auth:
         c.username_pw_set(auth["username"], auth["password"])
     c.reconnect_delay_set(0.05, 0.5)
-    c.connect_async(a.host, a.port, 30)
+    c.connect_async(host, port, 30)
     c.loop_start()
     return c
 

@@ -18,8 +18,9 @@ import httpx
 import pytest
 import yaml
 
-from fleet.broker import BrokerTLS, MqttClient
+from fleet.broker import MqttClient
 from fleet.protocol import Topics
+from runtime.mqtt import TLSSettings
 from tests.conftest import Mosquitto, free_port
 from tests.fleet.devicesim import batch, predictions, wait_for
 
@@ -120,7 +121,7 @@ def test_the_documented_production_setup_starts_and_ingests(keys):
             assert (out / "fleet.pub").read_bytes() == (data_dir / "control.pub").read_bytes()
             dev = MqttClient(f"mqtts://localhost:{ports['8883']}", "line3-jetson-02", username="line3-jetson-02",
                              password=(out / "broker-password").read_text().strip(),
-                             tls=BrokerTLS(ca_file=out / "broker-ca.pem"), persistent=False)
+                             tls=TLSSettings(ca_file=out / "broker-ca.pem"), persistent=False)
             wait_for(lambda: dev.start(2) is not None, 20, "the provisioned device to connect over TLS")
             recs = predictions("line3-jetson-02", 5)
             dev.publish(Topics().device("line3-jetson-02", "predictions"), batch("line3-jetson-02", "predictions", recs))

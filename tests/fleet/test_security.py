@@ -20,11 +20,12 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet.broker import BrokerTLS, MqttClient
+from fleet.broker import MqttClient
 from fleet.credentials import reload_mosquitto, verify_mosquitto_hash
 from fleet.protocol import Topics
 from fleet.security import make_tls, mosquitto_hash, provision
 from runtime.errors import ConfigError, Conflict, NotFound
+from runtime.mqtt import TLSSettings
 from tests.attacks.brokers import Creds, GeneratedMosquitto
 from tests.conftest import Mosquitto
 from tests.fleet.devicesim import wait_for
@@ -117,7 +118,7 @@ def test_tls_with_a_self_signed_ca(tmp_path):
         f"user root\ncafile {pki['ca']}\ncertfile {pki['cert']}\nkeyfile {pki['key']}\nallow_anonymous true\n")).start()
     try:
         url = f"mqtts://localhost:{broker.port}"
-        tls = BrokerTLS(ca_file=pki["ca"])
+        tls = TLSSettings(ca_file=pki["ca"])
         sub = MqttClient(url, "tls-sub", tls=tls, persistent=False)
         got: list[bytes] = []
         sub.on_message(lambda m: got.append(m.payload))
@@ -132,7 +133,7 @@ def test_tls_with_a_self_signed_ca(tmp_path):
         # a client that trusts another CA refuses the broker's certificate
         other = make_tls(tmp_path / "other", "localhost")
         with pytest.raises(ConfigError, match="cannot connect"):
-            MqttClient(url, "tls-bad", tls=BrokerTLS(ca_file=other["ca"]), persistent=False).start(wait=2)
+            MqttClient(url, "tls-bad", tls=TLSSettings(ca_file=other["ca"]), persistent=False).start(wait=2)
         # and a plain-text client cannot talk to the TLS listener
         with pytest.raises(ConfigError, match="cannot connect"):
             MqttClient(f"mqtt://localhost:{broker.port}", "plain", persistent=False).start(wait=2)
@@ -236,7 +237,7 @@ def test_tls_init_files_are_readable_by_mosquitto_after_it_drops_root(tmp_path):
         broker.start()
         try:
             c = MqttClient(f"mqtts://localhost:{broker.port}", "cam-a", username="cam-a", password=pw,
-                           tls=BrokerTLS(ca_file=tls / "ca.crt"), persistent=False).start(10)
+                           tls=TLSSettings(ca_file=tls / "ca.crt"), persistent=False).start(10)
             c.publish("shadowline/dev/cam-a/status", b"online")
             c.stop()
         finally:

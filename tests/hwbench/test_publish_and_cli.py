@@ -158,5 +158,7 @@ def test_message_validation():
     assert json.loads(payload)["records"][0]["id"] == rid
     with pytest.raises(ConfigError, match="invalid device id"):
         build_message("bad/id", {})
-    with pytest.raises(ConfigError, match="must be mqtt://"):
+    with pytest.raises(ConfigError, match="expected mqtt://host:port or mqtts://host:port"):
         publish(PublishTarget(broker_url="http://x:1", device_id="d"), {})
+    with pytest.raises(ConfigError, match="--ca-file is for mqtts://"):
+        publish(PublishTarget(broker_url="mqtt://x:1", device_id="d", ca_file="ca.pem"), {})
