@@ -72,7 +72,8 @@ def losses(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT kind, dropped FROM outbox_losses WHERE dropped > 0").fetchall())
 
 
-def enforce_budget(conn: sqlite3.Connection, budget_bytes: int, keep: set[int] = frozenset()) -> dict[str, int]:
+def enforce_budget(conn: sqlite3.Connection, budget_bytes: int,
+                   keep: set[int] | frozenset[int] = frozenset()) -> dict[str, int]:
     """Drop the oldest rows, by OVERFLOW_ORDER, until the payloads fit `budget_bytes`; count the drops. Rows in
     `keep` (batches in flight) are not dropped. Returns rows dropped per kind (empty when within budget)."""
     total = conn.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0]

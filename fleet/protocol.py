@@ -473,7 +473,7 @@ def encode(msg: BaseModel) -> bytes:
 M = TypeVar("M", bound=BaseModel)
 
 
-def decode(topic: str, payload: bytes, model: type[M]) -> M:
+def decode(topic: str, payload: bytes | bytearray | str, model: type[M]) -> M:
     try:
         return model.model_validate_json(payload)
     except ValidationError as err:

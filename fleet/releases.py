@@ -3,6 +3,7 @@ only thresholds makes a new revision with the same bundles."""
 
 from __future__ import annotations
 
+import builtins
 import json
 from typing import Any
 
@@ -91,5 +92,5 @@ class Releases:
                  "spec": json.loads(r["spec"])}
                 for r in self.store.rows("SELECT * FROM releases ORDER BY name, revision")]
 
-    def bundles(self, spec: ReleaseSpec) -> list[str]:
+    def bundles(self, spec: ReleaseSpec) -> builtins.list[str]:
         return [s.bundle for s in spec.stages]

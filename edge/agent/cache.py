@@ -157,11 +157,12 @@ class ReleaseCache:
         return {a.bundle: self.bundle_dir(a) for a in desired.artifacts}
 
     # -- pruning -------------------------------------------------------------------------------------------------
-    def prune(self, protect: set[str] = frozenset()) -> list[str]:
+    def prune(self, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Keep the `keep` most recent releases (plus protected keys); delete bundles nobody keeps. Returns the
         dropped release keys."""
         index = self.index()
-        kept, dropped = [], []
+        kept: list[CachedRelease] = []
+        dropped: list[CachedRelease] = []
         for r in index.releases:
             (kept if len(kept) < self.keep or r.key in protect else dropped).append(r)
         if dropped:

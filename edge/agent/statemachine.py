@@ -235,8 +235,8 @@ class Machine:
         t = self.record.target
         assert t is not None
         bundles = {a.bundle for a in t.artifacts}
-        for release in (t.release, t.candidate):
-            for stage in (release.stages if release else []):
+        for release in (r for r in (t.release, t.candidate) if r is not None):
+            for stage in release.stages:
                 if stage.bundle not in bundles:
                     raise ValueError(f"release {release.ref} stage {stage.role} needs bundle {stage.bundle!r} "
                                      "but the desired state carries no artifact for it")
