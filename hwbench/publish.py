@@ -50,7 +50,8 @@ def publish(target: PublishTarget, summary: dict[str, Any]) -> str:
         raise ConfigError(f"--ca-file is for mqtts:// brokers, not {target.broker_url}")
     try:
         settings = MqttSettings(url=target.broker_url, client_id=f"{target.device_id}-hwbench",
-                                username=target.username if target.password is not None else None,
+                                username=(target.username or target.device_id) if target.password is not None
+                                else None,
                                 password=target.password, persistent=False,
                                 tls=TLSSettings(ca_file=target.ca_file) if target.ca_file else None)
     except ValueError as err:
