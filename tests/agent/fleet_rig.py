@@ -37,6 +37,7 @@ class FleetRig:
         deadline = time.monotonic() + 10
         while not self.server.started and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert self.server.started, "the fleet API did not start within 10 s"
         self.agents: dict[str, Agent] = {}
         self.broker_url = broker_url
 

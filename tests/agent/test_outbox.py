@@ -3,8 +3,9 @@ killed mid-stream, the disk budget's overflow policy."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -73,16 +74,28 @@ def test_batches_delivered_and_deleted(tmp_path, mosquitto):
         col.close()
 
 
-def test_rows_stay_until_acknowledged(tmp_path):
-    """No broker at all: nothing is acknowledged, so nothing may leave the table."""
+def test_rows_stay_until_acknowledged(tmp_path, mosquitto):
+    """A broker that took the batches but has not acknowledged them (frozen with SIGSTOP): every row stays in the
+    table while its batch is in flight, and leaves once the PUBACK comes (SIGCONT)."""
     db = tmp_path / "device.db"
     fill(db, 50)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-1", clean_session=False)
-    pub = publisher(db, client, batch_size=10)
-    pub.start()
-    time.sleep(0.5)
-    pub.stop()
-    assert rows(db) == 50 and pub.stats.records == 0
+    client = device_client(mosquitto.port)
+    pub = publisher(db, client, batch_size=10, window=8)
+    client.loop_start()
+    try:
+        assert Collector.wait(client.is_connected, 10)
+        os.kill(mosquitto.proc.pid, signal.SIGSTOP)
+        pub.start()
+        # the whole table is in flight (5 batches of 10, the window holds 8), none acknowledged
+        assert Collector.wait(lambda: sum(len(f.seqs) for f in pub._inflight) == 50, 10), "batches sent"
+        assert rows(db) == 50 and pub.stats.records == 0
+        os.kill(mosquitto.proc.pid, signal.SIGCONT)
+        assert Collector.wait(pub.drained, 10), f"{rows(db)} rows left after the PUBACKs"
+        assert pub.stats.records == 50 and pub.stats.batches == 5
+    finally:
+        os.kill(mosquitto.proc.pid, signal.SIGCONT)
+        pub.stop()
+        client.loop_stop()
 
 
 # Two broker settings make a PUBACK durable across a kill -9: Mosquitto saves its state only every 30 minutes by
@@ -105,12 +118,14 @@ def test_broker_restarted_and_killed_mid_stream_delivers_everything_once_by_id(t
         assert col.wait(lambda: len(col.ids) >= 2000, 20), "streaming started"
         broker.stop()  # a clean broker restart mid-stream
         assert rows(db) > 0, "the restart happened mid-stream"
-        time.sleep(0.5)  # offline for a while: rows stay put
+        # offline: the device notices, and its rows stay put while no broker acknowledges anything
+        assert col.wait(lambda: not client.is_connected(), 10), "the device noticed the broker went"
+        assert rows(db) > 0
         broker.start()
         assert col.wait(lambda: len(col.ids) >= 8000, 30)
         broker.kill()  # kill -9 mid-stream
         assert rows(db) > 0
-        time.sleep(0.5)
+        assert col.wait(lambda: not client.is_connected(), 10), "the device noticed the broker died"
         broker.start()
         assert col.wait(pub.drained, 60), f"{rows(db)} rows left"
         assert col.wait(lambda: set(col.ids) >= set(ids), 10), f"missing {len(set(ids) - set(col.ids))}"

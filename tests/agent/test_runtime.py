@@ -4,7 +4,6 @@ retained desired states, reports every step, obeys commands, survives malformed 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -151,4 +150,3 @@ def test_restart_resumes_and_last_will(tmp_path, rig, tars, artifact_server, mos
          retain=True)
     assert col.wait(lambda: again.host.current()[0].ref == "pcb-screen@2", 20)
     send_after.loop_stop()
-    time.sleep(0)

@@ -121,7 +121,7 @@ def test_slot_swap_waits_for_the_frame_in_flight() -> None:
     slot.swap("old")  # type: ignore[arg-type]
     t = threading.Thread(target=worker)
     t.start()
-    in_frame.wait(5)
+    assert in_frame.wait(5), "the frame never started"
     swapper = threading.Thread(target=lambda: slot.swap("new"))  # type: ignore[arg-type]
     swapper.start()
     deadline = time.monotonic() + 5
@@ -132,6 +132,7 @@ def test_slot_swap_waits_for_the_frame_in_flight() -> None:
     release.set()
     t.join(5)
     swapper.join(5)
+    assert not t.is_alive() and not swapper.is_alive()
     assert seen == ["old"] and slot.current == "new"
 
 

@@ -10,12 +10,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 import sqlalchemy as sa
 
 from fleet.config import FleetConfig
+from fleet.ingest_worker import record_filters, state_filters
 from fleet.protocol import Topics
 from fleet.service import FleetService
 from fleet.store import engine as engines
@@ -32,10 +35,11 @@ class Streamer(threading.Thread):
         self.ids: list[str] = []
         self.sent = 0
         self.error: BaseException | None = None
+        self.client: mqtt.Client | None = None
 
     def run(self) -> None:
         try:
-            c = client(self.url, f"pub-{self.device}")
+            c = self.client = client(self.url, f"pub-{self.device}")
             wait_for(c.is_connected, 30, f"{self.device} connected")
             for b in range(BATCHES):
                 recs = predictions(self.device, PER_BATCH, seed=b)
@@ -79,6 +83,24 @@ class Stored:
             self.engine.dispose()
 
 
+def probe(url: str, topics: Topics, name: str, stored: Callable[[], set[str]], timeout: float = 60) -> set[str]:
+    """Publish one batch from a device of its own and wait until the fleet stored it: the fleet is subscribed and
+    ingesting (before the streams start), or, after them, has ingested everything the broker held for it before
+    the probe (one subscription gets its messages in the order the broker took them). Returns the probe's ids."""
+    c = client(url, f"probe-{name}")
+    try:
+        wait_for(c.is_connected, 30, "probe connected")
+        recs = predictions(f"probe-{name}", 3, seed=hash(name) % 1000)
+        publish_until_acked(c, topics.device(f"probe-{name}", "predictions"), batch(f"probe-{name}", "predictions",
+                                                                                   recs), timeout=timeout)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    ids = {r["id"] for r in recs}
+    wait_for(lambda: ids <= stored(), timeout, f"the fleet to store the {name} probe")
+    return ids
+
+
 def _serve(data: Path, broker: str, keys: dict, log: Path, store_url: str | None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "shadowline.cli", "fleet", "serve", "--data-dir", str(data), "--broker-url", broker,
            "--port", str(free_port()), "--trust-store", str(keys["trust"]), "--client-id", "fleet-chaos",
@@ -93,7 +115,8 @@ def test_kill9_fleet_service_during_ingest(tmp_path, mosquitto, keys, store_url)
     proc = _serve(data, mosquitto.url, keys, tmp_path / "serve.log", store_url)
     try:
         wait_for(lambda: (data / "artifacts").is_dir() and stored()[0] >= 0, 60, "service store")
-        time.sleep(1.0)  # let it subscribe (its session then persists in the broker)
+        # subscribed and ingesting (its session then persists in the broker)
+        probes = probe(mosquitto.url, topics, "start", lambda: stored()[2])
         pubs = [Streamer(mosquitto.url, f"chaos-{i}", topics, 0.01) for i in range(DEVICES)]
         for p in pubs:
             p.start()
@@ -101,7 +124,11 @@ def test_kill9_fleet_service_during_ingest(tmp_path, mosquitto, keys, store_url)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         killed_at = stored()[0]
-        time.sleep(1.0)  # publishers keep going: the broker queues for the fleet's persistent session
+        # publishers keep going while the fleet is down (unless they were done already): the broker queues for the
+        # fleet's persistent session
+        more = min(sum(p.sent for p in pubs) + 2 * DEVICES, DEVICES * BATCHES)
+        wait_for(lambda: sum(p.sent for p in pubs) >= more, 60, "batches sent while the fleet is down")
+        assert stored()[0] == killed_at, "nothing is ingested while the service is dead"
         proc = _serve(data, mosquitto.url, keys, tmp_path / "serve.log", store_url)
         for p in pubs:
             p.join(180)
@@ -109,10 +136,11 @@ def test_kill9_fleet_service_during_ingest(tmp_path, mosquitto, keys, store_url)
         expected = {i for p in pubs for i in p.ids}
         assert len(expected) == DEVICES * BATCHES * PER_BATCH
         wait_for(lambda: stored()[0] >= len(expected), 120, "every record ingested")
-        time.sleep(0.5)
+        # nothing still in flight behind the last record (a late duplicate or stray row would show below)
+        probes |= probe(mosquitto.url, topics, "end", lambda: stored()[2])
         n, distinct, ids = stored()
         assert killed_at < len(expected)  # the kill did land mid-ingest
-        assert n == distinct == len(expected) and ids == expected
+        assert n == distinct == len(expected) + len(probes) and ids == expected | probes
     finally:
         stored.close()
         proc.send_signal(signal.SIGTERM)
@@ -131,14 +159,21 @@ def test_kill9_broker_during_streaming(tmp_path, config: FleetConfig):
     svc = FleetService(config.model_copy(update={"broker_url": broker.url, "client_id": "fleet-b"})).start()
     try:
         stored = Stored(svc.fleet.config.store)
-        time.sleep(1.5)  # the subscription is saved by the broker's next autosave
+        # the fleet's session is in the broker's persistence file before the kill: every subscription filter of
+        # the service is written in it (Mosquitto stores them as plain strings)
+        db = broker.workdir / "mosquitto.db"
+        filters = [t.encode() for t in state_filters(svc.fleet.topics) + record_filters(svc.fleet.topics, None)]
+        wait_for(lambda: db.exists() and all(t in db.read_bytes() for t in filters), 10,
+                 "the broker to save the fleet's subscriptions")
         pubs = [Streamer(broker.url, f"stream-{i}", svc.fleet.topics, 0.02) for i in range(DEVICES)]
         for p in pubs:
             p.start()
         wait_for(lambda: svc.fleet.store.count("predictions") > 1500, 90, "streaming under way")
         broker.kill()
         killed_at = svc.fleet.store.count("predictions")
-        time.sleep(1.0)
+        # everyone saw the broker go: the fleet and every publisher are disconnected before it comes back
+        wait_for(lambda: not svc.mqtt.connected and all(p.client is None or not p.client.is_connected()
+                                                        for p in pubs), 30, "the broker's clients to notice")
         broker.start()
         for p in pubs:
             p.join(180)
@@ -148,11 +183,13 @@ def test_kill9_broker_during_streaming(tmp_path, config: FleetConfig):
             wait_for(lambda: svc.fleet.store.count("predictions") >= len(expected), 120, "every record ingested")
         except AssertionError:
             pass  # the assertions below say how many are missing
-        time.sleep(0.5)
+        # nothing still in flight behind the last record (a late duplicate or stray row would show below)
+        probes = probe(broker.url, svc.fleet.topics, "end", lambda: stored()[2])
         n, distinct, ids = stored()
         stored.close()
         assert killed_at < len(expected)
-        assert (n, distinct, len(expected - ids)) == (len(expected), len(expected), 0), svc.fleet.ingest.stats
+        assert (n, distinct, len(expected - ids), ids - expected - probes) == \
+            (len(expected) + len(probes), len(expected) + len(probes), 0, set()), svc.fleet.ingest.stats
     finally:
         svc.stop()
         broker.stop()
