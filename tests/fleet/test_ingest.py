@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from fleet.config import FleetConfig
 from fleet.credentials import provision
+from fleet.devices import activation_of
 from fleet.ingest import Ingest
-from fleet.protocol import Reported, Topics, encode
+from fleet.protocol import ActivationState, Reported, Topics, encode
 from fleet.service import FleetService
 from tests.conftest import free_port
 from tests.fleet.devicesim import batch, client, predictions, publish_until_acked, wait_for
@@ -145,6 +146,28 @@ def test_embedded_broker_end_to_end(config: FleetConfig, tmp_path):
 @pytest.fixture
 def ingest(fleet) -> Ingest:
     return fleet.ingest
+
+
+def test_reported_activation_typed_old_form_stored_bad_one_refused(fleet, ingest):
+    """The activation a device reports is typed: the wire form older agents sent is stored and read back as an
+    ActivationState; an activation that does not fit is refused, counted with its topic, and changes nothing."""
+    topic = Topics().device("dev-a", "reported")
+    old = {"schema": "shadowline.reported", "version": 1, "device": "dev-a", "active": "seal@1", "desired_revision": 1,
+           "activation": {"state": "committed", "source": "desired", "chain": ["download", "verify", "prepare",
+                          "check", "activate", "commit", "idle"], "steps": 6, "times": {"download": 0.5},
+                          "skipped": [], "target": "seal@1", "previous": None, "committed": "seal@1",
+                          "target_revision": 1}}
+    assert ingest.handle(topic, json.dumps(old).encode())
+    act = activation_of(fleet.store.get("devices", "dev-a"))
+    assert act is not None and act.state is ActivationState.COMMITTED and not act.state.in_progress
+    assert act.chain[0] is ActivationState.DOWNLOAD and act.times == {ActivationState.DOWNLOAD: 0.5}
+    before = ingest.stats.malformed
+    for bad in ({"state": "pwned"}, {"state": "download", "chain": ["rm -rf"]}, {"state": "idle", "extra": 1}):
+        assert not ingest.handle(topic, json.dumps({**old, "active": "evil@9", "activation": bad}).encode())
+    assert ingest.stats.malformed == before + 3
+    assert "activation" in fleet.store.malformed()[topic]["last_error"]
+    row = fleet.store.get("devices", "dev-a")
+    assert row["active"] == "seal@1" and activation_of(row) == act
 
 
 kinds = st.sampled_from(list(Topics.DEVICE_TOPICS) + ["", "x", "predictions/extra"])
