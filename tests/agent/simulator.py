@@ -397,11 +397,14 @@ class StoreWatch:
 
     def count_active(self, ref: str, devices: set[str]) -> int:
         """Devices of `devices` whose reported state says `ref` is active and no activation is in progress."""
+        from fleet.protocol import ActivationState as S
+
+        settled = (S.COMMITTED, S.FAILED, S.IDLE)
         n = 0
         for r in self.store.rows("SELECT id, active, activation FROM devices"):
             if r["id"] in devices and r["active"] == ref:
                 state = json.loads(r["activation"] or "{}").get("state")
-                n += state in ("committed", "failed", "idle")
+                n += state in settled
         return n
 
     def wait_active(self, ref: str, devices: set[str], timeout: float, step: float = 0.02) -> float | None:
