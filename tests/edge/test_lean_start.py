@@ -33,7 +33,7 @@ def test_daemon_start_imports_nothing_it_does_not_use() -> None:
     tops = {m.split(".")[0] for m in loaded}
     assert not tops & set(NOT_AT_START), sorted(tops & set(NOT_AT_START))
     assert [m for m in loaded if m.startswith("fleet.")] == ["fleet.protocol"]
-    assert "edge.agent.runtime" not in loaded  # the agent (paho, downloads) loads only with a fleet: section
+    assert "edge.agent.runtime" not in loaded  # the agent (state machine, downloads) loads only with fleet:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names at the OS level: Linux prctl")
