@@ -141,11 +141,12 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=4, help="simulator processes")
     ap.add_argument("--workers", type=int, default=4, help="worker threads per simulator process")
     ap.add_argument("--postgres", action="store_true", help="also run on PostgreSQL (a throwaway server)")
+    ap.add_argument("--postgres-only", action="store_true", help="run on PostgreSQL only")
     ap.add_argument("--quick", action="store_true", help="10 and 50 devices, 2 processes, SQLite only")
     args = ap.parse_args()
     sizes = sorted({int(s) for s in args.sizes.split(",")})
     if args.quick:
-        sizes, args.processes, args.postgres = [10, 50], 2, False
+        sizes, args.processes, args.postgres, args.postgres_only = [10, 50], 2, False, False
 
     from runtime.signing import generate_keys
     from tests.agent.conftest import make_tar
@@ -176,8 +177,9 @@ def main() -> None:
             d = export_preset("pcb-aoi", work / f"b{i}", None, version=f"1.{i}")
             tars.append(make_tar(d, work / "tars", private))
         results["bundle_bytes"] = tars[0].stat().st_size
-        results["runs"].append(run_backend("sqlite", None, sizes, args, work, tars, trust))
-        if args.postgres:
+        if not args.postgres_only:
+            results["runs"].append(run_backend("sqlite", None, sizes, args, work, tars, trust))
+        if args.postgres or args.postgres_only:
             from tests.postgres import PostgresServer
 
             pg = PostgresServer(durable=True).start()
