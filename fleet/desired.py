@@ -67,10 +67,18 @@ class DesiredStates:
         out: list[Desired | None] = []
         messages: list[tuple[str, bytes, bool]] = []
         with self.store.transaction() as st:
+            # the devices' current revisions in one read per 500 devices, not one per device: a rollback of
+            # hundreds holds the write lock (which status ingest also takes) as briefly as possible
+            current: dict[str, int] = {}
+            devices = [c[0] for c in changes]
+            for i in range(0, len(devices), 500):
+                part = devices[i:i + 500]
+                current.update((r["device"], r["revision"]) for r in st.rows(
+                    f"SELECT device, revision FROM desired WHERE device IN ({', '.join('?' * len(part))})", part))
             for device, release, candidate in changes:
                 spec, cand = spec_of(release), spec_of(candidate)
-                row = st.get("desired", device)
-                revision = (row["revision"] if row else 0) + 1
+                revision = current.get(device, 0) + 1
+                current[device] = revision
                 now = now_iso()
                 msg = None
                 if spec is not None:
