@@ -12,7 +12,7 @@ from fleet.analytics.alerts import AlertRules
 from fleet.analytics.shadow import ExitCriteria
 from fleet.validation import RecordLimits
 from runtime.errors import ConfigError
-from runtime.mqtt import TLSSettings, parse_url
+from runtime.mqtt import TLSSettings, checked_url, parse_url
 from runtime.yamlconf import describe, parse_yaml_model, read_config_text
 
 
@@ -127,12 +127,7 @@ class FleetConfig(BaseModel):
     @field_validator("broker_url")
     @classmethod
     def _broker_url(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                parse_url(v)
-            except ConfigError as err:
-                raise ValueError(str(err)) from None
-        return v
+        return None if v is None else checked_url(v)
 
     @model_validator(mode="after")
     def _share_needs_mqtt5(self) -> FleetConfig:

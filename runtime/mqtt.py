@@ -49,6 +49,16 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     return u.hostname, port or SCHEMES[u.scheme], u.scheme == "mqtts"
 
 
+def checked_url(url: str) -> str:
+    """`url` if parse_url accepts it, else a ValueError with parse_url's message: for pydantic validators, so the
+    error names the config key that holds the URL."""
+    try:
+        parse_url(url)
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
+    return url
+
+
 class MqttSettings(BaseModel):
     """Everything a client needs to reach a broker."""
 
@@ -71,11 +81,7 @@ class MqttSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        try:
-            parse_url(v)
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
-        return v
+        return checked_url(v)
 
     @model_validator(mode="after")
     def _backoff(self) -> MqttSettings:

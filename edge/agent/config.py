@@ -7,8 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from runtime.errors import ConfigError
-from runtime.mqtt import MqttSettings, TLSSettings, parse_url
+from runtime.mqtt import MqttSettings, TLSSettings, checked_url, parse_url
 
 
 class AgentConfig(BaseModel):
@@ -55,11 +54,7 @@ class AgentConfig(BaseModel):
     @field_validator("broker_url")
     @classmethod
     def _broker_url(cls, v: str) -> str:
-        try:
-            parse_url(v)
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
-        return v
+        return checked_url(v)
 
     @model_validator(mode="after")
     def _tls_needs_mqtts(self) -> AgentConfig:
