@@ -29,6 +29,18 @@ def toposort(graph) -> None:
     graph.node.extend(copies)
 
 
+def drop_initializer_inputs(model) -> None:
+    """Remove initializers from the graph inputs (IR < 4 lists every weight as an input too), raising the IR
+    version to 4, which allows initializers that are not inputs. Converters and quantizers otherwise treat the
+    weights as inputs (the FP16 converter, for one, keeps them FP32 and adds a Cast per weight)."""
+    init_names = {i.name for i in model.graph.initializer}
+    if any(i.name in init_names for i in model.graph.input):
+        kept = [i for i in model.graph.input if i.name not in init_names]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+        model.ir_version = max(model.ir_version, 4)
+
+
 def convert_fp16(src: Path, dst: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -36,12 +48,7 @@ def convert_fp16(src: Path, dst: Path) -> None:
     model = onnx.load(str(src))
     # IR < 4 lists every initializer as a graph input too; the converter would keep those "inputs" FP32 and add a
     # Cast per weight. IR 4 allows initializers that are not inputs, so drop them from the inputs first.
-    init_names = {i.name for i in model.graph.initializer}
-    if any(i.name in init_names for i in model.graph.input):
-        kept = [i for i in model.graph.input if i.name not in init_names]
-        del model.graph.input[:]
-        model.graph.input.extend(kept)
-        model.ir_version = max(model.ir_version, 4)
+    drop_initializer_inputs(model)
     try:
         # Resize keeps FP32: its scales/roi inputs must stay float32 for ONNX Runtime and TensorRT.
         fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Resize", "Upsample"])

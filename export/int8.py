@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from export.fp16 import drop_initializer_inputs
 from runtime.errors import ConfigError, ModelRejected
 from runtime.manifest import Manifest, ParityCheck
 from runtime.parity import Reference, compare, tolerances_for
@@ -67,12 +68,7 @@ def float_model(src: Path, dst: Path) -> dict[str, Any]:
 
     model = onnx.load(str(src))
     notes: dict[str, Any] = {"opset_before": _opset(model)}
-    init = {i.name for i in model.graph.initializer}
-    if any(i.name in init for i in model.graph.input):
-        kept = [i for i in model.graph.input if i.name not in init]
-        del model.graph.input[:]
-        model.graph.input.extend(kept)
-        model.ir_version = max(model.ir_version, 4)
+    drop_initializer_inputs(model)
     if notes["opset_before"] < MIN_OPSET:
         try:
             model = version_converter.convert_version(model, MIN_OPSET)
