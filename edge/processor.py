@@ -26,8 +26,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-
 from edge.actions import ActionDispatcher, work_order
 from edge.config import DeviceConfig
 from edge.health import mem_available_bytes, name_os_thread
@@ -329,6 +327,8 @@ class FrameProcessor:
         if reasons:
             data = d.frame.data
             if data is None and d.frame.image is not None:
+                import cv2  # a live-capture frame kept for review: the capture source loaded OpenCV already
+
                 data = cv2.imencode(".jpg", d.frame.image)[1].tobytes()
             if data:
                 path, size = self.retention.save(active.id, data, d.frame.suffix)
