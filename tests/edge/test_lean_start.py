@@ -19,12 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # Libraries the running daemon does not need at start: the uploader's HTTP client (and the CLI extras httpx pulls
 # in), the exporter's and the fleet's libraries, plotting, and the local API's server (loaded on the API's thread,
 # only when the API is enabled). Each would cost start time and resident memory.
-# (paho is not listed: runtime.mqtt, which the config and the action dispatcher read their MQTT settings from,
-# imports it; it is 1 MB.)
 # OpenCV (36 MB resident) loads with the first PNG or JPEG decoded (or a capture source, or a resize the presets do not
-# use), not with the modules.
+# use), paho with the first MQTT client made (the agent, an MQTT action), not with the modules.
 NOT_AT_START = ("httpx", "rich", "pygments", "coremltools", "matplotlib", "onnx", "sqlalchemy", "alembic", "jinja2",
-                "export", "hwbench", "fastapi", "starlette", "uvicorn", "cv2")
+                "export", "hwbench", "fastapi", "starlette", "uvicorn", "cv2", "paho")
 
 
 def test_daemon_start_imports_nothing_it_does_not_use() -> None:
