@@ -175,13 +175,16 @@ def daemon_committed() -> bool:
     return r.returncode == 0
 
 
-def daemon_config(work: Path, bundles_dir: Path, trust: Path, bundle_id: str, port: int) -> Path:
+def daemon_config(work: Path, bundles_dir: Path, trust: Path, bundle_id: str, port: int,
+                  decoder: str | None = None) -> Path:
     import yaml
 
     cfg = {"device_id": "footprint-1", "bundles_dir": str(bundles_dir), "trust_store": str(trust),
            "release": {"name": "footprint", "mode": "shadow", "stages": [{"role": "verify", "bundle": bundle_id}]},
            "store": {"path": str(work / "device.db")}, "retention": {"dir": str(work / "images")},
            "api": {"host": "127.0.0.1", "port": port}}
+    if decoder is not None:
+        cfg["pipeline"] = {"decoder": decoder}
     path = work / "device.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -260,6 +263,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one model (pcb-aoi), one repeat")
     ap.add_argument("--daemon", choices=["auto", "real", "equivalent"], default="auto",
                     help="auto: the real daemon when edge/daemon.py is committed, else the equivalent process")
+    ap.add_argument("--decoder", choices=["opencv", "pillow"], default=None,
+                    help="the real daemon's pipeline.decoder (default: the daemon's own default)")
     ap.add_argument("--floor", action="store_true",
                     help="also run the named stack without the project's code (FastAPI app on uvicorn, OpenCV, "
                          "pydantic, cryptography, ...) side by side: where the floor is")
@@ -288,7 +293,8 @@ def main() -> None:
                     port = free_port()
                     rundir = work / f"run-{n}-{i}"
                     rundir.mkdir()
-                    side = run_real_daemon(daemon_config(rundir, b.parent, trust, b.name, port), port, IMAGE_FOR[n])
+                    side = run_real_daemon(daemon_config(rundir, b.parent, trust, b.name, port, args.decoder), port,
+                                           IMAGE_FOR[n])
                 else:
                     side = run_until_ready([sys.executable, "-c", EQUIVALENT, str(b), str(trust),
                                             str(IMAGE_FOR[n]), str(work / f"{n}-{i}.db")])
@@ -339,7 +345,7 @@ def main() -> None:
                 print(f"{'':11s} first POST /v1/infer answered at {r['daemon_first_answer_ms']:.0f} ms "
                       f"(CPU {r['daemon_cpu_first_answer_ms']:.0f} ms; the bare process's ready includes its "
                       f"inference); RSS at /readyz {r['daemon_rss_at_ready_mb']:.0f} MB", flush=True)
-    summary = {"mode": mode, "python": sys.version.split()[0], "models": results,
+    summary = {"mode": mode, "decoder": args.decoder, "python": sys.version.split()[0], "models": results,
                "median_rss_above_bare_mb": round(statistics.median(r["rss_above_bare_mb"] for r in results.values()), 1),
                "median_private_above_bare_mb": round(statistics.median(r["private_above_bare_mb"]
                                                                        for r in results.values()), 1),
@@ -351,7 +357,7 @@ def main() -> None:
     tmp_out = out.with_name(out.name + ".tmp")
     tmp_out.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp_out, out)
-    print(f"daemon footprint ({mode}): +{summary['median_rss_above_bare_mb']:.0f} MB RSS above bare ONNX Runtime "
+    print(f"daemon footprint ({mode}{', decoder ' + args.decoder if args.decoder else ''}): +{summary['median_rss_above_bare_mb']:.0f} MB RSS above bare ONNX Runtime "
           f"(median over {len(results)} models; goal <= 50 MB; private memory "
           f"+{summary['median_private_above_bare_mb']:.0f} MB); cold start to ready "
           f"{summary['median_cold_start_ratio']:.2f}x the bare process (goal <= 2x; CPU to ready "

@@ -232,7 +232,8 @@ class FrameProcessor:
         t0 = time.perf_counter()
         try:
             image = frame.image if frame.image is not None else decode_image(
-                frame.data or b"", self.config.limits.max_pixels, frame.source)
+                frame.data or b"", self.config.limits.max_pixels, frame.source,
+                opencv=self.config.pipeline.decoder == "opencv")
             p = self.slot.current
             # preprocessed for the pipeline running now; after a swap the inference thread prepares what differs
             inp = p.prepare(image) if p is not None else FrameInput(image)

@@ -24,8 +24,10 @@ from runtime.errors import ImageError
 DEFAULT_MAX_PIXELS = 50_000_000
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
-    """Return an HxWx3 uint8 BGR array. Grayscale, palette, RGBA, CMYK and 16-bit inputs are converted."""
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image",
+                 opencv: bool = True) -> np.ndarray:
+    """Return an HxWx3 uint8 BGR array. Grayscale, palette, RGBA, CMYK and 16-bit inputs are converted.
+    `opencv=False` decodes every file with Pillow (the same pixels, slower; OpenCV is never loaded)."""
     if not data:
         raise ImageError(f"{name}: empty file")
     try:
@@ -35,7 +37,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
             w, h = opened.size
             if w * h > max_pixels:
                 raise ImageError(f"{name}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels}")
-            fast = _fast_decode(data, opened)
+            fast = _fast_decode(data, opened) if opencv else None
             if fast is not None:
                 return fast
             opened.load()

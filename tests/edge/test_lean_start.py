@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.edge.conftest import PCB, pcb_release, write_config
+from tests.edge.conftest import PCB, fill_inbox, pcb_release, write_config
 from tests.edge.test_daemon_inprocess import make_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,3 +92,21 @@ def test_running_daemon_maps_opencv_only_once_it_decodes_an_image(tmp_path: Path
     assert opencv_mapped()
     page = httpx.get(d.url + "/review", timeout=30)
     assert page.status_code == 200 and "dev-1" in page.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process's mappings from /proc")
+def test_pillow_decoder_daemon_never_maps_opencv(tmp_path: Path, bundles, keys, daemons) -> None:
+    """`pipeline.decoder: pillow` with a preset that resizes with Pillow (the PCB model's): the real daemon decides
+    PNG files, through POST /v1/infer and from its watched folder, without ever loading OpenCV."""
+    d = daemons(write_config(tmp_path, keys, pcb_release(bundles), pipeline={"decoder": "pillow"}))
+    assert d.proc is not None
+    image = PCB / "Defective_02.png"
+    r = httpx.post(d.url + "/v1/infer", content=image.read_bytes(), headers={"content-type": "image/png"},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["record"]["decision"] in ("flag", "pass")
+    names = fill_inbox(tmp_path / "inbox", PCB)
+    st = d.wait_frames(1 + len(names))
+    assert st["errors"] == 0
+    maps = Path(f"/proc/{d.proc.pid}/maps").read_text()
+    assert "/cv2/" not in maps
