@@ -10,7 +10,15 @@ start to ready, both measured in fresh subprocesses side by side in one run (med
 Fair to both sides: the project is byte-compiled first (as an installed package is; the libraries have their
 .pyc), and one uncounted round warms the page cache. RSS includes the shared libraries' file-backed pages; the
 private (anonymous) memory is printed beside it, and CPU time to ready beside the wall time (less sensitive to
-other processes on a shared machine).
+other processes on a shared machine). The file-backed part depends on how the kernel holds the library files in the
+page cache, not only on the code: with byte-identical files on the same kernel (6.18), cv2.abi3.so was 6.6 MB
+resident when its pages had come in through faults and 21.9 MB after the file had been read sequentially (large
+folios are mapped whole at a fault). Compare RSS figures taken in one run, side by side; the private figure does not
+move this way.
+
+The real daemon loads some libraries lazily (OpenCV with the first PNG or JPEG it decodes): what the first request
+pays is printed too, as the time until the first POST /v1/infer answered and the RSS at /readyz beside the RSS after
+that request.
 
 Prints one line per model and the figure last; writes benchmarks/results/footprint.json.
 """
@@ -55,6 +63,40 @@ model, ref = sys.argv[1], sys.argv[2]
 x = np.load(ref)['input'][:1]
 sess = ort.InferenceSession(model, providers=['CPUExecutionProvider'])
 sess.run(None, {sess.get_inputs()[0].name: x})
+print('READY ' + json.dumps(rss()), flush=True)
+sys.stdin.read()
+"""
+
+# --floor: the named stack without the project's code, for where the floor is: the bare process plus the libraries
+# the daemon runs on (pydantic, cryptography's ed25519, PyYAML, click, prometheus_client, Pillow, OpenCV with one PNG
+# decoded, SQLite) and a FastAPI app served by uvicorn on a thread (as the daemon serves its API); ready when its
+# /readyz answers (sys.argv[4] is the port).
+FLOOR = RSS_CODE + """
+import json, sys, sqlite3, threading, time, urllib.request
+import numpy as np
+import onnxruntime as ort
+import click, yaml, prometheus_client, pydantic, cv2
+from PIL import Image
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+import fastapi, uvicorn
+model, ref, image, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+app = fastapi.FastAPI()
+app.get('/readyz')(lambda: {'ready': True})
+server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=port, log_level='warning', access_log=False,
+                                       http='h11', ws='none', lifespan='off', loop='asyncio'))
+threading.Thread(target=server.run, daemon=True).start()
+x = np.load(ref)['input'][:1]
+sess = ort.InferenceSession(model, providers=['CPUExecutionProvider'])
+sess.run(None, {sess.get_inputs()[0].name: x})
+cv2.imdecode(np.fromfile(image, np.uint8), cv2.IMREAD_COLOR)
+Image.open(image).load()
+sqlite3.connect(':memory:').execute('create table t (x)')
+while True:
+    try:
+        urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=1).read()
+        break
+    except OSError:
+        time.sleep(0.005)
 print('READY ' + json.dumps(rss()), flush=True)
 sys.stdin.read()
 """
@@ -133,13 +175,16 @@ def daemon_committed() -> bool:
     return r.returncode == 0
 
 
-def daemon_config(work: Path, bundles_dir: Path, trust: Path, bundle_id: str, port: int) -> Path:
+def daemon_config(work: Path, bundles_dir: Path, trust: Path, bundle_id: str, port: int,
+                  decoder: str | None = None) -> Path:
     import yaml
 
     cfg = {"device_id": "footprint-1", "bundles_dir": str(bundles_dir), "trust_store": str(trust),
            "release": {"name": "footprint", "mode": "shadow", "stages": [{"role": "verify", "bundle": bundle_id}]},
            "store": {"path": str(work / "device.db")}, "retention": {"dir": str(work / "images")},
            "api": {"host": "127.0.0.1", "port": port}}
+    if decoder is not None:
+        cfg["pipeline"] = {"decoder": decoder}
     path = work / "device.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -165,12 +210,16 @@ def run_real_daemon(config: Path, port: int, image: Path, timeout: float = 120) 
             if ready:
                 ready_ms = (time.perf_counter() - start) * 1000
                 cpu = proc_cpu_ms(p.pid)
+                at_ready = proc_rss(p.pid)["VmRSS"]
                 req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/infer", data=image.read_bytes(),
                                              headers={"content-type": "image/png"}, method="POST")
                 with urllib.request.urlopen(req, timeout=60) as r:
                     if r.status != 200:
                         raise RuntimeError(f"POST /v1/infer answered {r.status}")
-                return ready_ms, {**proc_rss(p.pid), "cpu_ms": cpu}
+                # what loads lazily (OpenCV with the first PNG) is paid here: reported beside the cold start
+                first_ms = (time.perf_counter() - start) * 1000
+                return ready_ms, {**proc_rss(p.pid), "cpu_ms": cpu, "first_answer_ms": first_ms,
+                                  "cpu_first_answer_ms": proc_cpu_ms(p.pid), "rss_at_ready_mb": at_ready}
             time.sleep(0.02)
         raise RuntimeError("daemon did not become ready")
     finally:
@@ -214,6 +263,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one model (pcb-aoi), one repeat")
     ap.add_argument("--daemon", choices=["auto", "real", "equivalent"], default="auto",
                     help="auto: the real daemon when edge/daemon.py is committed, else the equivalent process")
+    ap.add_argument("--decoder", choices=["opencv", "pillow"], default=None,
+                    help="the real daemon's pipeline.decoder (default: the daemon's own default)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run the named stack without the project's code (FastAPI app on uvicorn, OpenCV, "
+                         "pydantic, cryptography, ...) side by side: where the floor is")
     args = ap.parse_args()
     names = ["pcb-aoi"] if args.quick else list(PRESETS)
     repeat = 1 if args.quick else args.repeat
@@ -225,16 +279,22 @@ def main() -> None:
         bundles, trust = export_bundles(work, names)
         for n in names:
             b = bundles[n]
-            bare, daemon = [], []
+            bare, daemon, floor = [], [], []
             for i in range(-1, repeat):  # interleaved so drift hits both sides alike;
                 # round -1 warms the page cache for both sides and is not counted
                 side_bare = run_until_ready([sys.executable, "-c", BARE, str(b / "model.onnx"),
                                              str(b / "reference.npz")])
+                if args.floor:
+                    side_floor = run_until_ready([sys.executable, "-c", FLOOR, str(b / "model.onnx"),
+                                                  str(b / "reference.npz"), str(IMAGE_FOR[n]), str(free_port())])
+                    if i >= 0:
+                        floor.append(side_floor)
                 if mode == "real":
                     port = free_port()
                     rundir = work / f"run-{n}-{i}"
                     rundir.mkdir()
-                    side = run_real_daemon(daemon_config(rundir, b.parent, trust, b.name, port), port, IMAGE_FOR[n])
+                    side = run_real_daemon(daemon_config(rundir, b.parent, trust, b.name, port, args.decoder), port,
+                                           IMAGE_FOR[n])
                 else:
                     side = run_until_ready([sys.executable, "-c", EQUIVALENT, str(b), str(trust),
                                             str(IMAGE_FOR[n]), str(work / f"{n}-{i}.db")])
@@ -253,6 +313,15 @@ def main() -> None:
                  "bare_cpu_to_ready_ms": med([x[1]["cpu_ms"] for x in bare]),
                  "daemon_cpu_to_ready_ms": med([x[1]["cpu_ms"] for x in daemon]),
                  "load_avg": round(os.getloadavg()[0], 2)}
+            if mode == "real":
+                r["daemon_first_answer_ms"] = med([x[1]["first_answer_ms"] for x in daemon])
+                r["daemon_cpu_first_answer_ms"] = med([x[1]["cpu_first_answer_ms"] for x in daemon])
+                r["daemon_rss_at_ready_mb"] = med([x[1]["rss_at_ready_mb"] for x in daemon])
+            if floor:
+                r["floor_rss_mb"] = med([x[1]["VmRSS"] for x in floor])
+                r["floor_private_mb"] = med([x[1]["RssAnon"] for x in floor])
+                r["floor_cold_start_ms"] = med([x[0] for x in floor])
+                r["floor_cpu_to_ready_ms"] = med([x[1]["cpu_ms"] for x in floor])
             r["rss_above_bare_mb"] = round(r["daemon_rss_mb"] - r["bare_rss_mb"], 1)
             # RSS counts the shared libraries' file-backed pages too (OpenCV's alone are ~45 MB); the private part
             # is what a second process could not share
@@ -265,7 +334,18 @@ def main() -> None:
                   f"vs {r['bare_cold_start_ms']:.0f} ms ({r['cold_start_ratio']:.2f}x); CPU to ready "
                   f"{r['daemon_cpu_to_ready_ms']:.0f} ms vs {r['bare_cpu_to_ready_ms']:.0f} ms "
                   f"({r['cpu_to_ready_ratio']:.2f}x); load avg {r['load_avg']}", flush=True)
-    summary = {"mode": mode, "python": sys.version.split()[0], "models": results,
+            if floor:
+                print(f"{'':11s} floor (the named stack, no project code): RSS {r['floor_rss_mb']:.0f} MB "
+                      f"(+{r['floor_rss_mb'] - r['bare_rss_mb']:.0f} MB above bare; private "
+                      f"+{r['floor_private_mb'] - r['bare_private_mb']:.0f} MB); cold start {r['floor_cold_start_ms']:.0f} ms "
+                      f"({r['floor_cold_start_ms'] / r['bare_cold_start_ms']:.2f}x); CPU to ready "
+                      f"{r['floor_cpu_to_ready_ms']:.0f} ms ({r['floor_cpu_to_ready_ms'] / r['bare_cpu_to_ready_ms']:.2f}x)",
+                      flush=True)
+            if mode == "real":
+                print(f"{'':11s} first POST /v1/infer answered at {r['daemon_first_answer_ms']:.0f} ms "
+                      f"(CPU {r['daemon_cpu_first_answer_ms']:.0f} ms; the bare process's ready includes its "
+                      f"inference); RSS at /readyz {r['daemon_rss_at_ready_mb']:.0f} MB", flush=True)
+    summary = {"mode": mode, "decoder": args.decoder, "python": sys.version.split()[0], "models": results,
                "median_rss_above_bare_mb": round(statistics.median(r["rss_above_bare_mb"] for r in results.values()), 1),
                "median_private_above_bare_mb": round(statistics.median(r["private_above_bare_mb"]
                                                                        for r in results.values()), 1),
@@ -277,7 +357,7 @@ def main() -> None:
     tmp_out = out.with_name(out.name + ".tmp")
     tmp_out.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp_out, out)
-    print(f"daemon footprint ({mode}): +{summary['median_rss_above_bare_mb']:.0f} MB RSS above bare ONNX Runtime "
+    print(f"daemon footprint ({mode}{', decoder ' + args.decoder if args.decoder else ''}): +{summary['median_rss_above_bare_mb']:.0f} MB RSS above bare ONNX Runtime "
           f"(median over {len(results)} models; goal <= 50 MB; private memory "
           f"+{summary['median_private_above_bare_mb']:.0f} MB); cold start to ready "
           f"{summary['median_cold_start_ratio']:.2f}x the bare process (goal <= 2x; CPU to ready "

@@ -6,6 +6,7 @@ reaches into the frame path's threads, queue or pipeline."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -83,7 +84,9 @@ def build_review(body: ReviewIn, pred: dict[str, Any], device: str, inspector: s
         note=body.note)
 
 
+@functools.cache
 def _templates() -> Any:
+    """The review page's templates, loaded by its first request (Jinja2 is not needed to become ready)."""
     import jinja2
 
     # autoescape: file names, labels and inspector names come from outside and must never become markup
@@ -205,8 +208,6 @@ def create_app(daemon: LocalDevice) -> FastAPI:
     def whoami(who: str = Depends(inspector)) -> dict:
         return {"inspector": who, "device": daemon.device_id}
 
-    templates = _templates()
-
     @app.get("/", include_in_schema=False)
     @app.get("/review", include_in_schema=False)
     def review_page(request: Request) -> HTMLResponse:
@@ -214,8 +215,8 @@ def create_app(daemon: LocalDevice) -> FastAPI:
             who: str | None = inspectors.who(request.headers.get("authorization"), request.cookies.get(COOKIE))
         except ShadowlineError:
             who = None
-        html = templates.get_template("index.html").render(device=daemon.device_id, inspector=who,
-                                                           release=daemon.active_ref() or "")
+        html = _templates().get_template("index.html").render(device=daemon.device_id, inspector=who,
+                                                              release=daemon.active_ref() or "")
         return HTMLResponse(html, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                                            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                                                       "style-src 'self' 'unsafe-inline'; "

@@ -223,6 +223,10 @@ class PipelineConfig(_Cfg):
     max_batch: int = Field(8, ge=1, le=64, description="frames decided together when that many are ready; stage 2 "
                            "runs once over their candidates (batched where the model has a dynamic batch)")
     commit_batch: int = Field(32, ge=1, le=1024, description="frames committed in one SQLite transaction at most")
+    decoder: Literal["opencv", "pillow"] = Field(
+        "opencv", description="opencv: plain PNG/JPEG files decoded by OpenCV (faster; the same pixels as Pillow's), "
+                              "the rest by Pillow; pillow: every file by Pillow, so a daemon whose presets resize "
+                              "with Pillow never loads OpenCV (about 48 MB less resident memory)")
 
 
 class DegradeConfig(_Cfg):

@@ -26,8 +26,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-
 from edge.actions import ActionDispatcher, work_order
 from edge.config import DeviceConfig
 from edge.health import mem_available_bytes, name_os_thread
@@ -234,7 +232,8 @@ class FrameProcessor:
         t0 = time.perf_counter()
         try:
             image = frame.image if frame.image is not None else decode_image(
-                frame.data or b"", self.config.limits.max_pixels, frame.source)
+                frame.data or b"", self.config.limits.max_pixels, frame.source,
+                opencv=self.config.pipeline.decoder == "opencv")
             p = self.slot.current
             # preprocessed for the pipeline running now; after a swap the inference thread prepares what differs
             inp = p.prepare(image) if p is not None else FrameInput(image)
@@ -329,6 +328,8 @@ class FrameProcessor:
         if reasons:
             data = d.frame.data
             if data is None and d.frame.image is not None:
+                import cv2  # a live-capture frame kept for review: the capture source loaded OpenCV already
+
                 data = cv2.imencode(".jpg", d.frame.image)[1].tobytes()
             if data:
                 path, size = self.retention.save(active.id, data, d.frame.suffix)

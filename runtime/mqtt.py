@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
-import paho.mqtt.client as mqtt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runtime.errors import ConfigError
+
+if TYPE_CHECKING:  # paho loads with the first client made: the settings models (device config) do not need it
+    import paho.mqtt.client as mqtt
 
 SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 
@@ -133,6 +135,8 @@ class Client:
 def make_client(settings: MqttSettings, *, manual_ack: bool = False) -> Client:
     """The paho client for `settings` (paho-mqtt 2 callback API version 2). Call `connect_async()` or `connect()`
     on the result, then `client.loop_start()`."""
+    import paho.mqtt.client as mqtt
+
     kwargs: dict[str, Any] = {}
     if settings.protocol == "5":
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv5,

@@ -5,6 +5,9 @@ Plain 8-bit PNG and JPEG files, most of what cameras and line scanners write, ar
 twice as fast, with pixels identical to Pillow's (checked on every shipped image in tests/runtime); everything else
 (alpha, palettes, 16-bit, EXIF rotation, anything OpenCV refuses or that looks truncated) goes through Pillow,
 which raises on truncated and corrupt files with a message that says so.
+
+OpenCV is imported by the first PNG or JPEG decoded, not with this module: a process that never decodes one (the CLI,
+`edge validate-config`, a daemon before its first frame) does not carry its 36 MB.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import io
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -22,8 +24,10 @@ from runtime.errors import ImageError
 DEFAULT_MAX_PIXELS = 50_000_000
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
-    """Return an HxWx3 uint8 BGR array. Grayscale, palette, RGBA, CMYK and 16-bit inputs are converted."""
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image",
+                 opencv: bool = True) -> np.ndarray:
+    """Return an HxWx3 uint8 BGR array. Grayscale, palette, RGBA, CMYK and 16-bit inputs are converted.
+    `opencv=False` decodes every file with Pillow (the same pixels, slower; OpenCV is never loaded)."""
     if not data:
         raise ImageError(f"{name}: empty file")
     try:
@@ -33,7 +37,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
             w, h = opened.size
             if w * h > max_pixels:
                 raise ImageError(f"{name}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels}")
-            fast = _fast_decode(data, opened)
+            fast = _fast_decode(data, opened) if opencv else None
             if fast is not None:
                 return fast
             opened.load()
@@ -53,9 +57,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
     return _to_bgr8(im, name)
 
 
-_IMREAD = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-
-
 def _fast_decode(data: bytes, im: Image.Image) -> np.ndarray | None:
     """OpenCV's decode where it gives exactly Pillow's pixels; None: use Pillow."""
     if im.format == "JPEG":
@@ -69,6 +70,8 @@ def _fast_decode(data: bytes, im: Image.Image) -> np.ndarray | None:
             return None
     else:
         return None
+    import cv2
+
     buf = np.frombuffer(data, np.uint8)
     if im.mode == "RGBA":
         bgra = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
@@ -77,7 +80,7 @@ def _fast_decode(data: bytes, im: Image.Image) -> np.ndarray | None:
         if not bool((bgra[:, :, 3] == 255).all()):
             return None  # real transparency: Pillow composites it on white
         return cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR)
-    out = cv2.imdecode(buf, _IMREAD)  # None on a corrupt or truncated file: Pillow then reports why
+    out = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # None on a corrupt or truncated file: Pillow then reports why
     if out is None or out.ndim != 3 or out.dtype != np.uint8 or out.shape[:2] != (im.size[1], im.size[0]):
         return None
     return out

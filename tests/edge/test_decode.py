@@ -83,3 +83,17 @@ def test_bad_bytes_keep_their_reasons() -> None:
             decode_image(data, name="x")
     with pytest.raises(ImageError, match="over the limit of 1000"):
         decode_image(png, max_pixels=1000)
+
+
+def test_pillow_decoder_gives_the_same_pixels_without_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pipeline.decoder: pillow` (decode_image(opencv=False)): every shipped image decoded by Pillow alone, pixel for
+    pixel what the OpenCV fast path gives."""
+    fast = {p.name: decode_image(p.read_bytes()) for p in SHIPPED}
+
+    def no_opencv(data: bytes, im: Image.Image) -> np.ndarray | None:
+        raise AssertionError("the OpenCV path was taken")
+
+    monkeypatch.setattr(image_mod, "_fast_decode", no_opencv)
+    for p in SHIPPED:
+        got = decode_image(p.read_bytes(), opencv=False)
+        assert got.dtype == np.uint8 and np.array_equal(got, fast[p.name]), p.name

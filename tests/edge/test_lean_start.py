@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.edge.conftest import PCB, pcb_release
+from tests.edge.conftest import PCB, fill_inbox, pcb_release, write_config
 from tests.edge.test_daemon_inprocess import make_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,10 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # Libraries the running daemon does not need at start: the uploader's HTTP client (and the CLI extras httpx pulls
 # in), the exporter's and the fleet's libraries, plotting, and the local API's server (loaded on the API's thread,
 # only when the API is enabled). Each would cost start time and resident memory.
-# (paho is not listed: runtime.mqtt, which the config and the action dispatcher read their MQTT settings from,
-# imports it; it is 1 MB.)
+# OpenCV (36 MB resident) loads with the first PNG or JPEG decoded (or a capture source, or a resize the presets do not
+# use), paho with the first MQTT client made (the agent, an MQTT action), not with the modules.
 NOT_AT_START = ("httpx", "rich", "pygments", "coremltools", "matplotlib", "onnx", "sqlalchemy", "alembic", "jinja2",
-                "export", "hwbench", "fastapi", "starlette", "uvicorn")
+                "export", "hwbench", "fastapi", "starlette", "uvicorn", "cv2", "paho")
 
 
 def test_daemon_start_imports_nothing_it_does_not_use() -> None:
@@ -47,3 +48,65 @@ def test_frame_path_threads_carry_their_names_at_the_os_level(tmp_path: Path, bu
     finally:
         d.stop()
     assert {"reader", "inference", "commit", "decode_0"} <= names, sorted(names)
+
+
+def test_local_api_app_loads_the_review_templates_on_the_first_page_request(tmp_path: Path, bundles, keys) -> None:
+    """Building the local API (what the daemon does before /readyz answers) does not import Jinja2: the review
+    page's first request does."""
+    code = f"""
+import json, sys
+from pathlib import Path
+from edge.config import DeviceConfig
+from edge.daemon import Daemon
+from edge.api import create_app
+cfg = DeviceConfig.model_validate({{"device_id": "dev-1", "trust_store": {str(keys["trust"])!r},
+                                   "release": json.loads({json.dumps(pcb_release(bundles), default=str)!r}),
+                                   "api": {{"enabled": True}}}}).resolve(Path({str(tmp_path)!r}))
+create_app(Daemon(cfg))
+print(json.dumps(sorted(sys.modules)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded = {m.split(".")[0] for m in json.loads(out.stdout)}
+    assert "fastapi" in loaded  # the app was built
+    assert not loaded & {"jinja2", "cv2"}, sorted(loaded & {"jinja2", "cv2"})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process's mappings from /proc")
+def test_running_daemon_maps_opencv_only_once_it_decodes_an_image(tmp_path: Path, bundles, keys, daemons) -> None:
+    """The real `shadowline edge run`: ready (model loaded, API up) without OpenCV's shared libraries mapped; the
+    first PNG through POST /v1/infer loads them and is decided; the review page renders (its templates load then)."""
+    d = daemons(write_config(tmp_path, keys, pcb_release(bundles)))
+    assert d.proc is not None
+
+    def opencv_mapped() -> bool:
+        return any("/cv2/" in line for line in Path(f"/proc/{d.proc.pid}/maps").read_text().splitlines())
+
+    assert httpx.get(d.url + "/readyz", timeout=10).status_code == 200
+    assert not opencv_mapped()
+    image = PCB / "Defective_02.png"
+    r = httpx.post(d.url + "/v1/infer", content=image.read_bytes(), headers={"content-type": "image/png"},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["record"]["decision"] in ("flag", "pass")
+    assert opencv_mapped()
+    page = httpx.get(d.url + "/review", timeout=30)
+    assert page.status_code == 200 and "dev-1" in page.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process's mappings from /proc")
+def test_pillow_decoder_daemon_never_maps_opencv(tmp_path: Path, bundles, keys, daemons) -> None:
+    """`pipeline.decoder: pillow` with a preset that resizes with Pillow (the PCB model's): the real daemon decides
+    PNG files, through POST /v1/infer and from its watched folder, without ever loading OpenCV."""
+    d = daemons(write_config(tmp_path, keys, pcb_release(bundles), pipeline={"decoder": "pillow"}))
+    assert d.proc is not None
+    image = PCB / "Defective_02.png"
+    r = httpx.post(d.url + "/v1/infer", content=image.read_bytes(), headers={"content-type": "image/png"},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["record"]["decision"] in ("flag", "pass")
+    names = fill_inbox(tmp_path / "inbox", PCB)
+    st = d.wait_frames(1 + len(names))
+    assert st["errors"] == 0
+    maps = Path(f"/proc/{d.proc.pid}/maps").read_text()
+    assert "/cv2/" not in maps
