@@ -1,13 +1,15 @@
 """Daemon throughput on a folder of the real images, side by side in one run against (goals in brackets):
 
-- the bare sequential loop: read file, decode, preprocess, ONNX Runtime, decode outputs, at the same intra-op
-  thread count [daemon >= 1.2x]. It runs twice per round, with ORT's defaults and with the daemon's session
-  options (idle spinning off); the faster of the two is the baseline, so the daemon gains nothing from a setting;
+- the bare sequential loop: read file, decode, preprocess, ONNX Runtime, decode outputs [daemon >= 1.2x]. It runs
+  three times per round: at `--threads` intra-op threads with ORT's defaults, at `--threads` with the daemon's
+  session options (idle spinning off), and at the daemon's own intra-op thread count (1 by default) without
+  spinning; the fastest of the three is the baseline, so the daemon gains nothing from a setting;
 - the CPU limit: cores / CPU time per frame of decode + preprocess + inference, each measured alone on the same
-  frames [daemon >= 0.85x];
+  frames, inference at whichever of the two thread counts costs less CPU [daemon >= 0.85x];
 - the inference-only limit: ONNX Runtime alone on already preprocessed inputs, at the same thread count (reported).
 
-The daemon is the real `shadowline edge run --config ...` process with a watched folder: everything it does per
+The daemon is the real `shadowline edge run --config ...` process with a watched folder, with its default thread
+settings (intra-op threads and decode workers) unless `--daemon-threads` / `--workers` say otherwise: everything it does per
 frame counts (queue, decode workers, inference, SQLite group commit with outbox rows, retention, moving the file to
 done/). It is started and ready (/readyz) before the clock starts; the files are renamed into the watched folder at
 t=0 and the clock stops when the last record is committed (polled in its SQLite file). Its CPU time is read from
@@ -82,8 +84,9 @@ def bare_loop(bundle: Path, files: list[Path], threads: int, spin: bool) -> tupl
         return len(files) / (time.perf_counter() - t0), (time.process_time() - c0) * 1000 / len(files)
 
 
-def limits(bundle: Path, files: list[Path], threads: int) -> dict[str, float]:
-    """CPU ms per frame of decode, preprocess and inference, each alone; and inference-only frames per second."""
+def limits(bundle: Path, files: list[Path], threads: int, daemon_threads: int) -> dict[str, float]:
+    """CPU ms per frame of decode, preprocess and inference, each alone (inference at the thread count that costs
+    less CPU: the higher limit); and inference-only frames per second at `threads`."""
     from runtime.bundle import load_bundle
     from runtime.processing.image import decode_image
     from runtime.processing.preprocess import preprocess
@@ -96,15 +99,19 @@ def limits(bundle: Path, files: list[Path], threads: int) -> dict[str, float]:
         c1 = time.process_time()
         xs = [preprocess(im, m.input)[0][None] for im in images]
         c2 = time.process_time()
-        sess = session(b.model_path, threads, spin=False)  # the daemon's setting; spinning only adds CPU time
-        sess.run(None, {m.input.name: xs[0]})
-        c3, t3 = time.process_time(), time.perf_counter()
-        for x in xs:
-            sess.run(None, {m.input.name: x})
-        c4, t4 = time.process_time(), time.perf_counter()
+        inference: dict[int, tuple[float, float]] = {}  # threads -> (CPU s, wall s) over the frames
+        for t in dict.fromkeys((threads, daemon_threads)):
+            sess = session(b.model_path, t, spin=False)  # the daemon's setting; spinning only adds CPU time
+            sess.run(None, {m.input.name: xs[0]})
+            c3, t3 = time.process_time(), time.perf_counter()
+            for x in xs:
+                sess.run(None, {m.input.name: x})
+            inference[t] = (time.process_time() - c3, time.perf_counter() - t3)
     n = len(files)
     return {"decode_cpu_ms": (c1 - c0) * 1000 / n, "preprocess_cpu_ms": (c2 - c1) * 1000 / n,
-            "inference_cpu_ms": (c4 - c3) * 1000 / n, "inference_only_fps": n / (t4 - t3)}
+            "inference_cpu_ms": min(c for c, _ in inference.values()) * 1000 / n,
+            "inference_cpu_ms_by_threads": {t: c * 1000 / n for t, (c, _) in inference.items()},
+            "inference_only_fps": n / inference[threads][1]}
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -117,7 +124,7 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended
             continue
-        name = "decode" if name.startswith("decode_") else name
+        name = "decode" if name.startswith("decode_") else "inference" if name.startswith("inference_") else name
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
@@ -135,8 +142,8 @@ def committed(db: Path) -> int:
         return 0
 
 
-def daemon_run(bundle: Path, files: list[Path], threads: int, work: Path,
-               workers: int | None) -> tuple[float, float, dict[str, float]]:
+def daemon_run(bundle: Path, files: list[Path], threads: int | None, work: Path, workers: int | None,
+               inference_workers: int | None = None) -> tuple[float, float, dict[str, float]]:
     """The real daemon process: (frames per second, CPU ms per frame, CPU ms per frame by thread) from the first
     rename to the last commit."""
     import yaml
@@ -154,12 +161,11 @@ def daemon_run(bundle: Path, files: list[Path], threads: int, work: Path,
         shutil.copy(f, staging / name)
         names.append(name)
     port = free_port()
-    cfg = {"device_id": "bench", "api": {"port": port}, "runner": {"threads": threads},
+    cfg = {"device_id": "bench", "api": {"port": port}, "runner": {} if threads is None else {"threads": threads},
            "release": {"name": "bench", "mode": "shadow", "stages": [{"role": "screen", "bundle": str(bundle)}]},
            "sources": [{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0.0}],
-           "pipeline": {"decode_workers": workers}, "queue": {"max_size": 64}}
-    if workers is None:
-        del cfg["pipeline"]
+           "pipeline": {k: v for k, v in (("decode_workers", workers), ("inference_workers", inference_workers))
+                        if v is not None}, "queue": {"max_size": 64}}
     (work / "device.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen([sys.executable, "-m", "shadowline.cli", "edge", "run", "--config", str(work / "device.yaml"),
@@ -208,9 +214,14 @@ def compile_bytecode() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="squeezenet", choices=sorted(MODELS))
-    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads for every side")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads of the bare loop and the "
+                    "inference-only limit (the bare loop also runs at the daemon's thread count)")
+    ap.add_argument("--daemon-threads", type=int, default=None, help="the daemon's intra-op threads per model "
+                    "(default: the daemon's own default, 1)")
     ap.add_argument("--workers", type=int, default=None, help="the daemon's decode workers (default: the daemon's "
-                    "own default, the cores less one)")
+                    "own default, the cores)")
+    ap.add_argument("--inference-workers", type=int, default=None, help="the daemon's inference workers (default: "
+                    "the daemon's own default, the cores)")
     ap.add_argument("--copies", type=int, default=16, help="copies of the 13 real images per round (16: 208 frames)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of bare/daemon/limits")
     ap.add_argument("--quick", action="store_true", help="short run (CI)")
@@ -225,23 +236,34 @@ def main() -> None:
         files = image_files() * args.copies
         compile_bytecode()
         bare_loop(bundle, files[:5], args.threads, True)  # warm-up (page cache, ORT arenas)
+        from edge.config import OnnxRuntimeRunnerConfig
+
+        daemon_threads = args.daemon_threads or OnnxRuntimeRunnerConfig().threads or args.threads
         for r in range(args.rounds):
             load0 = os.getloadavg()[0]
-            spin_fps, spin_cpu = bare_loop(bundle, files, args.threads, spin=True)
-            nospin_fps, nospin_cpu = bare_loop(bundle, files, args.threads, spin=False)
-            fps, cpu, by_thread = daemon_run(bundle, files, args.threads, tmp / "daemon", args.workers)
-            lim = limits(bundle, files, args.threads)
+            bare = {"spin": bare_loop(bundle, files, args.threads, spin=True),
+                    "nospin": bare_loop(bundle, files, args.threads, spin=False)}
+            if daemon_threads != args.threads:
+                bare["daemon_threads"] = bare_loop(bundle, files, daemon_threads, spin=False)
+            best = max(bare, key=lambda k: bare[k][0])
+            fps, cpu, by_thread = daemon_run(bundle, files, args.daemon_threads, tmp / "daemon", args.workers,
+                                             args.inference_workers)
+            lim = limits(bundle, files, args.threads, daemon_threads)
             cpu_ms = lim["decode_cpu_ms"] + lim["preprocess_cpu_ms"] + lim["inference_cpu_ms"]
-            rd = {"bare_fps_spin": spin_fps, "bare_fps_nospin": nospin_fps, "bare_fps": max(spin_fps, nospin_fps),
-                  "bare_cpu_ms": spin_cpu if spin_fps >= nospin_fps else nospin_cpu, "daemon_fps": fps,
+            rd = {**{f"bare_fps_{k}": v[0] for k, v in bare.items()}, "bare_best": best, "bare_fps": bare[best][0],
+                  "bare_cpu_ms": bare[best][1], "daemon_fps": fps,
                   "daemon_cpu_ms": cpu, "daemon_cpu_ms_by_thread": by_thread, **lim,
                   "stage_cpu_ms": cpu_ms, "cpu_limit_fps": cores * 1000 / cpu_ms,
                   "load_avg": round((load0 + os.getloadavg()[0]) / 2, 2)}
             rounds.append(rd)
-            print(f"round {r + 1}: bare {rd['bare_fps']:.1f} fps (spin {spin_fps:.1f}, no spin {nospin_fps:.1f}; "
+            variants = ", ".join(f"{k.replace('daemon_threads', f'{daemon_threads} thread(s) no spin')} {v[0]:.1f}"
+                                 for k, v in bare.items()).replace("nospin", "no spin")
+            print(f"round {r + 1}: bare {rd['bare_fps']:.1f} fps ({variants}; "
                   f"{rd['bare_cpu_ms']:.1f} CPU ms/frame), daemon {fps:.1f} fps ({cpu:.1f} CPU ms/frame), "
                   f"CPU limit {rd['cpu_limit_fps']:.1f} fps (decode {lim['decode_cpu_ms']:.2f} + preprocess "
-                  f"{lim['preprocess_cpu_ms']:.2f} + inference {lim['inference_cpu_ms']:.2f} CPU ms on {cores} cores), "
+                  f"{lim['preprocess_cpu_ms']:.2f} + inference {lim['inference_cpu_ms']:.2f} CPU ms on {cores} cores; "
+                  "inference CPU ms by threads " + ", ".join(f"{t}: {c:.2f}" for t, c in
+                                                             lim["inference_cpu_ms_by_threads"].items()) + "), "
                   f"inference only {lim['inference_only_fps']:.1f} fps; load avg {rd['load_avg']}", flush=True)
             print("  daemon CPU ms/frame by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                                  sorted(by_thread.items(), key=lambda kv: -kv[1])),
@@ -253,7 +275,9 @@ def main() -> None:
     from edge.config import PipelineConfig
 
     workers = args.workers or PipelineConfig().workers
-    result = {"model": args.model, "threads": args.threads, "decode_workers": workers, "cores": cores,
+    inference_workers = args.inference_workers or PipelineConfig.default_workers()
+    result = {"model": args.model, "threads": args.threads, "daemon_threads": daemon_threads,
+              "decode_workers": workers, "inference_workers": inference_workers, "cores": cores,
               "frames_per_round": len(files), "rounds": rounds,
               "bare_fps_median": round(med("bare_fps"), 2), "daemon_fps_median": round(med("daemon_fps"), 2),
               "cpu_limit_fps_median": round(med("cpu_limit_fps"), 2),
@@ -282,8 +306,9 @@ def main() -> None:
           f"{result['daemon_cores_used_median']:.2f}, bare {result['bare_cores_used_median']:.2f} of {cores}; "
           f"inference-only limit {result['inference_only_fps_median']:.1f} fps: daemon "
           f"{result['ratio_vs_inference_only']:.2f}x")
-    print(f"daemon throughput {result['daemon_fps_median']:.1f} fps ({args.model}, {args.threads} threads, "
-          f"{workers} decode workers, {len(files)} frames, median of {args.rounds} rounds, load avg "
+    print(f"daemon throughput {result['daemon_fps_median']:.1f} fps ({args.model}, {daemon_threads} intra-op "
+          f"thread(s), {workers} decode and {inference_workers} inference workers; bare loop best of {sorted({args.threads, daemon_threads})} "
+          f"thread(s), {len(files)} frames, median of {args.rounds} rounds, load avg "
           f"{result['load_avg_median']}): {result['ratio_vs_bare']:.2f}x the bare loop "
           f"({result['bare_fps_median']:.1f} fps; goal >= 1.2x), {result['ratio_vs_cpu_limit']:.2f}x the CPU limit "
           f"({result['cpu_limit_fps_median']:.1f} fps; goal >= 0.85x)")
