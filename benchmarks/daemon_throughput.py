@@ -1,13 +1,15 @@
 """Daemon throughput on a folder of the real images, side by side in one run against (goals in brackets):
 
-- the bare sequential loop: read file, decode, preprocess, ONNX Runtime, decode outputs, at the same intra-op
-  thread count [daemon >= 1.2x]. It runs twice per round, with ORT's defaults and with the daemon's session
-  options (idle spinning off); the faster of the two is the baseline, so the daemon gains nothing from a setting;
+- the bare sequential loop: read file, decode, preprocess, ONNX Runtime, decode outputs [daemon >= 1.2x]. It runs
+  three times per round: at `--threads` intra-op threads with ORT's defaults, at `--threads` with the daemon's
+  session options (idle spinning off), and at the daemon's own intra-op thread count (1 by default) without
+  spinning; the fastest of the three is the baseline, so the daemon gains nothing from a setting;
 - the CPU limit: cores / CPU time per frame of decode + preprocess + inference, each measured alone on the same
-  frames [daemon >= 0.85x];
+  frames, inference at whichever of the two thread counts costs less CPU [daemon >= 0.85x];
 - the inference-only limit: ONNX Runtime alone on already preprocessed inputs, at the same thread count (reported).
 
-The daemon is the real `shadowline edge run --config ...` process with a watched folder: everything it does per
+The daemon is the real `shadowline edge run --config ...` process with a watched folder, with its default thread
+settings (intra-op threads and decode workers) unless `--daemon-threads` / `--workers` say otherwise: everything it does per
 frame counts (queue, decode workers, inference, SQLite group commit with outbox rows, retention, moving the file to
 done/). It is started and ready (/readyz) before the clock starts; the files are renamed into the watched folder at
 t=0 and the clock stops when the last record is committed (polled in its SQLite file). Its CPU time is read from
@@ -82,8 +84,9 @@ def bare_loop(bundle: Path, files: list[Path], threads: int, spin: bool) -> tupl
         return len(files) / (time.perf_counter() - t0), (time.process_time() - c0) * 1000 / len(files)
 
 
-def limits(bundle: Path, files: list[Path], threads: int) -> dict[str, float]:
-    """CPU ms per frame of decode, preprocess and inference, each alone; and inference-only frames per second."""
+def limits(bundle: Path, files: list[Path], threads: int, daemon_threads: int) -> dict[str, float]:
+    """CPU ms per frame of decode, preprocess and inference, each alone (inference at the thread count that costs
+    less CPU: the higher limit); and inference-only frames per second at `threads`."""
     from runtime.bundle import load_bundle
     from runtime.processing.image import decode_image
     from runtime.processing.preprocess import preprocess
@@ -96,15 +99,19 @@ def limits(bundle: Path, files: list[Path], threads: int) -> dict[str, float]:
         c1 = time.process_time()
         xs = [preprocess(im, m.input)[0][None] for im in images]
         c2 = time.process_time()
-        sess = session(b.model_path, threads, spin=False)  # the daemon's setting; spinning only adds CPU time
-        sess.run(None, {m.input.name: xs[0]})
-        c3, t3 = time.process_time(), time.perf_counter()
-        for x in xs:
-            sess.run(None, {m.input.name: x})
-        c4, t4 = time.process_time(), time.perf_counter()
+        inference: dict[int, tuple[float, float]] = {}  # threads -> (CPU s, wall s) over the frames
+        for t in dict.fromkeys((threads, daemon_threads)):
+            sess = session(b.model_path, t, spin=False)  # the daemon's setting; spinning only adds CPU time
+            sess.run(None, {m.input.name: xs[0]})
+            c3, t3 = time.process_time(), time.perf_counter()
+            for x in xs:
+                sess.run(None, {m.input.name: x})
+            inference[t] = (time.process_time() - c3, time.perf_counter() - t3)
     n = len(files)
     return {"decode_cpu_ms": (c1 - c0) * 1000 / n, "preprocess_cpu_ms": (c2 - c1) * 1000 / n,
-            "inference_cpu_ms": (c4 - c3) * 1000 / n, "inference_only_fps": n / (t4 - t3)}
+            "inference_cpu_ms": min(c for c, _ in inference.values()) * 1000 / n,
+            "inference_cpu_ms_by_threads": {t: c * 1000 / n for t, (c, _) in inference.items()},
+            "inference_only_fps": n / inference[threads][1]}
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -117,9 +124,21 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended
             continue
-        name = "decode" if name.startswith("decode_") else name
+        name = "decode" if name.startswith("decode_") else "inference" if name.startswith("inference_") else name
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
+
+
+def sched_s(pid: int) -> tuple[float, float]:
+    """Seconds the process's threads ran, and waited runnable for a CPU (/proc/<pid>/task/*/schedstat)."""
+    ran = waited = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            a, b, _ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue
+        ran, waited = ran + int(a), waited + int(b)
+    return ran / 1e9, waited / 1e9
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -135,10 +154,11 @@ def committed(db: Path) -> int:
         return 0
 
 
-def daemon_run(bundle: Path, files: list[Path], threads: int, work: Path,
-               workers: int | None) -> tuple[float, float, dict[str, float]]:
-    """The real daemon process: (frames per second, CPU ms per frame, CPU ms per frame by thread) from the first
-    rename to the last commit."""
+def daemon_run(bundle: Path, files: list[Path], threads: int | None, work: Path, workers: int | None,
+               inference_workers: int | None = None) -> tuple[float, float, dict[str, float], float]:
+    """The real daemon process: (frames per second, CPU ms per frame, CPU ms per frame by thread, threads running or
+    runnable on average) from the first rename to the last commit. The last says whether the daemon stalled (below
+    the cores) or had work ready for every core and waited for the CPU (other processes on a shared machine)."""
     import yaml
 
     from tests.conftest import free_port
@@ -153,38 +173,45 @@ def daemon_run(bundle: Path, files: list[Path], threads: int, work: Path,
         name = f"{i:05d}{f.suffix}"
         shutil.copy(f, staging / name)
         names.append(name)
-    port = free_port()
-    cfg = {"device_id": "bench", "api": {"port": port}, "runner": {"threads": threads},
-           "release": {"name": "bench", "mode": "shadow", "stages": [{"role": "screen", "bundle": str(bundle)}]},
-           "sources": [{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0.0}],
-           "pipeline": {"decode_workers": workers}, "queue": {"max_size": 64}}
-    if workers is None:
-        del cfg["pipeline"]
-    (work / "device.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen([sys.executable, "-m", "shadowline.cli", "edge", "run", "--config", str(work / "device.yaml"),
-                          "--log-level", "warning"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
-    try:
+    for attempt in range(3):  # another process on the machine may take the free port first: try another one
+        port = free_port()
+        cfg = {"device_id": "bench", "api": {"port": port}, "runner": {} if threads is None else {"threads": threads},
+               "release": {"name": "bench", "mode": "shadow", "stages": [{"role": "screen", "bundle": str(bundle)}]},
+               "sources": [{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0.0}],
+               "pipeline": {k: v for k, v in (("decode_workers", workers), ("inference_workers", inference_workers))
+                            if v is not None}, "queue": {"max_size": 64}}
+        (work / "device.yaml").write_text(yaml.safe_dump(cfg))
+        p = subprocess.Popen([sys.executable, "-m", "shadowline.cli", "edge", "run", "--config",
+                              str(work / "device.yaml"), "--log-level", "warning"], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
-        while True:
-            if p.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"daemon did not become ready: {p.stderr.read() if p.stderr else ''}")
+        while p.poll() is None and time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
                     if r.status == 200:
                         break
             except OSError:
                 time.sleep(0.05)
+        else:
+            err = p.stderr.read() if p.poll() is not None and p.stderr else ""
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            if "cannot listen" in err and attempt < 2:
+                continue
+            raise RuntimeError(f"daemon did not become ready: {err}")
+        break
+    try:
         db = work / "shadowline.db"
-        t0, c0, th0 = time.perf_counter(), proc_cpu_s(p.pid), thread_cpu_s(p.pid)
+        t0, c0, th0, s0 = time.perf_counter(), proc_cpu_s(p.pid), thread_cpu_s(p.pid), sched_s(p.pid)
         for n in names:
             os.replace(staging / n, inbox / n)
         while committed(db) < len(files):
             if time.perf_counter() - t0 > 300:
                 raise RuntimeError("daemon did not finish the folder")
             time.sleep(0.005)
-        elapsed, cpu, th1 = time.perf_counter() - t0, proc_cpu_s(p.pid) - c0, thread_cpu_s(p.pid)
+        elapsed, cpu, th1, s1 = time.perf_counter() - t0, proc_cpu_s(p.pid) - c0, thread_cpu_s(p.pid), sched_s(p.pid)
     finally:
         p.send_signal(signal.SIGTERM)
         try:
@@ -193,7 +220,8 @@ def daemon_run(bundle: Path, files: list[Path], threads: int, work: Path,
             p.kill()
             p.wait()
     by_thread = {k: (v - th0.get(k, 0.0)) * 1000 / len(files) for k, v in th1.items()}
-    return len(files) / elapsed, cpu * 1000 / len(files), {k: v for k, v in by_thread.items() if v >= 0.05}
+    runnable = (s1[0] - s0[0] + s1[1] - s0[1]) / elapsed
+    return len(files) / elapsed, cpu * 1000 / len(files), {k: v for k, v in by_thread.items() if v >= 0.05}, runnable
 
 
 def compile_bytecode() -> None:
@@ -208,9 +236,14 @@ def compile_bytecode() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="squeezenet", choices=sorted(MODELS))
-    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads for every side")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads of the bare loop and the "
+                    "inference-only limit (the bare loop also runs at the daemon's thread count)")
+    ap.add_argument("--daemon-threads", type=int, default=None, help="the daemon's intra-op threads per model "
+                    "(default: the daemon's own default, 1)")
     ap.add_argument("--workers", type=int, default=None, help="the daemon's decode workers (default: the daemon's "
-                    "own default, the cores less one)")
+                    "own default, the cores)")
+    ap.add_argument("--inference-workers", type=int, default=None, help="the daemon's inference workers (default: "
+                    "the daemon's own default, the cores)")
     ap.add_argument("--copies", type=int, default=16, help="copies of the 13 real images per round (16: 208 frames)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of bare/daemon/limits")
     ap.add_argument("--quick", action="store_true", help="short run (CI)")
@@ -225,27 +258,39 @@ def main() -> None:
         files = image_files() * args.copies
         compile_bytecode()
         bare_loop(bundle, files[:5], args.threads, True)  # warm-up (page cache, ORT arenas)
+        from edge.config import OnnxRuntimeRunnerConfig
+
+        daemon_threads = args.daemon_threads or OnnxRuntimeRunnerConfig().threads or args.threads
         for r in range(args.rounds):
             load0 = os.getloadavg()[0]
-            spin_fps, spin_cpu = bare_loop(bundle, files, args.threads, spin=True)
-            nospin_fps, nospin_cpu = bare_loop(bundle, files, args.threads, spin=False)
-            fps, cpu, by_thread = daemon_run(bundle, files, args.threads, tmp / "daemon", args.workers)
-            lim = limits(bundle, files, args.threads)
+            bare = {"spin": bare_loop(bundle, files, args.threads, spin=True),
+                    "nospin": bare_loop(bundle, files, args.threads, spin=False)}
+            if daemon_threads != args.threads:
+                bare["daemon_threads"] = bare_loop(bundle, files, daemon_threads, spin=False)
+            best = max(bare, key=lambda k: bare[k][0])
+            fps, cpu, by_thread, runnable = daemon_run(bundle, files, args.daemon_threads, tmp / "daemon", args.workers,
+                                             args.inference_workers)
+            lim = limits(bundle, files, args.threads, daemon_threads)
             cpu_ms = lim["decode_cpu_ms"] + lim["preprocess_cpu_ms"] + lim["inference_cpu_ms"]
-            rd = {"bare_fps_spin": spin_fps, "bare_fps_nospin": nospin_fps, "bare_fps": max(spin_fps, nospin_fps),
-                  "bare_cpu_ms": spin_cpu if spin_fps >= nospin_fps else nospin_cpu, "daemon_fps": fps,
-                  "daemon_cpu_ms": cpu, "daemon_cpu_ms_by_thread": by_thread, **lim,
+            rd = {**{f"bare_fps_{k}": v[0] for k, v in bare.items()}, "bare_best": best, "bare_fps": bare[best][0],
+                  "bare_cpu_ms": bare[best][1], "daemon_fps": fps,
+                  "daemon_cpu_ms": cpu, "daemon_cpu_ms_by_thread": by_thread, "daemon_runnable_threads": runnable,
+                  **lim,
                   "stage_cpu_ms": cpu_ms, "cpu_limit_fps": cores * 1000 / cpu_ms,
                   "load_avg": round((load0 + os.getloadavg()[0]) / 2, 2)}
             rounds.append(rd)
-            print(f"round {r + 1}: bare {rd['bare_fps']:.1f} fps (spin {spin_fps:.1f}, no spin {nospin_fps:.1f}; "
+            variants = ", ".join(f"{k.replace('daemon_threads', f'{daemon_threads} thread(s) no spin')} {v[0]:.1f}"
+                                 for k, v in bare.items()).replace("nospin", "no spin")
+            print(f"round {r + 1}: bare {rd['bare_fps']:.1f} fps ({variants}; "
                   f"{rd['bare_cpu_ms']:.1f} CPU ms/frame), daemon {fps:.1f} fps ({cpu:.1f} CPU ms/frame), "
                   f"CPU limit {rd['cpu_limit_fps']:.1f} fps (decode {lim['decode_cpu_ms']:.2f} + preprocess "
-                  f"{lim['preprocess_cpu_ms']:.2f} + inference {lim['inference_cpu_ms']:.2f} CPU ms on {cores} cores), "
+                  f"{lim['preprocess_cpu_ms']:.2f} + inference {lim['inference_cpu_ms']:.2f} CPU ms on {cores} cores; "
+                  "inference CPU ms by threads " + ", ".join(f"{t}: {c:.2f}" for t, c in
+                                                             lim["inference_cpu_ms_by_threads"].items()) + "), "
                   f"inference only {lim['inference_only_fps']:.1f} fps; load avg {rd['load_avg']}", flush=True)
             print("  daemon CPU ms/frame by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in
-                                                                 sorted(by_thread.items(), key=lambda kv: -kv[1])),
-                  flush=True)
+                                                                 sorted(by_thread.items(), key=lambda kv: -kv[1]))
+                  + f"; daemon threads running or runnable on average {runnable:.2f} (cores {cores})", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     med = lambda k: statistics.median(x[k] for x in rounds)  # noqa: E731
@@ -253,7 +298,9 @@ def main() -> None:
     from edge.config import PipelineConfig
 
     workers = args.workers or PipelineConfig().workers
-    result = {"model": args.model, "threads": args.threads, "decode_workers": workers, "cores": cores,
+    inference_workers = args.inference_workers or PipelineConfig.default_workers()
+    result = {"model": args.model, "threads": args.threads, "daemon_threads": daemon_threads,
+              "decode_workers": workers, "inference_workers": inference_workers, "cores": cores,
               "frames_per_round": len(files), "rounds": rounds,
               "bare_fps_median": round(med("bare_fps"), 2), "daemon_fps_median": round(med("daemon_fps"), 2),
               "cpu_limit_fps_median": round(med("cpu_limit_fps"), 2),
@@ -271,6 +318,7 @@ def main() -> None:
                                                                   for x in rounds), 2),
               "bare_cores_used_median": round(statistics.median(x["bare_fps"] * x["bare_cpu_ms"] / 1000
                                                                 for x in rounds), 2),
+              "daemon_runnable_threads_median": round(med("daemon_runnable_threads"), 2),
               "load_avg_median": round(med("load_avg"), 2), "goals": {"vs_bare": 1.2, "vs_cpu_limit": 0.85}}
     out = ROOT / "benchmarks" / "results" / "daemon_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -279,11 +327,13 @@ def main() -> None:
           f"decode + preprocess + inference alone {result['stage_cpu_ms_median']:.1f} ms (CPU-time ratios, less "
           f"load-sensitive: bare/daemon {result['cpu_ratio_bare_over_daemon']:.2f}x, stages alone/daemon "
           f"{result['cpu_ratio_stages_over_daemon']:.2f}x); cores used while running: daemon "
-          f"{result['daemon_cores_used_median']:.2f}, bare {result['bare_cores_used_median']:.2f} of {cores}; "
+          f"{result['daemon_cores_used_median']:.2f}, bare {result['bare_cores_used_median']:.2f} of {cores} (daemon "
+          f"threads running or runnable {result['daemon_runnable_threads_median']:.2f} on average); "
           f"inference-only limit {result['inference_only_fps_median']:.1f} fps: daemon "
           f"{result['ratio_vs_inference_only']:.2f}x")
-    print(f"daemon throughput {result['daemon_fps_median']:.1f} fps ({args.model}, {args.threads} threads, "
-          f"{workers} decode workers, {len(files)} frames, median of {args.rounds} rounds, load avg "
+    print(f"daemon throughput {result['daemon_fps_median']:.1f} fps ({args.model}, {daemon_threads} intra-op "
+          f"thread(s), {workers} decode and {inference_workers} inference workers; bare loop best of {sorted({args.threads, daemon_threads})} "
+          f"thread(s), {len(files)} frames, median of {args.rounds} rounds, load avg "
           f"{result['load_avg_median']}): {result['ratio_vs_bare']:.2f}x the bare loop "
           f"({result['bare_fps_median']:.1f} fps; goal >= 1.2x), {result['ratio_vs_cpu_limit']:.2f}x the CPU limit "
           f"({result['cpu_limit_fps_median']:.1f} fps; goal >= 0.85x)")

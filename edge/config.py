@@ -77,7 +77,10 @@ class OnnxRuntimeRunnerConfig(_Cfg):
     backend: Literal["onnxruntime"] = "onnxruntime"
     providers: list[str] = Field(default_factory=lambda: ["cpu"],
                                  description="onnxruntime execution providers in order (tensorrt, cuda, cpu)")
-    threads: int | None = Field(None, ge=1, description="intra-op threads (None: the runtime's default)")
+    threads: int | None = Field(
+        1, ge=1, description="intra-op threads of each model (null: ONNX Runtime's default, all cores). 1: the daemon "
+                             "uses the other cores for the next frames (decode workers), which on a small CPU gives "
+                             "more frames per second than splitting each small model run across threads")
     require_providers: bool = Field(False, description="fail at start-up if a listed provider is missing")
     spinning: bool = Field(
         False, description="let idle intra-op threads spin waiting for work. Off by default: on a small CPU the "
@@ -211,14 +214,24 @@ class PipelineConfig(_Cfg):
 
     decode_workers: int | None = Field(
         None, ge=1, le=16, description="threads decoding and preprocessing frames ahead of inference (OpenCV, Pillow "
-                                       "and ONNX Runtime release the GIL, so they overlap); null: the cores less "
-                                       "one (the inference thread's), at least 1, at most 4")
+                                       "and ONNX Runtime release the GIL, so they overlap); null: the cores, at "
+                                       "most 4 (decoding is the heaviest stage; the inference thread takes its turn "
+                                       "on the same cores, its intra-op threads do not spin)")
+
+    inference_workers: int | None = Field(
+        None, ge=1, le=16, description="threads running batches through the pipeline at once, each with its own frames "
+                                       "(a model's intra-op threads split one frame instead); null: the cores, at "
+                                       "most 4, with ONNX Runtime, and 1 with TensorRT and Core ML (their runners "
+                                       "take one call at a time)")
+
+    @staticmethod
+    def default_workers() -> int:
+        """The cores this process may run on, 1 to 4."""
+        return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
     @property
     def workers(self) -> int:
-        if self.decode_workers is not None:
-            return self.decode_workers
-        return max(1, min(4, len(os.sched_getaffinity(0)) - 1 if hasattr(os, "sched_getaffinity") else 1))
+        return self.decode_workers if self.decode_workers is not None else self.default_workers()
     prefetch: int = Field(4, ge=1, le=256, description="frames decoded ahead of inference at most (memory bound)")
     max_batch: int = Field(8, ge=1, le=64, description="frames decided together when that many are ready; stage 2 "
                            "runs once over their candidates (batched where the model has a dynamic batch)")

@@ -430,30 +430,45 @@ def build_pipeline(active: ReleaseSpec, candidate: ReleaseSpec | None, resolve: 
 
 
 class PipelineSlot:
-    """Holds the current pipeline. The worker uses it for one frame at a time; `swap` waits for the frame in
-    flight, so a frame never sees half of two releases."""
+    """Holds the current pipeline. The inference threads use it one batch at a time, several at once (shared);
+    `swap` waits for every batch in flight and goes before any batch that has not started, so a frame never sees
+    half of two releases and every batch that starts after a swap sees the new pipeline."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._pipeline: Pipeline | None = None
+        self._users = 0  # batches in flight
         self.swaps = 0
-        self.waiting = 0  # swaps waiting for the frame in flight
+        self.waiting = 0  # swaps waiting for the batches in flight
 
     @contextmanager
     def use(self) -> Iterator[Pipeline | None]:
-        with self._lock:
-            yield self._pipeline
+        with self._cond:
+            while self.waiting:
+                self._cond.wait()
+            self._users += 1
+            pipeline = self._pipeline
+        try:
+            yield pipeline
+        finally:
+            with self._cond:
+                self._users -= 1
+                if not self._users:
+                    self._cond.notify_all()
 
     @property
     def current(self) -> Pipeline | None:
         return self._pipeline
 
     def swap(self, new: Pipeline | None) -> Pipeline | None:
-        self.waiting += 1
-        try:
-            with self._lock:
+        with self._cond:
+            self.waiting += 1
+            try:
+                while self._users:
+                    self._cond.wait()
                 old, self._pipeline = self._pipeline, new
                 self.swaps += 1
-        finally:
-            self.waiting -= 1
+            finally:
+                self.waiting -= 1
+                self._cond.notify_all()
         return old

@@ -5,9 +5,12 @@ Three stages overlap, each on its own thread(s), each bounded:
 - `decode_workers` threads decode and preprocess frames for the first stage of the running pipeline (OpenCV,
   Pillow's resampling and numpy release the GIL, so they run beside ONNX Runtime); at most `prefetch` frames are
   decoded ahead, in queue order.
-- one inference thread takes the prefetched frames in order, up to `max_batch` that are ready, and runs them
-  through the pipeline together (stage 2 once over their candidates). It holds the pipeline slot per batch, so an
-  activation swaps between two batches: no frame sees half of two releases.
+- `inference_workers` threads each take the next prefetched frames in order, up to `max_batch` that are ready, and
+  run them through the pipeline together (stage 2 once over their candidates). With ONNX Runtime on the CPU at one
+  intra-op thread each, several frames run at once on as many cores (ORT's `run` is thread-safe and releases the
+  GIL). A batch holds the pipeline slot (shared) from the moment it is taken, so an activation swaps between
+  batches: no frame sees half of two releases, and every batch taken after the swap runs on the new pipeline.
+  The decided batches are put back in queue order before the commit.
 - one commit thread builds the records, writes kept images, and commits up to `commit_batch` frames in one SQLite
   transaction (a group commit). Only then is a frame done: its source's `on_done` runs after the commit, in queue
   order. A crash before the commit loses nothing but work: the frame has no record and is processed again.
@@ -23,6 +26,7 @@ import queue as queue_mod
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +103,15 @@ class FrameProcessor:
         self._decided: queue_mod.Queue[list[Decided]] = queue_mod.Queue(max(2, pc.commit_batch // pc.max_batch))
         self._stop_intake = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
-        self._alive = {"reader": True, "inference": True, "commit": True}
-        self.busy_since: float | None = None  # the inference thread's current batch began (watchdog)
+        n = pc.inference_workers or (pc.default_workers() if config.runner.backend == "onnxruntime" else 1)
+        self._inference = ["inference"] + [f"inference_{i}" for i in range(1, n)]
+        self._alive = {name: True for name in ("reader", *self._inference, "commit")}
+        self._take_lock = threading.Lock()  # batches are taken (and enter the pipeline slot) in queue order
+        self._order = threading.Lock()
+        self._taken_seq = 0  # batches taken
+        self._next_seq = 0  # the next batch to hand to the commit thread
+        self._out_of_order: dict[int, list[Decided]] = {}
+        self._busy: dict[int, float] = {}  # inference thread -> when its current batch began (watchdog)
         self._taken = 0  # frames taken from the queue and not yet settled (committed or handed back)
         self._taken_lock = threading.Lock()
         self.last_error: str | None = None
@@ -166,18 +177,27 @@ class FrameProcessor:
         return box[0]
 
     @property
+    def busy_since(self) -> float | None:
+        """When the longest-running batch in inference began (None: no batch in inference)."""
+        return min(tuple(self._busy.values()), default=None)  # a copy: the inference threads change it
+
+    @property
+    def inference_workers(self) -> int:
+        return len(self._inference)
+
+    @property
     def in_flight(self) -> int:
         """Frames taken from the queue and not yet settled (decoding, in inference, or committing)."""
         return self._taken
 
     # -- threads ---------------------------------------------------------------------------------------------------
     def start(self) -> FrameProcessor:
-        for name in ("reader", "inference", "commit"):
+        for name in ("reader", *self._inference, "commit"):
             self._start_thread(name)
         return self
 
     def _start_thread(self, name: str) -> None:
-        loop = {"reader": self._read_loop, "inference": self._infer_loop, "commit": self._commit_loop}[name]
+        loop = {"reader": self._read_loop, "commit": self._commit_loop}.get(name, self._infer_loop)
 
         def target() -> None:
             name_os_thread(name)
@@ -196,7 +216,7 @@ class FrameProcessor:
     def stop(self, timeout: float = 10.0) -> None:
         """Take no more frames; finish and commit every frame already taken; then stop the threads."""
         self._stop_intake.set()
-        for name in ("reader", "inference", "commit"):
+        for name in ("reader", *self._inference, "commit"):
             t = self._threads.get(name)
             if t is not None and t.is_alive():
                 t.join(timeout)
@@ -223,7 +243,7 @@ class FrameProcessor:
                     self._prefetched.put(fut, timeout=0.2)
                     break
                 except queue_mod.Full:
-                    if self._stop_intake.is_set() and not self._threads["inference"].is_alive():
+                    if self._stop_intake.is_set() and not self._inferring():
                         with self._taken_lock:
                             self._taken -= 1  # never decided: the source keeps it (a folder file stays)
                         return
@@ -245,6 +265,10 @@ class FrameProcessor:
             return Decoded(frame, None, f"{frame.source}: preprocessing failed: {type(err).__name__}: {err}",
                            (time.perf_counter() - t0) * 1000, started)
 
+    def _inferring(self) -> bool:
+        """An inference thread is alive."""
+        return any(self._threads[n].is_alive() for n in self._inference if n in self._threads)
+
     def _next_batch(self) -> list[Decoded] | None:
         """The next prefetched frame (waiting for it) plus those behind it that are already decoded, in order."""
         try:
@@ -261,56 +285,74 @@ class FrameProcessor:
         return batch
 
     def _infer_loop(self) -> None:
+        me = threading.get_ident()
         while True:
-            batch = self._next_batch()
-            if batch is None:
-                if self._stop_intake.is_set() and not self._threads["reader"].is_alive():
-                    return
-                continue
-            self.busy_since = time.monotonic()
-            try:
-                decided = self._decide(batch)
-            finally:
-                self.busy_since = None
-            self._decided.put(decided)
+            with ExitStack() as stack:
+                with self._take_lock:  # in queue order: the next frames, a sequence number, the pipeline slot
+                    batch = self._next_batch()
+                    if batch is None:
+                        if self._stop_intake.is_set() and not self._threads["reader"].is_alive():
+                            return
+                        continue
+                    seq, self._taken_seq = self._taken_seq, self._taken_seq + 1
+                    p = stack.enter_context(self.slot.use())
+                self._busy[me] = time.monotonic()
+                decided: list[Decided] | None = None
+                try:
+                    decided = self._decide(batch, p)
+                finally:
+                    self._busy.pop(me, None)
+                    if decided is None:  # an unexpected error (the thread ends and the watchdog restarts it):
+                        # the frames are handed back uncommitted, so the later batches are not held up behind them
+                        decided = [Decided(d.frame, None, None, "inference thread failed", d.decode_ms, d.started)
+                                   for d in batch]
+                    stack.close()  # leave the pipeline slot before waiting on the commit thread
+                    self._hand_over(seq, decided)
 
-    def _decide(self, batch: list[Decoded]) -> list[Decided]:
-        with self.slot.use() as p:
-            if p is None:  # stopping: swapped out under the frames; they are not committed and stay at the source
-                return [Decided(d.frame, None, None, "no active release", d.decode_ms, d.started)
-                        for d in batch]
-            good = [d for d in batch if d.input is not None]
-            results: list[FrameResult | str] = []
-            try:
-                results = list(p.run_many([d.input for d in good if d.input is not None]))
-            except Exception:  # one frame may have failed the batch: run them one by one to find it
-                for d in good:
-                    assert d.input is not None
-                    try:
-                        results.append(p.run_many([d.input])[0])
-                    except Exception as err:  # a model failing on one frame must not stop the daemon
-                        log.exception("inference failed on %s", d.frame.source)
-                        results.append(f"{d.frame.source}: inference failed: {type(err).__name__}: {err}")
-            by_id = {id(d): r for d, r in zip(good, results)}
-            out = []
-            for d in batch:
-                r = by_id.get(id(d))
-                if d.input is None:
-                    out.append(Decided(d.frame, p, None, d.error, d.decode_ms, d.started))
-                    self.metrics.inc("errors_total", reason="image")
-                elif isinstance(r, str):
-                    out.append(Decided(d.frame, p, None, r, d.decode_ms, d.started))
-                    self.metrics.inc("errors_total", reason="inference")
-                else:
-                    out.append(Decided(d.frame, p, r, None, d.decode_ms, d.started))
-            return out
+    def _hand_over(self, seq: int, decided: list[Decided]) -> None:
+        """Give decided batches to the commit thread in the order they were taken (bounded: waits when the commit
+        thread is behind)."""
+        with self._order:
+            self._out_of_order[seq] = decided
+            while self._next_seq in self._out_of_order:
+                self._decided.put(self._out_of_order.pop(self._next_seq))
+                self._next_seq += 1
+
+    def _decide(self, batch: list[Decoded], p: Pipeline | None) -> list[Decided]:
+        if p is None:  # stopping: swapped out under the frames; they are not committed and stay at the source
+            return [Decided(d.frame, None, None, "no active release", d.decode_ms, d.started) for d in batch]
+        good = [d for d in batch if d.input is not None]
+        results: list[FrameResult | str] = []
+        try:
+            results = list(p.run_many([d.input for d in good if d.input is not None]))
+        except Exception:  # one frame may have failed the batch: run them one by one to find it
+            for d in good:
+                assert d.input is not None
+                try:
+                    results.append(p.run_many([d.input])[0])
+                except Exception as err:  # a model failing on one frame must not stop the daemon
+                    log.exception("inference failed on %s", d.frame.source)
+                    results.append(f"{d.frame.source}: inference failed: {type(err).__name__}: {err}")
+        by_id = {id(d): r for d, r in zip(good, results)}
+        out = []
+        for d in batch:
+            r = by_id.get(id(d))
+            if d.input is None:
+                out.append(Decided(d.frame, p, None, d.error, d.decode_ms, d.started))
+                self.metrics.inc("errors_total", reason="image")
+            elif isinstance(r, str):
+                out.append(Decided(d.frame, p, None, r, d.decode_ms, d.started))
+                self.metrics.inc("errors_total", reason="inference")
+            else:
+                out.append(Decided(d.frame, p, r, None, d.decode_ms, d.started))
+        return out
 
     def _commit_loop(self) -> None:
         while True:
             try:
                 items = self._decided.get(timeout=0.2)
             except queue_mod.Empty:
-                if self._stop_intake.is_set() and not self._threads["inference"].is_alive():
+                if self._stop_intake.is_set() and not self._inferring():
                     return
                 continue
             while len(items) < self.config.pipeline.commit_batch:

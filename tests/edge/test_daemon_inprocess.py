@@ -252,3 +252,49 @@ def test_a_frame_that_fails_its_batch_is_the_only_error(tmp_path: Path, bundles,
     assert bad["decision"] == "error" and "inference failed: RuntimeError: kernel failed" in bad["error"]
     assert all(r["decision"] == ("flag" if "Defective" in n else "pass") for n, r in recs.items())
     assert d.metrics.value("errors_total", reason="inference") == 1
+
+
+def test_inference_workers_run_batches_at_once_and_commit_in_queue_order(tmp_path: Path, bundles, keys) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    d = make_daemon(tmp_path, keys, pcb_release(bundles),
+                    pipeline={"inference_workers": 2, "decode_workers": 2, "max_batch": 1},
+                    sources=[{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0}])
+    d.start()
+    assert d.frames.inference_workers == 2
+    runner = d.frames.slot.current.active.stages[0][1].runner
+    real_infer = runner._infer
+    lock = threading.Lock()
+    running, most = [0], [0]
+
+    def slow(feeds):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.05)  # a slow model: the other worker takes the next frame meanwhile
+            return real_infer(feeds)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    runner._infer = slow  # type: ignore[method-assign]
+    try:
+        names = [f"{i:02d}-{f.name}" for i in range(4) for f in sorted(PCB.iterdir())]
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        for n in names:
+            shutil.copy(PCB / n.split("-", 1)[1], staging / n)
+        for n in names:
+            (staging / n).replace(inbox / n)
+        wait(lambda: d.metrics.value("frames_total") == len(names))
+        rows = d.store.query("SELECT source, decision, frame_key FROM predictions WHERE role = 'active' "
+                             "ORDER BY rowid")
+    finally:
+        d.stop()
+    assert most[0] == 2, f"at most {most[0]} batch(es) in inference at once"
+    # the folder queues its files in name order; the decided batches are committed in that order, each once
+    assert [r["source"].removeprefix("folder:") for r in rows] == names
+    assert len({r["frame_key"] for r in rows}) == len(names)
+    assert all(r["decision"] == ("flag" if "Defective" in r["source"] else "pass") for r in rows)
+    assert sorted(p.name for p in (inbox / "done").iterdir()) == names

@@ -136,6 +136,45 @@ def test_slot_swap_waits_for_the_frame_in_flight() -> None:
     assert seen == ["old"] and slot.current == "new"
 
 
+def test_slot_is_shared_by_batches_and_a_swap_goes_before_later_batches() -> None:
+    slot = PipelineSlot()
+    slot.swap("old")  # type: ignore[arg-type]
+    inside, release = threading.Barrier(3), threading.Event()
+    seen: list[object] = []
+
+    def batch() -> None:
+        with slot.use() as p:
+            inside.wait(5)  # two batches in the slot at once
+            release.wait(5)
+            seen.append(p)
+
+    workers = [threading.Thread(target=batch) for _ in range(2)]
+    for t in workers:
+        t.start()
+    inside.wait(5)
+    swapper = threading.Thread(target=lambda: slot.swap("new"))  # type: ignore[arg-type]
+    swapper.start()
+    deadline = time.monotonic() + 5
+    while slot.waiting == 0:
+        assert time.monotonic() < deadline, "the swap never started"
+        time.sleep(0.001)
+    late: list[object] = []
+
+    def late_batch() -> None:
+        with slot.use() as p:
+            late.append(p)
+
+    latecomer = threading.Thread(target=late_batch)
+    latecomer.start()  # a batch that starts while the swap waits runs after it, on the new pipeline
+    time.sleep(0.05)
+    assert slot.current == "old" and swapper.is_alive() and not late
+    release.set()
+    for t in (*workers, swapper, latecomer):
+        t.join(5)
+        assert not t.is_alive()
+    assert seen == ["old", "old"] and late == ["new"] and slot.current == "new"
+
+
 def test_a_failing_candidate_never_costs_the_active_decision(bundles: dict[str, Path]) -> None:
     from edge.pipeline import Pipeline
 
