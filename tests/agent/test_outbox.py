@@ -1,5 +1,6 @@
-"""The outbox publisher against a real Mosquitto: batches over QoS 1, rows deleted only after PUBACK, the broker
-killed mid-stream, the disk budget's overflow policy."""
+"""The outbox publisher against a real Mosquitto without fleet acks (`fleet_acks=False`, the mode for a fleet older
+than acks): batches over QoS 1, rows deleted only after PUBACK, the broker killed mid-stream, the disk budget's
+overflow policy. tests/agent/test_outbox_acks.py has the default mode, rows deleted on the fleet's ack."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def device_client(port: int, device: str = "dev-1") -> mqtt.Client:
 
 
 def publisher(db: Path, client: mqtt.Client, **kw) -> outbox.Publisher:
-    p = outbox.Publisher(db, client, Topics(), "dev-1", poll_s=0.05, **kw)
+    p = outbox.Publisher(db, client, Topics(), "dev-1", poll_s=0.05, **{"fleet_acks": False, **kw})
     client.on_publish = p.on_publish
     return p
 
