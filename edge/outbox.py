@@ -184,7 +184,7 @@ class Publisher:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._db_lock = threading.RLock()
-        self._acked: set[int] = set()
+        self._acked: dict[int, float] = {}  # mid -> monotonic time its PUBACK arrived
         self._fleet_acked: list[str] = []  # ids from fleet acks, applied by the pump
         self._fleet_refused: list[str] = []
         self._resend_upto = 0.0  # monotonic: batches the broker acknowledged before this are sent again now
@@ -359,7 +359,9 @@ class Publisher:
     def on_publish(self, client: Any, userdata: Any, mid: int, *rest: Any) -> None:
         """paho callback (PUBACK for QoS 1). A message re-sent after a reconnect keeps its mid."""
         with self._lock:
-            self._acked.add(mid)
+            # the time it came, not the time the pump gets to it: a PUBACK from a connection that dropped since
+            # must count as before the reconnection (its batch is then sent again at once)
+            self._acked[mid] = time.monotonic()
         self.wake()
 
     def _settle(self) -> bool:
@@ -368,7 +370,7 @@ class Publisher:
         assert self._conn is not None
         with self._lock:
             done = [f for f in self._inflight if f.acked_at is None and f.info.mid in self._acked]
-            self._acked -= {f.info.mid for f in done}
+            pubacks = {f.info.mid: self._acked.pop(f.info.mid) for f in done}
             stored, self._fleet_acked = self._fleet_acked, []
             refused, self._fleet_refused = self._fleet_refused, []
         lost = [f for f in self._inflight if f.acked_at is None and f.info.rc == MQTT_ERR_QUEUE_SIZE]
@@ -384,12 +386,12 @@ class Publisher:
             return True
         self._inflight = [f for f in self._inflight if f not in lost]
         if done:
-            now, wall = time.monotonic(), time.time()
+            wall = time.time()
             with self._conn:
                 self._conn.executemany("UPDATE outbox SET puback_at = ? WHERE seq = ?",
                                        [(wall, s) for f in done for s in f.ids.values()])
             for f in done:
-                f.acked_at = now
+                f.acked_at = pubacks[f.info.mid]
             if self._hub is not None:  # look again when the fleet's ack is overdue
                 self._hub.call_later(self.ack_timeout_s + 0.05, self.wake)
         if stored or refused:
@@ -411,7 +413,8 @@ class Publisher:
             self.stats.batches += settled
             self._inflight = [f for f in self._inflight if f.ids]
             with self._lock:  # PUBACKs still to come for settled batches: forget them (paho reuses mids)
-                self._acked &= {f.info.mid for f in self._inflight}
+                live = {f.info.mid for f in self._inflight}
+                self._acked = {m: t for m, t in self._acked.items() if m in live}
         self.stats.records += deleted
         if refused:
             self.stats.refused += len(refused)
