@@ -51,7 +51,7 @@ def _devices(url: str, names: list[str], workdir: str, records: int, fleet_acks:
     go.wait()
     t0, c0 = time.perf_counter(), time.process_time()
     devices = [outbox_device(url, n, topics, db, fleet_acks=fleet_acks) for n, db in zip(names, dbs)]
-    wait_for(lambda: all(outbox_rows(db) == 0 for db in dbs), 600, "every outbox drained")
+    wait_for(lambda: all(outbox_rows(db) == 0 for db in dbs), 300, "every outbox drained")
     out.put((time.perf_counter() - t0, time.process_time() - c0))
     for c, pub in devices:
         pub.stop()
@@ -74,8 +74,8 @@ def one_run(svc: FleetService, url: str, workdir: Path, tag: str, devices: int, 
     go.set()
     total = devices * records
     while svc.fleet.ingest.stats.records - ids_before < total:  # stored by the fleet
-        if time.perf_counter() - t0 > 600:
-            raise SystemExit("not stored after 600 s")
+        if time.perf_counter() - t0 > 300:
+            raise SystemExit("not stored after 300 s")
         time.sleep(0.01)
     stored_s = time.perf_counter() - t0
     drained_s, cpu_s = out.get(timeout=600)

@@ -31,7 +31,8 @@ def wired(db: Path, client: mqtt.Client, **kw) -> outbox.Publisher:
     client.on_publish = p.on_publish
 
     def on_connect(c, u, flags, reason, props) -> None:
-        c.subscribe(p.subscriptions())
+        if p.subscriptions():  # none without fleet acks (paho refuses an empty list)
+            c.subscribe(p.subscriptions())
         p.reconnected()
 
     client.on_connect = on_connect

@@ -47,7 +47,8 @@ def outbox_device(url: str, device: str, topics: Topics, db: Path, **kw: Any) ->
     c.on_publish = pub.on_publish
 
     def on_connect(cl: mqtt.Client, u: Any, flags: Any, reason: Any, props: Any) -> None:
-        cl.subscribe(pub.subscriptions())
+        if pub.subscriptions():  # none without fleet acks (paho refuses an empty list)
+            cl.subscribe(pub.subscriptions())
         pub.reconnected()
 
     c.on_connect = on_connect
