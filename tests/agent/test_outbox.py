@@ -57,7 +57,7 @@ def rows(db: Path) -> int:
 def test_batches_delivered_and_deleted(tmp_path, mosquitto):
     db = tmp_path / "device.db"
     ids = fill(db, 1000) + fill(db, 30, "reviews")
-    col = Collector(mosquitto.port)
+    col = Collector(mosquitto.port, ack=False)
     client = device_client(mosquitto.port)
     pub = publisher(db, client, batch_size=100)
     pub.start()
@@ -110,7 +110,7 @@ def test_broker_restarted_and_killed_mid_stream_delivers_everything_once_by_id(t
     broker = Mosquitto(tmp_path / "broker", DURABLE).start()
     db = tmp_path / "device.db"
     ids = fill(db, 20000)
-    col = Collector(broker.port)
+    col = Collector(broker.port, ack=False)
     client = device_client(broker.port)
     pub = publisher(db, client, batch_size=50, window=4)
     pub.start()
@@ -163,7 +163,7 @@ def test_overflow_policy_drops_oldest_cheapest_first_and_counts(tmp_path, mosqui
         assert conn.execute("SELECT COALESCE(SUM(size),0) FROM outbox").fetchone()[0] <= budget
     # more rows while offline: the running publisher enforces the budget itself and reports it
     fill(db, 300)
-    col = Collector(mosquitto.port)
+    col = Collector(mosquitto.port, ack=False)
     pub.start()
     client.loop_start()
     try:
