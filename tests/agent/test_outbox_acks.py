@@ -129,6 +129,34 @@ def test_rows_without_a_fleet_ack_are_sent_again_after_the_timeout(tmp_path, mos
         col.close()
 
 
+def test_on_a_hub_the_timeout_wakes_the_publisher(tmp_path, mosquitto):
+    """Many agents per process (edge.agent.hub.Hub): nothing polls, so the ack timeout is a hub timer."""
+    from edge.agent.hub import Hub
+
+    db = tmp_path / "device.db"
+    ids = fill(db, 10)
+    col = Collector(mosquitto.port, ack=False)
+    fleet = connect(mosquitto.port, "fleet-standin")
+    client = device_client(mosquitto.port)
+    hub = Hub(1, name="acks").start()
+    pub = wired(db, client, batch_size=10, ack_timeout_s=0.5)
+    pub.poll_s = 3600.0  # the hub never polls; only wake-ups move the pump
+    client.loop_start()
+    assert col.wait(client.is_connected, 10)
+    pub.start(hub)
+    try:
+        assert col.wait(lambda: min(col.ids[i] for i in ids) >= 3, 10), "sent again at each timeout"
+        assert pub.stats.resent >= 2 and rows(db) == 10
+        ack(fleet, stored=ids)
+        assert col.wait(pub.drained, 5)
+    finally:
+        pub.stop()
+        hub.stop()
+        client.loop_stop()
+        fleet.loop_stop()
+        col.close()
+
+
 def test_rows_awaiting_the_fleet_are_sent_again_after_the_broker_died(tmp_path):
     """kill -9 of the broker after its PUBACK: the device sends what the fleet has not acknowledged again as soon as
     it is reconnected, long before the timeout."""
