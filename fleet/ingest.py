@@ -41,6 +41,9 @@ class IngestStats:
     duplicates: int = 0
     malformed: int = 0
     refused: int = 0
+    # (message index, topic, ids) of records refused by validation: acknowledged to the device as refused
+    # (fleet.acks), so it stops sending them
+    refused_ids: list[tuple[int, str, list[str]]] = field(default_factory=list)
     store_retries: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -61,6 +64,9 @@ class Prepared:
     # waiting for a count then also sees the group's good records
     malformed: int = 0
     refused: int = 0
+    # (message index, topic, ids) of records refused by validation: acknowledged to the device as refused
+    # (fleet.acks), so it stops sending them
+    refused_ids: list[tuple[int, str, list[str]]] = field(default_factory=list)
 
 
 class Ingest:
@@ -164,8 +170,11 @@ class Ingest:
                 if got is not None:
                     kind, recs = got
                     device = topic.split("/")[-2]
-                    recs, refusals = self.validator.screen(kind, device, recs, predictions, payload=payload)
+                    screened, refusals = self.validator.screen(kind, device, recs, predictions, payload=payload)
                     self.refuse(device, refusals)
+                    if refusals:
+                        self._note_refused(i, topic, recs, screened)
+                    recs = screened
                     if recs:
                         pending.append((i, topic, kind, recs))
             except (ProtocolError, ValidationError, ValueError, TypeError, KeyError) as err:
@@ -177,6 +186,16 @@ class Ingest:
                 log.exception("ingest failed on %s", topic)
                 ok[i] = False
                 self._malformed(topic, f"{type(err).__name__}: {err}")
+
+    def _note_refused(self, i: int, topic: str, records: list, kept: list) -> None:
+        """Remember the ids of the records of message `i` that validation refused (in the group being prepared)."""
+        prepared: Prepared | None = getattr(self._local, "prepared", None)
+        if prepared is None:
+            return
+        keep = {getattr(r, "id", None) for r in kept}
+        ids = [r.id for r in records if isinstance(getattr(r, "id", None), str) and r.id not in keep]
+        if ids:
+            prepared.refused_ids.append((i, topic, ids))
 
     def _write_once(self, prepared: Prepared) -> None:
         pending, ok = prepared.pending, prepared.ok

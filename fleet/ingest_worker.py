@@ -15,6 +15,7 @@ import threading
 
 import paho.mqtt.client as mqtt
 
+from fleet.acks import acks_of
 from fleet.broker import MqttClient
 from fleet.config import FleetConfig
 from fleet.devices import Devices
@@ -106,6 +107,7 @@ class Consumer:
                     return
                 msgs, prepared = item
                 self.ingest.write(prepared)
+                self._acknowledge(prepared)
                 for m in msgs:
                     self.client.ack(m)
                 for m in msgs:
@@ -117,6 +119,16 @@ class Consumer:
                 log.exception("ingest writer failed on a group of %d messages", len(item[0]) if item else 0)
             finally:
                 self.writes.task_done()
+
+    def _acknowledge(self, prepared: Prepared) -> None:
+        """The group is committed: tell each device which of its records are stored (or refused), so it may delete
+        them from its outbox (fleet.acks). Queued in paho, not waited for; a lost ack only makes the device send
+        those records again, which ingest ignores by id and acknowledges again."""
+        try:
+            for topic, payload in acks_of(prepared, self.ingest.topics):
+                self.client.publish(topic, payload, timeout=None)
+        except Exception:  # the broker's PUBACKs for the group must still go out
+            log.exception("could not publish the acks of a group of %d messages", len(prepared.messages))
 
     def _record_topic(self, topic: str) -> bool:
         parsed = self.ingest.topics.parse(topic)

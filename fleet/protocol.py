@@ -96,8 +96,10 @@ def new_id() -> str:
 class Topics:
     """Every topic the system uses, built from a fleet prefix and a device id. Nothing else formats topics."""
 
-    DEVICE_TOPICS = ("desired", "reported", "status", "predictions", "reviews", "metrics", "alerts", "cmd", "events")
-    TO_DEVICE = ("desired", "cmd")
+    DEVICE_TOPICS = ("desired", "reported", "status", "predictions", "reviews", "metrics", "alerts", "cmd", "events",
+                     "acks")
+    # `acks` extends DESIGN.md's topic table: the fleet's commit acknowledgements of record batches (`Ack`)
+    TO_DEVICE = ("desired", "cmd", "acks")
     FROM_DEVICE = ("reported", "status", "predictions", "reviews", "metrics", "alerts", "events")
     RETAINED = ("desired", "reported", "status")
 
@@ -246,6 +248,28 @@ class Batch(_Msg):
     kind: RecordKind
     sent_at: str = Field(default_factory=now_iso)
     records: list[dict[str, Any]]
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+ACK_MAX_IDS = 10_000  # ids per `Ack` message (the fleet splits larger acknowledgements)
+
+
+class Ack(_Msg):
+    """Fleet -> device, on `{prefix}/dev/{device}/acks` (QoS 1, not retained): the records of this device's batches
+    the fleet has decided on, by record id, sent after the transaction holding them committed. `stored`: in the
+    fleet's store (inserted now, or already there: a redelivery); `refused`: refused by ingest validation, never to
+    be stored (counted by reason on the fleet). The device deletes an outbox row only once its id is in either
+    list, and sends rows again that no ack named within its timeout: delivery survives a broker that acknowledged a
+    publish and died before writing it. Ids the device does not know are ignored (a duplicate ack)."""
+
+    schema_id: Literal["shadowline.ack"] = Field("shadowline.ack", alias="schema")
+    version: int = PROTOCOL_VERSION
+    device: str
+    stored: list[str] = Field(default_factory=list, max_length=ACK_MAX_IDS, description="record ids committed")
+    refused: list[str] = Field(default_factory=list, max_length=ACK_MAX_IDS,
+                               description="record ids refused by validation (never stored)")
+    sent_at: str = Field(default_factory=now_iso)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

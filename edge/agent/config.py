@@ -32,6 +32,11 @@ class AgentConfig(BaseModel):
     keep_releases: int = Field(3, ge=1, description="releases kept on disk, ready, for rollback without download")
     batch_size: int = Field(200, ge=1, le=5000, description="records per outbox MQTT message")
     outbox_budget_mb: float = Field(512.0, gt=0, description="disk budget of the outbox; see overflow policy")
+    outbox_fleet_acks: bool = Field(True, description="delete an outbox row only when the fleet acknowledges it "
+                                    "committed (its `acks` topic), not on the broker's PUBACK; false for a fleet "
+                                    "older than acks, which never sends them")
+    outbox_ack_timeout_s: float = Field(30.0, gt=0, description="rows the broker acknowledged but the fleet did not "
+                                        "within this are sent again (and all of them after a reconnection)")
     latency_budget_ms: float | None = Field(None, description="activation check: max median latency per frame")
     reconnect_min_s: float = Field(0.5, gt=0, description="first reconnect delay; doubles up to reconnect_max_s")
     reconnect_max_s: float = Field(30.0, gt=0, description="longest delay between reconnect attempts")

@@ -61,7 +61,8 @@ class Agent:
         self.publisher = outbox.Publisher(
             host.db_path, self.client, self.topics, self.device_id, batch_size=config.batch_size,
             budget_bytes=int(config.outbox_budget_mb * (1 << 20)), poll_s=config.publish_interval_s,
-            on_overflow=self._on_overflow)
+            on_overflow=self._on_overflow, fleet_acks=config.outbox_fleet_acks,
+            ack_timeout_s=config.outbox_ack_timeout_s)
         self.bad_messages = 0
         self.refused_control: dict[str, int] = {}  # control messages refused, by reason
         self.connected = threading.Event()
@@ -166,10 +167,10 @@ class Agent:
             return
         client.publish(self.topics.device(self.device_id, "status"), "online", qos=1, retain=True)
         client.subscribe([(self.topics.device(self.device_id, "desired"), 1),
-                          (self.topics.device(self.device_id, "cmd"), 1)])
+                          (self.topics.device(self.device_id, "cmd"), 1), *self.publisher.subscriptions()])
         self.connected.set()
         self._post(("report", None))
-        self.publisher.wake()
+        self.publisher.reconnected()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connected.clear()
@@ -195,6 +196,8 @@ class Agent:
                 cmd = decode(msg.topic, payload, CommandMessage).root
                 self.control.check_command(msg.topic, payload, cmd)
                 self._post(("cmd", cmd))
+            elif parsed[1] == "acks":
+                self.publisher.on_ack(msg.topic, payload)  # the fleet committed these records: delete them
             else:
                 raise ProtocolError(f"{msg.topic}: unexpected topic")
         except ProtocolError as err:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
-from fleet.protocol import Topics
+from fleet.protocol import Ack, Topics, encode
 
 
 def connect(port: int, client_id: str, clean: bool = True) -> mqtt.Client:
@@ -23,10 +23,13 @@ def connect(port: int, client_id: str, clean: bool = True) -> mqtt.Client:
 
 
 class Collector:
-    """Subscribes to every device's batches, reported states and status with a persistent session."""
+    """Subscribes to every device's batches, reported states and status with a persistent session. With `ack`
+    (the default) it answers each batch as the fleet does once it stored it: an `Ack` of its record ids on the
+    device's `acks` topic, so devices with fleet acks delete what it collected."""
 
-    def __init__(self, port: int, prefix: str = "shadowline", client_id: str = "collector") -> None:
+    def __init__(self, port: int, prefix: str = "shadowline", client_id: str = "collector", ack: bool = True) -> None:
         self.topics = Topics(prefix)
+        self.ack = ack
         self.ids: Counter[str] = Counter()
         self.records: dict[str, dict] = {}
         self.reported: dict[str, dict] = {}
@@ -54,9 +57,13 @@ class Collector:
             elif kind == "reported":
                 self.reported[device] = json.loads(msg.payload)
             else:
-                for r in json.loads(msg.payload)["records"]:
+                records = json.loads(msg.payload)["records"]
+                for r in records:
                     self.ids[r["id"]] += 1
                     self.records[r["id"]] = {**r, "_kind": kind}
+                if self.ack:  # queued in paho, not waited for: this is paho's callback thread
+                    client.publish(self.topics.device(device, "acks"),
+                                   encode(Ack(device=device, stored=[r["id"] for r in records])), qos=1)
 
     def events(self, device: str, kind: str | None = None) -> list[dict]:
         with self.lock:

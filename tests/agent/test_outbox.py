@@ -1,5 +1,6 @@
-"""The outbox publisher against a real Mosquitto: batches over QoS 1, rows deleted only after PUBACK, the broker
-killed mid-stream, the disk budget's overflow policy."""
+"""The outbox publisher against a real Mosquitto without fleet acks (`fleet_acks=False`, the mode for a fleet older
+than acks): batches over QoS 1, rows deleted only after PUBACK, the broker killed mid-stream, the disk budget's
+overflow policy. tests/agent/test_outbox_acks.py has the default mode, rows deleted on the fleet's ack."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def device_client(port: int, device: str = "dev-1") -> mqtt.Client:
 
 
 def publisher(db: Path, client: mqtt.Client, **kw) -> outbox.Publisher:
-    p = outbox.Publisher(db, client, Topics(), "dev-1", poll_s=0.05, **kw)
+    p = outbox.Publisher(db, client, Topics(), "dev-1", poll_s=0.05, **{"fleet_acks": False, **kw})
     client.on_publish = p.on_publish
     return p
 
@@ -56,7 +57,7 @@ def rows(db: Path) -> int:
 def test_batches_delivered_and_deleted(tmp_path, mosquitto):
     db = tmp_path / "device.db"
     ids = fill(db, 1000) + fill(db, 30, "reviews")
-    col = Collector(mosquitto.port)
+    col = Collector(mosquitto.port, ack=False)
     client = device_client(mosquitto.port)
     pub = publisher(db, client, batch_size=100)
     pub.start()
@@ -109,7 +110,7 @@ def test_broker_restarted_and_killed_mid_stream_delivers_everything_once_by_id(t
     broker = Mosquitto(tmp_path / "broker", DURABLE).start()
     db = tmp_path / "device.db"
     ids = fill(db, 20000)
-    col = Collector(broker.port)
+    col = Collector(broker.port, ack=False)
     client = device_client(broker.port)
     pub = publisher(db, client, batch_size=50, window=4)
     pub.start()
@@ -162,7 +163,7 @@ def test_overflow_policy_drops_oldest_cheapest_first_and_counts(tmp_path, mosqui
         assert conn.execute("SELECT COALESCE(SUM(size),0) FROM outbox").fetchone()[0] <= budget
     # more rows while offline: the running publisher enforces the budget itself and reports it
     fill(db, 300)
-    col = Collector(mosquitto.port)
+    col = Collector(mosquitto.port, ack=False)
     pub.start()
     client.loop_start()
     try:

@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import queue
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -27,6 +30,38 @@ def client(url: str, client_id: str, persistent: bool = False, **auth) -> mqtt.C
     c.connect_async(host, port, 30)
     c.loop_start()
     return c
+
+
+def outbox_device(url: str, device: str, topics: Topics, db: Path, **kw: Any) -> tuple[mqtt.Client, Any]:
+    """A device's real outbox (edge.outbox.Publisher, fleet acks on, its SQLite file at `db`) on a paho client with
+    a persistent session, wired as the agent wires it: PUBACKs, its acks subscription and `reconnected()` on every
+    connection, acks to `on_ack`. Returns (client, publisher), both started."""
+    from edge import outbox
+
+    with sqlite3.connect(db) as conn:
+        outbox.ensure_schema(conn)
+    host, port, _ = parse_url(url)
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, clean_session=False)
+    c.reconnect_delay_set(0.05, 0.5)
+    pub = outbox.Publisher(db, c, topics, device, poll_s=0.05, **kw)
+    c.on_publish = pub.on_publish
+
+    def on_connect(cl: mqtt.Client, u: Any, flags: Any, reason: Any, props: Any) -> None:
+        if pub.subscriptions():  # none without fleet acks (paho refuses an empty list)
+            cl.subscribe(pub.subscriptions())
+        pub.reconnected()
+
+    c.on_connect = on_connect
+    c.on_message = lambda cl, u, msg: pub.on_ack(msg.topic, bytes(msg.payload))
+    pub.start()
+    c.connect_async(host, port, 30)
+    c.loop_start()
+    return c, pub
+
+
+def outbox_rows(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str = "condition") -> None:

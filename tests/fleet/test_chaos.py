@@ -1,11 +1,15 @@
 """Chaos: kill -9 of the fleet service during ingest, and of the broker during streaming, on both store backends.
-Publishers are plain paho clients sending fleet.protocol batches with QoS 1 and retrying until PUBACK. Afterwards
+During the fleet's kill the publishers are plain paho clients sending fleet.protocol batches with QoS 1 and retrying
+until PUBACK (the fleet acknowledges only what it committed). During the broker's kill they are devices' outboxes
+(edge.outbox with fleet acks, real SQLite files): Mosquitto PUBACKs before it wrote a message, so only a device that
+keeps its rows until the fleet's commit ack, and sends them again after reconnecting, loses nothing. Afterwards
 every record is in the store exactly once, counted by record id."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,13 +21,14 @@ import paho.mqtt.client as mqtt
 import pytest
 import sqlalchemy as sa
 
+from edge import outbox
 from fleet.config import FleetConfig
 from fleet.ingest_worker import record_filters, state_filters
-from fleet.protocol import Topics
+from fleet.protocol import RecordKind, Topics
 from fleet.service import FleetService
 from fleet.store import engine as engines
 from tests.conftest import Mosquitto, free_port
-from tests.fleet.devicesim import batch, client, predictions, publish_until_acked, wait_for
+from tests.fleet.devicesim import batch, client, outbox_device, outbox_rows, predictions, publish_until_acked, wait_for
 
 DEVICES, BATCHES, PER_BATCH = 4, 60, 50  # 12,000 records per test
 
@@ -48,6 +53,43 @@ class Streamer(threading.Thread):
                 self.ids += [r["id"] for r in recs]
                 self.sent += 1
                 time.sleep(self.pause)
+            c.disconnect()
+            c.loop_stop()
+        except BaseException as err:  # surfaced by the test's assertion on .error
+            self.error = err
+
+
+class OutboxStreamer(threading.Thread):
+    """A device streaming through its real outbox: BATCHES commits of PER_BATCH prediction rows into its SQLite
+    outbox (as the daemon commits frames), drained by edge.outbox.Publisher with fleet acks; done once the fleet
+    acknowledged every row (the outbox is empty)."""
+
+    def __init__(self, url: str, device: str, topics: Topics, pause: float, db: Path) -> None:
+        super().__init__(daemon=True)
+        self.url, self.device, self.topics, self.pause, self.db = url, device, topics, pause, db
+        self.ids: list[str] = []
+        self.sent = 0
+        self.error: BaseException | None = None
+        self.client: mqtt.Client | None = None
+        self.publisher: outbox.Publisher | None = None
+
+    def run(self) -> None:
+        try:
+            c, pub = self.client, self.publisher = outbox_device(self.url, self.device, self.topics, self.db,
+                                                                  ack_timeout_s=10)
+            wait_for(c.is_connected, 30, f"{self.device} connected")
+            with sqlite3.connect(self.db) as conn:
+                for b in range(BATCHES):
+                    recs = predictions(self.device, PER_BATCH, seed=b)
+                    with conn:
+                        for r in recs:
+                            outbox.enqueue(conn, RecordKind.PREDICTIONS, r)
+                    pub.wake()
+                    self.ids += [r["id"] for r in recs]
+                    self.sent += 1
+                    time.sleep(self.pause)
+            wait_for(pub.drained, 180, f"{self.device}: the fleet's acks of every row")
+            pub.stop()
             c.disconnect()
             c.loop_stop()
         except BaseException as err:  # surfaced by the test's assertion on .error
@@ -165,7 +207,8 @@ def test_kill9_broker_during_streaming(tmp_path, config: FleetConfig):
         filters = [t.encode() for t in state_filters(svc.fleet.topics) + record_filters(svc.fleet.topics, None)]
         wait_for(lambda: db.exists() and all(t in db.read_bytes() for t in filters), 10,
                  "the broker to save the fleet's subscriptions")
-        pubs = [Streamer(broker.url, f"stream-{i}", svc.fleet.topics, 0.02) for i in range(DEVICES)]
+        pubs = [OutboxStreamer(broker.url, f"stream-{i}", svc.fleet.topics, 0.02, tmp_path / f"stream-{i}.db")
+                for i in range(DEVICES)]
         for p in pubs:
             p.start()
         wait_for(lambda: svc.fleet.store.count("predictions") > 1500, 90, "streaming under way")
@@ -176,8 +219,12 @@ def test_kill9_broker_during_streaming(tmp_path, config: FleetConfig):
                                                         for p in pubs), 30, "the broker's clients to notice")
         broker.start()
         for p in pubs:
-            p.join(180)
+            p.join(240)
             assert p.error is None and p.sent == BATCHES, p.error
+        # every device's outbox is empty: the fleet acknowledged each row (a row is deleted on nothing else)
+        assert all(outbox_rows(p.db) == 0 for p in pubs)
+        print("outbox batches sent again (no fleet ack in time, or after the reconnection):",
+              [p.publisher.stats.resent for p in pubs if p.publisher is not None])
         expected = {i for p in pubs for i in p.ids}
         try:
             wait_for(lambda: svc.fleet.store.count("predictions") >= len(expected), 120, "every record ingested")
@@ -189,7 +236,8 @@ def test_kill9_broker_during_streaming(tmp_path, config: FleetConfig):
         stored.close()
         assert killed_at < len(expected)
         assert (n, distinct, len(expected - ids), ids - expected - probes) == \
-            (len(expected) + len(probes), len(expected) + len(probes), 0, set()), svc.fleet.ingest.stats
+            (len(expected) + len(probes), len(expected) + len(probes), 0, set()), \
+            (svc.fleet.ingest.stats, [p.publisher.stats for p in pubs if p.publisher is not None])
     finally:
         svc.stop()
         broker.stop()

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fleet.acl import Acl
 from fleet.broker import MqttClient
 from fleet.credentials import reload_mosquitto, verify_mosquitto_hash
 from fleet.protocol import Topics
@@ -102,6 +103,41 @@ def test_device_cannot_publish_as_another_or_read_its_desired(secured):
     for c in (fleet, a, b, b2):
         c.disconnect()
         c.loop_stop()
+
+
+def test_a_device_reads_its_own_acks_and_not_anothers(secured):
+    """The `acks` topic (fleet -> device, the fleet's commit acknowledgements) is readable by its device only, and no
+    device may write it: a forged ack would make a device delete records the fleet never stored."""
+    broker, t, creds = secured
+    fleet = _client(broker.port, "fleet-svc", creds["fleet-svc"].password)
+    a = _client(broker.port, "dev-a", creds["dev-a"].password)
+    b = _client(broker.port, "dev-b", creds["dev-b"].password)
+    got_a: list[tuple[str, bytes]] = []
+    got_b: list[tuple[str, bytes]] = []
+    a.on_message = lambda c, u, m: got_a.append((m.topic, m.payload))
+    b.on_message = lambda c, u, m: got_b.append((m.topic, m.payload))
+    for c in (a, b):
+        c.subscribe([(t.device("dev-a", "acks"), 1), (t.device("dev-b", "acks"), 1), (t.all_devices("acks"), 1)])
+    time.sleep(0.5)  # the SUBACKs
+    a.publish(t.device("dev-b", "acks"), b"forged by dev-a", qos=1).wait_for_publish(5)
+    a.publish(t.device("dev-a", "acks"), b"self-acknowledged by dev-a", qos=1).wait_for_publish(5)
+    fleet.publish(t.device("dev-a", "acks"), b"for dev-a", qos=1).wait_for_publish(5)
+    fleet.publish(t.device("dev-b", "acks"), b"for dev-b", qos=1).wait_for_publish(5)
+    wait_for(lambda: got_a and got_b, 5, "each device's own ack")
+    time.sleep(0.5)  # let anything that wrongly got through arrive too
+    # (a copy per matching subscription: the wildcard is accepted but delivers only what the ACL lets it read)
+    assert set(got_a) == {(t.device("dev-a", "acks"), b"for dev-a")}
+    assert set(got_b) == {(t.device("dev-b", "acks"), b"for dev-b")}
+    for c in (fleet, a, b):
+        c.disconnect()
+        c.loop_stop()
+    # the embedded broker evaluates the same ACL text
+    acl = Acl.parse((broker.conf.parent.parent / "sec" / "acl").read_text())
+    assert acl.allows("dev-a", "dev-a", t.device("dev-a", "acks"), "read")
+    assert not acl.allows("dev-a", "dev-a", t.device("dev-b", "acks"), "read")
+    assert not acl.allows("dev-a", "dev-a", t.device("dev-a", "acks"), "write")
+    assert acl.allows_subscribe("dev-a", "dev-a", t.device("dev-a", "acks"))
+    assert not acl.allows_subscribe("dev-a", "dev-a", t.all_devices("acks"))
 
 
 def test_wrong_password_is_refused(secured):
