@@ -79,8 +79,12 @@ def parse_time(value: str) -> datetime:
     return t
 
 
-# JSON text that can parse to a non-finite float: NaN and Infinity literals, and numbers too large for a double.
-NONFINITE_TEXT = re.compile(rb"NaN|Infinity|[eE][+]?[0-9]{3,}|[0-9]{300,}")
+# JSON text that can parse to a non-finite float: a value (after `:`, `,` or `[` and JSON whitespace) that is a
+# NaN or Infinity literal, or a number too large for a double: an exponent of 3 digits or more, or 200 integer digits
+# or more (with an exponent of at most 2 digits, a double overflows only past 10^308, i.e. from about 210 digits).
+# Only number tokens are looked at: record ids (UUIDs such as "...-4e12-...") and other strings no longer send every
+# batch down the slow path. Strings that happen to look like a value (`"a:1e999"`) only cost the exact walk.
+NONFINITE_TEXT = re.compile(rb"[:,\[][ \t\n\r]*-?(?:N|I|[0-9]{200,}|[0-9]+(?:\.[0-9]*)?[eE]\+?[0-9]{3,})")
 
 
 def _bad_value(v: Any, limits: RecordLimits, depth: int, floats: bool) -> str | None:
