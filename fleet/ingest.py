@@ -183,7 +183,7 @@ class Ingest:
                 if got is not None:
                     kind, recs = got
                     device = topic.split("/")[-2]
-                    recs, refusals = self.validator.screen(kind, device, recs, predictions, payload=payload)
+                    recs, refusals = self.validator.screen(kind, device, recs, predictions)
                     self.refuse(device, refusals)
                     if recs:
                         pending.append((i, topic, kind, recs))
