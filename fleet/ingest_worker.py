@@ -106,17 +106,22 @@ class Consumer:
                     return
                 msgs, prepared = item
                 self.ingest.write(prepared)
-                for m in msgs:
-                    self.client.ack(m)
-                for m in msgs:
-                    if m.retain and m.payload and self._record_topic(m.topic):
-                        # retained records are refused by ingest; cleared so no later subscriber (a restarted
-                        # fleet, another worker) is handed it again
-                        self.client.publish(m.topic, b"", retain=True, timeout=None)
+                self._committed(msgs)
             except Exception:  # the writer must outlive a bug: the group stays unacknowledged, the broker resends it
                 log.exception("ingest writer failed on a group of %d messages", len(item[0]) if item else 0)
             finally:
                 self.writes.task_done()
+
+    def _committed(self, msgs: list[mqtt.MQTTMessage]) -> None:
+        """The one point where a group's records are committed (and only then): its messages are acknowledged to
+        the broker, in the order they came. A per-batch commit acknowledgement to the devices belongs here too."""
+        for m in msgs:
+            self.client.ack(m)
+        for m in msgs:
+            if m.retain and m.payload and self._record_topic(m.topic):
+                # retained records are refused by ingest; cleared so no later subscriber (a restarted
+                # fleet, another worker) is handed it again
+                self.client.publish(m.topic, b"", retain=True, timeout=None)
 
     def _record_topic(self, topic: str) -> bool:
         parsed = self.ingest.topics.parse(topic)
