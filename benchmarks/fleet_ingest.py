@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the test Mosquitto and PostgreSQL helpers live in tests/
 
 from fleet.config import FleetConfig  # noqa: E402
+from fleet.ingest import tune_gc_for_ingest  # noqa: E402
 from fleet.protocol import Batch, PredictionRecord, Topics, encode  # noqa: E402
 from fleet.service import FleetService  # noqa: E402
 from fleet.store import RECORD_COLUMNS, Store, row_values  # noqa: E402
@@ -269,8 +270,10 @@ def transport_only(workdir: Path, payloads: list[tuple[str, bytes]], publishers:
 
 
 def sqlite_ingest(workdir: Path, payloads: list[tuple[str, bytes]], total: int, publishers: int,
-                  inflight: int) -> tuple[float, int, dict[str, float]]:
+                  inflight: int, gc_tuned: bool = True) -> tuple[float, int, dict[str, float]]:
     broker = mosquitto(workdir / "broker-sqlite", inflight)
+    if gc_tuned:  # as `fleet serve` does at its start (this process also holds the batches: frozen too)
+        tune_gc_for_ingest()
     svc = FleetService(FleetConfig(data_dir=workdir / "fleet", broker_url=broker.url, monitor_interval_s=0,
                                    client_id=f"bench-{time.monotonic_ns()}")).start()
     try:

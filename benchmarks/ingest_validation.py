@@ -29,7 +29,7 @@ from fleet.store import Store  # noqa: E402
 class PassThrough:
     """The baseline: no checks at all (what ingest did before validation existed)."""
 
-    def screen(self, kind, device, records, pending, received=None, payload=None):  # type: ignore[no-untyped-def]
+    def screen(self, kind, device, records, pending, received=None):  # type: ignore[no-untyped-def]
         return list(records), []
 
 

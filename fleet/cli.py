@@ -111,7 +111,10 @@ def serve(config_path: Path | None, **overrides: Any) -> None:
     from fleet.service import FleetService
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from fleet.ingest import tune_gc_for_ingest
+
     config = load_config(config_path, **overrides)
+    tune_gc_for_ingest()
     service = FleetService(config).start()
     click.echo(f"fleet: broker {service.broker_url}, API http://{config.http_host}:{config.http_port}", err=True)
     try:
@@ -141,6 +144,7 @@ def ingest_worker(config_path: Path | None, worker_id: str, **overrides: Any) ->
     import threading
 
     from fleet.config import load_config
+    from fleet.ingest import tune_gc_for_ingest
     from fleet.ingest_worker import IngestWorker
     from fleet.store.engine import normalise_url, redact
 
@@ -148,6 +152,7 @@ def ingest_worker(config_path: Path | None, worker_id: str, **overrides: Any) ->
     config = load_config(config_path, **overrides)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", worker_id):
         raise ConfigError(f"--worker-id {worker_id!r}: letters, digits, '_', '.', '-' (at most 40)")
+    tune_gc_for_ingest()
     worker = IngestWorker(config, worker_id).start()
     click.echo(f"ingest worker {worker_id}: broker {config.broker_url}, store {redact(normalise_url(config.store))}, "
                f"share group {worker.group_name}", err=True)

@@ -107,23 +107,28 @@ class Consumer:
                     return
                 msgs, prepared = item
                 self.ingest.write(prepared)
-                self._acknowledge(prepared)
-                for m in msgs:
-                    self.client.ack(m)
-                for m in msgs:
-                    if m.retain and m.payload and self._record_topic(m.topic):
-                        # retained records are refused by ingest; cleared so no later subscriber (a restarted
-                        # fleet, another worker) is handed it again
-                        self.client.publish(m.topic, b"", retain=True, timeout=None)
+                self._committed(msgs, prepared)
             except Exception:  # the writer must outlive a bug: the group stays unacknowledged, the broker resends it
                 log.exception("ingest writer failed on a group of %d messages", len(item[0]) if item else 0)
             finally:
                 self.writes.task_done()
 
+    def _committed(self, msgs: list[mqtt.MQTTMessage], prepared: Prepared) -> None:
+        """The one point where a group's records are committed (and only then): the devices are told which of their
+        records are stored (fleet.acks), then its messages are acknowledged to the broker, in the order they came."""
+        self._acknowledge(prepared)
+        for m in msgs:
+            self.client.ack(m)
+        for m in msgs:
+            if m.retain and m.payload and self._record_topic(m.topic):
+                # retained records are refused by ingest; cleared so no later subscriber (a restarted
+                # fleet, another worker) is handed it again
+                self.client.publish(m.topic, b"", retain=True, timeout=None)
+
     def _acknowledge(self, prepared: Prepared) -> None:
-        """The group is committed: tell each device which of its records are stored (or refused), so it may delete
-        them from its outbox (fleet.acks). Queued in paho, not waited for; a lost ack only makes the device send
-        those records again, which ingest ignores by id and acknowledges again."""
+        """Tell each device which of its records are stored (or refused), so it may delete them from its outbox
+        (fleet.acks). Queued in paho, not waited for; a lost ack only makes the device send those records again,
+        which ingest ignores by id and acknowledges again."""
         try:
             for topic, payload in acks_of(prepared, self.ingest.topics):
                 self.client.publish(topic, payload, timeout=None)

@@ -79,24 +79,26 @@ def parse_time(value: str) -> datetime:
     return t
 
 
-# JSON text that can parse to a non-finite float: NaN and Infinity literals, and numbers too large for a double.
-NONFINITE_TEXT = re.compile(rb"NaN|Infinity|[eE][+]?[0-9]{3,}|[0-9]{300,}")
+def _finite(values: Iterable[float]) -> bool:
+    """Whether every number of `values` is finite, in one C loop: a NaN or an infinity makes the sum NaN or
+    infinite. (Finite numbers whose sum overflows also answer False: the caller then walks them for the exact
+    reason, and finds none.)"""
+    return math.isfinite(sum(values))
 
 
-def _bad_value(v: Any, limits: RecordLimits, depth: int, floats: bool) -> str | None:
+def _bad_value(v: Any, limits: RecordLimits, depth: int) -> str | None:
     """Why a value is refused (a non-finite number, an over-long string, an over-large or over-deep list or
-    mapping, anywhere inside it), or None. `floats=False` skips the finiteness checks (the payload's text was
-    scanned and holds nothing that parses to NaN or infinity). No strings are built on the way: most records pass."""
+    mapping, anywhere inside it), or None. No strings are built on the way: most records pass."""
     t = type(v)
     if t is float:
-        return None if not floats or math.isfinite(v) else f"not_finite:{v}"
+        return None if math.isfinite(v) else f"not_finite:{v}"
     if t is str:
         return None if len(v) <= limits.max_text else f"too_large:{len(v)} characters"
     if t is list or t is tuple:
         if depth >= limits.max_depth or len(v) > limits.max_entries:
             return f"too_large:{len(v)} entries or nested {depth} deep"
         for x in v:
-            if type(x) is not int and (why := _bad_value(x, limits, depth + 1, floats)):
+            if type(x) is not int and (why := _bad_value(x, limits, depth + 1)):
                 return why
         return None
     if t is dict:
@@ -105,12 +107,12 @@ def _bad_value(v: Any, limits: RecordLimits, depth: int, floats: bool) -> str | 
         for k, x in v.items():
             if len(k) > limits.max_text:
                 return f"too_large:a key of {len(k)} characters"
-            if type(x) is not int and (why := _bad_value(x, limits, depth + 1, floats)):
+            if type(x) is not int and (why := _bad_value(x, limits, depth + 1)):
                 return why
         return None
     if isinstance(v, BaseModel):
         for x in v.__dict__.values():
-            if type(x) is not int and (why := _bad_value(x, limits, depth + 1, floats)):
+            if type(x) is not int and (why := _bad_value(x, limits, depth + 1)):
                 return why
     return None
 
@@ -121,10 +123,10 @@ def _refuse(name: str, why: str | None) -> None:
         raise Refused(reason, f"{name}: {detail}")
 
 
-def _check_fields(rec: BaseModel, limits: RecordLimits, floats: bool) -> None:
+def _check_fields(rec: BaseModel, limits: RecordLimits) -> None:
     for name, value in rec.__dict__.items():
         if type(value) is not int:
-            _refuse(name, _bad_value(value, limits, 1, floats))
+            _refuse(name, _bad_value(value, limits, 1))
 
 
 def _short_keys(d: dict, limits: RecordLimits) -> bool:
@@ -132,40 +134,43 @@ def _short_keys(d: dict, limits: RecordLimits) -> bool:
     return len(d) <= limits.max_entries and (not d or max(map(len, d)) <= limits.max_text)
 
 
-def _check_prediction_fields(rec: PredictionRecord, limits: RecordLimits, floats: bool) -> None:
-    """The bulk of ingest: the typed fields by hand, the free-form ones (thresholds, detections) walked. Without
-    `floats` (the payload holds nothing that parses to NaN or infinity) the fields whose types the schema fixed
-    (models: str -> str, latency_ms: str -> float, flagged: (str, float) pairs) are checked by their lengths only,
-    in C; a field that fails that quick check is walked for the exact reason."""
+def _check_prediction_fields(rec: PredictionRecord, limits: RecordLimits) -> None:
+    """The bulk of ingest: the typed fields by hand, the free-form ones (thresholds, detections, hits) walked. The
+    fields whose types the schema fixed (models: str -> str, latency_ms: str -> float, flagged: (str, float) pairs,
+    scores) are checked in C: their lengths by max(map(len)), their numbers by one sum (`_finite`); a field that
+    fails that quick check is walked for the exact reason."""
     mt = limits.max_text
-    for name in ("source", "top_label", "error"):
+    for name in ("source", "top_label", "error", "degraded"):
         v = getattr(rec, name)
         if v is not None and len(v) > mt:
             raise Refused("too_large", f"{name}: {len(v)} characters")
     models, latency, flagged = rec.models, rec.latency_ms, rec.flagged
-    if floats or not (_short_keys(models, limits) and (not models or max(map(len, models.values())) <= mt)):
-        _refuse("models", _bad_value(models, limits, 1, floats))
-    _refuse("thresholds", _bad_value(rec.thresholds, limits, 1, floats))
-    if floats or len(flagged) > limits.max_entries or (flagged and max(len(c) for c, _ in flagged) > mt):
-        _refuse("flagged", _bad_value(flagged, limits, 1, floats))
-    if floats or not _short_keys(latency, limits):
-        _refuse("latency_ms", _bad_value(latency, limits, 1, floats))
-    if floats and rec.top_score is not None and not math.isfinite(rec.top_score):
+    if not (_short_keys(models, limits) and (not models or max(map(len, models.values())) <= mt)):
+        _refuse("models", _bad_value(models, limits, 1))
+    _refuse("thresholds", _bad_value(rec.thresholds, limits, 1))
+    if flagged and (len(flagged) > limits.max_entries or max(len(c) for c, _ in flagged) > mt
+                    or not _finite(s for _, s in flagged)):
+        _refuse("flagged", _bad_value(flagged, limits, 1))
+    if not (_short_keys(latency, limits) and _finite(latency.values())):
+        _refuse("latency_ms", _bad_value(latency, limits, 1))
+    if rec.top_score is not None and not math.isfinite(rec.top_score):
         raise Refused("not_finite", f"top_score: {rec.top_score}")
     if len(rec.stages) > 8:
         raise Refused("too_large", f"stages: {len(rec.stages)} entries")
     for i, st in enumerate(rec.stages):
-        if len(st.bundle) > limits.max_text:
-            raise Refused("too_large", f"stages[{i}].bundle: {len(st.bundle)} characters")
+        for name in ("bundle", "variant"):
+            v = getattr(st, name)
+            if v is not None and len(v) > mt:
+                raise Refused("too_large", f"stages[{i}].{name}: {len(v)} characters")
         if st.scores is not None:
             if len(st.scores) > limits.max_entries:
                 raise Refused("too_large", f"stages[{i}].scores: {len(st.scores)} entries")
-            if floats or max(map(len, st.scores), default=0) > limits.max_text:
-                _refuse(f"stages[{i}].scores", _bad_value(st.scores, limits, 2, floats))
+            if max(map(len, st.scores), default=0) > mt or not _finite(st.scores.values()):
+                _refuse(f"stages[{i}].scores", _bad_value(st.scores, limits, 2))
         for name in ("detections", "hits"):
             v = getattr(st, name)
             if v:
-                _refuse(f"stages[{i}].{name}", _bad_value(v, limits, 2, floats))
+                _refuse(f"stages[{i}].{name}", _bad_value(v, limits, 2))
 
 
 def _latency(value: float, where: str, limits: RecordLimits) -> None:
@@ -188,7 +193,7 @@ class RecordValidator:
         self.limits, self.lookup, self.now = limits, lookup, now
         self._bounds_for: tuple[datetime | None, tuple[str, str]] = (None, ("", ""))
 
-    def check_common(self, rec: Any, device: str, received: datetime, floats: bool = True) -> Any:
+    def check_common(self, rec: Any, device: str, received: datetime) -> Any:
         """The checks every record kind shares; returns the record with created_at in UTC (the store orders and
         filters on that text, so one offset for all)."""
         lim = self.limits
@@ -215,9 +220,9 @@ class RecordValidator:
         if release is not None and not NAME_RE.match(release):
             raise Refused("bad_id", f"release {release[:80]!r} is not a well-formed name")
         if isinstance(rec, PredictionRecord):
-            _check_prediction_fields(rec, lim, floats)
+            _check_prediction_fields(rec, lim)
         else:
-            _check_fields(rec, lim, floats)
+            _check_fields(rec, lim)
         return rec if created == rec.created_at else rec.model_copy(update={"created_at": created})
 
     def _bounds(self, received: datetime) -> tuple[str, str]:
@@ -230,12 +235,12 @@ class RecordValidator:
                                            hi.isoformat(timespec="milliseconds")))
         return self._bounds_for[1]
 
-    def check_prediction(self, rec: PredictionRecord, floats: bool = True) -> None:
-        """Latencies finite, >= 0 and at most max_latency_ms; `floats=False`: the payload holds no non-finite
-        number, so the common case is one min and one max (in C), and only a record outside the range is gone
-        through latency by latency for the reason."""
+    def check_prediction(self, rec: PredictionRecord) -> None:
+        """Latencies finite, >= 0 and at most max_latency_ms: the common case is one sum, one min and one max (in
+        C), and only a record outside the range is gone through latency by latency for the reason."""
         lat = rec.latency_ms
-        if floats or (lat and not 0 <= min(lat.values()) <= max(lat.values()) <= self.limits.max_latency_ms):
+        if lat and not (_finite(lat.values()) and 0 <= min(lat.values()) <= max(lat.values())
+                        <= self.limits.max_latency_ms):
             for k, v in lat.items():
                 _latency(v, f"latency_ms.{k}", self.limits)
         for i, st in enumerate(rec.stages):
@@ -261,12 +266,9 @@ class RecordValidator:
             "top_label": pred.top_label, "top_score": pred.top_score})
 
     def screen(self, kind: RecordKind, device: str, records: Iterable[Any], pending: dict[str, PredictionRecord],
-               received: datetime | None = None, payload: bytes | None = None) -> tuple[list[Any], list[Refusal]]:
+               received: datetime | None = None) -> tuple[list[Any], list[Refusal]]:
         """(records to store, refusals). `pending`: predictions of this ingest group not yet committed, by id
-        (a verdict may arrive in the same group as its prediction); accepted predictions are added to it.
-        `payload`: the JSON text the records came from; when it holds nothing that parses to NaN or infinity,
-        the per-number finiteness checks are skipped (they cost more than the rest of ingest)."""
-        floats = payload is None or NONFINITE_TEXT.search(payload) is not None
+        (a verdict may arrive in the same group as its prediction); accepted predictions are added to it."""
         received = received or self.now()
         records = list(records)
         if len(records) > self.limits.max_records_per_batch:
@@ -281,9 +283,9 @@ class RecordValidator:
             try:
                 if not device_ok:
                     raise Refused("bad_id", f"device id {device!r}")
-                rec = self.check_common(rec, device, received, floats)
+                rec = self.check_common(rec, device, received)
                 if isinstance(rec, PredictionRecord):
-                    self.check_prediction(rec, floats)
+                    self.check_prediction(rec)
                     pending[rec.id] = rec
                 elif isinstance(rec, ReviewRecord):
                     rec = self.review_of(rec, pending.get(rec.prediction_id) or found.get(rec.prediction_id))

@@ -270,3 +270,23 @@ def test_ingest_waits_for_an_unavailable_store_and_loses_nothing(postgres, tmp_p
     finally:
         fleet.close()
         postgres.admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+def test_an_ingest_process_collects_garbage_less_often_and_still_collects_it():
+    """`fleet serve` and `fleet ingest-worker` tune the collector at their start (in a process of their own here:
+    the test process keeps Python's defaults): startup objects frozen, young collections every INGEST_GC_GEN0
+    allocations, and cyclic garbage made afterwards is still collected."""
+    import subprocess
+    import sys
+
+    code = ("import gc, weakref\n"
+            "from fleet.ingest import INGEST_GC_GEN0, tune_gc_for_ingest\n"
+            "tune_gc_for_ingest()\n"
+            "class C: pass\n"
+            "a = C(); a.me = a; gone = weakref.ref(a); del a\n"
+            "keep = [[] for _ in range(3 * INGEST_GC_GEN0)]\n"
+            "print(gc.get_threshold()[0], gc.get_freeze_count() > 0, gone() is None)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    from fleet.ingest import INGEST_GC_GEN0
+
+    assert out.stdout.split() == [str(INGEST_GC_GEN0), "True", "True"], out

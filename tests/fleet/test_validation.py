@@ -5,6 +5,7 @@ whatever devices send, through the real ingest into the real store, no page of t
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -43,6 +44,8 @@ def _pred(**kw: Any) -> PredictionRecord:
     ({"disagrees_with": "../x"}, "bad_id"),
     ({"revision": 2**31}, "bad_revision"),
     ({"error": "e" * 5000}, "too_large"),
+    ({"degraded": "d" * 5000}, "too_large"),
+    ({"stages": [{"role": "verify", "bundle": "b-v1.0", "variant": "v" * 5000}]}, "too_large"),
     ({"thresholds": {"a": [[[[[[[[[1]]]]]]]]]}}, "too_large"),
 ])
 def test_each_rule_refuses_with_its_reason(kw, reason):
@@ -54,8 +57,27 @@ def test_good_records_pass_and_times_become_utc():
     rec = _pred(created_at="2026-11-28T13:00:00.5+01:00")
     (got,), refused = _validator().screen("predictions", "cam-1", [rec], {})
     assert refused == [] and got.created_at == "2026-11-28T12:00:00.500+00:00"
-    (same,), _ = _validator().screen("predictions", "cam-1", [_pred()], {}, payload=b"{}")
+    (same,), _ = _validator().screen("predictions", "cam-1", [_pred()], {})
     assert same.created_at == NOW.isoformat(timespec="milliseconds")
+
+
+@pytest.mark.parametrize("token, nonfinite", [
+    ("NaN", True), ("-Infinity", True), ("1e999", True), ("1E+0309", True), ("-2.5e400", True),
+    ("1" * 250 + "e99", True), ("9" * 400, True),  # overflow a double without a 3-digit exponent
+    ("1.5e3", False), ("1e-999", False), ("123456", False)])
+@pytest.mark.parametrize("where", ["latency_ms", "flagged", "scores", "top_score"])
+def test_every_number_that_parses_non_finite_is_refused_wherever_it_is(token, nonfinite, where):
+    """Numbers as ingest parses them from the wire (a 400-digit integer becomes an infinite float), in each typed
+    float field the quick checks cover: refused as not_finite when they parse non-finite, accepted otherwise."""
+    fields = {"latency_ms": '"latency_ms":{"total":%s}', "flagged": '"flagged":[["scratch",%s]]',
+              "scores": '"stages":[{"role":"verify","bundle":"b-v1.0","scores":{"ok":%s}}]',
+              "top_score": '"top_score":%s'}
+    text = _pred(id="rec-1").model_dump_json()
+    for name in ("latency_ms", "flagged", "stages", "top_score"):  # drop the field, then write it as the case says
+        text = re.sub(f'"{name}":(\\{{[^}}]*\\}}|\\[\\]|null|[0-9.]+),', "", text, count=1)
+    rec = PredictionRecord.model_validate_json(text[:-1] + "," + fields[where] % token + "}")
+    good, refused = _validator().screen("predictions", "cam-1", [rec], {})
+    assert [r.reason for r in refused] == (["not_finite"] if nonfinite else []), (where, token[:20], refused)
 
 
 def test_limits_are_configurable():
