@@ -46,6 +46,18 @@ class DesiredStates:
         row = self.store.get("desired", device)
         return (row["release"], row["candidate"]) if row else (None, None)
 
+    def current_many(self, devices: list[str]) -> dict[str, tuple[str | None, str | None]]:
+        """`current` of many devices: one read per 500 devices; a device never asked anything is absent."""
+        return {r["device"]: (r["release"], r["candidate"])
+                for r in self._by_device("SELECT device, release, candidate FROM desired", devices)}
+
+    def _by_device(self, select: str, devices: list[str]) -> list[dict]:
+        out: list[dict] = []
+        for i in range(0, len(devices), 500):
+            part = devices[i:i + 500]
+            out += self.store.rows(f"{select} WHERE device IN ({', '.join('?' * len(part))})", part)
+        return out
+
     def set(self, device: str, release: str | None, candidate: str | None = None,
             rollout: str | None = None) -> Desired | None:
         """Ask `device` to run `release` (+ `candidate` in shadow). `release=None` clears the retained desired
@@ -66,15 +78,14 @@ class DesiredStates:
 
         out: list[Desired | None] = []
         messages: list[tuple[str, bytes, bool]] = []
+        desired: list[dict] = []
+        history: list[dict] = []
         with self.store.transaction() as st:
-            # the devices' current revisions in one read per 500 devices, not one per device: a rollback of
-            # hundreds holds the write lock (which status ingest also takes) as briefly as possible
-            current: dict[str, int] = {}
-            devices = [c[0] for c in changes]
-            for i in range(0, len(devices), 500):
-                part = devices[i:i + 500]
-                current.update((r["device"], r["revision"]) for r in st.rows(
-                    f"SELECT device, revision FROM desired WHERE device IN ({', '.join('?' * len(part))})", part))
+            # the devices' current revisions in one read per 500 devices, and the rows written in two batched
+            # statements, not a round trip per device: a rollback of hundreds holds the write lock (which status
+            # ingest also takes on SQLite) as briefly as possible
+            current = {r["device"]: r["revision"]
+                       for r in self._by_device("SELECT device, revision FROM desired", [c[0] for c in changes])}
             for device, release, candidate in changes:
                 spec, cand = spec_of(release), spec_of(candidate)
                 revision = current.get(device, 0) + 1
@@ -88,18 +99,18 @@ class DesiredStates:
                                                       candidate=cand, artifacts=arts[(release, candidate)],
                                                       rollout=rollout, issued_at=now))
                 payload = encode(msg) if msg else b""
-                st.upsert("desired", {"device": device, "revision": revision, "release": release,
-                                      "candidate": candidate, "rollout": rollout,
-                                      "payload": payload.decode() if msg else None, "issued_at": now},
-                          pk="device")
-                st.upsert("desired_history", {"device": device, "revision": revision, "release": release,
-                                              "candidate": candidate, "rollout": rollout, "issued_at": now},
-                          pk=("device", "revision"))
+                desired.append({"device": device, "revision": revision, "release": release,
+                                "candidate": candidate, "rollout": rollout,
+                                "payload": payload.decode() if msg else None, "issued_at": now})
+                history.append({"device": device, "revision": revision, "release": release,
+                                "candidate": candidate, "rollout": rollout, "issued_at": now})
                 messages.append((self.topics.device(device, "desired"), payload, True))
                 if msg is None:
                     cmd = self.signer.command(ClearCommand(args=ClearArgs(revision=revision)), device)
                     messages.append((self.topics.device(device, "cmd"), encode(cmd), False))
                 out.append(msg)
+            st.upsert_many("desired", desired, pk="device")
+            st.upsert_many("desired_history", history, pk=("device", "revision"))
         # Published after the commit (of the caller's transaction, when this joins one, e.g. a wave start): if the
         # broker is down, or this process dies first, the stored states are republished by republish().
         self.store.after_commit(lambda: self.publish_many(messages))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from pydantic import TypeAdapter, ValidationError, create_model
 
-from fleet.devices import Devices
+from fleet.devices import Devices, States
 from fleet.protocol import (
     PROTOCOL_VERSION,
     RECORD_TYPES,
@@ -86,6 +86,8 @@ class Prepared:
     # (message index, topic, ids) of records refused by validation: acknowledged to the device as refused
     # (fleet.acks), so it stops sending them
     refused_ids: list[tuple[int, str, list[str]]] = field(default_factory=list)
+    # connection status and reported state of the group, written together once it is decoded (Devices.write)
+    states: States = field(default_factory=States)
 
 
 class Ingest:
@@ -131,9 +133,17 @@ class Ingest:
         self._local.prepared = prepared
         try:
             self._process(messages, prepared.ok, prepared.pending)
+            self._write_states(prepared)
         finally:
             self._local.prepared = None
         return prepared
+
+    def _write_states(self, prepared: Prepared) -> None:
+        """The group's status and reported state, the latest per device, in one transaction; a message whose state
+        the store refused counts as malformed."""
+        for i, err in self.devices.write(prepared.states).items():
+            prepared.ok[i] = False
+            self._malformed(prepared.messages[i][0], f"store: {type(err).__name__}: {err}")
 
     def write(self, prepared: Prepared) -> list[bool]:
         """The second half: commit the prepared records in one transaction, retried while the store is
@@ -185,7 +195,7 @@ class Ingest:
         predictions: dict = {}  # accepted predictions of this group by id: a verdict may come in the same group
         for i, (topic, payload, *flags) in enumerate(messages):
             try:
-                got = self._handle(topic, payload, bool(flags and flags[0]))
+                got = self._handle(topic, payload, bool(flags and flags[0]), at=i)
                 if got is not None:
                     kind, recs = got
                     device = topic.split("/")[-2]
@@ -273,8 +283,10 @@ class Ingest:
         except Exception:  # counting must not fail the handler either
             log.exception("could not count a malformed message on %s", topic)
 
-    def _handle(self, topic: str, payload: bytes, retained: bool = False) -> tuple[RecordKind, list] | None:
-        """Apply status and reported state at once; return (kind, validated records) of a batch to insert."""
+    def _handle(self, topic: str, payload: bytes, retained: bool = False,
+                at: int = 0) -> tuple[RecordKind, list] | None:
+        """Gather status and reported state (message `at` of the group) to be written once the group is decoded;
+        return (kind, validated records) of a batch to insert."""
         parsed = self.topics.parse(topic)
         if parsed is None:
             raise ProtocolError(f"{topic}: not a device topic under {self.topics.prefix}/dev/")
@@ -294,7 +306,7 @@ class Ingest:
             text = payload.decode("utf-8", errors="replace").strip()
             if text not in (STATUS_ONLINE, STATUS_OFFLINE):
                 raise ProtocolError(f"{topic}: status must be {STATUS_ONLINE!r} or {STATUS_OFFLINE!r}")
-            self.devices.seen(device, text)
+            self._states(topic).seen(device, text, at)
             return None
         elif kind == "reported":
             if not payload:
@@ -303,7 +315,7 @@ class Ingest:
             assert isinstance(rep, Reported)
             if rep.device != device:
                 raise ProtocolError(f"{topic}: reported state of {rep.device!r} on the topic of {device!r}")
-            self.devices.report(rep)
+            self._states(topic).report(rep, at)
             return None
         elif kind in RECORD_TYPES:
             kind = RecordKind(kind)
@@ -327,6 +339,12 @@ class Ingest:
             return kind, good
         else:
             raise ProtocolError(f"{topic}: devices do not publish {kind!r}")
+
+    def _states(self, topic: str) -> States:
+        """Where status and reported state go: the group being prepared in this thread (always, through prepare)."""
+        prepared: Prepared | None = getattr(self._local, "prepared", None)
+        assert prepared is not None, f"{topic}: state applied outside Ingest.prepare"
+        return prepared.states
 
     def _records(self, kind: RecordKind, device: str, raws: list[dict]) -> tuple[list, list[str]]:
         """Validated records of a batch and the errors of the bad ones. The whole list is validated in one call

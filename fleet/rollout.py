@@ -111,14 +111,15 @@ class Rollouts:
             st.upsert("rollouts", {"id": rid, "release": spec.ref, "grp": req.group, "plan": json.dumps(plan),
                                    "state": RUNNING, "wave": -1, "reason": None, "created_at": now,
                                    "updated_at": now}, pk="id")
-            start = 0
+            current = self.desired.current_many(members)
+            rows, start = [], 0
             for w, end in enumerate(sizes):
                 for dev in members[start:end]:
-                    prev, prev_cand = self.desired.current(dev)
-                    st.upsert("rollout_targets", {"rollout": rid, "device": dev, "wave": w, "previous": prev,
-                                                  "previous_candidate": prev_cand, "state": "planned",
-                                                  "started_at": None}, pk=("rollout", "device"))
+                    prev, prev_cand = current.get(dev, (None, None))
+                    rows.append({"rollout": rid, "device": dev, "wave": w, "previous": prev,
+                                 "previous_candidate": prev_cand, "state": "planned", "started_at": None})
                 start = end
+            st.upsert_many("rollout_targets", rows, pk=("rollout", "device"))
         self._start_wave(rid, 0)
         return self.status(rid)
 
@@ -235,9 +236,9 @@ class Rollouts:
             out[t["device"]] = state
         if decided:
             with self.store.transaction() as st:
-                for state, device in decided:
-                    st.execute("UPDATE rollout_targets SET state = ? WHERE rollout = ? AND device = ? AND "
-                               "state NOT IN ('active', 'failed', 'rolled_back')", (state, rid, device))
+                st.execute_many("UPDATE rollout_targets SET state = ? WHERE rollout = ? AND device = ? AND "
+                                "state NOT IN ('active', 'failed', 'rolled_back')",
+                                [(state, rid, device) for state, device in decided])
         return out
 
     def judge(self, ref: str, req: RolloutRequest, devices: list[str], states: dict[str, str],
@@ -316,20 +317,18 @@ class Rollouts:
                     changes.append((t["device"], plan["release"], None))
             self.desired.set_many(changes, rollout=rid)
             now = str(time.time())
-            for dev in failed:
-                st.upsert("rollout_targets", {"rollout": rid, "device": dev, "state": "failed"},
-                          pk=("rollout", "device"))
-            for dev, _, _ in changes:
-                st.upsert("rollout_targets", {"rollout": rid, "device": dev, "state": "activating",
-                                              "started_at": now}, pk=("rollout", "device"))
+            st.upsert_many("rollout_targets", [{"rollout": rid, "device": dev, "state": "failed"} for dev in failed],
+                           pk=("rollout", "device"))
+            st.upsert_many("rollout_targets", [{"rollout": rid, "device": dev, "state": "activating",
+                                                "started_at": now} for dev, _, _ in changes],
+                           pk=("rollout", "device"))
 
     def _revert(self, rid: str, targets: list[dict]) -> None:
         todo = [t for t in targets if t["state"] not in ("planned", "rolled_back")]
-        self.desired.set_many([(t["device"], t["previous"], t["previous_candidate"]) for t in todo], rollout=rid)
-        with self.store.transaction() as st:
-            for t in todo:
-                st.upsert("rollout_targets", {"rollout": rid, "device": t["device"], "state": "rolled_back"},
-                          pk=("rollout", "device"))
+        with self.store.transaction() as st:  # one commit; the desired states are published after it
+            self.desired.set_many([(t["device"], t["previous"], t["previous_candidate"]) for t in todo], rollout=rid)
+            st.upsert_many("rollout_targets", [{"rollout": rid, "device": t["device"], "state": "rolled_back"}
+                                               for t in todo], pk=("rollout", "device"))
 
     def _get(self, rid: str) -> dict[str, Any]:
         ro = self.store.get("rollouts", rid)

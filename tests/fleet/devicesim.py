@@ -21,11 +21,21 @@ from fleet.protocol import Batch, Desired, PredictionRecord, Reported, ReviewRec
 from runtime.mqtt import parse_url
 
 
-def client(url: str, client_id: str, persistent: bool = False, **auth) -> mqtt.Client:
+def client(url: str, client_id: str, persistent: bool = False, *, on_connect: Callable | None = None,
+           on_message: Callable | None = None, on_subscribe: Callable | None = None, **auth) -> mqtt.Client:
+    """A paho client connecting in the background. Callbacks are set here, before it connects: set afterwards,
+    on_connect is missed whenever the CONNACK comes first (a test thread descheduled for a moment on a loaded
+    machine), and a subscription made there never happens."""
     host, port, _ = parse_url(url)
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent)
     if auth:
         c.username_pw_set(auth["username"], auth["password"])
+    if on_connect is not None:
+        c.on_connect = on_connect
+    if on_message is not None:
+        c.on_message = on_message
+    if on_subscribe is not None:
+        c.on_subscribe = on_subscribe
     c.reconnect_delay_set(0.05, 0.5)
     c.connect_async(host, port, 30)
     c.loop_start()
@@ -132,11 +142,12 @@ class SimFleet:
         self.worker = threading.Thread(target=self._work, daemon=True)
         self.worker.start()
         # one connection for every device: on a broker with the fleet's ACL it needs a service (fleet) user
-        self.c = client(url, f"sim-{id(self)}", **(auth or {}))
-        self.c.on_message = self._on_message
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([(topics.all_devices("desired"), 1),
-                                                               (topics.all_devices("cmd"), 1)])
-        wait_for(self.c.is_connected, 10, "simulated devices to connect")
+        subscribed = threading.Event()
+        self.c = client(url, f"sim-{id(self)}", on_message=self._on_message,
+                        on_connect=lambda c, u, f, rc, p: c.subscribe([(topics.all_devices("desired"), 1),
+                                                                       (topics.all_devices("cmd"), 1)]),
+                        on_subscribe=lambda *a: subscribed.set(), **(auth or {}))
+        wait_for(subscribed.is_set, 10, "simulated devices to connect and subscribe")
         for d in devices:
             self.c.publish(topics.device(d, "status"), b"online", qos=1, retain=True).wait_for_publish(10)
             self.report(d)

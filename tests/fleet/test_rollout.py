@@ -37,27 +37,33 @@ def bad_bundle(keys, tmp_path_factory):
 @pytest.fixture
 def env(config: FleetConfig, mosquitto, bundles, bad_bundle):
     svc = FleetService(config.model_copy(update={"broker_url": mosquitto.url, "rollout_tick_s": 0.05})).start()
-    fleet = svc.fleet
-    good = fleet.registry.push(bundles["pcb-aoi"])["id"]
-    # a second, properly signed bundle that the simulated devices' check rejects (as a device would a bundle
-    # whose reference outputs do not match its model)
-    bad = fleet.registry.push(bad_bundle)["id"]
-    for d in DEVICES:
-        fleet.devices.add(d, groups=["line-1"])
-    sims = SimFleet(mosquitto.url, fleet.topics, DEVICES, bad_bundles={bad},
-                    latency={"seal@1": 10.0, "seal@2": 11.0, "seal@3": 40.0}, error_rate={"seal@4": 0.5})
-    spec = lambda b: ReleaseSpec(name="seal" if b == good else "broken", stages=[StageSpec(role="verify", bundle=b)])
-    for _ in range(4):
-        fleet.releases.create(spec(good))  # seal@1..4 (same bundle: latency, errors differ only in the simulation)
-    fleet.releases.create(spec(bad))  # broken@1
-    base = fleet.rollouts.start(RolloutRequest(release="seal@1", group="line-1", waves=["100%"], gates=GATES))
-    wait_for(lambda: fleet.rollouts.status(base["id"])["state"] != "running", 120, "baseline rollout")
-    assert fleet.rollouts.status(base["id"])["state"] == "completed", (sims.errors, fleet.rollouts.status(base["id"]))
-    assert set(sims.active.values()) == {"seal@1"}
-    yield svc, sims
-    assert not sims.errors
-    sims.stop()
-    svc.stop()
+    sims = None
+    try:  # stopped even when the set-up fails: a service left running outlives the test's PostgreSQL server
+        fleet = svc.fleet
+        good = fleet.registry.push(bundles["pcb-aoi"])["id"]
+        # a second, properly signed bundle that the simulated devices' check rejects (as a device would a bundle
+        # whose reference outputs do not match its model)
+        bad = fleet.registry.push(bad_bundle)["id"]
+        for d in DEVICES:
+            fleet.devices.add(d, groups=["line-1"])
+        sims = SimFleet(mosquitto.url, fleet.topics, DEVICES, bad_bundles={bad},
+                        latency={"seal@1": 10.0, "seal@2": 11.0, "seal@3": 40.0}, error_rate={"seal@4": 0.5})
+        spec = lambda b: ReleaseSpec(name="seal" if b == good else "broken",
+                                     stages=[StageSpec(role="verify", bundle=b)])
+        for _ in range(4):
+            fleet.releases.create(spec(good))  # seal@1..4 (same bundle: latency, errors differ only in the simulation)
+        fleet.releases.create(spec(bad))  # broken@1
+        base = fleet.rollouts.start(RolloutRequest(release="seal@1", group="line-1", waves=["100%"], gates=GATES))
+        wait_for(lambda: fleet.rollouts.status(base["id"])["state"] != "running", 120, "baseline rollout")
+        assert fleet.rollouts.status(base["id"])["state"] == "completed", \
+            (sims.errors, sims.desired_seen, fleet.rollouts.status(base["id"]))
+        assert set(sims.active.values()) == {"seal@1"}
+        yield svc, sims
+        assert not sims.errors
+    finally:
+        if sims is not None:
+            sims.stop()
+        svc.stop()
 
 
 def _wait_state(fleet, rid, state, timeout=120):

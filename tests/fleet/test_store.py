@@ -139,3 +139,29 @@ def test_store_urls(tmp_path):
         normalise_url("mysql://u:secret@h/fleet")
     except ConfigError as err:
         assert "secret" not in str(err)
+
+
+def test_a_pooled_postgresql_connection_whose_session_ended_is_replaced_before_use(postgres, monkeypatch):
+    """The pool no longer pings on every checkout (a round trip each time); a connection idle past PING_IDLE_S is
+    pinged, and one whose session the server ended (a restart, an admin) is replaced without the caller noticing.
+    A connection just returned is used as it is: a statement on a dead one raises StoreUnavailable (retry)."""
+    from fleet.store import StoreUnavailable
+    from fleet.store import engine as engines
+
+    name = "store_ping"
+    st = Store(postgres.create_database(name, template="fleet_template"))
+    kill = f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    try:
+        st.execute("INSERT INTO malformed (topic, count, last_error, last_at) VALUES ('t', 1, 'e', 'x')")
+        assert st.rows("SELECT count FROM malformed") == [{"count": 1}]
+        monkeypatch.setattr(engines, "PING_IDLE_S", 0.0)
+        postgres.admin(kill)
+        assert st.rows("SELECT count FROM malformed") == [{"count": 1}]  # pinged, found dead, replaced
+        monkeypatch.setattr(engines, "PING_IDLE_S", 3600.0)
+        postgres.admin(kill)
+        with pytest.raises(StoreUnavailable):
+            st.rows("SELECT count FROM malformed")
+        assert st.rows("SELECT count FROM malformed") == [{"count": 1}]  # the pool dropped the dead connections
+    finally:
+        st.close()
+        postgres.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
