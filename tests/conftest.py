@@ -143,6 +143,30 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> 
                        lambda out: {p: export_preset(p, out, keys["private"], fp16=True) for p in PRESETS})
 
 
+class CoremlBundles:
+    """(preset, precision) -> signed bundle directory exported through the real exporter with coreml=True, once per
+    run (shared by the pytest-xdist workers like `bundles`): the Core ML tests and the Core ML runner's use the same."""
+
+    def __init__(self, factory: pytest.TempPathFactory, key: Path) -> None:
+        self.factory, self.key = factory, key
+        self.done: dict[tuple[str, str], Path] = {}
+
+    def __getitem__(self, item: tuple[str, str]) -> Path:
+        preset, precision = item
+        if preset not in PRESETS or precision not in ("fp32", "fp16"):
+            raise KeyError(item)
+        if item not in self.done:
+            self.done[item] = shared_once(self.factory, f"coreml-{preset}-{precision}", lambda out: {
+                "path": export_preset(preset, out, self.key, coreml=True, coreml_precision=precision)})["path"]
+        return self.done[item]
+
+
+@pytest.fixture(scope="session")
+def coreml_bundles(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> CoremlBundles:
+    pytest.importorskip("coremltools")
+    return CoremlBundles(tmp_path_factory, keys["private"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
