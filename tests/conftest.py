@@ -23,6 +23,69 @@ EXPECTED = REALDATA / "expected" / "results_onnxruntime_cpu.json"
 PRESETS = {"pcb-aoi": "pcb-aoi_opset11.onnx", "squeezenet": "squeezenet1.0_fp32.onnx", "yolox-nano": "yolox_nano.onnx"}
 
 
+# Under pytest-xdist (the README's `-n 2`) the workers run side by side; a test marked `exclusive` runs with no other
+# test alongside it. The lock lives in the run's shared temp folder: one worker holds it shared per test, an exclusive
+# test holds it alone; a gate taken first makes a waiting exclusive test block new shared holders (no starvation).
+_LOCKS: dict[str, Any] = {}
+
+
+def _lock_dir(config: pytest.Config) -> Path | None:
+    if not hasattr(config, "workerinput"):  # not an xdist worker: one process, nothing runs alongside
+        return None
+    return config._tmp_path_factory.getbasetemp().parent  # type: ignore[attr-defined]  # shared by the workers
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    import fcntl
+
+    where = _lock_dir(item.config)
+    if where is None:
+        yield
+        return
+    if not _LOCKS:
+        _LOCKS["gate"] = open(where / "exclusive.gate", "a+")
+        _LOCKS["main"] = open(where / "exclusive.lock", "a+")
+    gate, main = _LOCKS["gate"], _LOCKS["main"]
+    alone = item.get_closest_marker("exclusive") is not None
+    fcntl.flock(gate, fcntl.LOCK_EX)
+    fcntl.flock(main, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+    if not alone:
+        fcntl.flock(gate, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        fcntl.flock(main, fcntl.LOCK_UN)
+        if alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+
+
+def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str,
+                build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """What `build(folder)` makes, made once for the whole run. Under pytest-xdist the first worker builds it in the
+    run's shared temp folder (the others wait on a lock) and every worker copies the folder into its own temp folder,
+    to use as it likes; the Paths `build` returned (inside its folder) come back pointing into the copy."""
+    import fcntl
+
+    own = tmp_path_factory.mktemp(name)
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return build(own)
+    shared = tmp_path_factory.getbasetemp().parent
+    root = shared / f"shared-{name}"
+    done = shared / f"shared-{name}.json"
+    with open(shared / f"shared-{name}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            made = build(root)
+            done.write_text(json.dumps({k: {"path": str(v.relative_to(root))} if isinstance(v, Path) else v
+                                        for k, v in made.items()}))
+    shutil.copytree(root, own, dirs_exist_ok=True)
+    return {k: own / v["path"] if isinstance(v, dict) and set(v) == {"path"} else v
+            for k, v in json.loads(done.read_text()).items()}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import importlib.util
     import sys
@@ -42,9 +105,13 @@ def expected() -> dict:
 
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Signing keys for the session (one set for the whole run, so the workers share `bundles`)."""
+    return shared_once(tmp_path_factory, "keys", make_keys)
+
+
+def make_keys(d: Path) -> dict[str, Any]:
     from runtime.signing import generate_keys
 
-    d = tmp_path_factory.mktemp("keys")
     priv, pub, kid = generate_keys(d, "signer")
     (d / "other").mkdir()
     other_priv, _, other_kid = generate_keys(d / "other", "intruder")
@@ -72,8 +139,32 @@ def export_preset(preset: str, out: Path, private_key: Path | None, **overrides)
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> dict[str, Path]:
     """The three shipped models exported once per session, signed, with FP16 variants."""
-    out = tmp_path_factory.mktemp("bundles")
-    return {p: export_preset(p, out, keys["private"], fp16=True) for p in PRESETS}
+    return shared_once(tmp_path_factory, "bundles",
+                       lambda out: {p: export_preset(p, out, keys["private"], fp16=True) for p in PRESETS})
+
+
+class CoremlBundles:
+    """(preset, precision) -> signed bundle directory exported through the real exporter with coreml=True, once per
+    run (shared by the pytest-xdist workers like `bundles`): the Core ML tests and the Core ML runner's use the same."""
+
+    def __init__(self, factory: pytest.TempPathFactory, key: Path) -> None:
+        self.factory, self.key = factory, key
+        self.done: dict[tuple[str, str], Path] = {}
+
+    def __getitem__(self, item: tuple[str, str]) -> Path:
+        preset, precision = item
+        if preset not in PRESETS or precision not in ("fp32", "fp16"):
+            raise KeyError(item)
+        if item not in self.done:
+            self.done[item] = shared_once(self.factory, f"coreml-{preset}-{precision}", lambda out: {
+                "path": export_preset(preset, out, self.key, coreml=True, coreml_precision=precision)})["path"]
+        return self.done[item]
+
+
+@pytest.fixture(scope="session")
+def coreml_bundles(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> CoremlBundles:
+    pytest.importorskip("coremltools")
+    return CoremlBundles(tmp_path_factory, keys["private"])
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ from runtime.bundle import read_manifest
 from runtime.fsio import sha256_file
 from runtime.signing import load_private_key, sign_document
 from tests.agent.servers import ArtifactServer
-from tests.conftest import IMAGES, export_preset
+from tests.conftest import IMAGES, export_preset, shared_once
 
 PCB_IMAGES = sorted((IMAGES / "pcb_winml").glob("*.png"))
 
@@ -53,13 +53,16 @@ def tars(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> dic
     """'v1.0', 'v1.1': good signed tars; 'bad': v1.2 whose reference outputs disagree with its model;
     'unknown-key': v1.3 signed by a key the device does not trust."""
     work = tmp_path_factory.mktemp("agent-bundles")
-    out = tmp_path_factory.mktemp("agent-tars")
-    result = {}
-    for key, version in (("v1.0", "1.0"), ("v1.1", "1.1"), ("bad", "1.2"), ("unknown-key", "1.3")):
-        d = export_preset("pcb-aoi", work / key, None, version=version)
-        signer = keys["other_private"] if key == "unknown-key" else keys["private"]
-        result[key] = make_tar(d, out, signer, _swap_reference_classes if key == "bad" else None)
-    return result
+
+    def build(out: Path) -> dict[str, Path]:
+        result = {}
+        for key, version in (("v1.0", "1.0"), ("v1.1", "1.1"), ("bad", "1.2"), ("unknown-key", "1.3")):
+            d = export_preset("pcb-aoi", work / key, None, version=version)
+            signer = keys["other_private"] if key == "unknown-key" else keys["private"]
+            result[key] = make_tar(d, out, signer, _swap_reference_classes if key == "bad" else None)
+        return result
+
+    return shared_once(tmp_path_factory, "agent-tars", build)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -93,8 +94,28 @@ def test_the_unit_tests_catch_a_planted_bug(tmp_path, old, new):
     (tmp_path / "shadowline.rules.yml").write_text(text.replace(old, new))
     for f in PLANTED_UNIT:
         shutil.copy(f, tmp_path / "tests" / f.name)
-    done = promtool("test", "rules", *[f"tests/{f.name}" for f in PLANTED_UNIT], cwd=tmp_path)
-    assert done.returncode != 0 and "FAILED" in done.stdout + done.stderr
+    # `promtool test rules A B` fails when A or B fails: each file runs in its own promtool at once, and the first
+    # to fail settles it (the other is stopped); the files that pass say so.
+    logs = {f.name: open(tmp_path / f"{f.name}.out", "w+") for f in PLANTED_UNIT}
+    procs = {name: subprocess.Popen([PROMTOOL or "promtool", "test", "rules", f"tests/{name}"], cwd=tmp_path,
+                                    stdout=log, stderr=subprocess.STDOUT) for name, log in logs.items()}
+    codes: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + 300
+        while len(codes) < len(procs) and not any(codes.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            codes.update({name: proc.returncode for name, proc in procs.items() if proc.poll() is not None})
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for log in logs.values():
+            log.close()
+    outputs = {name: (code, (tmp_path / f"{name}.out").read_text()) for name, code in codes.items()}
+    failed = {name: out for name, (code, out) in outputs.items() if code != 0}
+    assert failed, f"every unit test passed with the planted bug: {outputs}"
+    assert all("FAILED" in out for out in failed.values()), failed
 
 
 def _anchors() -> set[str]:

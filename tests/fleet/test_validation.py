@@ -133,10 +133,16 @@ VALID = [{"id": f"00000000-0000-4000-8000-00000000000{i}", "device": "cam-p", "s
          for i, d in enumerate(["pass", "flag", "error"])]
 
 
+@pytest.fixture
+def app(fleet):
+    """The fleet's app, built once for all examples (it keeps no state of its own: every page reads the store)."""
+    return create_app(fleet)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @example(batch=VALID, kind="predictions")
 @given(batch=st.lists(records, min_size=1, max_size=6), kind=st.sampled_from(["predictions", "reviews"]))
-def test_whatever_devices_send_no_page_answers_500(fleet, tokens, batch, kind):
+def test_whatever_devices_send_no_page_answers_500(fleet, app, tokens, batch, kind):
     topics: Topics = fleet.topics
     batch = [{**r, "created_at": datetime.now(timezone.utc).isoformat()} if r.get("created_at") == "now" else r
              for r in batch]
@@ -155,7 +161,7 @@ def test_whatever_devices_send_no_page_answers_500(fleet, tokens, batch, kind):
     assert fleet.store.count(kind) - before <= len(batch)
     if batch is VALID or batch[0]["id"] == VALID[0]["id"]:
         assert fleet.store.count("predictions") - before == 3  # the valid batch is stored, then every page rendered
-    with TestClient(create_app(fleet)) as client:
+    with TestClient(app) as client:
         statuses = render_everything(client, tokens["admin"], ("/dashboard/shadow?release=seal@1",
                                                                "/api/devices/cam-p", "/dashboard/devices/cam-p"))
     assert all(s < 500 for s in statuses.values()), statuses

@@ -56,6 +56,7 @@ def measured(bundles: dict[str, Path], keys) -> dict[str, tuple]:
     return out
 
 
+@pytest.mark.exclusive  # compares timings taken minutes apart: no other test's load in between (pytest-xdist)
 @pytest.mark.parametrize("name", ["pcb-aoi", "squeezenet", "yolox-nano"])
 def test_report_agrees_with_independent_timing(measured, name: str):
     c, before, after = measured[name]

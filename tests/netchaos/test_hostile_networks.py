@@ -30,7 +30,7 @@ from tests.conftest import until
 from tests.netchaos.netlab import NetLab
 from tests.netchaos.rig import Daemon, Feeder, Hub, StatusWatcher, WireCounter
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # namespaces, iptables and 60 s timings: nothing alongside
 
 LOSSY, SLOW, ACT = "nc-lossy", "nc-slow", "nc-act"
 PARTITION_S = 60.0

@@ -58,13 +58,11 @@ def bundle_with_coreml(bundles: dict[str, Path], tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="module")
-def coreml_exports(keys: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """pcb-aoi and yolox-nano exported once with --coreml (FP32) by the real exporter."""
+def coreml_exports(coreml_bundles) -> dict[str, Path]:
+    """pcb-aoi and yolox-nano exported with --coreml (FP32) by the real exporter (once per run: the Core ML tests
+    use the same exports)."""
     pytest.importorskip("export.coreml")
-    from tests.conftest import export_preset
-
-    out = tmp_path_factory.mktemp("coreml-exports")
-    return {p: export_preset(p, out, keys["private"], coreml=True) for p in ("pcb-aoi", "yolox-nano")}
+    return {p: coreml_bundles[(p, "fp32")] for p in ("pcb-aoi", "yolox-nano")}
 
 
 def test_detector_pipeline_lists_its_network(coreml_exports: dict[str, Path]) -> None:
