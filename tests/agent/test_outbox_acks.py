@@ -7,6 +7,8 @@ fleet sending them)."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -55,6 +57,33 @@ def ack_until(fleet: mqtt.Client, col: Collector, cond, timeout: float) -> bool:
     return Collector.wait(step, timeout, step=0.2)
 
 
+@contextmanager
+def rig(db: Path, port: int, hub=None, **kw) -> Iterator[tuple[Collector, mqtt.Client, outbox.Publisher]]:
+    """A collector that sees the batches and never acknowledges, a paho client playing the fleet, and a publisher
+    with fleet acks wired on a connected device client (started, or driven by `hub`'s wake-ups); all stopped after."""
+    col = Collector(port, ack=False)
+    fleet = connect(port, "fleet-standin")
+    client = device_client(port)
+    pub = wired(db, client, **kw)
+    if hub is not None:
+        pub.poll_s = 3600.0  # the hub never polls; only wake-ups move the pump
+    client.loop_start()
+    try:
+        if hub is None:
+            pub.start()
+        else:
+            assert col.wait(client.is_connected, 10)
+            pub.start(hub)
+        yield col, fleet, pub
+    finally:
+        pub.stop()
+        if hub is not None:
+            hub.stop()
+        client.loop_stop()
+        fleet.loop_stop()
+        col.close()
+
+
 def puback_marked(db: Path) -> int:
     with sqlite3.connect(db) as conn:
         return outbox.awaiting(conn)
@@ -63,13 +92,7 @@ def puback_marked(db: Path) -> int:
 def test_rows_await_the_fleet_after_puback_and_leave_on_its_ack(tmp_path, mosquitto):
     db = tmp_path / "device.db"
     ids = fill(db, 30)
-    col = Collector(mosquitto.port, ack=False)  # sees the batches, never acknowledges
-    fleet = connect(mosquitto.port, "fleet-standin")
-    client = device_client(mosquitto.port)
-    pub = wired(db, client, batch_size=10, ack_timeout_s=60)
-    pub.start()
-    client.loop_start()
-    try:
+    with rig(db, mosquitto.port, batch_size=10, ack_timeout_s=60) as (col, fleet, pub):
         # pending -> in flight -> awaiting the fleet: delivered, acknowledged by the broker, still in the table
         assert col.wait(lambda: set(col.ids) == set(ids), 10)
         assert col.wait(lambda: puback_marked(db) == 30, 5), "PUBACKed rows are marked as awaiting the fleet"
@@ -99,34 +122,18 @@ def test_rows_await_the_fleet_after_puback_and_leave_on_its_ack(tmp_path, mosqui
         assert col.wait(pub.drained, 5)
         assert pub.stats.records == 30 and pub.stats.batches == 3 and pub.stats.resent == 0
         assert max(col.ids.values()) == 1, "nothing was sent twice"
-    finally:
-        pub.stop()
-        client.loop_stop()
-        fleet.loop_stop()
-        col.close()
 
 
 def test_rows_without_a_fleet_ack_are_sent_again_after_the_timeout(tmp_path, mosquitto):
     db = tmp_path / "device.db"
     ids = fill(db, 20)
-    col = Collector(mosquitto.port, ack=False)
-    fleet = connect(mosquitto.port, "fleet-standin")
-    client = device_client(mosquitto.port)
-    pub = wired(db, client, batch_size=10, ack_timeout_s=1.0)
-    pub.start()
-    client.loop_start()
-    try:
+    with rig(db, mosquitto.port, batch_size=10, ack_timeout_s=1.0) as (col, fleet, pub):
         assert col.wait(lambda: set(col.ids) == set(ids), 10)
         # the fleet never answered: after the timeout the same records are published again, and again
         assert col.wait(lambda: min(col.ids[i] for i in ids) >= 2, 10), "sent again after the timeout"
         assert pub.stats.resent >= 2 and rows(db) == 20
         ack(fleet, stored=ids)
         assert col.wait(pub.drained, 5)
-    finally:
-        pub.stop()
-        client.loop_stop()
-        fleet.loop_stop()
-        col.close()
 
 
 def test_on_a_hub_the_timeout_wakes_the_publisher(tmp_path, mosquitto):
@@ -135,26 +142,11 @@ def test_on_a_hub_the_timeout_wakes_the_publisher(tmp_path, mosquitto):
 
     db = tmp_path / "device.db"
     ids = fill(db, 10)
-    col = Collector(mosquitto.port, ack=False)
-    fleet = connect(mosquitto.port, "fleet-standin")
-    client = device_client(mosquitto.port)
-    hub = Hub(1, name="acks").start()
-    pub = wired(db, client, batch_size=10, ack_timeout_s=0.5)
-    pub.poll_s = 3600.0  # the hub never polls; only wake-ups move the pump
-    client.loop_start()
-    assert col.wait(client.is_connected, 10)
-    pub.start(hub)
-    try:
+    with rig(db, mosquitto.port, hub=Hub(1, name="acks").start(), batch_size=10, ack_timeout_s=0.5) as (col, fleet, pub):
         assert col.wait(lambda: min(col.ids[i] for i in ids) >= 3, 10), "sent again at each timeout"
         assert pub.stats.resent >= 2 and rows(db) == 10
         ack(fleet, stored=ids)
         assert col.wait(pub.drained, 5)
-    finally:
-        pub.stop()
-        hub.stop()
-        client.loop_stop()
-        fleet.loop_stop()
-        col.close()
 
 
 def test_rows_awaiting_the_fleet_are_sent_again_after_the_broker_died(tmp_path):
@@ -191,13 +183,7 @@ def test_rows_awaiting_the_fleet_are_sent_again_after_the_broker_died(tmp_path):
 def test_the_window_counts_rows_awaiting_the_fleet_and_the_budget_keeps_them(tmp_path, mosquitto):
     db = tmp_path / "device.db"
     ids = fill(db, 100)
-    col = Collector(mosquitto.port, ack=False)
-    client = device_client(mosquitto.port)
-    pub = wired(db, client, batch_size=10, window=3, ack_timeout_s=600)
-    pub.start()
-    client.loop_start()
-    fleet = connect(mosquitto.port, "fleet-standin")
-    try:
+    with rig(db, mosquitto.port, batch_size=10, window=3, ack_timeout_s=600) as (col, fleet, pub):
         assert col.wait(lambda: len(col.ids) == 30 and puback_marked(db) == 30, 10)
         assert not col.wait(lambda: len(col.ids) > 30, 1.0), "no more batches while 3 await the fleet"
         # over the budget: rows awaiting the fleet are kept like rows in flight; pending ones are dropped
@@ -212,11 +198,6 @@ def test_the_window_counts_rows_awaiting_the_fleet_and_the_budget_keeps_them(tmp
         # the fleet catches up: the window opens again and the rest flows
         assert ack_until(fleet, col, pub.drained, 15)
         assert set(col.ids) == left
-    finally:
-        pub.stop()
-        client.loop_stop()
-        fleet.loop_stop()
-        col.close()
 
 
 def _agent(tmp_path: Path, broker: Mosquitto, keys, **kw) -> Agent:
