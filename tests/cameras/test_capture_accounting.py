@@ -29,6 +29,9 @@ def test_drops_are_counted_and_folder_frames_kept(rtsp_server: Callable[..., Rts
         while reader.snapshot().disconnects < 1:  # nobody takes frames until the 30-frame session has ended
             assert time.monotonic() < deadline, reader.snapshot()
             time.sleep(0.05)
+        while not server.sent:  # the server reports its ended session on its stdout, read by another thread
+            assert time.monotonic() < deadline, "the RTSP server never reported the ended session"
+            time.sleep(0.05)
         c = reader.snapshot()
         assert c.received == 30 and server.sent == [30]
         assert c.enqueued == 30 and c.dropped == 30 - 3  # 3 live frames fit beside the folder file

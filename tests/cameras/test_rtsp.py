@@ -65,6 +65,7 @@ def test_every_frame_the_server_sent_is_counted_to_a_committed_record(
                        sources=[source(server.url, backend, reconnect_s=600)])
     d = daemons(cfg)
     c = until(lambda: (x := capture(d))["disconnects"] == 1 and x, 90, "the stream to end")
+    until(lambda: server.sent, 10, "the server's report of the ended session")  # read from its stdout by a thread
     assert server.sent == [40]  # the server's own count of the frames its encoder made for the session
     c = until(lambda: settled(d), 60, "the queue to drain")
     assert c["received"] == 40 and c["opens"] == 1 and c["reconnects"] == 0

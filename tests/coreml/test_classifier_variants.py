@@ -16,6 +16,16 @@ from tests.conftest import IMAGES
 pytest.importorskip("coremltools")
 
 
+
+def save_classifier(path, name: str, nodes: list, inits: list, input_shape: list, classes: int) -> None:
+    """A one-input graph `data` -> `logits` [N, classes], opset 13, IR 8, saved to `path`."""
+    x = helper.make_tensor_value_info("data", TensorProto.FLOAT, input_shape)
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])
+    m = helper.make_model(helper.make_graph(nodes, name, [x], [y], initializer=inits),
+                          opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+
 def logits_model(path, classes: int = 3) -> None:
     rng = np.random.default_rng(3)
     inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
@@ -26,12 +36,7 @@ def logits_model(path, classes: int = 3) -> None:
              helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
              helper.make_node("Flatten", ["g"], ["f"], name="flat"),
              helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"], name="fc", transB=1)]
-    x = helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 64, 64])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])
-    m = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], initializer=inits),
-                          opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
+    save_classifier(path, "tiny", nodes, inits, ["N", 3, 64, 64], classes)
 
 
 @pytest.mark.parametrize("decoder", ["softmax", "sigmoid"])
@@ -80,12 +85,7 @@ def nhwc_logits_model(path, classes: int = 3) -> None:
              helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
              helper.make_node("Flatten", ["g"], ["f"], name="flat"),
              helper.make_node("Gemm", ["f", "fc"], ["logits"], name="fc", transB=1)]
-    x = helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 48, 64, 3])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])
-    m = helper.make_model(helper.make_graph(nodes, "tiny_nhwc", [x], [y], initializer=inits),
-                          opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
+    save_classifier(path, "tiny_nhwc", nodes, inits, ["N", 48, 64, 3], classes)
 
 
 def test_nhwc_input_converts_and_passes_on_the_reference_images(tmp_path):
