@@ -8,6 +8,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,11 +42,24 @@ class CheckResult:
                 "smoke_images": self.smoke_images, "stats": self.parity.stats, "notes": self.notes}
 
 
+# How the check runs an ONNX Runtime model: as the daemon's frame path does by default (edge/config.py,
+# OnnxRuntimeRunnerConfig: one intra-op thread, no spinning), so the latency the check measures against
+# `latency_budget_ms` is the one frames will see. ORT's own default (a spinning thread per core) cost 30-50 ms of
+# CPU for the check's five runs of the PCB model against 23 ms with one thread, measured on 2 cores: the spinning
+# threads take the cores from everything else the device (or a simulator's hundred devices) does meanwhile.
+ONNX_CHECK_OPTIONS: dict[str, Any] = {
+    "threads": 1,
+    "session_config": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"},
+}
+
+
 def prepare(bundle_dir: Path, backend: str, hashes: bool = True) -> BundleModel:
     """Load the bundle for this device's backend (on a Jetson the runner builds or reuses its TensorRT engine).
     Verified with the trust store in the verify step; `hashes=False` when that step hashed these same files."""
     bundle = load_bundle(bundle_dir, hashes=hashes)
-    model = BundleModel(bundle, backend=pick_backend(backend))
+    chosen = pick_backend(backend)
+    options = ONNX_CHECK_OPTIONS if chosen == "onnxruntime" else {}
+    model = BundleModel(bundle, backend=chosen, **options)
     try:
         return model.load()
     except BaseException:

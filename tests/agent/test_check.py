@@ -68,3 +68,19 @@ def test_tensorrt_engine_checked_on_device(tmp_path, tars, keys):
             check(bad, latency_budget_ms=None, images=[])
         finally:
             bad.close()
+
+
+def test_check_runs_onnxruntime_as_the_daemon_does(tmp_path, tars, keys):
+    """One intra-op thread, no spinning (the frame path's defaults): the latency checked against the budget is the
+    one frames will see, and the check does not spin a thread per core while the device works."""
+    from edge.config import OnnxRuntimeRunnerConfig
+
+    model = prepare(unpack(tmp_path, tars["v1.0"], keys), "onnxruntime")
+    try:
+        described = model.runner.describe()
+        daemon = OnnxRuntimeRunnerConfig().runner_options()
+        assert described["threads"] == daemon["threads"] == 1
+        assert described["session_config"] == {k: daemon["session_config"][k] for k in described["session_config"]}
+        assert described["session_config"]["session.intra_op.allow_spinning"] == "0"
+    finally:
+        model.close()
