@@ -41,6 +41,12 @@ def _worker(tmp: Path, broker: str, store: str, worker_id: str) -> subprocess.Po
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp / f"worker-{worker_id}.log", "ab"))
 
 
+def _subscribed(tmp: Path, worker_id: str) -> bool:
+    """The worker's log says it started: `IngestWorker.start` logs only after the broker's SUBACK."""
+    log = tmp / f"worker-{worker_id}.log"
+    return log.exists() and "share group" in log.read_text(errors="replace")
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -69,7 +75,10 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing(tmp_path, mosquit
             publish_until_acked(probe, topics.device("probe", "predictions"),
                                 batch("probe", "predictions", predictions("probe", 1, seed=int(time.time()))))
             time.sleep(0.3)
-        time.sleep(1.0)  # the other worker's SUBSCRIBE is in flight by now; a late one only shifts the split
+        # both workers must be members before the stream starts, or one takes it all and the kill proves nothing:
+        # a worker logs its share group once the broker acknowledged its subscriptions (a busy machine can take
+        # seconds to start the second one after the first already ingests)
+        wait_for(lambda: all(_subscribed(tmp_path, w) for w in workers), 90, "both workers subscribed")
         base = stored()[2]
         pubs = [Streamer(mosquitto.url, f"wk-{i}", topics, 0.01) for i in range(4)]
         for p in pubs:
