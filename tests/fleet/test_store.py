@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from fleet.protocol import AlertRecord, EventRecord, MetricsRecord, PredictionRecord, ReviewRecord
-from fleet.store import Store
+from fleet.store import RECORD_COLUMNS, Store
 from fleet.store.engine import normalise_url, redact
 from runtime.errors import ConfigError
 
@@ -73,6 +73,23 @@ def test_overrides_are_integers_and_records_round_trip(fleet):
     assert st.count("reviews") == 3
     assert sum(r["override"] for r in st.rows("SELECT override FROM reviews")) == 1
     assert sorted(r.id for r in st.reviews()) == sorted(r.id for r in revs)
+
+
+def test_a_prediction_row_holds_each_column_of_its_record(fleet):
+    st: Store = fleet.store
+    with_total = PredictionRecord(device="a", source="folder:x.png", release="seal", revision=4, mode="production",
+                                  role="candidate", decision="flag", top_label="scratch", top_score=0.75,
+                                  latency_ms={"verify": 2.5, "total": 3.5})
+    without = with_total.model_copy(update={"id": "p-2", "latency_ms": {}, "top_label": None, "top_score": None})
+    st.insert_records("predictions", [with_total, without])
+    cols = ["id", *RECORD_COLUMNS["predictions"], "record"]
+    rows = {r["id"]: r for r in st.rows(f"SELECT {', '.join(cols)} FROM predictions")}
+    for rec in (with_total, without):
+        row = rows[rec.id]
+        assert {c: row[c] for c in RECORD_COLUMNS["predictions"] if c != "latency_ms"} == \
+            {c: getattr(rec, c) for c in RECORD_COLUMNS["predictions"] if c != "latency_ms"}
+        assert row["latency_ms"] == rec.latency_ms.get("total")
+        assert PredictionRecord.model_validate_json(row["record"]) == rec
 
 
 def test_transaction_rolls_back_whole_and_runs_after_commit_only_on_commit(fleet):
