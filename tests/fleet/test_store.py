@@ -92,6 +92,24 @@ def test_a_prediction_row_holds_each_column_of_its_record(fleet):
         assert PredictionRecord.model_validate_json(row["record"]) == rec
 
 
+def test_records_already_stored_or_twice_in_a_batch_are_inserted_once_and_not_counted(fleet):
+    """PostgreSQL copies a batch straight into the table and, when an id is already there (or twice in the batch),
+    takes the batch again through ON CONFLICT DO NOTHING in the same transaction: nothing lost, nothing doubled."""
+    st: Store = fleet.store
+
+    def pred(i: int) -> PredictionRecord:
+        return PredictionRecord(id=f"p-{i}", device="a", source="http", release="seal", revision=1, mode="shadow",
+                                decision="pass")
+
+    assert st.insert_records("predictions", [pred(i) for i in range(3)]) == 3  # all new
+    assert st.insert_records("predictions", [pred(i) for i in range(2, 6)]) == 3  # p-2 stored already
+    assert st.insert_records("predictions", [pred(6), pred(7), pred(6)]) == 2  # p-6 twice
+    with st.transaction(serialised=False):  # a stored id in the first kind, then more in the same transaction
+        assert st.insert_many({"predictions": [pred(0), pred(8)], "events": []}) == 1
+        assert st.insert_records("predictions", [pred(9)]) == 1
+    assert sorted(r["id"] for r in st.rows("SELECT id FROM predictions")) == [f"p-{i}" for i in range(10)]
+
+
 def test_transaction_rolls_back_whole_and_runs_after_commit_only_on_commit(fleet):
     st: Store = fleet.store
     published: list[str] = []
