@@ -324,7 +324,8 @@ class Ingest:
             except ValidationError:
                 typed = None
             if (typed is not None and typed.version == PROTOCOL_VERSION and typed.device == device
-                    and typed.kind == kind and all(getattr(r, "device", None) == device for r in typed.records)):
+                    and typed.kind == kind
+                    and [getattr(r, "device", None) for r in typed.records].count(device) == len(typed.records)):
                 return kind, typed.records
             batch = decode(topic, payload, Batch)
             assert isinstance(batch, Batch)

@@ -116,24 +116,45 @@ def to_format(sql: str) -> str:
 
 def bulk_insert(conn: Connection, table: str, cols: Sequence[str], rows: list[tuple]) -> int:
     """Insert rows, ignoring those whose primary key is already stored; returns how many were new.
-    SQLite: one executemany of INSERT ... ON CONFLICT DO NOTHING. PostgreSQL: COPY into a temporary table, then
-    INSERT ... SELECT ... ON CONFLICT DO NOTHING (COPY alone would fail the whole batch on one redelivered id)."""
+    SQLite: one executemany of INSERT ... ON CONFLICT DO NOTHING. PostgreSQL: COPY straight into the table under a
+    savepoint (the usual case: every id is new, and the server does half the work of the staging path); if an id is
+    already stored (a redelivery) or twice in the rows, the COPY fails whole, is rolled back to the savepoint, and
+    the rows go through a temporary table and INSERT ... SELECT ... ON CONFLICT DO NOTHING instead."""
     names = ", ".join(cols)
     if conn.dialect.name == "sqlite":
         sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(cols))}) ON CONFLICT DO NOTHING"
         return conn.exec_driver_sql(sql, rows).rowcount
-    stage = f"_in_{table}"
+    import psycopg
+
     dbapi = conn.connection.driver_connection
     assert dbapi is not None
     with dbapi.cursor() as cur:
-        # a temporary table lives as long as its session; made in this transaction, it is gone again if the
-        # transaction rolls back, hence IF NOT EXISTS every time rather than remembering it per connection
-        cur.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) "
-                    "ON COMMIT DELETE ROWS")
-        with cur.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} ON CONFLICT DO NOTHING")
-        new = cur.rowcount
-        cur.execute(f"TRUNCATE {stage}")  # several batches may share one transaction
+        cur.execute("SAVEPOINT bulk_insert")
+        try:
+            with cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except psycopg.errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT bulk_insert")
+        else:
+            cur.execute("RELEASE SAVEPOINT bulk_insert")
+            return len(rows)
+        cur.execute("RELEASE SAVEPOINT bulk_insert")
+        return _insert_staged(cur, table, names, rows)
+
+
+def _insert_staged(cur: Any, table: str, names: str, rows: list[tuple]) -> int:
+    """COPY into a temporary table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING (COPY alone would fail the
+    whole batch on one redelivered id); how many rows were new."""
+    stage = f"_in_{table}"
+    # a temporary table lives as long as its session; made in this transaction, it is gone again if the
+    # transaction rolls back, hence IF NOT EXISTS every time rather than remembering it per connection
+    cur.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) "
+                "ON COMMIT DELETE ROWS")
+    with cur.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} ON CONFLICT DO NOTHING")
+    new = int(cur.rowcount)
+    cur.execute(f"TRUNCATE {stage}")  # several batches may share one transaction
     return new

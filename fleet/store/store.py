@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
+from fleet.protocol import PredictionRecord as _PredictionRecord
 from fleet.store import engine as engines
 from fleet.store import migrate
 from fleet.store.queries import Queries
@@ -58,9 +59,24 @@ def transient(err: Exception) -> bool:
         w in text for w in ("locked", "busy", "disk i/o", "unable to open"))
 
 
+def _prediction_row(r: Any) -> tuple:
+    """`row_values` of a validated prediction (the bulk of ingest) in one tuple: 0.8 us of 3.7 us a row less than
+    the generic path (benchmarks/fleet_ingest.py's rows, CPU time)."""
+    return (r.id, r.device, r.created_at, r.release, r.revision, r.mode, r.role, r.decision, r.top_label, r.top_score,
+            r.latency_ms.get("total"), r.__pydantic_serializer__.to_json(r).decode())
+
+
+# _prediction_row names the columns itself, in this order (tests/fleet/test_store.py checks it against the row)
+if list(RECORD_COLUMNS["predictions"]) != ["device", "created_at", "release", "revision", "mode", "role", "decision",
+                                           "top_label", "top_score", "latency_ms"]:
+    raise RuntimeError("the predictions columns changed: update fleet.store.store._prediction_row")
+
+
 def row_values(kind: str, rec: BaseModel | dict[str, Any]) -> tuple:
     """The row of one record: its id, the filter columns, and the whole record as JSON. A validated model is
     read by attribute and serialised by pydantic's (fast) encoder; a dict goes through json.dumps."""
+    if kind == "predictions" and type(rec) is _PredictionRecord:
+        return _prediction_row(rec)
     if isinstance(rec, BaseModel):
         vals = _GETTERS[kind](rec)
         record_json = rec.__pydantic_serializer__.to_json(rec).decode()

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from fleet.protocol import AlertRecord, EventRecord, MetricsRecord, PredictionRecord, ReviewRecord
-from fleet.store import Store
+from fleet.store import RECORD_COLUMNS, Store
 from fleet.store.engine import normalise_url, redact
 from runtime.errors import ConfigError
 
@@ -73,6 +73,41 @@ def test_overrides_are_integers_and_records_round_trip(fleet):
     assert st.count("reviews") == 3
     assert sum(r["override"] for r in st.rows("SELECT override FROM reviews")) == 1
     assert sorted(r.id for r in st.reviews()) == sorted(r.id for r in revs)
+
+
+def test_a_prediction_row_holds_each_column_of_its_record(fleet):
+    st: Store = fleet.store
+    with_total = PredictionRecord(device="a", source="folder:x.png", release="seal", revision=4, mode="production",
+                                  role="candidate", decision="flag", top_label="scratch", top_score=0.75,
+                                  latency_ms={"verify": 2.5, "total": 3.5})
+    without = with_total.model_copy(update={"id": "p-2", "latency_ms": {}, "top_label": None, "top_score": None})
+    st.insert_records("predictions", [with_total, without])
+    cols = ["id", *RECORD_COLUMNS["predictions"], "record"]
+    rows = {r["id"]: r for r in st.rows(f"SELECT {', '.join(cols)} FROM predictions")}
+    for rec in (with_total, without):
+        row = rows[rec.id]
+        assert {c: row[c] for c in RECORD_COLUMNS["predictions"] if c != "latency_ms"} == \
+            {c: getattr(rec, c) for c in RECORD_COLUMNS["predictions"] if c != "latency_ms"}
+        assert row["latency_ms"] == rec.latency_ms.get("total")
+        assert PredictionRecord.model_validate_json(row["record"]) == rec
+
+
+def test_records_already_stored_or_twice_in_a_batch_are_inserted_once_and_not_counted(fleet):
+    """PostgreSQL copies a batch straight into the table and, when an id is already there (or twice in the batch),
+    takes the batch again through ON CONFLICT DO NOTHING in the same transaction: nothing lost, nothing doubled."""
+    st: Store = fleet.store
+
+    def pred(i: int) -> PredictionRecord:
+        return PredictionRecord(id=f"p-{i}", device="a", source="http", release="seal", revision=1, mode="shadow",
+                                decision="pass")
+
+    assert st.insert_records("predictions", [pred(i) for i in range(3)]) == 3  # all new
+    assert st.insert_records("predictions", [pred(i) for i in range(2, 6)]) == 3  # p-2 stored already
+    assert st.insert_records("predictions", [pred(6), pred(7), pred(6)]) == 2  # p-6 twice
+    with st.transaction(serialised=False):  # a stored id in the first kind, then more in the same transaction
+        assert st.insert_many({"predictions": [pred(0), pred(8)], "events": []}) == 1
+        assert st.insert_records("predictions", [pred(9)]) == 1
+    assert sorted(r["id"] for r in st.rows("SELECT id FROM predictions")) == [f"p-{i}" for i in range(10)]
 
 
 def test_transaction_rolls_back_whole_and_runs_after_commit_only_on_commit(fleet):

@@ -32,7 +32,7 @@ def _pred(**kw: Any) -> PredictionRecord:
     return PredictionRecord.model_validate({**base, **kw})
 
 
-@pytest.mark.parametrize("kw, reason", [
+RULES = [
     ({"latency_ms": {"total": float("nan")}}, "not_finite"),
     ({"top_score": float("inf")}, "not_finite"),
     ({"thresholds": {"verify": {"default": float("-inf")}}}, "not_finite"),
@@ -47,10 +47,43 @@ def _pred(**kw: Any) -> PredictionRecord:
     ({"degraded": "d" * 5000}, "too_large"),
     ({"stages": [{"role": "verify", "bundle": "b-v1.0", "variant": "v" * 5000}]}, "too_large"),
     ({"thresholds": {"a": [[[[[[[[[1]]]]]]]]]}}, "too_large"),
-])
+    ({"latency_ms": {"total": 3_600_001.0}}, "latency_too_large"),
+    ({"stages": [{"role": "verify", "bundle": "b-v1.0", "latency_ms": -1.0}]}, "negative_latency"),
+    ({"flagged": [("s" * 5000, 0.5)]}, "too_large"),
+    ({"models": {"verify": "m" * 5000}}, "too_large"),
+    ({"release": "../etc"}, "bad_id"),
+    ({"device": "cam-2"}, "device_mismatch"),
+]
+
+
+@pytest.mark.parametrize("kw, reason", RULES)
 def test_each_rule_refuses_with_its_reason(kw, reason):
     good, refused = _validator().screen("predictions", "cam-1", [_pred(**kw)], {})
     assert good == [] and [r.reason for r in refused] == [reason], refused
+
+
+@pytest.mark.parametrize("kw, reason", RULES)
+def test_one_bad_record_in_a_large_batch_is_the_only_one_refused(kw, reason):
+    """A whole batch is checked at once when every record passes (the common case); one bad record among 300 good
+    ones is still refused alone, with its reason, and the others pass unchanged and in order."""
+    batch = [_pred(id=f"r-{i}", thresholds={"default": 0.5, "n": 10**400}, flagged=[("scratch", 0.75)])
+             for i in range(300)]
+    batch[150] = _pred(**{"id": "bad-1", **kw})
+    v = _validator()
+    good, refused = v.screen("predictions", "cam-1", batch, pending := {})
+    assert good == batch[:150] + batch[151:] and v._fast(good, "cam-1", NOW)  # the good ones alone: at once
+    assert [r.reason for r in refused] == [reason] and refused[0].detail.startswith("predictions[150] ")
+    assert set(pending) == {r.id for r in good}
+
+
+def test_a_batch_passes_as_its_records_pass_one_by_one():
+    """What the record-by-record checks accept, the batch accepts too (the quick check is only stricter, then
+    hands the batch over): a trailing newline in an id (re's `$`), times in another offset (made UTC)."""
+    odd = [_pred(id="r-1\n"), _pred(id="r-2", created_at="2026-11-28T13:00:00.5+01:00"), _pred(id="r-3")]
+    alone = [_validator().screen("predictions", "cam-1", [r], {}) for r in odd]
+    good, refused = _validator().screen("predictions", "cam-1", odd, {})
+    assert refused == [] and good == [g for gs, _ in alone for g in gs]
+    assert good[1].created_at == "2026-11-28T12:00:00.500+00:00"
 
 
 def test_good_records_pass_and_times_become_utc():
