@@ -128,19 +128,26 @@ def bulk_insert(conn: Connection, table: str, cols: Sequence[str], rows: list[tu
 
     dbapi = conn.connection.driver_connection
     assert dbapi is not None
-    with dbapi.cursor() as cur:
-        cur.execute("SAVEPOINT bulk_insert")
-        try:
-            with cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        except psycopg.errors.UniqueViolation:
-            cur.execute("ROLLBACK TO SAVEPOINT bulk_insert")
-        else:
+    try:
+        with dbapi.cursor() as cur:
+            cur.execute("SAVEPOINT bulk_insert")
+            try:
+                with cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            except psycopg.errors.UniqueViolation:
+                cur.execute("ROLLBACK TO SAVEPOINT bulk_insert")
+            else:
+                cur.execute("RELEASE SAVEPOINT bulk_insert")
+                return len(rows)
             cur.execute("RELEASE SAVEPOINT bulk_insert")
-            return len(rows)
-        cur.execute("RELEASE SAVEPOINT bulk_insert")
-        return _insert_staged(cur, table, names, rows)
+            return _insert_staged(cur, table, names, rows)
+    except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+        # the raw cursor's errors bypass SQLAlchemy: wrapped as it wraps its own, so the store reports a lost
+        # server as StoreUnavailable (retry later) and the pool drops the dead connection
+        if dbapi.closed:
+            conn.invalidate(err)
+        raise sa.exc.OperationalError(f"COPY {table}", None, err, connection_invalidated=bool(dbapi.closed)) from err
 
 
 def _insert_staged(cur: Any, table: str, names: str, rows: list[tuple]) -> int:

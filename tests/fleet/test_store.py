@@ -110,6 +110,32 @@ def test_records_already_stored_or_twice_in_a_batch_are_inserted_once_and_not_co
     assert sorted(r["id"] for r in st.rows("SELECT id FROM predictions")) == [f"p-{i}" for i in range(10)]
 
 
+def test_postgresql_bulk_insert_on_a_lost_connection_says_unavailable_and_loses_nothing(postgres, monkeypatch):
+    """The PostgreSQL bulk insert (COPY) runs on psycopg's own cursor, outside SQLAlchemy's error handling: a server
+    session ended under it still reads as StoreUnavailable (retry later), not an unknown error, and the retry on a
+    fresh connection stores the batch once. (Unwrapped, this held only because the transaction's rollback on the
+    dead connection failed too and SQLAlchemy's error replaced psycopg's.)"""
+    from fleet.store import StoreUnavailable
+    from fleet.store import engine as engines
+
+    name = "store_copy_lost"
+    st = Store(postgres.create_database(name, template="fleet_template"))
+    kill = f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    recs = [PredictionRecord(id=f"p-{i}", device="a", source="http", release="seal", revision=1, mode="shadow",
+                             decision="pass") for i in range(50)]
+    try:
+        assert st.insert_records("predictions", recs[:1]) == 1
+        monkeypatch.setattr(engines, "PING_IDLE_S", 3600.0)  # the pooled connection is used unpinged
+        postgres.admin(kill)
+        with pytest.raises(StoreUnavailable, match="unavailable"):
+            st.insert_records("predictions", recs)
+        assert st.insert_records("predictions", recs) == 49
+        assert st.rows("SELECT count(*) AS n FROM predictions") == [{"n": 50}]
+    finally:
+        st.close()
+        postgres.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def test_transaction_rolls_back_whole_and_runs_after_commit_only_on_commit(fleet):
     st: Store = fleet.store
     published: list[str] = []
