@@ -406,7 +406,7 @@ class FrameProcessor:
                         path.unlink(missing_ok=True)
                 outcomes += [(d, self._store_failed(err)) for d, _, _, _ in prepared]
                 prepared = []
-        kept_any = False
+        kept_bytes = 0
         now = time.monotonic()
         for (d, c, active, cand), ok in zip(prepared, done):
             if not ok:  # committed before (a frame seen again after a crash): nothing new was written
@@ -415,7 +415,7 @@ class FrameProcessor:
                 decision = self.committed_decision(d.frame.key or "") or "pass"
                 outcomes.append((d, Outcome(None, decision, None)))  # type: ignore[arg-type]
                 continue
-            kept_any = kept_any or bool(c.kept)
+            kept_bytes += sum(size for _, size, _ in c.kept.values())
             self._count(d, active, cand, now)
             outcomes.append((d, Outcome(active.id, active.decision, d.error, active, cand)))
         if any(c.deliveries for _, c, _, _ in prepared):
@@ -429,7 +429,7 @@ class FrameProcessor:
                     log.exception("source callback failed for %s", d.frame.source)
         with self._taken_lock:
             self._taken -= len(items)
-        if kept_any and self.retention.used_bytes() > self.retention.budget_bytes:
+        if kept_bytes and self.retention.note_kept(kept_bytes):
             self.retention.enforce()
 
     def _store_failed(self, err: Exception) -> Outcome:

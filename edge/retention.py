@@ -17,6 +17,8 @@ from edge.config import RetentionConfig
 from edge.pipeline import FrameResult
 from edge.store import Store
 
+RESYNC_S = 10.0  # seconds between reads of the kept images' total from the store on the commit path
+
 
 class Retention:
     def __init__(self, cfg: RetentionConfig, store: Store, rng: random.Random | None = None) -> None:
@@ -25,6 +27,11 @@ class Retention:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
+        # The kept images' total as the frame path last knew it: the bytes of each commit are added here, and the
+        # store's SUM (which costs more with every image kept, and ran after every commit that kept one) is read
+        # again at most every RESYNC_S seconds and by every enforce().
+        self._used: int | None = None
+        self._synced = 0.0
 
     @property
     def budget_bytes(self) -> int:
@@ -64,10 +71,23 @@ class Retention:
     def used_bytes(self) -> int:
         return int(self.store.query("SELECT COALESCE(SUM(size), 0) FROM kept_images")[0][0])
 
+    def note_kept(self, size: int) -> bool:
+        """Count `size` bytes of images whose records were just committed; True when the kept images may be over
+        the budget (then call `enforce`). Reads the store's total again every RESYNC_S seconds, so images kept by
+        another writer of the store are counted within that time."""
+        with self._lock:
+            now = time.monotonic()
+            if self._used is None or now - self._synced >= RESYNC_S:
+                self._used, self._synced = self.used_bytes(), now  # the committed images are in the SUM already
+            else:
+                self._used += size
+            return self._used > self.budget_bytes
+
     def enforce(self) -> int:
         """Evict oldest images until under budget (unpinned first). Returns how many were evicted."""
         with self._lock:
             used, budget = self.used_bytes(), self.budget_bytes
+            self._used, self._synced = used, time.monotonic()
             if used <= budget:
                 return 0
             evicted = 0
@@ -84,6 +104,7 @@ class Retention:
                     self.store.bump("retention_evicted_bytes", int(r["size"]), c)
                 used -= int(r["size"])
                 evicted += 1
+            self._used = used
             return evicted
 
     def sweep_orphans(self) -> int:

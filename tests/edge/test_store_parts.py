@@ -87,6 +87,29 @@ def test_retention_budget_evicts_oldest_unpinned_and_counts(tmp_path: Path) -> N
     assert r.sweep_orphans() == 1 and not orphan.exists()
 
 
+def test_retention_counts_committed_bytes_and_reads_the_store_again(tmp_path: Path, monkeypatch) -> None:
+    import edge.retention
+
+    s = Store(tmp_path / "db.sqlite")
+    r = Retention(RetentionConfig(dir=tmp_path / "img", budget_mb=2.5 / 1024), s)  # 2.5 KiB
+
+    def keep(n: int) -> None:
+        for _ in range(n):
+            p = rec()
+            path, size = r.save(p.id, bytes(1024), ".png")
+            s.commit_frame([p], None, kept={p.id: (path, size, ["flagged"])})
+
+    keep(2)
+    assert r.note_kept(2048) is False  # the first call reads the store's total: 2048 bytes, under the budget
+    keep(1)
+    assert r.note_kept(1024) is True  # counted on the commit path, without reading the store: 3072 bytes, over
+    assert r.enforce() == 1 and r.note_kept(0) is False  # enforce reads the store and leaves 2048
+    keep(1)  # a writer that does not tell retention: seen at the next read of the store, RESYNC_S later
+    assert r.note_kept(0) is False
+    monkeypatch.setattr(edge.retention, "RESYNC_S", 0.0)
+    assert r.note_kept(0) is True and r.enforce() == 1
+
+
 def test_retention_reasons_sampling(tmp_path: Path) -> None:
     import random
 
