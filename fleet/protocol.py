@@ -142,7 +142,9 @@ class Topics:
 
 # -- records ----------------------------------------------------------------------------------------------------
 class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: a model's validator is built when it is first used, not at import; the daemon uses a handful of
+    # these messages (the fleet service and the agent more), and building them all cost its start time and memory
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class StageOutput(_Msg):
