@@ -20,6 +20,13 @@ The real daemon loads some libraries lazily (OpenCV with the first PNG or JPEG i
 pays is printed too, as the time until the first POST /v1/infer answered and the RSS at /readyz beside the RSS after
 that request.
 
+After that first answer the daemon gets SETTLE_FRAMES more images and SETTLE_IDLE_S idle, and its RSS is read
+again ("settled": what the running daemon holds, after it has handed freed memory back).
+
+`--baseline DIR` runs another checkout's real daemon (e.g. the code before a change, in its own virtual environment,
+on bundles made by its own exporter) in the same interleaved rounds, and prints its figures and the differences
+paired per round: the side-by-side comparison in one run that RSS figures need.
+
 Prints one line per model and the figure last; writes benchmarks/results/footprint.json.
 """
 
