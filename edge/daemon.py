@@ -73,6 +73,7 @@ class Daemon:
         self.started_at = time.time()
         self.stalled = False
         self.worker_restarts = 0
+        self.memory_trims = 0  # calls handing freed heap back to the kernel (at start, then when idle after frames)
         self._started = False
         self._watchdog: threading.Thread | None = None
         self._server: Any = None
@@ -227,6 +228,7 @@ class Daemon:
             enqueued = self.queue.enqueued
             if enqueued != trimmed_at and self.queue.depth == 0 and self.frames.in_flight == 0:
                 release_free_memory()
+                self.memory_trims += 1
                 trimmed_at = enqueued
             for name in self.frames.dead_threads():
                 self.worker_restarts += 1
@@ -274,6 +276,7 @@ class Daemon:
             self._start_agent()
         # what start-up freed (import-time objects, ONNX Runtime's graph building) goes back to the kernel now
         release_free_memory()
+        self.memory_trims += 1
         return self
 
     def _start_api(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -143,3 +144,24 @@ print(json.dumps({"ok": ok, "before": before, "after": anon()}))
     got = json.loads(out.stdout)
     assert got["ok"] is True
     assert got["before"] - got["after"] > 40, got
+
+
+def test_daemon_hands_memory_back_at_start_and_when_idle_after_frames(tmp_path: Path, bundles, keys) -> None:
+    """Once when started, then once per idle spell that followed frames; never again while no frame comes."""
+    d = make_daemon(tmp_path, keys, pcb_release(bundles)).start()
+    try:
+        assert d.memory_trims == 1  # at the end of start()
+        time.sleep(2.5)  # two watchdog ticks without frames: nothing to hand back
+        assert d.memory_trims == 1
+        image = sorted(PCB.iterdir())[0]
+        for _ in range(3):
+            assert d.submit(image.read_bytes(), image.suffix, timeout=60).prediction_id is not None
+        deadline = time.monotonic() + 30
+        while d.memory_trims < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = d.memory_trims
+        assert after >= 2  # (a tick may fall between two of the submits: one call per idle spell)
+        time.sleep(2.5)
+        assert d.memory_trims == after
+    finally:
+        d.stop()
