@@ -17,9 +17,7 @@ from runtime.yamlconf import parse_yaml_model, read_config_text
 
 
 class _Cfg(BaseModel):
-    # defer_build: each section's validator is built when first used (most are only ever validated inside
-    # DeviceConfig's), not at import: less start time and memory for the daemon (fleet/protocol.py's _Msg too)
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 class LocalRelease(ReleaseSpec):

@@ -142,9 +142,7 @@ class Topics:
 
 # -- records ----------------------------------------------------------------------------------------------------
 class _Msg(BaseModel):
-    # defer_build: a model's validator is built when it is first used, not at import; the daemon uses a handful of
-    # these messages (the fleet service and the agent more), and building them all cost its start time and memory
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 class StageOutput(_Msg):

@@ -17,9 +17,7 @@ VERSION_RE = re.compile(r"^\d+\.\d+$")
 
 
 class FileEntry(BaseModel):
-    # defer_build (here and below): validators are built at first use, not at import (start time and memory of
-    # every process that imports the manifest; the nested ones are built inside Manifest's anyway)
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(ge=0)
 
@@ -27,7 +25,7 @@ class FileEntry(BaseModel):
 class Thresholds(BaseModel):
     """A class flags when its score reaches its threshold; classes in `ignore` (e.g. "Normal") never flag."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     default: float = Field(0.5, ge=0.0, le=1.0)
     per_class: dict[str, float] = Field(default_factory=dict)
     ignore: list[str] = Field(default_factory=list, description="classes that never cause a flag")
@@ -45,7 +43,6 @@ class Thresholds(BaseModel):
 
 
 class ClassMetrics(BaseModel):
-    model_config = ConfigDict(defer_build=True)
     precision: float
     recall: float
     f1: float
@@ -57,7 +54,6 @@ class ClassMetrics(BaseModel):
 
 
 class ValidationMetrics(BaseModel):
-    model_config = ConfigDict(defer_build=True)
     images: int
     skipped: list[str] = Field(default_factory=list)
     per_class: dict[str, ClassMetrics]
@@ -66,8 +62,6 @@ class ValidationMetrics(BaseModel):
 
 class ParityCheck(BaseModel):
     """One comparison of an artifact against reference.npz."""
-
-    model_config = ConfigDict(defer_build=True)
 
     artifact: str
     kind: Literal["onnx-fp16", "onnx-int8", "coreml", "tensorrt", "onnx"]
@@ -82,7 +76,6 @@ class ParityCheck(BaseModel):
 
 
 class Provenance(BaseModel):
-    model_config = ConfigDict(defer_build=True)
     source_model: str
     source_model_sha256: str
     shadowline_version: str
@@ -94,7 +87,6 @@ class Provenance(BaseModel):
 
 
 class BatchInfo(BaseModel):
-    model_config = ConfigDict(defer_build=True)
     dynamic: bool
     min: int = 1
     opt: int = 1
@@ -102,7 +94,7 @@ class BatchInfo(BaseModel):
 
 
 class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     schema_id: Literal["shadowline.bundle.manifest"] = SCHEMA_ID
     schema_version: int = SCHEMA_VERSION
     name: str

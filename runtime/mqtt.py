@@ -23,7 +23,7 @@ SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 class TLSSettings(BaseModel):
     """TLS to the broker. Without `ca_file` the system's CA certificates are trusted."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     ca_file: Path | None = Field(None, description="CA certificate that signed the broker's certificate "
                                                    "(unset: the system's CAs)")
     cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
@@ -64,7 +64,7 @@ def checked_url(url: str) -> str:
 class MqttSettings(BaseModel):
     """Everything a client needs to reach a broker."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     url: str = Field(description="mqtt://host:port or mqtts://host:port (TLS)")
     client_id: str = Field(min_length=1, max_length=128)
     username: str | None = Field(None, description="broker user; with only a password, the client id")

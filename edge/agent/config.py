@@ -11,7 +11,7 @@ from runtime.mqtt import MqttSettings, TLSSettings, checked_url, parse_url
 
 
 class AgentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     broker_url: str = Field(description="mqtt://host:port or mqtts://host:port")
     prefix: str = Field("shadowline", description="the fleet's topic prefix")
     username: str | None = Field(None, description="this device's broker user (defaults to the device id)")

@@ -13,7 +13,7 @@ DETECT_DECODERS: tuple[str, ...] = ("yolox", "yolov8")
 
 
 class LetterboxSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     alignment: Literal["top_left", "center"] = Field("center", description="where the resized image sits in the canvas")
     pad_value: float = Field(114.0, description="value of the padding pixels, before normalisation")
 
@@ -21,7 +21,7 @@ class LetterboxSpec(BaseModel):
 class InputSpec(BaseModel):
     """Preprocessing: x = (pixel * scale - mean[c]) / std[c], channels in `color_order`."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     name: str = Field(description="input tensor name")
     shape: list[int | str] = Field(description="tensor shape; a string is a dynamic dimension (batch)")
     dtype: Literal["float32", "float16"] = "float32"
@@ -71,7 +71,7 @@ class InputSpec(BaseModel):
 
 
 class OutputSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     names: list[str] = Field(description="output tensor names; the first is decoded")
     decoder: Decoder = Field(description="softmax/sigmoid: raw logits; probabilities: scores as given; yolox: "
                                          "[N, anchors, 5 + classes] grid offsets; yolov8: [N, 4 + classes, anchors] "
