@@ -223,8 +223,8 @@ class Daemon:
         trimmed_at = self.queue.enqueued  # start() has just handed its garbage back
         while not self.stop_event.wait(1.0):
             # Frames came and the frame path is idle now: hand the heap's free pages back to the kernel (their
-            # decode buffers, tensors and first-use imports; 7 to 14 MB after 50 frames in benchmarks/footprint.py's
-            # models). Not while frames flow: their next buffers would fault the same pages in again.
+            # decode buffers, tensors and first-use imports; 7 to 15 MB after 50 frames in benchmarks/footprint.py's
+            # models, load 15-20). Not while frames flow: their next buffers would fault the same pages in again.
             enqueued = self.queue.enqueued
             if enqueued != trimmed_at and self.queue.depth == 0 and self.frames.in_flight == 0:
                 release_free_memory()

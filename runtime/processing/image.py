@@ -2,7 +2,7 @@
 
 Pillow reads the header first (format, mode, size: decompression bombs are refused before any pixel is decoded).
 Plain 8-bit PNG and JPEG files, most of what cameras and line scanners write, are then decoded by OpenCV, with
-pixels identical to Pillow's (checked on every shipped image in tests/edge/test_decode.py) at about 0.8 of Pillow's
+pixels identical to Pillow's (checked on every shipped image in tests/edge/test_decode.py) at 0.7 to 0.8 of Pillow's
 CPU (decode + preprocess of the shipped images, Pillow packing BGR in one pass); everything else (alpha, palettes,
 16-bit, EXIF rotation, anything OpenCV refuses or that looks truncated) goes through Pillow, which raises on
 truncated and corrupt files with a message that says so.
