@@ -20,6 +20,13 @@ The real daemon loads some libraries lazily (OpenCV with the first PNG or JPEG i
 pays is printed too, as the time until the first POST /v1/infer answered and the RSS at /readyz beside the RSS after
 that request.
 
+After that first answer the daemon gets SETTLE_FRAMES more images and SETTLE_IDLE_S idle, and its RSS is read
+again ("settled": what the running daemon holds, after it has handed freed memory back).
+
+`--baseline DIR` runs another checkout's real daemon (e.g. the code before a change, in its own virtual environment,
+on bundles made by its own exporter) in the same interleaved rounds, and prints its figures and the differences
+paired per round: the side-by-side comparison in one run that RSS figures need.
+
 Prints one line per model and the figure last; writes benchmarks/results/footprint.json.
 """
 
@@ -44,6 +51,10 @@ IMAGES = REALDATA / "images"
 PRESETS = {"pcb-aoi": "pcb-aoi_opset11.onnx", "squeezenet": "squeezenet1.0_fp32.onnx", "yolox-nano": "yolox_nano.onnx"}
 IMAGE_FOR = {"pcb-aoi": IMAGES / "pcb_winml" / "Defective_02.png", "squeezenet": IMAGES / "photos" / "chelsea.png",
              "yolox-nano": IMAGES / "photos" / "astronaut.png"}
+
+# after the first answer, this many more images and this long idle before the settled reading
+SETTLE_FRAMES = 20
+SETTLE_IDLE_S = 2.5
 
 RSS_CODE = """
 def rss():
@@ -137,9 +148,9 @@ def proc_cpu_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def env() -> dict[str, str]:
+def env(root: Path = ROOT) -> dict[str, str]:
     e = dict(os.environ)
-    e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e["PYTHONPATH"] = str(root) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
     e["OMP_NUM_THREADS"] = e.get("OMP_NUM_THREADS", "")  # same threading for both processes
     if not e["OMP_NUM_THREADS"]:
         del e["OMP_NUM_THREADS"]
@@ -190,13 +201,24 @@ def daemon_config(work: Path, bundles_dir: Path, trust: Path, bundle_id: str, po
     return path
 
 
-def run_real_daemon(config: Path, port: int, image: Path, timeout: float = 120) -> tuple[float, dict[str, float]]:
+def post_image(port: int, data: bytes) -> None:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/infer", data=data,
+                                 headers={"content-type": "image/png"}, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        if r.status != 200:
+            raise RuntimeError(f"POST /v1/infer answered {r.status}")
+
+
+def run_real_daemon(config: Path, port: int, image: Path, timeout: float = 120, settle: int = SETTLE_FRAMES,
+                    python: str = sys.executable, root: Path = ROOT) -> tuple[float, dict[str, float]]:
     """Cold start of `shadowline edge run` to /readyz 200; then one real image through POST /v1/infer (the bare
-    side has run one inference too, so both hold their inference buffers) and RSS read from /proc."""
+    side has run one inference too, so both hold their inference buffers) and RSS read from /proc; then `settle`
+    more images and SETTLE_IDLE_S idle, and RSS read again (what the running daemon holds, not the instant after
+    its first frame). `python` and `root`: another checkout's daemon in its own environment (--baseline)."""
     start = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "shadowline.cli", "edge", "run", "--config", str(config),
+    p = subprocess.Popen([python, "-m", "shadowline.cli", "edge", "run", "--config", str(config),
                           "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env=env(), cwd=ROOT)
+                         env=env(root), cwd=root)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -211,15 +233,17 @@ def run_real_daemon(config: Path, port: int, image: Path, timeout: float = 120) 
                 ready_ms = (time.perf_counter() - start) * 1000
                 cpu = proc_cpu_ms(p.pid)
                 at_ready = proc_rss(p.pid)["VmRSS"]
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/infer", data=image.read_bytes(),
-                                             headers={"content-type": "image/png"}, method="POST")
-                with urllib.request.urlopen(req, timeout=60) as r:
-                    if r.status != 200:
-                        raise RuntimeError(f"POST /v1/infer answered {r.status}")
+                data = image.read_bytes()
+                post_image(port, data)
                 # what loads lazily (OpenCV with the first PNG) is paid here: reported beside the cold start
                 first_ms = (time.perf_counter() - start) * 1000
-                return ready_ms, {**proc_rss(p.pid), "cpu_ms": cpu, "first_answer_ms": first_ms,
-                                  "cpu_first_answer_ms": proc_cpu_ms(p.pid), "rss_at_ready_mb": at_ready}
+                first = {**proc_rss(p.pid), "cpu_ms": cpu, "first_answer_ms": first_ms,
+                         "cpu_first_answer_ms": proc_cpu_ms(p.pid), "rss_at_ready_mb": at_ready}
+                for _ in range(settle):
+                    post_image(port, data)
+                time.sleep(SETTLE_IDLE_S)
+                settled = proc_rss(p.pid)
+                return ready_ms, {**first, "settled_rss_mb": settled["VmRSS"], "settled_private_mb": settled["RssAnon"]}
             time.sleep(0.02)
         raise RuntimeError("daemon did not become ready")
     finally:
@@ -229,6 +253,21 @@ def run_real_daemon(config: Path, port: int, image: Path, timeout: float = 120) 
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def export_baseline_bundles(python: str, root: Path, out: Path, names: list[str]) -> tuple[dict[str, Path], Path]:
+    """The bundles of another checkout (--baseline), made by its own exporter in its own environment (the bundle
+    format may differ between the two), through its own benchmarks/footprint.py."""
+    code = ("import json, sys\nfrom pathlib import Path\nsys.path[:0] = [sys.argv[1] + '/benchmarks', sys.argv[1]]\n"
+            "import footprint\nb, t = footprint.export_bundles(Path(sys.argv[2]), sys.argv[3].split(','))\n"
+            "print('BUNDLES ' + json.dumps({'bundles': {k: str(v) for k, v in b.items()}, 'trust': str(t)}))")
+    r = subprocess.run([python, "-c", code, str(root), str(out), ",".join(names)], capture_output=True, text=True,
+                       env=env(root), cwd=root)
+    line = next((x for x in r.stdout.splitlines() if x.startswith("BUNDLES ")), None)
+    if r.returncode != 0 or line is None:
+        raise RuntimeError(f"the baseline's export failed ({r.returncode}): {r.stderr[-2000:]}")
+    got = json.loads(line[8:])
+    return {k: Path(v) for k, v in got["bundles"].items()}, Path(got["trust"])
 
 
 def export_bundles(out: Path, names: list[str]) -> tuple[dict[str, Path], Path]:
@@ -247,14 +286,15 @@ def export_bundles(out: Path, names: list[str]) -> tuple[dict[str, Path], Path]:
     return bundles, trust
 
 
-def compile_bytecode() -> None:
+def compile_bytecode(root: Path = ROOT) -> None:
     """Byte-compile the project as `pip install` does for an installed package: the libraries both sides import
     have their .pyc, and an editable checkout run with PYTHONDONTWRITEBYTECODE would otherwise recompile every
     project module at each daemon start (measured here: about a third of its CPU time to ready)."""
     import compileall
 
-    for pkg in ("runtime", "edge", "fleet", "shadowline"):
-        compileall.compile_dir(str(ROOT / pkg), quiet=1)
+    for pkg in ("runtime", "edge", "export", "fleet", "shadowline"):
+        if (root / pkg).is_dir():
+            compileall.compile_dir(str(root / pkg), quiet=1)
 
 
 def main() -> None:
@@ -268,18 +308,32 @@ def main() -> None:
     ap.add_argument("--floor", action="store_true",
                     help="also run the named stack without the project's code (FastAPI app on uvicorn, OpenCV, "
                          "pydantic, cryptography, ...) side by side: where the floor is")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout (e.g. the code before a change) whose real daemon runs in the same rounds, "
+                         "interleaved, on bundles made by its own exporter: the side-by-side comparison")
+    ap.add_argument("--baseline-python", default=None,
+                    help="the baseline's interpreter (default: BASELINE/.venv/bin/python)")
     args = ap.parse_args()
+    base_python = args.baseline_python or (str(args.baseline / ".venv" / "bin" / "python") if args.baseline else None)
     names = ["pcb-aoi"] if args.quick else list(PRESETS)
     repeat = 1 if args.quick else args.repeat
     mode = args.daemon if args.daemon != "auto" else ("real" if daemon_committed() else "equivalent")
     results: dict[str, dict] = {}
+    if args.baseline is not None and mode != "real":
+        ap.error("--baseline runs both real daemons: it needs --daemon real")
     compile_bytecode()
     with tempfile.TemporaryDirectory(prefix="footprint-") as tmp:
         work = Path(tmp)
         bundles, trust = export_bundles(work, names)
+        base_bundles: dict[str, Path] = {}
+        if args.baseline is not None and base_python is not None:
+            subprocess.run([base_python, "-m", "compileall", "-q", *(str(args.baseline / p) for p in
+                            ("runtime", "edge", "export", "fleet", "shadowline") if (args.baseline / p).is_dir())],
+                           check=True, capture_output=True)
+            base_bundles, base_trust = export_baseline_bundles(base_python, args.baseline, work / "baseline", names)
         for n in names:
             b = bundles[n]
-            bare, daemon, floor = [], [], []
+            bare, daemon, floor, base = [], [], [], []
             for i in range(-1, repeat):  # interleaved so drift hits both sides alike;
                 # round -1 warms the page cache for both sides and is not counted
                 side_bare = run_until_ready([sys.executable, "-c", BARE, str(b / "model.onnx"),
@@ -298,6 +352,14 @@ def main() -> None:
                 else:
                     side = run_until_ready([sys.executable, "-c", EQUIVALENT, str(b), str(trust),
                                             str(IMAGE_FOR[n]), str(work / f"{n}-{i}.db")])
+                if base_bundles and base_python is not None and args.baseline is not None:
+                    bb, port = base_bundles[n], free_port()
+                    rundir = work / f"base-{n}-{i}"
+                    rundir.mkdir()
+                    side_base = run_real_daemon(daemon_config(rundir, bb.parent, base_trust, bb.name, port), port,
+                                                IMAGE_FOR[n], python=base_python, root=args.baseline)
+                    if i >= 0:
+                        base.append(side_base)
                 if i >= 0:
                     bare.append(side_bare)
                     daemon.append(side)
@@ -317,6 +379,23 @@ def main() -> None:
                 r["daemon_first_answer_ms"] = med([x[1]["first_answer_ms"] for x in daemon])
                 r["daemon_cpu_first_answer_ms"] = med([x[1]["cpu_first_answer_ms"] for x in daemon])
                 r["daemon_rss_at_ready_mb"] = med([x[1]["rss_at_ready_mb"] for x in daemon])
+                r["daemon_settled_rss_mb"] = med([x[1]["settled_rss_mb"] for x in daemon])
+                r["daemon_settled_private_mb"] = med([x[1]["settled_private_mb"] for x in daemon])
+            if base:
+                for key, vals in (("rss_mb", [x[1]["VmRSS"] for x in base]),
+                                  ("private_mb", [x[1]["RssAnon"] for x in base]),
+                                  ("settled_rss_mb", [x[1]["settled_rss_mb"] for x in base]),
+                                  ("settled_private_mb", [x[1]["settled_private_mb"] for x in base]),
+                                  ("cold_start_ms", [x[0] for x in base]),
+                                  ("cpu_to_ready_ms", [x[1]["cpu_ms"] for x in base])):
+                    r["baseline_" + key] = med(vals)
+                # paired per round (the same round's bare process and machine state), then the median
+                r["rss_vs_baseline_mb"] = med([d[1]["VmRSS"] - x[1]["VmRSS"] for d, x in zip(daemon, base)])
+                r["settled_rss_vs_baseline_mb"] = med([d[1]["settled_rss_mb"] - x[1]["settled_rss_mb"]
+                                                       for d, x in zip(daemon, base)])
+                r["baseline_cold_start_ratio"] = round(r["baseline_cold_start_ms"] / r["bare_cold_start_ms"], 2)
+                r["baseline_cpu_to_ready_ratio"] = round(r["baseline_cpu_to_ready_ms"] / r["bare_cpu_to_ready_ms"],
+                                                         2)
             if floor:
                 r["floor_rss_mb"] = med([x[1]["VmRSS"] for x in floor])
                 r["floor_private_mb"] = med([x[1]["RssAnon"] for x in floor])
@@ -344,7 +423,17 @@ def main() -> None:
             if mode == "real":
                 print(f"{'':11s} first POST /v1/infer answered at {r['daemon_first_answer_ms']:.0f} ms "
                       f"(CPU {r['daemon_cpu_first_answer_ms']:.0f} ms; the bare process's ready includes its "
-                      f"inference); RSS at /readyz {r['daemon_rss_at_ready_mb']:.0f} MB", flush=True)
+                      f"inference); RSS at /readyz {r['daemon_rss_at_ready_mb']:.0f} MB; settled ({SETTLE_FRAMES} more "
+                      f"images, {SETTLE_IDLE_S} s idle) {r['daemon_settled_rss_mb']:.0f} MB (private "
+                      f"{r['daemon_settled_private_mb']:.0f} MB)", flush=True)
+            if base:
+                print(f"{'':11s} baseline {args.baseline}: RSS {r['baseline_rss_mb']:.0f} MB (+"
+                      f"{r['baseline_rss_mb'] - r['bare_rss_mb']:.0f} MB above bare; private "
+                      f"+{r['baseline_private_mb'] - r['bare_private_mb']:.0f} MB), settled {r['baseline_settled_rss_mb']:.0f} MB "
+                      f"(private {r['baseline_settled_private_mb']:.0f} MB); cold start {r['baseline_cold_start_ratio']:.2f}x, "
+                      f"CPU to ready {r['baseline_cpu_to_ready_ratio']:.2f}x; this daemon minus the baseline, paired "
+                      f"per round: RSS {r['rss_vs_baseline_mb']:+.1f} MB, settled {r['settled_rss_vs_baseline_mb']:+.1f} MB",
+                      flush=True)
     summary = {"mode": mode, "decoder": args.decoder, "python": sys.version.split()[0], "models": results,
                "median_rss_above_bare_mb": round(statistics.median(r["rss_above_bare_mb"] for r in results.values()), 1),
                "median_private_above_bare_mb": round(statistics.median(r["private_above_bare_mb"]
@@ -352,6 +441,16 @@ def main() -> None:
                "median_cold_start_ratio": round(statistics.median(r["cold_start_ratio"] for r in results.values()), 2),
                "median_cpu_to_ready_ratio": round(statistics.median(r["cpu_to_ready_ratio"] for r in results.values()), 2),
                "load_avg": round(os.getloadavg()[0], 2), "goals": {"rss_above_bare_mb": 50, "cold_start_ratio": 2.0}}
+    if mode == "real":
+        summary["median_settled_rss_above_bare_mb"] = round(statistics.median(
+            r["daemon_settled_rss_mb"] - r["bare_rss_mb"] for r in results.values()), 1)
+    if args.baseline is not None:
+        summary["baseline"] = str(args.baseline)
+        for key in ("rss_vs_baseline_mb", "settled_rss_vs_baseline_mb", "baseline_cold_start_ratio",
+                    "baseline_cpu_to_ready_ratio"):
+            summary["median_" + key] = round(statistics.median(r[key] for r in results.values()), 2)
+        summary["median_baseline_rss_above_bare_mb"] = round(statistics.median(
+            r["baseline_rss_mb"] - r["bare_rss_mb"] for r in results.values()), 1)
     out = ROOT / "benchmarks" / "results" / "footprint.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(out.name + ".tmp")
@@ -362,6 +461,15 @@ def main() -> None:
           f"+{summary['median_private_above_bare_mb']:.0f} MB); cold start to ready "
           f"{summary['median_cold_start_ratio']:.2f}x the bare process (goal <= 2x; CPU to ready "
           f"{summary['median_cpu_to_ready_ratio']:.2f}x); load avg {summary['load_avg']}")
+    if mode == "real":
+        print(f"settled ({SETTLE_FRAMES} more images, {SETTLE_IDLE_S} s idle): "
+              f"+{summary['median_settled_rss_above_bare_mb']:.0f} MB RSS above bare (median over {len(results)} models)")
+    if args.baseline is not None:
+        print(f"baseline {args.baseline}: +{summary['median_baseline_rss_above_bare_mb']:.0f} MB RSS above bare, cold "
+              f"start {summary['median_baseline_cold_start_ratio']:.2f}x (CPU to ready "
+              f"{summary['median_baseline_cpu_to_ready_ratio']:.2f}x); this daemon minus the baseline, paired per round "
+              f"(median over models): RSS {summary['median_rss_vs_baseline_mb']:+.1f} MB after the first answer, "
+              f"{summary['median_settled_rss_vs_baseline_mb']:+.1f} MB settled")
 
 
 if __name__ == "__main__":

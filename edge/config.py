@@ -238,8 +238,9 @@ class PipelineConfig(_Cfg):
     commit_batch: int = Field(32, ge=1, le=1024, description="frames committed in one SQLite transaction at most")
     decoder: Literal["opencv", "pillow"] = Field(
         "opencv", description="opencv: plain PNG/JPEG files decoded by OpenCV (faster; the same pixels as Pillow's), "
-                              "the rest by Pillow; pillow: every file by Pillow, so a daemon whose presets resize "
-                              "with Pillow never loads OpenCV (about 48 MB less resident memory)")
+                              "the rest by Pillow; pillow: every file by Pillow (about 1.2 to 1.4 times the decode + "
+                              "preprocess CPU), so a daemon whose presets resize with Pillow never loads OpenCV "
+                              "(11 to 21 MB less resident memory after the first image, docs/daemon.md)")
 
 
 class DegradeConfig(_Cfg):

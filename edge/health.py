@@ -32,6 +32,16 @@ def limit_malloc_arenas(n: int = 2) -> bool:
         return False
 
 
+def release_free_memory() -> bool:
+    """glibc's malloc_trim(0): hand the free pages inside the heap and the thread arenas back to the kernel."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 PR_SET_NAME = 15  # prctl option: the calling thread's name (15 bytes), shown by top -H and /proc/<pid>/task/*/comm
 
 

@@ -97,3 +97,24 @@ def test_pillow_decoder_gives_the_same_pixels_without_opencv(monkeypatch: pytest
     for p in SHIPPED:
         got = decode_image(p.read_bytes(), opencv=False)
         assert got.dtype == np.uint8 and np.array_equal(got, fast[p.name]), p.name
+
+
+def test_pillow_path_matches_a_plain_conversion_and_is_writable() -> None:
+    """Pillow's path packs BGR in one pass (im.tobytes("raw", "BGR")) and takes opaque RGBA without compositing;
+    checked against the plain conversion (composite on white, RGB, reversed channels) on every mode it meets."""
+    rgb = np.asarray(Image.open(IMAGES / "photos" / "chelsea.png").convert("RGB"))
+    ramp = np.tile(np.linspace(0, 255, rgb.shape[1]).astype(np.uint8), (rgb.shape[0], 1))
+    images = {"rgb": Image.fromarray(rgb), "opaque rgba": Image.fromarray(np.dstack([rgb, np.full_like(ramp, 255)])),
+              "transparent rgba": Image.fromarray(np.dstack([rgb, ramp])), "gray": Image.fromarray(ramp),
+              "gray+alpha": Image.fromarray(np.dstack([ramp, ramp[:, ::-1]])).convert("LA"),
+              "palette": Image.fromarray(rgb).convert("P"), "cmyk": Image.fromarray(rgb).convert("CMYK")}
+    for name, im in images.items():
+        buf = io.BytesIO()
+        im.save(buf, "TIFF")  # TIFF: never taken by OpenCV's path, keeps every one of these modes
+        got = decode_image(buf.getvalue(), opencv=False)
+        plain = im
+        if im.mode in ("RGBA", "LA"):
+            plain = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+        want = np.ascontiguousarray(np.asarray(plain.convert("RGB"))[:, :, ::-1])
+        assert got.shape == want.shape and np.array_equal(got, want), name
+        assert got.flags.writeable and got.flags.c_contiguous, name
