@@ -32,25 +32,26 @@ def state(rig: FleetRig, rid: str) -> str:
 
 @pytest.mark.slow
 def test_canary_rollout_bad_release_halted_and_manual_rollback(tmp_path, mosquitto, keys, tars):
+    # the waits bound, they do not pace: 20 devices activating on two cores shared with other work took over 30 s
     rig = FleetRig(tmp_path, mosquitto.url, keys["trust"])
     try:
         r1, r2, bad = (release(rig, tars[k]) for k in ("v1.0", "v1.1", "bad"))
         rig.add_devices(DEVICES, PCB_IMAGES, smoke_images=1)
         # devices register themselves when they first connect; the admin puts them in a group
-        assert rig.wait(lambda: len(rig.fleet.devices.list()) == 20, 20)
+        assert rig.wait(lambda: len(rig.fleet.devices.list()) == 20, 60)
         for d in DEVICES:
             rig.fleet.devices.update(d, groups=["line-a"])
 
         first = rollout(rig, r1, ["100%"])
         assert rig.wait(lambda: state(rig, first) == "completed", 90), rig.fleet.rollouts.status(first)
-        assert rig.wait(lambda: rig.all_active(r1), 30)
+        assert rig.wait(lambda: rig.all_active(r1), 90)
 
         # staged: one canary, then 25%, then everyone
         second = rollout(rig, r2, ["1", "25%", "100%"])
         assert rig.wait(lambda: state(rig, second) == "completed", 90), rig.fleet.rollouts.status(second)
         status = rig.fleet.rollouts.status(second)
         assert status["sizes"] == [1, 5, 20] and all(g["passed"] for g in status["gates"])
-        assert rig.wait(lambda: rig.all_active(r2), 30)
+        assert rig.wait(lambda: rig.all_active(r2), 90)
         canary = next(t["device"] for t in status["targets"] if t["wave"] == 0)
 
         # a release whose reference outputs do not match its model: the canary's check refuses it
@@ -62,13 +63,13 @@ def test_canary_rollout_bad_release_halted_and_manual_rollback(tmp_path, mosquit
         row = rig.fleet.devices.get(bad_canary)
         assert "disagree with reference.npz" in row["last_error"]
         assert status["counts"] == {"rolled_back": 1, "planned": 19}, "only the canary ever saw the bad release"
-        assert rig.wait(lambda: rig.all_active(r2), 30), "every device still/again runs the good release"
+        assert rig.wait(lambda: rig.all_active(r2), 90), "every device still/again runs the good release"
         assert all(a.host.current()[0].ref == r2 for a in rig.agents.values())
 
         # manual rollback of the completed rollout: everyone returns to r1 from the cache, no download
         rig.fleet.rollouts.rollback(second)
         assert state(rig, second) == "rolled_back"
-        assert rig.wait(lambda: rig.all_active(r1), 20)
+        assert rig.wait(lambda: rig.all_active(r1), 60)
         for name, agent in rig.agents.items():
             rec = agent.machine.record
             assert agent.host.current()[0].ref == r1
