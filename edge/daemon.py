@@ -220,16 +220,19 @@ class Daemon:
 
     # -- supervision -----------------------------------------------------------------------------------------------
     def _watch(self) -> None:
-        trimmed_at = self.queue.enqueued  # start() has just handed its garbage back
+        trimmed_at = seen = self.queue.enqueued  # start() has just handed its garbage back
         while not self.stop_event.wait(1.0):
-            # Frames came and the frame path is idle now: hand the heap's free pages back to the kernel (their
-            # decode buffers, tensors and first-use imports; 7 to 15 MB after 50 frames in benchmarks/footprint.py's
-            # models, load 15-20). Not while frames flow: their next buffers would fault the same pages in again.
+            # Frames came, then a whole tick passed without one and the frame path is idle: hand the heap's free
+            # pages back to the kernel (their decode buffers, tensors and first-use imports; 7 to 15 MB after 50
+            # frames in benchmarks/footprint.py's models, load 15-20). Not while frames flow, even a slow stream
+            # idle between two frames: their next buffers would fault the same pages in again.
             enqueued = self.queue.enqueued
-            if enqueued != trimmed_at and self.queue.depth == 0 and self.frames.in_flight == 0:
+            if (enqueued != trimmed_at and enqueued == seen and self.queue.depth == 0
+                    and self.frames.in_flight == 0):
                 release_free_memory()
                 self.memory_trims += 1
                 trimmed_at = enqueued
+            seen = enqueued
             for name in self.frames.dead_threads():
                 self.worker_restarts += 1
                 log.error("frame path thread %s died; restarting it", name)

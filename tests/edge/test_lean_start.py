@@ -147,15 +147,19 @@ print(json.dumps({"ok": ok, "before": before, "after": anon()}))
 
 
 def test_daemon_hands_memory_back_at_start_and_when_idle_after_frames(tmp_path: Path, bundles, keys) -> None:
-    """Once when started, then once per idle spell that followed frames; never again while no frame comes."""
+    """Once when started, then once per idle spell (a whole watchdog tick without a frame) that followed frames;
+    never between the frames of a stream, never again while no frame comes."""
     d = make_daemon(tmp_path, keys, pcb_release(bundles)).start()
     try:
         assert d.memory_trims == 1  # at the end of start()
         time.sleep(2.5)  # two watchdog ticks without frames: nothing to hand back
         assert d.memory_trims == 1
         image = sorted(PCB.iterdir())[0]
-        for _ in range(3):
+        # a slow stream (a frame every 0.2 s, idle in between, over two ticks and more): no trim while it lasts
+        for _ in range(10):
             assert d.submit(image.read_bytes(), image.suffix, timeout=60).prediction_id is not None
+            time.sleep(0.2)
+        assert d.memory_trims == 1
         deadline = time.monotonic() + 30
         while d.memory_trims < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
