@@ -52,9 +52,10 @@ PRESETS = {"pcb-aoi": "pcb-aoi_opset11.onnx", "squeezenet": "squeezenet1.0_fp32.
 IMAGE_FOR = {"pcb-aoi": IMAGES / "pcb_winml" / "Defective_02.png", "squeezenet": IMAGES / "photos" / "chelsea.png",
              "yolox-nano": IMAGES / "photos" / "astronaut.png"}
 
-# after the first answer, this many more images and this long idle before the settled reading
+# after the first answer, this many more images and this long idle before the settled reading (the daemon trims
+# its heap within two watchdog ticks, 2 s, of its last frame: a whole tick without one, then the next)
 SETTLE_FRAMES = 20
-SETTLE_IDLE_S = 2.5
+SETTLE_IDLE_S = 3.5
 
 RSS_CODE = """
 def rss():
