@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.config import OnnxRuntimeRunnerConfig
 from runtime.bundle import load_bundle
 from runtime.errors import ImageError, ParityError
 from runtime.manifest import ParityCheck
@@ -42,15 +43,13 @@ class CheckResult:
                 "smoke_images": self.smoke_images, "stats": self.parity.stats, "notes": self.notes}
 
 
-# How the check runs an ONNX Runtime model: as the daemon's frame path does by default (edge/config.py,
-# OnnxRuntimeRunnerConfig: one intra-op thread, no spinning), so the latency the check measures against
-# `latency_budget_ms` is the one frames will see. ORT's own default (a spinning thread per core) cost 30-50 ms of
-# CPU for the check's five runs of the PCB model against 23 ms with one thread, measured on 2 cores: the spinning
-# threads take the cores from everything else the device (or a simulator's hundred devices) does meanwhile.
-ONNX_CHECK_OPTIONS: dict[str, Any] = {
-    "threads": 1,
-    "session_config": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"},
-}
+# How the check runs an ONNX Runtime model: with the frame path's defaults (edge/config.py, OnnxRuntimeRunnerConfig:
+# one intra-op thread, no spinning), taken from that model rather than written again, so the latency the check
+# measures against `latency_budget_ms` is the one frames will see. ORT's own default (a spinning thread per core) cost
+# 30-50 ms of CPU for the check's five runs of the PCB model against 23 ms with one thread, measured on 2 cores: the
+# spinning threads take the cores from everything else the device (or a simulator's hundred devices) does meanwhile.
+ONNX_CHECK_OPTIONS: dict[str, Any] = {k: v for k, v in OnnxRuntimeRunnerConfig().runner_options().items()
+                                      if k in ("threads", "session_config")}
 
 
 def prepare(bundle_dir: Path, backend: str, hashes: bool = True) -> BundleModel:
