@@ -70,6 +70,10 @@ class Agent:
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._report_lock = threading.Lock()
+        # held from taking the snapshot of the reported state until paho has queued it: reports come from several
+        # threads (the state machine's, MQTT's, a trailing or periodic timer), and without it an older snapshot
+        # could be queued after a newer one, leaving the fleet (and the retained message) on the older state
+        self._publish_lock = threading.Lock()
         self._last_report = 0.0
         self._report_timer: threading.Timer | Timer | None = None
         self._refresh: Timer | None = None
@@ -308,8 +312,11 @@ class Agent:
                                   "python": platform.python_version()})
 
     def report(self) -> None:
-        self.client.publish(self.topics.device(self.device_id, "reported"), encode(self.reported()), qos=1,
-                            retain=True)
+        """Publish the reported state (QoS 1, retained). Reports are queued in the order their snapshots were taken
+        (`_publish_lock`), so the last one the broker gets is the latest state."""
+        with self._publish_lock:
+            self.client.publish(self.topics.device(self.device_id, "reported"), encode(self.reported()), qos=1,
+                                retain=True)
 
     def _on_step(self, record: ActivationRecord, event: str, detail: dict[str, Any]) -> None:
         target = release_key(record.target) if record.target else None

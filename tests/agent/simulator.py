@@ -401,8 +401,10 @@ class StoreWatch:
 
         settled = (S.COMMITTED, S.FAILED, S.IDLE)
         n = 0
-        for r in self.store.rows("SELECT id, active, activation FROM devices"):
-            if r["id"] in devices and r["active"] == ref:
+        # only the rows that already report `ref`: polled every 20 ms beside 1,000 simulated devices on two cores,
+        # reading and parsing every row took CPU from the devices being timed
+        for r in self.store.rows("SELECT id, activation FROM devices WHERE active = ?", [ref]):
+            if r["id"] in devices:
                 state = json.loads(r["activation"] or "{}").get("state")
                 n += state in settled
         return n

@@ -4,6 +4,7 @@ retained desired states, reports every step, obeys commands, survives malformed 
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -150,3 +151,61 @@ def test_restart_resumes_and_last_will(tmp_path, rig, tars, artifact_server, mos
          retain=True)
     assert col.wait(lambda: again.host.current()[0].ref == "pcb-screen@2", 20)
     send_after.loop_stop()
+
+
+def test_reports_from_two_threads_reach_the_broker_in_the_order_their_snapshots_were_taken(rig, mosquitto):
+    """Reports come from several threads (state machine, MQTT callbacks, timers). A snapshot taken first and queued
+    last would leave the fleet, and the retained message, on the older state until the next periodic report (the
+    fleet integration test saw that about once in three runs). Here the first report's snapshot is held back after
+    it is taken while a second thread reports a newer one: the newer must be the last to arrive and stay retained."""
+    start, col, fleet = rig
+    agent = start()
+    assert col.wait(lambda: col.status.get("dev-1") == "online", 5)
+    seen: list[str | None] = []
+    watcher = connect(mosquitto.port, "reported-watcher")
+    watcher.on_message = lambda c, u, msg: seen.append(json.loads(msg.payload).get("last_error"))
+    watcher.subscribe(Topics().device("dev-1", "reported"), qos=1)
+    assert col.wait(lambda: bool(seen), 5), "the agent's retained report reaches a new subscriber (subscribed)"
+
+    original = agent.reported
+    taken, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def reported():  # the first snapshot is "older"; its thread is held after taking it, as a preempted thread is
+        rep = original()
+        calls.append(len(calls))
+        if len(calls) == 1:
+            rep = rep.model_copy(update={"last_error": "older snapshot"})
+            taken.set()
+            release.wait(5)
+        else:
+            rep = rep.model_copy(update={"last_error": "newer snapshot"})
+        return rep
+
+    agent.reported = reported  # type: ignore[method-assign]
+    try:
+        first = threading.Thread(target=agent.report)
+        first.start()
+        assert taken.wait(5)
+        second = threading.Thread(target=agent.report)
+        second.start()
+        second.join(0.5)  # it must wait for the first report to be queued, not overtake it
+        release.set()
+        first.join(5)
+        second.join(5)
+        assert col.wait(lambda: "older snapshot" in seen and "newer snapshot" in seen, 10), seen
+        marked = [s for s in seen if s in ("older snapshot", "newer snapshot")]
+        assert marked == ["older snapshot", "newer snapshot"], marked
+    finally:
+        agent.reported = original  # type: ignore[method-assign]
+        watcher.loop_stop()
+    # the retained state a fleet (re)subscribing reads is the newer one
+    late: list[str | None] = []
+    reader = connect(mosquitto.port, "late-reader")
+    reader.on_message = lambda c, u, msg: late.append(json.loads(msg.payload).get("last_error"))
+    reader.subscribe(Topics().device("dev-1", "reported"), qos=1)
+    try:
+        assert col.wait(lambda: bool(late), 5)
+        assert late[0] == "newer snapshot", late
+    finally:
+        reader.loop_stop()
