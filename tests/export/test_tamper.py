@@ -131,3 +131,48 @@ def test_manifest_with_unknown_schema_field_is_refused(copy):
     (copy / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(BundleError, match="manifest.json is invalid"):
         load_bundle(copy)
+
+
+def _list_file(copy: Path, name: str, data: bytes) -> None:
+    """Add `name` (possibly nested) to the bundle and to its manifest (unsigned from then on: loaded without trust)."""
+    import hashlib
+
+    path = copy / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    doc = json.loads((copy / "manifest.json").read_text())
+    doc["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    (copy / "manifest.sig").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("hashes", [True, False])
+def test_links_are_refused_for_a_listed_file_and_for_any_directory_above_it(copy, hashes):
+    _list_file(copy, "extra/deeper/data.bin", b"x" * 100)
+    with load_bundle(copy, hashes=hashes):
+        pass  # intact: loads
+    # a directory between the root and the file is a link to a directory with the very same content
+    (copy / "extra").rename(copy / "elsewhere")
+    (copy / "extra").symlink_to(copy / "elsewhere", target_is_directory=True)
+    with pytest.raises(BundleError, match=r"'extra/deeper/data.bin' is a link"):
+        load_bundle(copy, hashes=hashes)
+    (copy / "extra").unlink()
+    (copy / "elsewhere").rename(copy / "extra")
+    (copy / "extra" / "deeper").rename(copy / "extra" / "kept")
+    (copy / "extra" / "deeper").symlink_to(copy / "extra" / "kept", target_is_directory=True)
+    with pytest.raises(BundleError, match=r"'extra/deeper/data.bin' is a link"):
+        load_bundle(copy, hashes=hashes)
+    # the listed file itself is a link to an identical file
+    shutil.copy(copy / "model.onnx", copy / "model.copy")
+    (copy / "model.onnx").unlink()
+    (copy / "model.onnx").symlink_to(copy / "model.copy")
+    with pytest.raises(BundleError, match=r"'model.onnx' is a link"):
+        load_bundle(copy, hashes=hashes)
+
+
+def test_a_listed_file_below_a_file_is_missing(copy):
+    _list_file(copy, "sub/data.bin", b"y")
+    shutil.rmtree(copy / "sub")
+    (copy / "sub").write_bytes(b"not a directory")
+    with pytest.raises(BundleError, match=r"'sub/data.bin' named in the manifest is missing"):
+        load_bundle(copy, hashes=False)
