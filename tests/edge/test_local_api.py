@@ -141,3 +141,10 @@ def test_review_page_and_kept_image(api) -> None:
     assert [x["verdict"] for x in client.get("/v1/reviews", headers=INSPECTOR,
                                              params={"prediction_id": record["id"]}).json()] == ["bad_image"]
 
+
+
+def test_no_openapi_document_or_explorer(api) -> None:
+    """The device serves no OpenAPI document or API explorer (docs/daemon.md lists its routes)."""
+    client, _ = api
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert client.get(path).status_code == 404, path
