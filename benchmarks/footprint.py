@@ -3,7 +3,7 @@ start to ready, both measured in fresh subprocesses side by side in one run (med
 
 - bare: `python` + onnxruntime + numpy, one InferenceSession on the bundle's model.onnx, one inference -> ready.
 - daemon: when edge/daemon.py is committed, the real daemon (`shadowline edge run --config ...`, ready when
-  /readyz answers 200; memory read after one real image through POST /v1/infer); otherwise the daemon-equivalent process: the daemon's imports (FastAPI, uvicorn, paho,
+  /readyz answers 200; memory read after one real image through POST /v1/infer); otherwise the daemon-equivalent process: the daemon's imports (Starlette, uvicorn, paho,
   SQLite, the outbox, the agent seams), a verified signed bundle, runtime.predictor.BundleModel and one prediction on a
   real image -> ready.
 
@@ -81,7 +81,7 @@ sys.stdin.read()
 
 # --floor: the named stack without the project's code, for where the floor is: the bare process plus the libraries
 # the daemon runs on (pydantic, cryptography's ed25519, PyYAML, click, prometheus_client, Pillow, OpenCV with one PNG
-# decoded, SQLite) and a FastAPI app served by uvicorn on a thread (as the daemon serves its API); ready when its
+# decoded, SQLite) and a Starlette app served by uvicorn on a thread (as the daemon serves its API); ready when its
 # /readyz answers (sys.argv[4] is the port).
 FLOOR = RSS_CODE + """
 import json, sys, sqlite3, threading, time, urllib.request
@@ -90,10 +90,12 @@ import onnxruntime as ort
 import click, yaml, prometheus_client, pydantic, cv2
 from PIL import Image
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-import fastapi, uvicorn
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 model, ref, image, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-app = fastapi.FastAPI()
-app.get('/readyz')(lambda: {'ready': True})
+app = Starlette(routes=[Route('/readyz', lambda request: JSONResponse({'ready': True}))])
 server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=port, log_level='warning', access_log=False,
                                        http='h11', ws='none', lifespan='off', loop='asyncio'))
 threading.Thread(target=server.run, daemon=True).start()
@@ -116,7 +118,7 @@ sys.stdin.read()
 # What edge/daemon.py imports, for the equivalent process when the daemon is not committed yet.
 EQUIVALENT = RSS_CODE + """
 import json, sys, sqlite3
-import fastapi, uvicorn, paho.mqtt.client
+import starlette.applications, uvicorn, paho.mqtt.client
 from pathlib import Path
 import edge.outbox, edge.agent.host, edge.agent.config, fleet.protocol
 from runtime.predictor import BundleModel
@@ -305,7 +307,7 @@ def main() -> None:
     ap.add_argument("--decoder", choices=["opencv", "pillow"], default=None,
                     help="the real daemon's pipeline.decoder (default: the daemon's own default)")
     ap.add_argument("--floor", action="store_true",
-                    help="also run the named stack without the project's code (FastAPI app on uvicorn, OpenCV, "
+                    help="also run the named stack without the project's code (Starlette app on uvicorn, OpenCV, "
                          "pydantic, cryptography, ...) side by side: where the floor is")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="another checkout (e.g. the code before a change) whose real daemon runs in the same rounds, "

@@ -240,7 +240,7 @@ class PipelineConfig(_Cfg):
         "opencv", description="opencv: plain PNG/JPEG files decoded by OpenCV (faster; the same pixels as Pillow's), "
                               "the rest by Pillow; pillow: every file by Pillow (about 1.2 to 1.4 times the decode + "
                               "preprocess CPU), so a daemon whose presets resize with Pillow never loads OpenCV "
-                              "(11 to 21 MB less resident memory after the first image, docs/daemon.md)")
+                              "(13 to 17 MB less resident memory after the first image, docs/daemon.md)")
 
 
 class DegradeConfig(_Cfg):

@@ -245,7 +245,7 @@ class Daemon:
 
     def start(self) -> Daemon:
         limit_malloc_arenas()  # before the threads below allocate: fewer arenas, less resident memory
-        # The API server starts first, on its own thread: importing FastAPI and uvicorn (Python, holding the GIL)
+        # The API server starts first, on its own thread: importing Starlette and uvicorn (Python, holding the GIL)
         # then overlaps loading the models (ONNX Runtime builds its session without the GIL). /readyz answers 503
         # until the frame path runs.
         if self.config.api.enabled:
