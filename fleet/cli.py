@@ -133,8 +133,8 @@ def serve(config_path: Path | None, **overrides: Any) -> None:
 @click.option("--share-group", "ingest_share_group",
               help="MQTT 5 shared subscription group (default: ingest_share_group, else shadowline-ingest).")
 @click.option("--decode-processes", "ingest_decode_processes", type=int,
-              help="Processes decoding batches of predictions beside the worker (default: "
-                   "ingest_decode_processes, else 0).")
+              help="Processes decoding batches of predictions beside the worker, 0 for none (default: "
+                   "ingest_decode_processes, 1).")
 @click.option("--worker-id", default="1", show_default=True,
               help="Stable id of this worker: restarted with the same id, it gets back the messages it had not "
                    "acknowledged.")

@@ -65,7 +65,12 @@ class Consumer:
 
     def start(self) -> Consumer:
         if self.decoders is not None:
-            self.ingest.decoder = self.decoders.start()
+            try:
+                self.ingest.decoder = self.decoders.start()
+            except OSError as err:  # e.g. an embedding program whose sys.executable is no Python: decode here
+                log.error("could not start ingest decoding processes (%s); decoding in this process", err)
+                self.decoders.stop()
+                self.decoders = None
         self.writer.start()
         self.thread.start()
         return self
