@@ -24,7 +24,7 @@ from fleet.protocol import Batch, PredictionRecord, ReviewRecord, Topics, encode
 from fleet.service import FleetService
 from fleet.store import Store, row_values
 from fleet.validation import RecordLimits
-from tests.fleet.devicesim import batch, client, predictions, wait_for
+from tests.fleet.devicesim import batch, client, predictions, publish_until_acked, wait_for
 from tests.fleet.test_validation import RULES
 
 T = Topics()
@@ -177,29 +177,21 @@ def _gone(pid: int) -> bool:
 
 
 def test_the_service_decodes_in_processes_through_mosquitto_and_ends_them(config: FleetConfig, mosquitto):
-    """Predictions and their verdicts back to back through a real broker, one message per group or many: every
-    record stored once, no verdict refused; stopping the service ends its decoding processes."""
-    svc = FleetService(config.model_copy(update={"broker_url": mosquitto.url, "ingest_decode_processes": 1})).start()
+    """The service's decoding processes (verdicts right behind their predictions through them: test_ingest.py)
+    run while it does and end with it."""
+    svc = FleetService(config.model_copy(update={"broker_url": mosquitto.url, "ingest_decode_processes": 2})).start()
     c = client(mosquitto.url, "dev-d")
     try:
         assert svc.consumer is not None and svc.consumer.decoders is not None
         pids = svc.consumer.decoders.pids
-        assert len(pids) == 1
-        fleet, t = svc.fleet, svc.fleet.topics
+        assert len(pids) == 2 and not any(_gone(p) for p in pids)
         wait_for(c.is_connected, 10)
-        infos = []
-        for r in range(10):
-            recs = predictions("dev-d", 20, seed=r)
-            verdicts = [ReviewRecord(prediction_id=p["id"], device="dev-d", inspector="ann", verdict="confirm",
-                                     override=False, model_decision=p["decision"], release=p["release"],
-                                     revision=p["revision"]).model_dump(mode="json") for p in recs[:5]]
-            infos.append(c.publish(t.device("dev-d", "predictions"), batch("dev-d", "predictions", recs), qos=1))
-            infos.append(c.publish(t.device("dev-d", "reviews"), batch("dev-d", "reviews", verdicts), qos=1))
-        for info in infos:
-            info.wait_for_publish(30)
-        wait_for(lambda: fleet.ingest.stats.messages >= 20, 30, "every message ingested")
-        assert fleet.store.refused() == [] and fleet.ingest.stats.malformed == 0
-        assert fleet.store.count("predictions") == 200 and fleet.store.count("reviews") == 50
+        t = svc.fleet.topics
+        for seed in range(4):
+            publish_until_acked(c, t.device("dev-d", "predictions"), batch("dev-d", "predictions",
+                                                                           predictions("dev-d", 25, seed=seed)))
+        wait_for(lambda: svc.fleet.ingest.stats.records >= 100, 30, "every record stored")
+        assert svc.fleet.store.count("predictions") == 100 and svc.fleet.ingest.stats.malformed == 0
     finally:
         c.disconnect()
         c.loop_stop()
