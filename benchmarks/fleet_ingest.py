@@ -270,17 +270,23 @@ def transport_only(workdir: Path, payloads: list[tuple[str, bytes]], publishers:
 
 
 def sqlite_ingest(workdir: Path, payloads: list[tuple[str, bytes]], total: int, publishers: int,
-                  inflight: int, gc_tuned: bool = True) -> tuple[float, int, dict[str, float]]:
+                  inflight: int, gc_tuned: bool = True,
+                  decode_processes: int | None = None) -> tuple[float, int, dict[str, float]]:
     broker = mosquitto(workdir / "broker-sqlite", inflight)
     if gc_tuned:  # as `fleet serve` does at its start (this process also holds the batches: frozen too)
         tune_gc_for_ingest()
+    given = {} if decode_processes is None else {"ingest_decode_processes": decode_processes}
     svc = FleetService(FleetConfig(data_dir=workdir / "fleet", broker_url=broker.url, monitor_interval_s=0,
-                                   client_id=f"bench-{time.monotonic_ns()}")).start()
+                                   client_id=f"bench-{time.monotonic_ns()}", **given)).start()
+    consumer = svc.consumer
+    assert consumer is not None
     try:
         # poll the in-memory counter (records committed), not count(*): a table scan every poll would slow the
-        # ingest it measures; the stored count is checked once at the end
+        # ingest it measures; the stored count is checked once at the end. The service's decoding processes
+        # (ingest_decode_processes) are counted apart and added to its CPU per record.
         elapsed, cpu = timed_publish(broker, payloads, publishers, lambda: svc.fleet.ingest.stats.records >= total,
-                                     {"fleet service": lambda: [os.getpid()]})
+                                     {"fleet service": lambda: [os.getpid()],
+                                      "decoders": lambda: consumer.decoders.pids if consumer.decoders else []})
         stored = svc.fleet.store.count("predictions")
     finally:
         svc.stop()
@@ -289,7 +295,8 @@ def sqlite_ingest(workdir: Path, payloads: list[tuple[str, bytes]], total: int, 
 
 
 def postgres_workers(workdir: Path, server, name: str, payloads: list[tuple[str, bytes]], total: int,
-                     publishers: int, inflight: int, workers: int) -> tuple[float, int, dict[str, float]]:
+                     publishers: int, inflight: int, workers: int,
+                     decode_processes: int | None = None) -> tuple[float, int, dict[str, float]]:
     import psycopg
 
     url = server.create_database(name)
@@ -301,7 +308,8 @@ def postgres_workers(workdir: Path, server, name: str, payloads: list[tuple[str,
         for i in range(workers):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "shadowline.cli", "fleet", "ingest-worker", "--store-url", url, "--broker-url",
-                 broker.url, "--client-id", name, "--worker-id", str(i + 1)],
+                 broker.url, "--client-id", name, "--worker-id", str(i + 1),
+                 *([] if decode_processes is None else ["--decode-processes", str(decode_processes)])],
                 stdout=subprocess.DEVNULL, stderr=open(logs[i], "wb")))
         from tests.fleet.devicesim import wait_for
 
@@ -316,6 +324,8 @@ def postgres_workers(workdir: Path, server, name: str, payloads: list[tuple[str,
         # count(*) scans the table: polled every 50 ms (at most 50 ms late, which only lowers the ratio)
         elapsed, cpu = timed_publish(broker, payloads, publishers, lambda: count() >= total,
                                      {"ingest workers": lambda: [p.pid for p in procs],
+                                      # their decoding processes (ingest_decode_processes), if any
+                                      "decoders": lambda: [c for p in procs for c in _children(p.pid)],
                                       "postgresql": lambda: [postmaster, *_children(postmaster)]}, poll=0.05)
         stored = count()
         conn.close()
@@ -345,6 +355,8 @@ def main() -> None:
     ap.add_argument("--raw-rows-per-tx", type=int, default=1000,
                     help="rows per transaction of the raw baselines (1000: the FIELD-NOTES measurement)")
     ap.add_argument("--workers", default="1,2,4", help="PostgreSQL ingest worker counts to run")
+    ap.add_argument("--decode-processes", type=int, default=None,
+                    help="ingest_decode_processes of the service and the workers (default: the config's default)")
     ap.add_argument("--no-postgres", action="store_true", help="SQLite only")
     ap.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     ap.add_argument("--quick", action="store_true", help="a short run: 2 devices x 25 batches (10,000 records), "
@@ -385,7 +397,7 @@ def main() -> None:
     if not args.no_sqlite:
         summary["sqlite"] = {k: med(("sqlite", k)) for k in (
             "raw_per_s", "ingest_per_s", "ratio", "transport_per_s", "ratio_vs_transport", "load", "raw_cpu_us",
-            "ingest_cpu_us", "cpu_ratio")}
+            "ingest_cpu_us", "service_cpu_us", "decoders_cpu_us", "cpu_ratio")}
         summary["sqlite"]["cpu_s"] = {k: med(("sqlite", "cpu_s", k)) for k in runs[0]["sqlite"]["cpu_s"]}
     if server is not None:
         summary["postgres"] = {"executemany_per_s": med(("postgres", "executemany_per_s")), "workers": {
@@ -407,7 +419,8 @@ def main() -> None:
         ratios = ", ".join(f"{r['sqlite']['ratio']:.2f}" for r in runs)
         print(f"SQLite (medians of {len(runs)}, each taken apart): ratio {s['ratio']:.2f}x (runs: {ratios}); ingest "
               f"{s['ingest_per_s']:,.0f}/s, raw insert {s['raw_per_s']:,.0f}/s; CPU per record {s['ingest_cpu_us']:.0f}"
-              f" us vs {s['raw_cpu_us']:.0f} us "
+              f" us (service {s['service_cpu_us']:.1f} + decoding processes {s['decoders_cpu_us']:.1f}) vs "
+              f"{s['raw_cpu_us']:.0f} us "
               f"({s['cpu_ratio']:.2f}x); {s['ratio_vs_transport']:.3f}x raw paho ({s['transport_per_s']:,.0f}/s): "
               f"the limit is {limit}; CPU s {s['cpu_s']}", flush=True)
         parts.append(f"SQLite {s['ratio']:.2f}x raw insert ({s['ingest_per_s']:,.0f}/s vs {s['raw_per_s']:,.0f}/s), "
@@ -434,20 +447,24 @@ def _sqlite_pair(work: Path, i: int, batches: list, payloads: list, total: int, 
     """One paired SQLite run: the raw insert, the durable ingest, the transport alone, back to back."""
     load0 = _load()
     raw_s, raw_cpu = raw_sqlite(work / "raw.db", batches, args.raw_rows_per_tx)
-    mq_s, stored, cpu = sqlite_ingest(work, payloads, total, args.devices, args.broker_inflight)
+    mq_s, stored, cpu = sqlite_ingest(work, payloads, total, args.devices, args.broker_inflight,
+                                      decode_processes=args.decode_processes)
     if stored != total:
         raise SystemExit(f"run {i}: SQLite stored {stored} of {total} records")
     tr_s = transport_only(work, payloads, args.devices, args.broker_inflight)
     # CPU seconds per record, ours against the raw insert's: far less sensitive to a loaded machine than
     # wall-clock (the service's process includes its MQTT thread; the broker and publishers are counted apart)
+    fleet_cpu = cpu["fleet service"] + cpu["decoders"]
     s = {"raw_per_s": total / raw_s, "ingest_per_s": total / mq_s, "ratio": raw_s / mq_s,
-         "raw_cpu_us": raw_cpu / total * 1e6, "ingest_cpu_us": cpu["fleet service"] / total * 1e6,
-         "cpu_ratio": raw_cpu / cpu["fleet service"] if cpu["fleet service"] else 0.0,
+         "raw_cpu_us": raw_cpu / total * 1e6, "ingest_cpu_us": fleet_cpu / total * 1e6,
+         "service_cpu_us": cpu["fleet service"] / total * 1e6, "decoders_cpu_us": cpu["decoders"] / total * 1e6,
+         "cpu_ratio": raw_cpu / fleet_cpu if fleet_cpu else 0.0,
          "transport_per_s": total / tr_s, "ratio_vs_transport": tr_s / mq_s, "cpu_s": cpu,
          "load": os.getloadavg()[0], "load_before": load0}
     print(f"run {i}: SQLite: durable ingest {s['ingest_per_s']:,.0f}/s vs raw insert {s['raw_per_s']:,.0f}/s: "
           f"{s['ratio']:.2f}x; vs raw paho {s['transport_per_s']:,.0f}/s: {s['ratio_vs_transport']:.3f}x; CPU per "
-          f"record {s['ingest_cpu_us']:.0f} us vs raw {s['raw_cpu_us']:.0f} us ({s['cpu_ratio']:.2f}x); CPU s {cpu}; "
+          f"record {s['ingest_cpu_us']:.0f} us (service {s['service_cpu_us']:.1f} + decoding processes "
+          f"{s['decoders_cpu_us']:.1f}) vs raw {s['raw_cpu_us']:.0f} us ({s['cpu_ratio']:.2f}x); CPU s {cpu}; "
           f"load {_load()}", flush=True)
     return s
 
@@ -460,7 +477,7 @@ def _postgres_pairs(work: Path, server, i: int, batches: list, payloads: list, t
     for n in worker_counts:
         copy_s = _raw_pg(server, f"copy{n}r{i}", batches, args.raw_rows_per_tx, True)
         w_s, stored, cpu = postgres_workers(work, server, f"w{n}r{i}", payloads, total, args.devices,
-                                            args.broker_inflight, n)
+                                            args.broker_inflight, n, args.decode_processes)
         if stored != total:
             raise SystemExit(f"run {i}: PostgreSQL with {n} workers stored {stored} of {total}")
         w = pg["workers"][n] = {"copy_per_s": total / copy_s, "ingest_per_s": total / w_s, "ratio": copy_s / w_s,

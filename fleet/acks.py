@@ -6,7 +6,7 @@ so a broker killed in that window would otherwise lose records the device alread
 
 from __future__ import annotations
 
-from fleet.ingest import Prepared
+from fleet.ingest import Prepared, record_ids
 from fleet.protocol import ACK_MAX_IDS, Ack, Topics, encode
 
 
@@ -17,7 +17,7 @@ def acks_of(prepared: Prepared, topics: Topics) -> list[tuple[str, bytes]]:
     refused: dict[str, list[str]] = {}
     for i, topic, _kind, recs in prepared.pending:
         if prepared.ok[i]:
-            stored.setdefault(topic.split("/")[-2], []).extend(r.id for r in recs)
+            stored.setdefault(topic.split("/")[-2], []).extend(record_ids(recs))
     for i, topic, ids in prepared.refused_ids:
         if prepared.ok[i]:
             refused.setdefault(topic.split("/")[-2], []).extend(ids)

@@ -132,6 +132,9 @@ def serve(config_path: Path | None, **overrides: Any) -> None:
 @click.option("--client-id", help="Prefix of the worker's MQTT client id (<client-id>-ingest-<worker-id>).")
 @click.option("--share-group", "ingest_share_group",
               help="MQTT 5 shared subscription group (default: ingest_share_group, else shadowline-ingest).")
+@click.option("--decode-processes", "ingest_decode_processes", type=int,
+              help="Processes decoding batches of predictions beside the worker, 0 for none (default: "
+                   "ingest_decode_processes, 1).")
 @click.option("--worker-id", default="1", show_default=True,
               help="Stable id of this worker: restarted with the same id, it gets back the messages it had not "
                    "acknowledged.")

@@ -60,6 +60,10 @@ class FleetConfig(BaseModel):
     ingest_group: int = Field(50, ge=1, le=10000, description="messages committed per transaction at most before "
                                                                "their PUBACKs (bounded so PUBACKs are not held back "
                                                                "long under load)")
+    ingest_decode_processes: int = Field(1, ge=0, le=64, description="processes that decode, validate and screen "
+                                                                     "batches of predictions beside the process that "
+                                                                     "writes them (0: decoded in that process, by a "
+                                                                     "thread); measured in docs/scale-out.md")
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="MQTT 5: how long the broker keeps a stopped "
                                                                    "instance's or worker's session (its unacknowledged "
                                                                    "and queued messages) for it to come back")

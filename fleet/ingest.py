@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter, ValidationError, create_model
 
@@ -27,8 +28,11 @@ from fleet.protocol import (
     Topics,
     decode,
 )
-from fleet.store import Store, StoreUnavailable
+from fleet.store import Store, StoreUnavailable, row_values
 from fleet.validation import RecordLimits, RecordValidator, Refusal
+
+if TYPE_CHECKING:
+    from fleet.ingest_decode import DecoderPool
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,19 @@ class IngestStats:
                 "malformed": self.malformed, "refused": self.refused, "store_retries": self.store_retries}
 
 
+class BuiltRows(list):
+    """Store rows of a batch's records (`row_values`), built by a decoding process (`fleet.ingest_decode`): inserted
+    as they are. `ids` reads a record's id from its row."""
+
+    def ids(self) -> list[str]:
+        return [row[0] for row in self]
+
+
+def record_ids(records: list) -> list[str]:
+    """The ids of a pending batch's records: validated models, or rows already built."""
+    return records.ids() if isinstance(records, BuiltRows) else [r.id for r in records]
+
+
 @dataclass
 class Prepared:
     """Messages of one group, decoded, validated and screened, not yet written: whether each was well formed,
@@ -100,6 +117,8 @@ class Ingest:
         # called before a verdict's prediction is looked up in the store: a pipelined consumer (ingest_worker)
         # waits there until the groups it prepared earlier are committed
         self.before_lookup: Callable[[], None] = lambda: None
+        # decoding processes for batches of predictions (ingest_decode_processes), set by the consumer that owns them
+        self.decoder: DecoderPool | None = None
 
     def subscriptions(self) -> list[str]:
         return [self.topics.all_devices(kind) for kind in Topics.FROM_DEVICE]
@@ -130,9 +149,10 @@ class Ingest:
         malformed messages counted, status and reported state applied), inserting nothing. Raises StoreUnavailable
         only (a verdict's prediction could not be looked up; state could not be written): retry it."""
         prepared = Prepared(messages, [True] * len(messages), [])
+        decoded = self._decoded(messages) if self.decoder is not None else {}
         self._local.prepared = prepared
         try:
-            self._process(messages, prepared.ok, prepared.pending)
+            self._process(messages, prepared.ok, prepared.pending, decoded)
             self._write_states(prepared)
         finally:
             self._local.prepared = None
@@ -191,9 +211,37 @@ class Ingest:
         self.before_lookup()
         return self.store.predictions_by_id(device, ids)
 
-    def _process(self, messages: list, ok: list[bool], pending: list) -> None:
+    def _decoded(self, messages: list) -> dict[int, BuiltRows]:
+        """Rows of the group's batches of predictions that the decoding processes (`decoder`) found good whole, by
+        message index. Only batches after the group's last batch of verdicts: a verdict may name a prediction of an
+        earlier message of its group, which must then be at hand as a record (decoded here, as without them)."""
+        assert self.decoder is not None
+        after = 0
+        for i, (topic, *_) in enumerate(messages):
+            parsed = self.topics.parse(topic)
+            if parsed is not None and parsed[1] == RecordKind.REVIEWS:
+                after = i + 1
+        at, batches = [], []
+        for i in range(after, len(messages)):
+            topic, payload, *flags = messages[i]
+            parsed = self.topics.parse(topic)
+            if (parsed is not None and parsed[1] == RecordKind.PREDICTIONS and payload
+                    and len(payload) <= MAX_PAYLOAD and not (flags and flags[0])):
+                at.append(i)
+                batches.append((parsed[0], bytes(payload)))
+        try:
+            got = self.decoder.rows(batches)
+        except Exception:  # a bug there must not stop ingest: everything is decoded here instead
+            log.exception("decoding processes failed on a group of %d messages; decoding it here", len(messages))
+            return {}
+        return {i: BuiltRows(rows) for i, rows in zip(at, got, strict=True) if rows is not None}
+
+    def _process(self, messages: list, ok: list[bool], pending: list, decoded: dict[int, BuiltRows]) -> None:
         predictions: dict = {}  # accepted predictions of this group by id: a verdict may come in the same group
         for i, (topic, payload, *flags) in enumerate(messages):
+            if i in decoded:
+                pending.append((i, topic, RecordKind.PREDICTIONS, decoded[i]))
+                continue
             try:
                 got = self._handle(topic, payload, bool(flags and flags[0]), at=i)
                 if got is not None:
@@ -231,10 +279,10 @@ class Ingest:
         if not pending:
             return
         try:
-            groups: dict[str, list] = {}
+            groups: dict[str, list[tuple]] = {}
             for _, _, kind, recs in pending:
-                groups.setdefault(kind, []).extend(recs)
-            new = self.store.insert_many(groups)
+                groups.setdefault(kind, []).extend(_rows(kind, recs))
+            new = self.store.insert_rows(groups)
             self._count(sum(len(r) for *_, r in pending), new)
         except StoreUnavailable:
             raise
@@ -242,7 +290,7 @@ class Ingest:
             log.exception("group insert of %d messages failed; retrying one by one", len(pending))
             for i, topic, kind, recs in pending:
                 try:
-                    self._count(len(recs), self.store.insert_many({kind: recs}))
+                    self._count(len(recs), self.store.insert_rows({kind: _rows(kind, recs)}))
                 except StoreUnavailable:
                     raise
                 except Exception as err:
@@ -319,14 +367,9 @@ class Ingest:
             return None
         elif kind in RECORD_TYPES:
             kind = RecordKind(kind)
-            try:  # fast path: parse and validate the batch with its records in one pass
-                typed = _typed_batch(kind).model_validate_json(payload)
-            except ValidationError:
-                typed = None
-            if (typed is not None and typed.version == PROTOCOL_VERSION and typed.device == device
-                    and typed.kind == kind
-                    and [getattr(r, "device", None) for r in typed.records].count(device) == len(typed.records)):
-                return kind, typed.records
+            records = typed_records(kind, device, payload)
+            if records is not None:
+                return kind, records
             batch = decode(topic, payload, Batch)
             assert isinstance(batch, Batch)
             if batch.version != PROTOCOL_VERSION:
@@ -367,6 +410,24 @@ class Ingest:
                     continue
             good.append(rec)  # a record of another device than the topic's: refused by validation, by reason
         return good, bad
+
+
+def _rows(kind: str, records: list) -> list[tuple]:
+    return records if isinstance(records, BuiltRows) else [row_values(kind, r) for r in records]
+
+
+def typed_records(kind: RecordKind, device: str, payload: bytes) -> list | None:
+    """The fast path of decoding a batch: its envelope and records parsed and validated in one pass, when it is a
+    batch of `kind` from `device` (the topic's) whose records all name that device; None otherwise (the caller
+    then decodes it step by step, which finds the reasons)."""
+    try:
+        typed = _typed_batch(kind).model_validate_json(payload)
+    except ValidationError:
+        return None
+    if (typed.version == PROTOCOL_VERSION and typed.device == device and typed.kind == kind
+            and [getattr(r, "device", None) for r in typed.records].count(device) == len(typed.records)):
+        return typed.records
+    return None
 
 
 @functools.cache

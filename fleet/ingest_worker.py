@@ -20,6 +20,7 @@ from fleet.broker import MqttClient
 from fleet.config import FleetConfig
 from fleet.devices import Devices
 from fleet.ingest import Ingest, Prepared
+from fleet.ingest_decode import DecoderPool
 from fleet.protocol import RecordKind, Topics
 from fleet.store import Store, StoreUnavailable
 
@@ -49,8 +50,11 @@ class Consumer:
     work (SQLite and the PostgreSQL driver release the GIL while the database works). A verdict whose prediction
     must be looked up waits until the groups before it are committed (`Ingest.before_lookup`)."""
 
-    def __init__(self, ingest: Ingest, client: MqttClient, group: int, name: str = "ingest") -> None:
+    def __init__(self, ingest: Ingest, client: MqttClient, group: int, name: str = "ingest",
+                 decode_processes: int = 0) -> None:
         self.ingest, self.client, self.group = ingest, client, group
+        # batches of predictions decoded in processes of their own (fleet.ingest_decode), started with the threads
+        self.decoders = DecoderPool(decode_processes, ingest.validator.limits) if decode_processes > 0 else None
         self.inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         # prepared groups waiting for the writer: one being written and one ready is enough to overlap the two
         self.writes: queue.Queue[tuple[list[mqtt.MQTTMessage], Prepared] | None] = queue.Queue(maxsize=1)
@@ -60,6 +64,13 @@ class Consumer:
         client.on_message(self.inbox.put)
 
     def start(self) -> Consumer:
+        if self.decoders is not None:
+            try:
+                self.ingest.decoder = self.decoders.start()
+            except OSError as err:  # e.g. an embedding program whose sys.executable is no Python: decode here
+                log.error("could not start ingest decoding processes (%s); decoding in this process", err)
+                self.decoders.stop()
+                self.decoders = None
         self.writer.start()
         self.thread.start()
         return self
@@ -144,6 +155,9 @@ class Consumer:
         self.inbox.put(None)
         self.thread.join(timeout)
         self.writer.join(timeout)
+        if self.decoders is not None:
+            self.ingest.decoder = None
+            self.decoders.stop()
 
 
 class IngestWorker:
@@ -160,7 +174,7 @@ class IngestWorker:
         self.client_id = f"{config.client_id}-ingest-{worker_id}"
         self.store = Store(config.store, create=False)
         self.topics = Topics(config.prefix)
-        self.ingest = Ingest(self.store, Devices(self.store), self.topics)
+        self.ingest = Ingest(self.store, Devices(self.store), self.topics, config.record_limits)
         self.mqtt: MqttClient | None = None
         self.consumer: Consumer | None = None
 
@@ -170,7 +184,8 @@ class IngestWorker:
                                manual_ack=True, mqtt5=True, session_expiry_s=self.config.session_expiry_s)
         for f in record_filters(self.topics, self.group_name):
             self.mqtt.subscribe(f, 1)
-        self.consumer = Consumer(self.ingest, self.mqtt, self.config.ingest_group, name=f"ingest-{self.worker_id}")
+        self.consumer = Consumer(self.ingest, self.mqtt, self.config.ingest_group, name=f"ingest-{self.worker_id}",
+                                 decode_processes=self.config.ingest_decode_processes)
         self.consumer.start()
         self.mqtt.start(wait=wait)
         log.info("ingest worker %s: %s, share group %s", self.worker_id, self.mqtt.url, self.group_name)

@@ -133,7 +133,9 @@ class FleetService:
             filters += record_filters(self.fleet.topics, share)
         for f in filters:
             self.mqtt.subscribe(f, 1)
-        self.consumer = Consumer(self.fleet.ingest, self.mqtt, self.config.ingest_group).start()
+        self.consumer = Consumer(self.fleet.ingest, self.mqtt, self.config.ingest_group,
+                                 decode_processes=self.config.ingest_decode_processes
+                                 if self.config.ingest_in_service else 0).start()
         self.mqtt.on_connected(self._reconnected.set)
         self.mqtt.start(wait=30)
         self.fleet.attach(self._publish, self._publish_many)

@@ -90,6 +90,13 @@ def row_values(kind: str, rec: BaseModel | dict[str, Any]) -> tuple:
     return (*vals, record_json)
 
 
+def _columns(kind: str) -> list[str]:
+    """The columns of a row of `row_values`; ValueError for a kind that has no table."""
+    if kind not in RECORD_COLUMNS:
+        raise ValueError(f"unknown record kind {kind!r}")
+    return ["id", *RECORD_COLUMNS[kind], "record"]
+
+
 def _upsert_sql(table: str, cols: list[str], pk: str | tuple[str, ...]) -> str:
     keys = (pk,) if isinstance(pk, str) else pk
     updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in keys)
@@ -252,13 +259,14 @@ class Store(Queries):
 
     def insert_many(self, groups: dict[str, list]) -> int:
         """Insert records of several kinds in one transaction; returns how many were new."""
-        prepared = []
-        for kind, records in groups.items():
-            if kind not in RECORD_COLUMNS:
-                raise ValueError(f"unknown record kind {kind!r}")
-            if records:
-                prepared.append((kind, ["id", *RECORD_COLUMNS[kind], "record"],
-                                 [row_values(kind, r) for r in records]))
+        for kind in groups:
+            _columns(kind)  # an unknown kind is refused before any row is built
+        return self.insert_rows({kind: [row_values(kind, r) for r in records] for kind, records in groups.items()})
+
+    def insert_rows(self, groups: dict[str, list[tuple]]) -> int:
+        """`insert_many` of rows already built (`row_values`), by kind, in one transaction; how many were new."""
+        columns = {kind: _columns(kind) for kind in groups}
+        prepared = [(kind, columns[kind], rows) for kind, rows in groups.items() if rows]
         if not prepared:
             return 0
         with self._connection(write=True) as conn:

@@ -63,13 +63,16 @@ def test_ingest_is_idempotent_and_counts_malformed(service, mosquitto):
     c.loop_stop()
 
 
-def test_a_verdict_right_after_its_prediction_is_stored_although_the_groups_are_pipelined(config, mosquitto):
+@pytest.mark.parametrize("decode_processes", [0, 1])
+def test_a_verdict_right_after_its_prediction_is_stored_although_the_groups_are_pipelined(config, mosquitto,
+                                                                                          decode_processes):
     """The consumer decodes the next group while the writer commits the one before: a verdict arriving in the
     message right after its prediction's (one message per group here) must still find it, never be refused as
-    unknown, on either backend."""
+    unknown, on either backend, whether the predictions are decoded by the consumer or by a decoding process."""
     from fleet.protocol import ReviewRecord
 
-    svc = FleetService(config.model_copy(update={"broker_url": mosquitto.url, "ingest_group": 1})).start()
+    svc = FleetService(config.model_copy(update={"broker_url": mosquitto.url, "ingest_group": 1,
+                                                 "ingest_decode_processes": decode_processes})).start()
     c = client(mosquitto.url, "dev-v")
     try:
         fleet, t = svc.fleet, svc.fleet.topics

@@ -71,9 +71,11 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing(tmp_path, mosquit
         probe = client(mosquitto.url, "probe")
         wait_for(probe.is_connected, 10, "probe connected")
         deadline = time.monotonic() + 60
+        probes: set[str] = set()
         while stored()[0] == 0 and time.monotonic() < deadline:
-            publish_until_acked(probe, topics.device("probe", "predictions"),
-                                batch("probe", "predictions", predictions("probe", 1, seed=int(time.time()))))
+            recs = predictions("probe", 1, seed=int(time.time()))
+            publish_until_acked(probe, topics.device("probe", "predictions"), batch("probe", "predictions", recs))
+            probes.update(r["id"] for r in recs)
             time.sleep(0.3)
         # both workers must be members before the stream starts, or one takes it all and the kill proves nothing:
         # a worker logs its share group once the broker acknowledged its subscriptions (a busy machine can take
@@ -96,10 +98,14 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing(tmp_path, mosquit
         held_back = len(expected) - stored()[0]
         assert held_back > 0, "worker 1 had no share of the stream: the kill proved nothing"
         workers["1"] = _worker(tmp_path, mosquitto.url, store, "1")  # same id: same session, its messages again
-        wait_for(lambda: stored()[0] >= len(expected), 120, "every record ingested after the restart")
+        wait_for(lambda: expected <= stored()[2], 120, "every record ingested after the restart")
         time.sleep(0.5)
         n, distinct, ids = stored()
-        assert (n, distinct, len(expected - ids), len(ids - expected)) == (len(expected), len(expected), 0, 0)
+        # besides: probes sent before the baseline and stored after it (while a worker's first message was being
+        # ingested, a busy machine, its decoding process starting, the loop above sent more than the one that
+        # landed first); a probe sent before any worker subscribed is dropped by the broker, by design
+        late = ids - expected
+        assert (n, distinct, len(expected - ids), len(late - probes)) == (len(ids), len(ids), 0, 0)
         print(f"worker-kill: {len(expected) - len(base)} records streamed, {held_back} held back in the killed "
               f"worker's session until it restarted, 0 lost, 0 duplicated")
     finally:
