@@ -98,7 +98,7 @@ class FolderWatcher:
             with self._lock:
                 self._inflight.add(p.name)
             frame = Frame(source=f"folder:{p.name}", data=data, suffix=p.suffix, key=key,
-                          on_done=self._done_callback(p))
+                          on_done=self._done_callback(p), origin=(p, st.st_size, st.st_mtime_ns))
             if not self.queue.put(frame, self.stop):
                 with self._lock:
                     self._inflight.discard(p.name)

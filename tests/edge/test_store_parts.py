@@ -110,6 +110,32 @@ def test_retention_counts_committed_bytes_and_reads_the_store_again(tmp_path: Pa
     assert r.note_kept(0) is True and r.enforce() == 1
 
 
+def test_retention_links_the_source_file_only_while_it_is_the_file_decided(tmp_path: Path) -> None:
+    """A folder frame's kept image is a hard link of the file it was read from (no bytes written), as long as that
+    file is still the one read (same size and mtime); a file rewritten or gone since gets the decided bytes
+    written, and no link is left behind."""
+    import os
+
+    s = Store(tmp_path / "db.sqlite")
+    r = Retention(RetentionConfig(dir=tmp_path / "img"), s)
+    src = tmp_path / "in.png"
+    src.write_bytes(b"decided" * 100)
+    data, st = src.read_bytes(), src.stat()
+    origin = (src, st.st_size, st.st_mtime_ns)
+    path, size = r.save(rec().id, data, ".png", origin)
+    assert os.path.samefile(path, src) and path.read_bytes() == data and size == len(data)
+    src.write_bytes(b"changed" * 100)  # rewritten in place: same size, another mtime
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    path2, _ = r.save(rec().id, data, ".png", origin)
+    assert not os.path.samefile(path2, src) and path2.read_bytes() == data
+    src.unlink()
+    path3, _ = r.save(rec().id, data, ".png", origin)
+    assert path3.read_bytes() == data
+    assert path.read_bytes() == b"changed" * 100  # (the first link is that file: what the docs say of rewriting it)
+    assert sorted(p.name for p in (tmp_path / "img").rglob("*") if p.is_file()) == sorted(
+        p.name for p in (path, path2, path3))
+
+
 def test_retention_reasons_sampling(tmp_path: Path) -> None:
     import random
 
