@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edge.config import FolderSource
 from edge.sources import Frame, Outcome
+from edge.sources.inotify import DirectoryEvents
 from edge.sources.queue import FrameQueue
 from runtime.fsio import atomic_write_text
 
@@ -148,9 +149,19 @@ class FolderWatcher:
             self.moved_done += 1
 
     def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.scan_once()
-            except Exception:  # a watcher that dies silently loses the folder: log and keep scanning
-                log.exception("folder scan failed")
-            self.stop.wait(self.cfg.poll_s)
+        # A file renamed or written into the folder wakes the next scan at once (inotify); `poll_s` still bounds
+        # the wait, for files not yet settled and where inotify is missing.
+        events = DirectoryEvents.open(self.path)
+        try:
+            while not self.stop.is_set():
+                try:
+                    self.scan_once()
+                except Exception:  # a watcher that dies silently loses the folder: log and keep scanning
+                    log.exception("folder scan failed")
+                if events is not None:
+                    events.wait(self.cfg.poll_s, self.stop)
+                else:
+                    self.stop.wait(self.cfg.poll_s)
+        finally:
+            if events is not None:
+                events.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 
@@ -165,6 +166,35 @@ def test_queue_backpressure_modes() -> None:
     assert q.put(Frame("e"), stop) is False  # a blocked folder put gives up on shutdown
     assert [q.get(0.01).source, q.get(0.01).source] == ["a", "b"] and q.get(0.01) is None
     assert q.high_water == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
+def test_folder_watcher_wakes_on_a_new_file_not_at_the_next_poll(tmp_path: Path) -> None:
+    """With a long poll_s a file renamed into the folder is queued at once (inotify wakes the scan, which fails
+    with the old wait of a whole poll_s), with the file it came from; a stop is noticed within the wait."""
+    import os
+    import time
+
+    from edge.config import FolderSource
+    from edge.sources.folder import FolderWatcher
+
+    q, stop = FrameQueue(8), threading.Event()
+    w = FolderWatcher(FolderSource(path=tmp_path / "in", poll_s=30.0, settle_s=0.0), q, lambda key: None, stop)
+    w.start()
+    try:
+        time.sleep(0.3)  # the first scan (of an empty folder) is done: the watcher waits now
+        (tmp_path / ".a.png").write_bytes(b"x" * 10)
+        t0 = time.monotonic()
+        os.replace(tmp_path / ".a.png", tmp_path / "in" / "a.png")
+        frame = q.get(5.0)
+        assert frame is not None and frame.source == "folder:a.png" and time.monotonic() - t0 < 2.0
+        assert frame.origin is not None and frame.origin[0] == tmp_path / "in" / "a.png" and frame.origin[1] == 10
+    finally:
+        t0 = time.monotonic()
+        stop.set()
+        w.thread.join(5)
+        assert not w.thread.is_alive() and time.monotonic() - t0 < 1.0
+        w.close()
 
 
 def test_drop_oldest_drops_the_oldest_live_frame() -> None:
