@@ -168,10 +168,11 @@ def wait_committed(db: Path, n: int, t0: float, timeout: float = 300.0) -> None:
 
 
 def daemon_run(bundle: Path, files: list[Path], threads: int | None, work: Path, workers: int | None,
-               inference_workers: int | None = None) -> tuple[float, float, dict[str, float], float]:
+               inference_workers: int | None = None, root: Path = ROOT) -> tuple[float, float, dict[str, float], float]:
     """The real daemon process: (frames per second, CPU ms per frame, CPU ms per frame by thread, threads running or
     runnable on average) from the first rename to the last commit. The last says whether the daemon stalled (below
-    the cores) or had work ready for every core and waited for the CPU (other processes on a shared machine)."""
+    the cores) or had work ready for every core and waited for the CPU (other processes on a shared machine).
+    `root`: the checkout whose daemon runs (another one with --baseline), with this interpreter."""
     import yaml
 
     from tests.conftest import free_port
@@ -186,7 +187,7 @@ def daemon_run(bundle: Path, files: list[Path], threads: int | None, work: Path,
         name = f"{i:05d}{f.suffix}"
         shutil.copy(f, staging / name)
         names.append(name)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(root)}
     for attempt in range(3):  # another process on the machine may take the free port first: try another one
         port = free_port()
         cfg = {"device_id": "bench", "api": {"port": port}, "runner": {} if threads is None else {"threads": threads},
@@ -196,7 +197,7 @@ def daemon_run(bundle: Path, files: list[Path], threads: int | None, work: Path,
                             if v is not None}, "queue": {"max_size": 64}}
         (work / "device.yaml").write_text(yaml.safe_dump(cfg))
         p = subprocess.Popen([sys.executable, "-m", "shadowline.cli", "edge", "run", "--config",
-                              str(work / "device.yaml"), "--log-level", "warning"], cwd=ROOT, env=env,
+                              str(work / "device.yaml"), "--log-level", "warning"], cwd=root, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while p.poll() is None and time.monotonic() < deadline:
@@ -234,13 +235,13 @@ def daemon_run(bundle: Path, files: list[Path], threads: int | None, work: Path,
     return len(files) / elapsed, cpu * 1000 / len(files), {k: v for k, v in by_thread.items() if v >= 0.05}, runnable
 
 
-def compile_bytecode() -> None:
+def compile_bytecode(root: Path = ROOT) -> None:
     """Byte-compile the project as `pip install` does for an installed package (an editable checkout run with
     PYTHONDONTWRITEBYTECODE would recompile every module at each start; the libraries have their .pyc)."""
     import compileall
 
     for pkg in ("runtime", "edge", "fleet", "shadowline"):
-        compileall.compile_dir(str(ROOT / pkg), quiet=1)
+        compileall.compile_dir(str(root / pkg), quiet=1)
 
 
 def main() -> None:
@@ -256,6 +257,9 @@ def main() -> None:
                     "the daemon's own default, the cores)")
     ap.add_argument("--copies", type=int, default=16, help="copies of the 13 real images per round (16: 208 frames)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of bare/daemon/limits")
+    ap.add_argument("--baseline", type=Path, default=None, help="another checkout (e.g. the code before a change): "
+                    "its daemon runs in every round beside this one, in alternating order, on the same bundle and "
+                    "files with this interpreter, and the paired ratios are printed")
     ap.add_argument("--quick", action="store_true", help="short run (CI)")
     args = ap.parse_args()
     if args.quick or os.environ.get("SHADOWLINE_BENCH_QUICK"):
@@ -267,6 +271,8 @@ def main() -> None:
         bundle = export(args.model, tmp)
         files = image_files() * args.copies
         compile_bytecode()
+        if args.baseline is not None:
+            compile_bytecode(args.baseline)
         bare_loop(bundle, files[:5], args.threads, True)  # warm-up (page cache, ORT arenas)
         from edge.config import OnnxRuntimeRunnerConfig
 
@@ -278,8 +284,15 @@ def main() -> None:
             if daemon_threads != args.threads:
                 bare["daemon_threads"] = bare_loop(bundle, files, daemon_threads, spin=False)
             best = max(bare, key=lambda k: bare[k][0])
+            base: tuple[float, float, dict[str, float], float] | None = None
+            if args.baseline is not None and r % 2:  # alternate which daemon runs first
+                base = daemon_run(bundle, files, args.daemon_threads, tmp / "daemon", args.workers,
+                                  args.inference_workers, root=args.baseline)
             fps, cpu, by_thread, runnable = daemon_run(bundle, files, args.daemon_threads, tmp / "daemon", args.workers,
                                              args.inference_workers)
+            if args.baseline is not None and base is None:
+                base = daemon_run(bundle, files, args.daemon_threads, tmp / "daemon", args.workers,
+                                  args.inference_workers, root=args.baseline)
             lim = limits(bundle, files, args.threads, daemon_threads)
             cpu_ms = lim["decode_cpu_ms"] + lim["preprocess_cpu_ms"] + lim["inference_cpu_ms"]
             rd = {**{f"bare_fps_{k}": v[0] for k, v in bare.items()}, "bare_best": best, "bare_fps": bare[best][0],
@@ -288,6 +301,9 @@ def main() -> None:
                   **lim,
                   "stage_cpu_ms": cpu_ms, "cpu_limit_fps": cores * 1000 / cpu_ms,
                   "load_avg": round((load0 + os.getloadavg()[0]) / 2, 2)}
+            if base is not None:
+                rd.update({"baseline_fps": base[0], "baseline_cpu_ms": base[1], "baseline_cpu_ms_by_thread": base[2],
+                           "baseline_runnable_threads": base[3]})
             rounds.append(rd)
             variants = ", ".join(f"{k.replace('daemon_threads', f'{daemon_threads} thread(s) no spin')} {v[0]:.1f}"
                                  for k, v in bare.items()).replace("nospin", "no spin")
@@ -301,6 +317,10 @@ def main() -> None:
             print("  daemon CPU ms/frame by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                                  sorted(by_thread.items(), key=lambda kv: -kv[1]))
                   + f"; daemon threads running or runnable on average {runnable:.2f} (cores {cores})", flush=True)
+            if base is not None:
+                print(f"  baseline {args.baseline}: {base[0]:.1f} fps ({base[0] / rd['cpu_limit_fps']:.2f}x the CPU "
+                      f"limit), {base[1]:.1f} CPU ms/frame; by thread: " + ", ".join(
+                          f"{k} {v:.2f}" for k, v in sorted(base[2].items(), key=lambda kv: -kv[1])), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     med = lambda k: statistics.median(x[k] for x in rounds)  # noqa: E731
@@ -330,6 +350,12 @@ def main() -> None:
                                                                 for x in rounds), 2),
               "daemon_runnable_threads_median": round(med("daemon_runnable_threads"), 2),
               "load_avg_median": round(med("load_avg"), 2), "goals": {"vs_bare": 1.2, "vs_cpu_limit": 0.85}}
+    if args.baseline is not None:
+        result.update({"baseline": str(args.baseline), "baseline_fps_median": round(med("baseline_fps"), 2),
+                       "baseline_cpu_ms_median": round(med("baseline_cpu_ms"), 2),
+                       "baseline_ratio_vs_cpu_limit": round(ratio("baseline_fps", "cpu_limit_fps"), 3),
+                       "fps_over_baseline": round(ratio("daemon_fps", "baseline_fps"), 3),
+                       "cpu_ms_over_baseline": round(ratio("daemon_cpu_ms", "baseline_cpu_ms"), 3)})
     out = ROOT / "benchmarks" / "results" / "daemon_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -347,6 +373,11 @@ def main() -> None:
           f"{result['load_avg_median']}): {result['ratio_vs_bare']:.2f}x the bare loop "
           f"({result['bare_fps_median']:.1f} fps; goal >= 1.2x), {result['ratio_vs_cpu_limit']:.2f}x the CPU limit "
           f"({result['cpu_limit_fps_median']:.1f} fps; goal >= 0.85x)")
+    if args.baseline is not None:
+        print(f"baseline {args.baseline} in the same rounds: {result['baseline_fps_median']:.1f} fps, "
+              f"{result['baseline_ratio_vs_cpu_limit']:.2f}x the CPU limit, {result['baseline_cpu_ms_median']:.1f} CPU "
+              f"ms/frame; this daemon over the baseline, paired per round: {result['fps_over_baseline']:.2f}x the "
+              f"frames per second, {result['cpu_ms_over_baseline']:.2f}x the CPU per frame")
 
 
 if __name__ == "__main__":
