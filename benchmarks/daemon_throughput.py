@@ -14,7 +14,9 @@ frame counts (queue, decode workers, inference, SQLite group commit with outbox 
 done/). It is started and ready (/readyz) before the clock starts; the files are renamed into the watched folder at
 t=0 and the clock stops when the last record is committed (polled in its SQLite file through one read-only
 connection). Its CPU time is read from /proc. Rounds alternate; each figure is the median of the per-round ratios.
-The load average during each round is printed (the machine may be shared). Prints the figures last; writes benchmarks/results/daemon_throughput.json.
+The load average during each round is printed (the machine may be shared). Prints the figures last; writes
+benchmarks/results/daemon_throughput.json. `--baseline DIR` runs another checkout's daemon (e.g. the code before a
+change) in every round too, in alternating order, on the same bundle and files, and prints the paired ratios.
 """
 
 from __future__ import annotations
