@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.config import FolderSource
+from edge.health import name_os_thread
 from edge.sources import Frame, Outcome
 from edge.sources.inotify import DirectoryEvents
 from edge.sources.queue import FrameQueue
@@ -116,6 +117,7 @@ class FolderWatcher:
                 self._inflight.discard(path.name)
 
     def _move_loop(self) -> None:
+        name_os_thread("folder-mover")
         while True:
             item = self._finished.get()
             if item is None:
@@ -151,6 +153,7 @@ class FolderWatcher:
     def _run(self) -> None:
         # A file renamed or written into the folder wakes the next scan at once (inotify); `poll_s` still bounds
         # the wait, for files not yet settled and where inotify is missing.
+        name_os_thread("folder")  # top -H and the throughput benchmark tell the watcher's CPU apart
         events = DirectoryEvents.open(self.path)
         try:
             while not self.stop.is_set():
