@@ -265,8 +265,11 @@ def test_kept_folder_images_are_the_files_moved_to_done(tmp_path: Path, bundles,
                     sources=[{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0}])
     d.start()
     try:
-        for f in sorted(PCB.iterdir()):
-            shutil.copy(f, inbox / f.name)
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        for f in sorted(PCB.iterdir()):  # written elsewhere, renamed in (settle_s is 0: a copy in place may be read
+            shutil.copy(f, staging / f.name)  # half-written, as the docs warn)
+            (staging / f.name).replace(inbox / f.name)
         wait(lambda: d.metrics.value("frames_total") == len(list(PCB.iterdir())))
         wait(lambda: len(list((inbox / "done").iterdir())) == len(list(PCB.iterdir())))
         rows = d.store.query("SELECT source, image_path FROM predictions WHERE role = 'active'")
