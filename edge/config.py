@@ -32,7 +32,8 @@ class FolderSource(_Cfg):
     path: Path = Field(description="watched folder; writers should write to a dot-name or *.tmp then rename in")
     done_dir: Path | None = Field(None, description="processed files go here (default <path>/done)")
     failed_dir: Path | None = Field(None, description="files that could not be used go here (default <path>/failed)")
-    poll_s: float = Field(0.2, gt=0, description="seconds between scans of the folder")
+    poll_s: float = Field(0.2, gt=0, description="seconds between scans of the folder at most (on Linux a file "
+                          "renamed or written into it wakes a scan at once)")
     settle_s: float = Field(0.3, ge=0, description="a file must be unchanged this long before it is read")
 
 

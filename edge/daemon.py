@@ -17,7 +17,7 @@ from typing import Any
 
 from edge.actions import ActionDispatcher
 from edge.config import CaptureSource, DeviceConfig, FolderSource
-from edge.health import Health, limit_malloc_arenas, release_free_memory
+from edge.health import Health, keep_freed_buffers, limit_malloc_arenas, release_free_memory
 from edge.metrics import Metrics, StateCollector, StateReading
 from edge.pipeline import Pipeline
 from edge.processor import FrameProcessor, QueueFull, build_pipeline_for
@@ -245,6 +245,7 @@ class Daemon:
 
     def start(self) -> Daemon:
         limit_malloc_arenas()  # before the threads below allocate: fewer arenas, less resident memory
+        keep_freed_buffers()  # frame buffers reused, not faulted in anew per frame; handed back when idle (_watch)
         # The API server starts first, on its own thread: importing Starlette and uvicorn (Python, holding the GIL)
         # then overlaps loading the models (ONNX Runtime builds its session without the GIL). /readyz answers 503
         # until the frame path runs.

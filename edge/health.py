@@ -32,6 +32,30 @@ def limit_malloc_arenas(n: int = 2) -> bool:
         return False
 
 
+M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
+
+
+def keep_freed_buffers(trim_threshold: int = 1 << 30) -> bool:
+    """Let glibc reuse freed frame buffers instead of handing them to the kernel at every free(). With glibc's
+    defaults a block over the mmap threshold is mapped and unmapped per use, and a heap whose free top grows past
+    the trim threshold (twice the largest block freed so far) is trimmed, so the frame path's buffers (file bytes,
+    decoded images, Pillow's images, input tensors: 0.2 to 4 MB each, dozens in flight) were faulted in anew: 200
+    to 400 minor faults and a median 0.85 CPU ms per frame of decode + preprocess (docs/daemon.md). Blocks up to
+    32 MB now come from the heaps and stay there while frames flow; the daemon hands the free pages back with
+    `release_free_memory` when its frame path goes idle. Larger blocks (a 12-megapixel image and up) are still
+    mapped per use. No-op (False) on other C libraries."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def release_free_memory() -> bool:
     """glibc's malloc_trim(0): hand the free pages inside the heap and the thread arenas back to the kernel."""
     if platform.libc_ver()[0] != "glibc":

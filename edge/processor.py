@@ -374,7 +374,7 @@ class FrameProcessor:
 
                 data = cv2.imencode(".jpg", d.frame.image)[1].tobytes()
             if data:
-                path, size = self.retention.save(active.id, data, d.frame.suffix)
+                path, size = self.retention.save(active.id, data, d.frame.suffix, d.frame.origin)
                 kept[active.id] = (path, size, reasons)
                 active.image_kept = True
         deliveries = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -45,6 +46,8 @@ class Frame:
     image: np.ndarray | None = None  # already decoded BGR (capture)
     suffix: str = ".jpg"
     key: str | None = None  # identity that survives a restart (folder files): at most one record per key
+    # the file `data` was read from and its (size, mtime_ns) then (folder files): a kept image is a hard link of it
+    origin: tuple[Path, int, int] | None = None
     on_done: Callable[[Outcome], None] | None = None
     # set on live frames (captures): a full queue may drop the frame in favour of a fresher one, and says so here
     on_drop: Callable[[], None] | None = None

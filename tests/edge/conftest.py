@@ -161,7 +161,10 @@ def fill_inbox(inbox: Path, *folders: Path) -> list[str]:
     names = []
     for folder in folders:
         for f in sorted(folder.iterdir()):
-            shutil.copy(f, inbox / f.name)
+            # as the docs ask writers to: under a dot-name, then renamed (a daemon already watching the folder with
+            # settle_s 0 is woken by inotify and could otherwise read a file half-copied)
+            shutil.copy(f, inbox / f".{f.name}")
+            (inbox / f".{f.name}").replace(inbox / f.name)
             names.append(f.name)
     return names
 

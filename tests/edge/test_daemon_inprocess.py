@@ -254,6 +254,34 @@ def test_a_frame_that_fails_its_batch_is_the_only_error(tmp_path: Path, bundles,
     assert d.metrics.value("errors_total", reason="inference") == 1
 
 
+def test_kept_folder_images_are_the_files_moved_to_done(tmp_path: Path, bundles, keys) -> None:
+    """A flagged folder frame's kept image is a hard link of its file (now in done/): the original bytes, none
+    written again; the passes are not kept."""
+    import os
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    d = make_daemon(tmp_path, keys, pcb_release(bundles),
+                    sources=[{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0}])
+    d.start()
+    try:
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        for f in sorted(PCB.iterdir()):  # written elsewhere, renamed in (settle_s is 0: a copy in place may be read
+            shutil.copy(f, staging / f.name)  # half-written, as the docs warn)
+            (staging / f.name).replace(inbox / f.name)
+        wait(lambda: d.metrics.value("frames_total") == len(list(PCB.iterdir())))
+        wait(lambda: len(list((inbox / "done").iterdir())) == len(list(PCB.iterdir())))
+        rows = d.store.query("SELECT source, image_path FROM predictions WHERE role = 'active'")
+    finally:
+        d.stop()
+    kept = {r["source"].removeprefix("folder:"): Path(r["image_path"]) for r in rows if r["image_path"]}
+    assert sorted(kept) == sorted(f.name for f in PCB.iterdir() if "Defective" in f.name)
+    for name, path in kept.items():
+        assert os.path.samefile(path, inbox / "done" / name)
+        assert path.read_bytes() == (PCB / name).read_bytes()
+
+
 def test_inference_workers_run_batches_at_once_and_commit_in_queue_order(tmp_path: Path, bundles, keys) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()

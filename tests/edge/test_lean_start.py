@@ -146,6 +146,45 @@ print(json.dumps({"ok": ok, "before": before, "after": anon()}))
     assert got["before"] - got["after"] > 40, got
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt, faults read from getrusage")
+def test_keep_freed_buffers_reuses_them_until_the_idle_trim() -> None:
+    """Bursts of frame-sized buffers (24 x 1 MB alive at once, then freed, as frames in flight are): with glibc's
+    defaults the heap's free top is trimmed after each burst and the next one faults every page in again; once
+    the daemon's setting is made, the second burst onwards reuses the pages (no fault), and malloc_trim (the idle
+    trim) still hands them back."""
+    code = """
+import json, resource, sys
+import numpy as np
+from edge.health import keep_freed_buffers, release_free_memory
+def anon():
+    for line in open('/proc/self/status'):
+        if line.startswith('RssAnon:'):
+            return int(line.split()[1]) / 1024
+ok = keep_freed_buffers() if sys.argv[1] == "keep" else None
+def burst():
+    bufs = [np.ones(1 << 20, np.uint8) for _ in range(24)]
+    del bufs
+burst()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    burst()
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+before = anon()
+release_free_memory()
+print(json.dumps({"ok": ok, "faults": faults, "before": before, "after": anon()}))
+"""
+    got = {}
+    for mode in ("keep", "default"):
+        out = subprocess.run([sys.executable, "-c", code, mode], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        got[mode] = json.loads(out.stdout)
+    assert got["keep"]["ok"] is True
+    assert got["default"]["faults"] > 10 * 24 * 256 // 2, got  # each burst faulted (most of) its 24 MB in again
+    assert got["keep"]["faults"] < 24 * 256 // 4, got  # reused: at most a quarter of one burst's pages
+    assert got["keep"]["before"] - got["keep"]["after"] > 16, got  # the idle trim hands the kept pages back
+
+
 def test_daemon_hands_memory_back_at_start_and_when_idle_after_frames(tmp_path: Path, bundles, keys) -> None:
     """Once when started, then once per idle spell (a whole watchdog tick without a frame) that followed frames;
     never between the frames of a stream, never again while no frame comes."""

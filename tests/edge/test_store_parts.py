@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 
@@ -110,6 +111,32 @@ def test_retention_counts_committed_bytes_and_reads_the_store_again(tmp_path: Pa
     assert r.note_kept(0) is True and r.enforce() == 1
 
 
+def test_retention_links_the_source_file_only_while_it_is_the_file_decided(tmp_path: Path) -> None:
+    """A folder frame's kept image is a hard link of the file it was read from (no bytes written), as long as that
+    file is still the one read (same size and mtime); a file rewritten or gone since gets the decided bytes
+    written, and no link is left behind."""
+    import os
+
+    s = Store(tmp_path / "db.sqlite")
+    r = Retention(RetentionConfig(dir=tmp_path / "img"), s)
+    src = tmp_path / "in.png"
+    src.write_bytes(b"decided" * 100)
+    data, st = src.read_bytes(), src.stat()
+    origin = (src, st.st_size, st.st_mtime_ns)
+    path, size = r.save(rec().id, data, ".png", origin)
+    assert os.path.samefile(path, src) and path.read_bytes() == data and size == len(data)
+    src.write_bytes(b"changed" * 100)  # rewritten in place: same size, another mtime
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    path2, _ = r.save(rec().id, data, ".png", origin)
+    assert not os.path.samefile(path2, src) and path2.read_bytes() == data
+    src.unlink()
+    path3, _ = r.save(rec().id, data, ".png", origin)
+    assert path3.read_bytes() == data
+    assert path.read_bytes() == b"changed" * 100  # (the first link is that file: what the docs say of rewriting it)
+    assert sorted(p.name for p in (tmp_path / "img").rglob("*") if p.is_file()) == sorted(
+        p.name for p in (path, path2, path3))
+
+
 def test_retention_reasons_sampling(tmp_path: Path) -> None:
     import random
 
@@ -139,6 +166,35 @@ def test_queue_backpressure_modes() -> None:
     assert q.put(Frame("e"), stop) is False  # a blocked folder put gives up on shutdown
     assert [q.get(0.01).source, q.get(0.01).source] == ["a", "b"] and q.get(0.01) is None
     assert q.high_water == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
+def test_folder_watcher_wakes_on_a_new_file_not_at_the_next_poll(tmp_path: Path) -> None:
+    """With a long poll_s a file renamed into the folder is queued at once (inotify wakes the scan, which fails
+    with the old wait of a whole poll_s), with the file it came from; a stop is noticed within the wait."""
+    import os
+    import time
+
+    from edge.config import FolderSource
+    from edge.sources.folder import FolderWatcher
+
+    q, stop = FrameQueue(8), threading.Event()
+    w = FolderWatcher(FolderSource(path=tmp_path / "in", poll_s=30.0, settle_s=0.0), q, lambda key: None, stop)
+    w.start()
+    try:
+        time.sleep(0.3)  # the first scan (of an empty folder) is done: the watcher waits now
+        (tmp_path / ".a.png").write_bytes(b"x" * 10)
+        t0 = time.monotonic()
+        os.replace(tmp_path / ".a.png", tmp_path / "in" / "a.png")
+        frame = q.get(5.0)
+        assert frame is not None and frame.source == "folder:a.png" and time.monotonic() - t0 < 2.0
+        assert frame.origin is not None and frame.origin[0] == tmp_path / "in" / "a.png" and frame.origin[1] == 10
+    finally:
+        t0 = time.monotonic()
+        stop.set()
+        w.thread.join(5)
+        assert not w.thread.is_alive() and time.monotonic() - t0 < 1.0
+        w.close()
 
 
 def test_drop_oldest_drops_the_oldest_live_frame() -> None:
