@@ -259,7 +259,6 @@ class Daemon:
             spec = ReleaseSpec.model_validate(rel.model_dump(exclude={"candidate"}))
             self.activate(spec, rel.candidate, {})
         self.frames.start()
-        self._started = True
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self._watchdog.start()
         self.actions.start()
@@ -274,6 +273,9 @@ class Daemon:
             elif isinstance(s, CaptureSource):
                 block = self.config.queue.capture_policy == "block"
                 self.captures.append(CaptureReader(s, self.queue, self.stop_event, block).start())
+        # ready (/readyz 200) only once every source runs: the API, started first, answered /readyz before the
+        # sources were started, and a client reading /v1/status then found no capture of the configured name
+        self._started = True
         if self.config.api.enabled:
             self._wait_api()
         if self.config.fleet is not None:

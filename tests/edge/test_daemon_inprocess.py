@@ -326,3 +326,31 @@ def test_inference_workers_run_batches_at_once_and_commit_in_queue_order(tmp_pat
     assert len({r["frame_key"] for r in rows}) == len(names)
     assert all(r["decision"] == ("flag" if "Defective" in r["source"] else "pass") for r in rows)
     assert sorted(p.name for p in (inbox / "done").iterdir()) == names
+
+
+def test_ready_only_once_every_source_runs(tmp_path: Path, bundles, keys, monkeypatch) -> None:
+    """/readyz is served by the API, which starts first: the daemon must not say ready while its sources are still
+    being started (a client then read /v1/status without the configured capture: the RTSP test's KeyError)."""
+    import edge.daemon as daemon_module
+
+    video = tmp_path / "line.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 240))
+    w.write(cv2.resize(read_image(sorted(PHOTOS.iterdir())[0]), (320, 240)))
+    w.release()
+    seen: list[tuple[str, bool]] = []
+    d = make_daemon(tmp_path, keys, pcb_release(bundles),
+                    sources=[{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0},
+                             {"type": "capture", "url": str(video), "name": "line"}])
+    for name in ("FolderWatcher", "CaptureReader"):
+        cls = getattr(daemon_module, name)
+
+        def start(self, _start=cls.start, _name=name):
+            seen.append((_name, d.ready))  # what /readyz would answer while this source is being started
+            return _start(self)
+        monkeypatch.setattr(cls, "start", start)
+    d.start()
+    try:
+        assert seen == [("FolderWatcher", False), ("CaptureReader", False)]
+        assert d.ready and "line" in d.status()["captures"]
+    finally:
+        d.stop()
