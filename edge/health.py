@@ -5,6 +5,7 @@ reading (a key that cannot be measured is left out, never sent as 0)."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import resource
@@ -17,6 +18,20 @@ THERMAL = Path("/sys/class/thermal")
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, loaded once (None on other C libraries): `platform.libc_ver()` reads the interpreter's executable, too
+    much to repeat at every idle trim."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - both must exist
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 
@@ -24,12 +39,8 @@ def limit_malloc_arenas(n: int = 2) -> bool:
     """Cap glibc's per-thread malloc arenas. By default every thread that allocates (decode workers, inference,
     commit, API, ONNX Runtime's pool) may get an arena of its own, which keeps freed image buffers resident; two
     arenas measured about 3 MB less RSS for the running daemon here. No-op (False) on other C libraries."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, n))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_ARENA_MAX, n))
 
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers
@@ -46,24 +57,15 @@ def keep_freed_buffers(trim_threshold: int = 1 << 30) -> bool:
     32 MB now come from the heaps and stay there while frames flow; the daemon hands the free pages back with
     `release_free_memory` when its frame path goes idle. Larger blocks (a 12-megapixel image and up) are still
     mapped per use. No-op (False) on other C libraries."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
-            libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
 def release_free_memory() -> bool:
     """glibc's malloc_trim(0): hand the free pages inside the heap and the thread arenas back to the kernel."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
 
 
 PR_SET_NAME = 15  # prctl option: the calling thread's name (15 bytes), shown by top -H and /proc/<pid>/task/*/comm
