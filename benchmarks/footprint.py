@@ -56,6 +56,7 @@ IMAGE_FOR = {"pcb-aoi": IMAGES / "pcb_winml" / "Defective_02.png", "squeezenet":
 # its heap within two watchdog ticks, 2 s, of its last frame: a whole tick without one, then the next)
 SETTLE_FRAMES = 20
 SETTLE_IDLE_S = 3.5
+RUNNING_S = 3.0  # frames flow this long before the "running" reading (the watchdog ticks every second)
 
 RSS_CODE = """
 def rss():
@@ -75,6 +76,9 @@ model, ref = sys.argv[1], sys.argv[2]
 x = np.load(ref)['input'][:1]
 sess = ort.InferenceSession(model, providers=['CPUExecutionProvider'])
 sess.run(None, {sess.get_inputs()[0].name: x})
+if len(sys.argv) > 3 and sys.argv[3] == 'release':
+    from edge.memory import release_library_pages  # what the daemon does (ctypes and the standard library)
+    release_library_pages()
 print('READY ' + json.dumps(rss()), flush=True)
 sys.stdin.read()
 """
@@ -190,7 +194,7 @@ def daemon_committed() -> bool:
 
 
 def daemon_config(work: Path, bundles_dir: Path, trust: Path, bundle_id: str, port: int,
-                  decoder: str | None = None) -> Path:
+                  decoder: str | None = None, keep_library_pages: bool = False) -> Path:
     import yaml
 
     cfg = {"device_id": "footprint-1", "bundles_dir": str(bundles_dir), "trust_store": str(trust),
@@ -199,6 +203,8 @@ def daemon_config(work: Path, bundles_dir: Path, trust: Path, bundle_id: str, po
            "api": {"host": "127.0.0.1", "port": port}}
     if decoder is not None:
         cfg["pipeline"] = {"decoder": decoder}
+    if keep_library_pages:
+        cfg["watchdog"] = {"release_library_pages": False}
     path = work / "device.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -242,11 +248,17 @@ def run_real_daemon(config: Path, port: int, image: Path, timeout: float = 120, 
                 first_ms = (time.perf_counter() - start) * 1000
                 first = {**proc_rss(p.pid), "cpu_ms": cpu, "first_answer_ms": first_ms,
                          "cpu_first_answer_ms": proc_cpu_ms(p.pid), "rss_at_ready_mb": at_ready}
-                for _ in range(settle):
+                # frames for RUNNING_S at least (the daemon's watchdog has released the first frames' library
+                # pages by then), RSS read while they flow; then idle, and RSS read again
+                sent, t_first = 0, time.monotonic()
+                while sent < settle or time.monotonic() - t_first < RUNNING_S:
                     post_image(port, data)
+                    sent += 1
+                running = proc_rss(p.pid)
                 time.sleep(SETTLE_IDLE_S)
                 settled = proc_rss(p.pid)
-                return ready_ms, {**first, "settled_rss_mb": settled["VmRSS"], "settled_private_mb": settled["RssAnon"]}
+                return ready_ms, {**first, "running_rss_mb": running["VmRSS"], "running_frames": sent,
+                                  "settled_rss_mb": settled["VmRSS"], "settled_private_mb": settled["RssAnon"]}
             time.sleep(0.02)
         raise RuntimeError("daemon did not become ready")
     finally:
@@ -304,6 +316,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one model (pcb-aoi), one repeat")
     ap.add_argument("--daemon", choices=["auto", "real", "equivalent"], default="auto",
                     help="auto: the real daemon when edge/daemon.py is committed, else the equivalent process")
+    ap.add_argument("--keep-library-pages", action="store_true",
+                    help="run the real daemon with watchdog.release_library_pages: false (what it holds without "
+                         "edge/memory.py's release)")
     ap.add_argument("--decoder", choices=["opencv", "pillow"], default=None,
                     help="the real daemon's pipeline.decoder (default: the daemon's own default)")
     ap.add_argument("--floor", action="store_true",
@@ -332,11 +347,13 @@ def main() -> None:
             base_bundles, base_trust = export_baseline_bundles(base_python, args.baseline, work / "baseline", names)
         for n in names:
             b = bundles[n]
-            bare, daemon, floor, base = [], [], [], []
+            bare, bare_released, daemon, floor, base = [], [], [], [], []
             for i in range(-1, repeat):  # interleaved so drift hits both sides alike;
                 # round -1 warms the page cache for both sides and is not counted
                 side_bare = run_until_ready([sys.executable, "-c", BARE, str(b / "model.onnx"),
                                              str(b / "reference.npz")])
+                side_released = run_until_ready([sys.executable, "-c", BARE, str(b / "model.onnx"),
+                                                 str(b / "reference.npz"), "release"])
                 if args.floor:
                     side_floor = run_until_ready([sys.executable, "-c", FLOOR, str(b / "model.onnx"),
                                                   str(b / "reference.npz"), str(IMAGE_FOR[n]), str(free_port())])
@@ -346,7 +363,8 @@ def main() -> None:
                     port = free_port()
                     rundir = work / f"run-{n}-{i}"
                     rundir.mkdir()
-                    side = run_real_daemon(daemon_config(rundir, b.parent, trust, b.name, port, args.decoder), port,
+                    side = run_real_daemon(daemon_config(rundir, b.parent, trust, b.name, port, args.decoder,
+                                                         args.keep_library_pages), port,
                                            IMAGE_FOR[n])
                 else:
                     side = run_until_ready([sys.executable, "-c", EQUIVALENT, str(b), str(trust),
@@ -361,11 +379,13 @@ def main() -> None:
                         base.append(side_base)
                 if i >= 0:
                     bare.append(side_bare)
+                    bare_released.append(side_released)
                     daemon.append(side)
             med = lambda xs: round(statistics.median(xs), 1)  # noqa: E731
             r = {"bare_rss_mb": med([x[1]["VmRSS"] for x in bare]),
                  "daemon_rss_mb": med([x[1]["VmRSS"] for x in daemon]),
                  "bare_private_mb": med([x[1]["RssAnon"] for x in bare]),
+                 "bare_released_rss_mb": med([x[1]["VmRSS"] for x in bare_released]),
                  "daemon_private_mb": med([x[1]["RssAnon"] for x in daemon]),
                  "bare_peak_rss_mb": med([x[1]["VmHWM"] for x in bare]),
                  "daemon_peak_rss_mb": med([x[1]["VmHWM"] for x in daemon]),
@@ -378,6 +398,7 @@ def main() -> None:
                 r["daemon_first_answer_ms"] = med([x[1]["first_answer_ms"] for x in daemon])
                 r["daemon_cpu_first_answer_ms"] = med([x[1]["cpu_first_answer_ms"] for x in daemon])
                 r["daemon_rss_at_ready_mb"] = med([x[1]["rss_at_ready_mb"] for x in daemon])
+                r["daemon_running_rss_mb"] = med([x[1]["running_rss_mb"] for x in daemon])
                 r["daemon_settled_rss_mb"] = med([x[1]["settled_rss_mb"] for x in daemon])
                 r["daemon_settled_private_mb"] = med([x[1]["settled_private_mb"] for x in daemon])
             if base:
@@ -422,9 +443,12 @@ def main() -> None:
             if mode == "real":
                 print(f"{'':11s} first POST /v1/infer answered at {r['daemon_first_answer_ms']:.0f} ms "
                       f"(CPU {r['daemon_cpu_first_answer_ms']:.0f} ms; the bare process's ready includes its "
-                      f"inference); RSS at /readyz {r['daemon_rss_at_ready_mb']:.0f} MB; settled ({SETTLE_FRAMES} more "
-                      f"images, {SETTLE_IDLE_S} s idle) {r['daemon_settled_rss_mb']:.0f} MB (private "
-                      f"{r['daemon_settled_private_mb']:.0f} MB)", flush=True)
+                      f"inference); RSS at /readyz {r['daemon_rss_at_ready_mb']:.0f} MB; running ({RUNNING_S} s of "
+                      f"frames) {r['daemon_running_rss_mb']:.0f} MB (+{r['daemon_running_rss_mb'] - r['bare_rss_mb']:.0f} MB "
+                      f"above bare); settled ({SETTLE_IDLE_S} s idle after them) {r['daemon_settled_rss_mb']:.0f} MB (private "
+                      f"{r['daemon_settled_private_mb']:.0f} MB): +{r['daemon_settled_rss_mb'] - r['bare_rss_mb']:.0f} MB "
+                      f"above bare, +{r['daemon_settled_rss_mb'] - r['bare_released_rss_mb']:.0f} MB above a bare process "
+                      f"that released its library pages the same way ({r['bare_released_rss_mb']:.0f} MB)", flush=True)
             if base:
                 print(f"{'':11s} baseline {args.baseline}: RSS {r['baseline_rss_mb']:.0f} MB (+"
                       f"{r['baseline_rss_mb'] - r['bare_rss_mb']:.0f} MB above bare; private "
@@ -441,8 +465,12 @@ def main() -> None:
                "median_cpu_to_ready_ratio": round(statistics.median(r["cpu_to_ready_ratio"] for r in results.values()), 2),
                "load_avg": round(os.getloadavg()[0], 2), "goals": {"rss_above_bare_mb": 50, "cold_start_ratio": 2.0}}
     if mode == "real":
+        summary["median_running_rss_above_bare_mb"] = round(statistics.median(
+            r["daemon_running_rss_mb"] - r["bare_rss_mb"] for r in results.values()), 1)
         summary["median_settled_rss_above_bare_mb"] = round(statistics.median(
             r["daemon_settled_rss_mb"] - r["bare_rss_mb"] for r in results.values()), 1)
+        summary["median_settled_rss_above_released_bare_mb"] = round(statistics.median(
+            r["daemon_settled_rss_mb"] - r["bare_released_rss_mb"] for r in results.values()), 1)
     if args.baseline is not None:
         summary["baseline"] = str(args.baseline)
         for key in ("rss_vs_baseline_mb", "settled_rss_vs_baseline_mb", "baseline_cold_start_ratio",
@@ -461,8 +489,13 @@ def main() -> None:
           f"{summary['median_cold_start_ratio']:.2f}x the bare process (goal <= 2x; CPU to ready "
           f"{summary['median_cpu_to_ready_ratio']:.2f}x); load avg {summary['load_avg']}")
     if mode == "real":
-        print(f"settled ({SETTLE_FRAMES} more images, {SETTLE_IDLE_S} s idle): "
-              f"+{summary['median_settled_rss_above_bare_mb']:.0f} MB RSS above bare (median over {len(results)} models)")
+        print(f"running ({RUNNING_S} s of frames after the first answer): "
+              f"{summary['median_running_rss_above_bare_mb']:+.0f} MB RSS above bare (median over {len(results)} models)")
+        print(f"settled ({SETTLE_IDLE_S} s idle after them): "
+              f"{summary['median_settled_rss_above_bare_mb']:+.0f} MB RSS above bare, "
+              f"{summary['median_settled_rss_above_released_bare_mb']:+.0f} MB above a bare process that released its "
+              f"library pages the same way (median over {len(results)} models; the daemon releases them at its first "
+              f"watchdog tick, once frames flow and when idle: edge/memory.py)")
     if args.baseline is not None:
         print(f"baseline {args.baseline}: +{summary['median_baseline_rss_above_bare_mb']:.0f} MB RSS above bare, cold "
               f"start {summary['median_baseline_cold_start_ratio']:.2f}x (CPU to ready "

@@ -271,6 +271,9 @@ class MetricsConfig(_Cfg):
 
 class WatchdogConfig(_Cfg):
     stall_s: float = Field(60.0, gt=0, description="a frame taking longer than this marks the daemon not ready")
+    release_library_pages: bool = Field(
+        True, description="unmap resident clean library pages at the first tick, once frames flow and when idle "
+                          "(edge/memory.py; the pages stay in the page cache)")
 
 
 UploadCase = Literal["override", "near_threshold", "flagged", "disagreement", "degraded"]

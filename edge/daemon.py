@@ -18,6 +18,7 @@ from typing import Any
 from edge.actions import ActionDispatcher
 from edge.config import CaptureSource, DeviceConfig, FolderSource
 from edge.health import Health, keep_freed_buffers, limit_malloc_arenas, release_free_memory
+from edge.memory import release_library_pages
 from edge.metrics import Metrics, StateCollector, StateReading
 from edge.pipeline import Pipeline
 from edge.processor import FrameProcessor, QueueFull, build_pipeline_for
@@ -74,6 +75,8 @@ class Daemon:
         self.stalled = False
         self.worker_restarts = 0
         self.memory_trims = 0  # calls handing freed heap back to the kernel (at start, then when idle after frames)
+        self.library_releases = 0  # calls unmapping clean library pages (edge.memory.release_library_pages)
+        self.library_pages_released_kb = 0  # what they unmapped
         self._started = False
         self._watchdog: threading.Thread | None = None
         self._server: Any = None
@@ -207,6 +210,11 @@ class Daemon:
             "shadowline_pipeline_loads": (self.frames.loads, "Pipelines built from bundles (a rollback to the "
                                           "warm standby builds none)."),
             "shadowline_pipeline_swaps": (self.frames.slot.swaps, "Pipeline swaps (activations and rollbacks)."),
+            "shadowline_memory_trims": (self.memory_trims, "Free heap pages handed back to the kernel (at start, "
+                                        "then when the frame path goes idle after frames)."),
+            "shadowline_library_pages_released_bytes": (self.library_pages_released_kb * 1024,
+                                                        "Resident clean library pages unmapped (they stay in the "
+                                                        "page cache; what runs again is mapped again)."),
         }
         releases = []
         p = self.frames.slot.current
@@ -221,17 +229,34 @@ class Daemon:
     # -- supervision -----------------------------------------------------------------------------------------------
     def _watch(self) -> None:
         trimmed_at = seen = self.queue.enqueued  # start() has just handed its garbage back
+        # with watchdog.release_library_pages off, both one-shot releases count as done and the idle trim skips it
+        startup_released = first_frames_released = not self.config.watchdog.release_library_pages
         while not self.stop_event.wait(1.0):
             # Frames came, then a whole tick passed without one and the frame path is idle: hand the heap's free
             # pages back to the kernel (their decode buffers, tensors and first-use imports; 7 to 15 MB after 50
-            # frames in benchmarks/footprint.py's models, load 15-20). Not while frames flow, even a slow stream
-            # idle between two frames: their next buffers would fault the same pages in again.
+            # frames in benchmarks/footprint.py's models, load 15-20), and drop the mappings of library pages
+            # (edge.memory.release_library_pages). Not while frames flow, even a slow stream idle between two
+            # frames: their next buffers would fault the same pages in again.
             enqueued = self.queue.enqueued
             if (enqueued != trimmed_at and enqueued == seen and self.queue.depth == 0
                     and self.frames.in_flight == 0):
                 release_free_memory()
                 self.memory_trims += 1
+                if self.config.watchdog.release_library_pages:
+                    self.library_pages_released_kb += release_library_pages()
+                    self.library_releases += 1
                 trimmed_at = enqueued
+                startup_released = first_frames_released = True
+            elif not startup_released or (not first_frames_released and seen != trimmed_at):
+                # Only the library pages, at the first tick (the code only start-up ran: imports, ONNX Runtime's
+                # graph building; here, not in start(), so that reading /proc/self/smaps is not between start and
+                # the first frame), then once a whole tick after frames began, even while they keep coming (the
+                # first PNG or JPEG loaded OpenCV, whose static initialisers do not run again). Not the heap's
+                # free pages: they are the next frames' buffers.
+                self.library_pages_released_kb += release_library_pages()
+                self.library_releases += 1
+                first_frames_released = startup_released and seen != trimmed_at
+                startup_released = True
             seen = enqueued
             for name in self.frames.dead_threads():
                 self.worker_restarts += 1

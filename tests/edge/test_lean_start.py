@@ -186,25 +186,138 @@ print(json.dumps({"ok": ok, "faults": faults, "before": before, "after": anon()}
 
 
 def test_daemon_hands_memory_back_at_start_and_when_idle_after_frames(tmp_path: Path, bundles, keys) -> None:
-    """Once when started, then once per idle spell (a whole watchdog tick without a frame) that followed frames;
-    never between the frames of a stream, never again while no frame comes."""
+    """The heap: once when started, then once per idle spell (a whole watchdog tick without a frame) that followed
+    frames; never between the frames of a stream, never again while no frame comes. Library pages: at the first
+    tick (start-up's code), once a tick after frames began even while they flow (OpenCV's start-up), and with every
+    idle trim."""
     d = make_daemon(tmp_path, keys, pcb_release(bundles)).start()
     try:
         assert d.memory_trims == 1  # at the end of start()
+        assert d.library_releases == 0  # not in start(): at the watchdog's first tick
         time.sleep(2.5)  # two watchdog ticks without frames: nothing to hand back
         assert d.memory_trims == 1
+        assert d.library_releases == 1 and d.library_pages_released_kb > 0
         image = sorted(PCB.iterdir())[0]
-        # a slow stream (a frame every 0.2 s, idle in between, over two ticks and more): no trim while it lasts
-        for _ in range(10):
+        # a slow stream (a frame every 0.2 s, idle in between, over three ticks): no heap trim while it lasts, one
+        # release of library pages
+        for _ in range(15):
             assert d.submit(image.read_bytes(), image.suffix, timeout=60).prediction_id is not None
             time.sleep(0.2)
         assert d.memory_trims == 1
+        assert d.library_releases == 2
         deadline = time.monotonic() + 30
         while d.memory_trims < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         after = d.memory_trims
         assert after >= 2  # (a tick may fall between two of the submits: one call per idle spell)
+        assert d.library_releases == 2 + after - 1
         time.sleep(2.5)
         assert d.memory_trims == after
+        assert d.library_releases == 2 + after - 1
     finally:
         d.stop()
+
+
+SMAPS = """\
+55d0c0000000-55d0c0001000 r--p 00000000 fd:01 11   /usr/bin/python3.11
+Rss:                   4 kB
+Anonymous:             0 kB
+Locked:                0 kB
+VmFlags: rd mr mw me sd
+7f0000000000-7f0000100000 r-xp 00001000 fd:01 12   /venv/cv2/cv2.abi3.so
+Size:               1024 kB
+Rss:                 800 kB
+Pss:                 800 kB
+Anonymous:             0 kB
+Locked:                0 kB
+VmFlags: rd ex mr mw me sd
+7f0000100000-7f0000110000 r--p 00100000 fd:01 12   /venv/cv2/cv2.abi3.so
+Rss:                  64 kB
+Anonymous:            64 kB
+Locked:                0 kB
+7f0000110000-7f0000118000 rw-p 00110000 fd:01 12   /venv/cv2/cv2.abi3.so
+Rss:                  32 kB
+Anonymous:            32 kB
+Locked:                0 kB
+7f0000200000-7f0000300000 rw-p 00000000 00:00 0
+Rss:                 512 kB
+Anonymous:           512 kB
+Locked:                0 kB
+7f0000300000-7f0000310000 rw-s 00000000 fd:01 13   /data/device.db-shm
+Rss:                  64 kB
+Anonymous:             0 kB
+Locked:                0 kB
+7f0000400000-7f0000410000 r-xp 00000000 fd:01 14   /venv/old lib.so (deleted)
+Rss:                  64 kB
+Anonymous:             0 kB
+Locked:                0 kB
+7f0000500000-7f0000510000 r-xp 00000000 fd:01 15   /venv/locked.so
+Rss:                  64 kB
+Anonymous:             0 kB
+Locked:               64 kB
+7f0000600000-7f0000610000 r--p 00000000 fd:01 16   /venv/untouched.so
+Rss:                   0 kB
+Anonymous:             0 kB
+Locked:                0 kB
+7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0    [vdso]
+Rss:                   8 kB
+Anonymous:             0 kB
+Locked:                0 kB
+"""
+
+
+def test_only_clean_private_read_only_file_mappings_are_released() -> None:
+    """The text of a library and its headers: yes. Its RELRO (relocated, so copy-on-write pages of its own), its
+    data, anonymous memory, shared file mappings, deleted and locked files, untouched mappings and [vdso]: no."""
+    from edge.memory import parse_smaps
+
+    maps = parse_smaps(SMAPS)
+    assert len(maps) == 10
+    picked = [(m.path, m.perms, m.rss_kb) for m in maps if m.clean_library_pages]
+    assert picked == [("/usr/bin/python3.11", "r--p", 4), ("/venv/cv2/cv2.abi3.so", "r-xp", 800)]
+    assert maps[1].start == 0x7F0000000000 and maps[1].end == 0x7F0000100000
+    assert maps[6].path == "/venv/old lib.so (deleted)" and maps[7].locked_kb == 64
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise, RSS read from /proc")
+def test_release_library_pages_unmaps_code_pages_and_the_process_computes_the_same() -> None:
+    """A real OpenCV decode and a real ONNX Runtime inference, then the release: the file-backed resident memory
+    drops, the process's own (anonymous) memory is untouched, and the same decode and inference after it give
+    bit-identical results (the pages come back from the page cache)."""
+    code = """
+import json, sys
+import numpy as np, onnxruntime as ort, cv2
+from edge.memory import release_library_pages
+def status():
+    out = {}
+    for line in open('/proc/self/status'):
+        k, _, v = line.partition(':')
+        if k in ('RssFile', 'RssAnon'):
+            out[k] = int(v.split()[0]) / 1024
+    return out
+data = open(sys.argv[1], 'rb').read()
+sess = ort.InferenceSession(sys.argv[2], providers=['CPUExecutionProvider'])
+name = sess.get_inputs()[0].name
+def work():
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    x = cv2.resize(bgr, (224, 224))[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32)
+    return bgr, sess.run(None, {name: x})[0]
+img0, out0 = work()
+before = status()
+kb = release_library_pages()
+released = status()
+img1, out1 = work()
+print(json.dumps({"kb": kb, "before": before, "released": released, "after": status(),
+                  "same_image": bool(np.array_equal(img0, img1)), "same_output": bool(np.array_equal(out0, out1))}))
+"""
+    image = ROOT.parent / "shared" / "realdata" / "images" / "photos" / "chelsea.png"
+    model = ROOT.parent / "shared" / "realdata" / "models" / "squeezenet1.0_fp32.onnx"
+    out = subprocess.run([sys.executable, "-c", code, str(image), str(model)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["same_image"] and got["same_output"], got
+    assert got["kb"] > 10 * 1024, got  # OpenCV's, ONNX Runtime's and the interpreter's code: tens of MB
+    assert got["before"]["RssFile"] - got["released"]["RssFile"] > 10, got
+    assert abs(got["released"]["RssAnon"] - got["before"]["RssAnon"]) < 2, got  # nothing of the process's own
+    assert got["after"]["RssFile"] < got["before"]["RssFile"], got  # what ran again came back, not all of it
