@@ -2,8 +2,10 @@
 start to ready, both measured in fresh subprocesses side by side in one run (median of --repeat).
 
 - bare: `python` + onnxruntime + numpy, one InferenceSession on the bundle's model.onnx, one inference -> ready.
-- daemon: when edge/daemon.py is committed, the real daemon (`shadowline edge run --config ...`, ready when
-  /readyz answers 200; memory read after one real image through POST /v1/infer); otherwise the daemon-equivalent process: the daemon's imports (Starlette, uvicorn, paho,
+- daemon: when edge/daemon.py is committed, the real daemon (`shadowline edge run --config ...`, ready when it
+  sends systemd's READY=1 to the NOTIFY_SOCKET the benchmark gives it, then /readyz checked 200: the bare process
+  says READY on stdout, neither side is polled; a --baseline daemon without sd_notify: the first /readyz 200 of a
+  poll every 20 ms; memory read after one real image through POST /v1/infer); otherwise the daemon-equivalent process: the daemon's imports (Starlette, uvicorn, paho,
   SQLite, the outbox, the agent seams), a verified signed bundle, runtime.predictor.BundleModel and one prediction on a
   real image -> ready.
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -218,19 +221,43 @@ def post_image(port: int, data: bytes) -> None:
             raise RuntimeError(f"POST /v1/infer answered {r.status}")
 
 
+def wait_notified(sock: socket.socket, p: subprocess.Popen, deadline: float) -> bool:
+    """Wait for READY=1 on the daemon's NOTIFY_SOCKET (edge/sdnotify.py, as systemd's Type=notify does)."""
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise RuntimeError(f"daemon exited with {p.returncode}: {p.stderr.read() if p.stderr else ''}")
+        try:
+            if "READY=1" in sock.recv(4096).decode().splitlines():
+                return True
+        except TimeoutError:
+            pass
+    raise RuntimeError("daemon did not notify READY=1")
+
+
 def run_real_daemon(config: Path, port: int, image: Path, timeout: float = 120, settle: int = SETTLE_FRAMES,
-                    python: str = sys.executable, root: Path = ROOT) -> tuple[float, dict[str, float]]:
-    """Cold start of `shadowline edge run` to /readyz 200; then one real image through POST /v1/infer (the bare
+                    python: str = sys.executable, root: Path = ROOT,
+                    notify: bool = True) -> tuple[float, dict[str, float]]:
+    """Cold start of `shadowline edge run` to ready: the instant it sends READY=1 to its NOTIFY_SOCKET (what
+    systemd waits for; like the bare process's READY line, no polling that would add its interval and the daemon's
+    answers to 503s to the figure), then /readyz checked 200; with `notify=False` (a daemon without sd_notify: the
+    --baseline) the first /readyz 200 of a poll every 20 ms. Then one real image through POST /v1/infer (the bare
     side has run one inference too, so both hold their inference buffers) and RSS read from /proc; then `settle`
     more images and SETTLE_IDLE_S idle, and RSS read again (what the running daemon holds, not the instant after
     its first frame). `python` and `root`: another checkout's daemon in its own environment (--baseline)."""
+    sock_dir = tempfile.mkdtemp(prefix="notify-")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(os.path.join(sock_dir, "n"))
+    sock.settimeout(0.05)
     start = time.perf_counter()
     p = subprocess.Popen([python, "-m", "shadowline.cli", "edge", "run", "--config", str(config),
                           "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env=env(root), cwd=root)
+                         env={**env(root), "NOTIFY_SOCKET": os.path.join(sock_dir, "n")}, cwd=root)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if notify and wait_notified(sock, p, deadline):
+                notified_ms = (time.perf_counter() - start) * 1000
+                cpu_notified = proc_cpu_ms(p.pid)
             if p.poll() is not None:
                 raise RuntimeError(f"daemon exited with {p.returncode}: {p.stderr.read() if p.stderr else ''}")
             try:
@@ -238,9 +265,11 @@ def run_real_daemon(config: Path, port: int, image: Path, timeout: float = 120, 
                     ready = r.status == 200
             except OSError:
                 ready = False
+            if notify and not ready:
+                raise RuntimeError("the daemon notified READY=1 but /readyz did not answer 200")
             if ready:
-                ready_ms = (time.perf_counter() - start) * 1000
-                cpu = proc_cpu_ms(p.pid)
+                ready_ms = notified_ms if notify else (time.perf_counter() - start) * 1000
+                cpu = cpu_notified if notify else proc_cpu_ms(p.pid)
                 at_ready = proc_rss(p.pid)["VmRSS"]
                 data = image.read_bytes()
                 post_image(port, data)
@@ -268,6 +297,8 @@ def run_real_daemon(config: Path, port: int, image: Path, timeout: float = 120, 
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+        sock.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def export_baseline_bundles(python: str, root: Path, out: Path, names: list[str]) -> tuple[dict[str, Path], Path]:
@@ -374,7 +405,8 @@ def main() -> None:
                     rundir = work / f"base-{n}-{i}"
                     rundir.mkdir()
                     side_base = run_real_daemon(daemon_config(rundir, bb.parent, base_trust, bb.name, port), port,
-                                                IMAGE_FOR[n], python=base_python, root=args.baseline)
+                                                IMAGE_FOR[n], python=base_python, root=args.baseline,
+                                                notify=False)
                     if i >= 0:
                         base.append(side_base)
                 if i >= 0:

@@ -8,7 +8,8 @@ CPU (decode + preprocess of the shipped images, Pillow packing BGR in one pass);
 truncated and corrupt files with a message that says so.
 
 OpenCV is imported by the first PNG or JPEG decoded, not with this module: a process that never decodes one (the CLI,
-`edge validate-config`, a daemon before its first frame) does not carry its 36 MB.
+`edge validate-config`, a daemon before its first frame) does not carry its 36 MB. Pillow is imported by the first
+image decoded too (its import, PIL.ExifTags' enums above all, took 20 ms of the daemon's start).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from runtime.errors import ImageError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -29,6 +33,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
                  opencv: bool = True) -> np.ndarray:
     """Return an HxWx3 uint8 BGR array. Grayscale, palette, RGBA, CMYK and 16-bit inputs are converted.
     `opencv=False` decodes every file with Pillow (the same pixels, slower; OpenCV is never loaded)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     if not data:
         raise ImageError(f"{name}: empty file")
     try:
@@ -88,6 +94,8 @@ def _fast_decode(data: bytes, im: Image.Image) -> np.ndarray | None:
 
 
 def _to_bgr8(im: Image.Image, name: str) -> np.ndarray:
+    from PIL import Image
+
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         a = np.asarray(im, dtype=np.uint32 if mode == "I" else np.uint16)

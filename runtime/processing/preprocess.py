@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from runtime.processing.spec import InputSpec
 
@@ -53,6 +52,8 @@ def _resize(image: np.ndarray, size: tuple[int, int], interpolation: str) -> np.
     if interpolation == "bilinear_antialias":
         if size == (image.shape[1], image.shape[0]):
             return image
+        from PIL import Image
+
         # Channels are resampled independently, so the BGR array can pass through PIL as if it were RGB.
         return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
     import cv2

@@ -4,6 +4,7 @@ operating system (top -H, py-spy, the throughput benchmark's per-stage CPU times
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # in), the exporter's and the fleet's libraries, plotting, and the local API's server (loaded on the API's thread,
 # only when the API is enabled). Each would cost start time and resident memory.
 # OpenCV (36 MB resident) loads with the first PNG or JPEG decoded (or a capture source, or a resize the presets do not
-# use), paho with the first MQTT client made (the agent, an MQTT action), not with the modules.
+# use), Pillow (20 ms of import) with the first image decoded, paho with the first MQTT client made (the agent, an MQTT
+# action), not with the modules.
 NOT_AT_START = ("httpx", "rich", "pygments", "coremltools", "matplotlib", "onnx", "sqlalchemy", "alembic", "jinja2",
-                "export", "hwbench", "fastapi", "starlette", "uvicorn", "cv2", "paho")
+                "export", "hwbench", "fastapi", "starlette", "uvicorn", "cv2", "paho", "PIL")
 
 
 def test_daemon_start_imports_nothing_it_does_not_use() -> None:
@@ -93,6 +95,11 @@ def test_running_daemon_maps_opencv_only_once_it_decodes_an_image(tmp_path: Path
     assert opencv_mapped()
     page = httpx.get(d.url + "/review", timeout=30)
     assert page.status_code == 200 and "dev-1" in page.text
+    # the CLI started it with the garbage collector off; half a second after ready it is on again
+    deadline = time.monotonic() + 10
+    while not d.get("/v1/status")["gc_enabled"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert d.get("/v1/status")["gc_enabled"] is True
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process's mappings from /proc")
@@ -188,8 +195,8 @@ print(json.dumps({"ok": ok, "faults": faults, "before": before, "after": anon()}
 def test_daemon_hands_memory_back_at_start_and_when_idle_after_frames(tmp_path: Path, bundles, keys) -> None:
     """The heap: once when started, then once per idle spell (a whole watchdog tick without a frame) that followed
     frames; never between the frames of a stream, never again while no frame comes. Library pages: at the first
-    tick (start-up's code), once a tick after frames began even while they flow (OpenCV's start-up), and with every
-    idle trim."""
+    tick (start-up's code), once at the first tick after a frame was decided even while frames flow (OpenCV's
+    start-up), and with every idle trim."""
     d = make_daemon(tmp_path, keys, pcb_release(bundles)).start()
     try:
         assert d.memory_trims == 1  # at the end of start()
@@ -321,3 +328,61 @@ print(json.dumps({"kb": kb, "before": before, "released": released, "after": sta
     assert got["before"]["RssFile"] - got["released"]["RssFile"] > 10, got
     assert abs(got["released"]["RssAnon"] - got["before"]["RssAnon"]) < 2, got  # nothing of the process's own
     assert got["after"]["RssFile"] < got["before"]["RssFile"], got  # what ran again came back, not all of it
+
+
+def test_settling_start_up_garbage_collects_the_cycles_and_turns_the_collector_on(tmp_path: Path, bundles,
+                                                                                   keys) -> None:
+    """What `shadowline edge run` does half a second after ready: start-up ran with the collector off, so objects
+    in reference cycles stayed; settling collects them and turns the collector on. With it on already: no-op."""
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    d = make_daemon(tmp_path, keys, pcb_release(bundles)).start()
+    try:
+        gc.disable()
+        try:
+            a, b = Node(), Node()
+            a.other, b.other = b, a  # a cycle: only the collector frees it
+            ref = weakref.ref(a)
+            del a, b
+            assert ref() is not None
+            d.settle_start_up_garbage()
+            assert gc.isenabled()
+            assert ref() is None
+        finally:
+            gc.enable()
+        calls: list[int] = []
+        real_collect = gc.collect
+        gc.collect = lambda *a: calls.append(1) or real_collect(*a)  # type: ignore[assignment]
+        try:
+            d.settle_start_up_garbage()  # collector on (an in-process daemon, the tests): nothing to do
+        finally:
+            gc.collect = real_collect  # type: ignore[assignment]
+        assert calls == [] and gc.isenabled()
+    finally:
+        d.stop()
+
+
+def test_sd_notify_sends_to_a_path_or_an_abstract_socket_and_never_fails_the_daemon(tmp_path: Path) -> None:
+    import socket
+
+    from edge import sdnotify
+
+    assert sdnotify.notify("READY=1", {}) is False  # not run by systemd: nothing to send to
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(tmp_path / "n.sock"))
+        s.settimeout(5)
+        assert sdnotify.notify("READY=1\nSTATUS=x", {"NOTIFY_SOCKET": str(tmp_path / "n.sock")}) is True
+        assert s.recv(100) == b"READY=1\nSTATUS=x"
+    name = f"shadowline-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind("\0" + name)
+        s.settimeout(5)
+        assert sdnotify.notify("STOPPING=1", {"NOTIFY_SOCKET": "@" + name}) is True
+        assert s.recv(100) == b"STOPPING=1"
+    # a socket that is gone, or an address family it does not speak: False, logged, no exception
+    assert sdnotify.notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "gone.sock")}) is False
+    assert sdnotify.notify("READY=1", {"NOTIFY_SOCKET": "vsock:2:1234"}) is False

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,36 @@ def test_docs_example_paths_are_writable_under_the_sandbox():
 def test_the_gpu_and_camera_group():
     assert "video" in words(service(), "SupplementaryGroups")
     assert parse_unit(UNIT.read_text())["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops(tmp_path: Path, bundles, keys):
+    """Type=notify: ExecStart= run with NOTIFY_SOCKET set, as systemd runs it, sends READY=1 once /readyz answers
+    200 (not at spawn), and STOPPING=1 on SIGTERM (systemctl stop) before it exits 0."""
+    import socket
+
+    svc = service()
+    assert svc["Type"] == ["notify"] and svc["NotifyAccess"] == ["main"]
+    port = free_port()
+    cfg = device_config(tmp_path, bundles["pcb-aoi"], keys["trust"], port)
+    (line,) = svc["ExecStart"]
+    argv = [VENV_BIN if a == INSTALLED_BIN else str(cfg) if a == INSTALLED_CONFIG else a for a in exec_argv(line)]
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(60)
+        p = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "NOTIFY_SOCKET": str(sock_path)})
+        try:
+            ready = sock.recv(4096).decode()
+            assert "READY=1" in ready.splitlines(), ready
+            assert f"MAINPID={p.pid}" in ready.splitlines(), ready
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                assert r.status == 200  # ready when it says so
+            p.send_signal(signal.SIGTERM)
+            assert sock.recv(4096).decode() == "STOPPING=1"
+            p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert p.returncode == 0
