@@ -52,6 +52,11 @@ def build_local_pipeline(config: DeviceConfig, bundles: dict[str, Path] | None =
     return build_pipeline_for(config, spec, rel.candidate, bundles)
 
 
+# while frames keep coming from the start, the start-up garbage is collected (with the collector turned on) this long
+# after the watchdog started at the latest; at its first tick without frames otherwise (Daemon.settle_start_up_garbage)
+GC_SETTLE_LATEST_S = 10.0
+
+
 class Daemon:
     def __init__(self, config: DeviceConfig) -> None:
         self.config = config
@@ -79,6 +84,7 @@ class Daemon:
         self.worker_restarts = 0
         self.memory_trims = 0  # calls handing freed heap back to the kernel (at start, then when idle after frames)
         self._stopping = False
+        self._gc_off_at_start = not gc.isenabled()  # `shadowline edge run` turns it off before its imports
         self.library_releases = 0  # calls unmapping clean library pages (edge.memory.release_library_pages)
         self.library_pages_released_kb = 0  # what they unmapped
         self._started = False
@@ -234,6 +240,8 @@ class Daemon:
     # -- supervision -----------------------------------------------------------------------------------------------
     def _watch(self) -> None:
         trimmed_at = seen = self.queue.enqueued  # start() has just handed its garbage back
+        started = time.monotonic()
+        settle_gc = self._gc_off_at_start  # only what this daemon's own start turned off (the CLI's), nothing else's
         # with watchdog.release_library_pages off, both one-shot releases count as done and the idle trim skips it
         startup_released = first_frames_released = not self.config.watchdog.release_library_pages
         while not self.stop_event.wait(1.0):
@@ -243,8 +251,12 @@ class Daemon:
             # (edge.memory.release_library_pages). Not while frames flow, even a slow stream idle between two
             # frames: their next buffers would fault the same pages in again.
             enqueued = self.queue.enqueued
-            if (enqueued != trimmed_at and enqueued == seen and self.queue.depth == 0
-                    and self.frames.in_flight == 0):
+            idle = enqueued == seen and self.queue.depth == 0 and self.frames.in_flight == 0
+            if settle_gc and (idle or time.monotonic() - started > GC_SETTLE_LATEST_S):
+                # start-up's garbage: collected when no frame is waiting for the core it takes, or after a while
+                self.settle_start_up_garbage()
+                settle_gc = False
+            if enqueued != trimmed_at and idle:
                 release_free_memory()
                 if self.config.watchdog.release_library_pages:
                     self.library_pages_released_kb += release_library_pages()
@@ -393,20 +405,18 @@ class Daemon:
             raise
         log.info("device %s running; API %s", self.device_id,
                  f"http://{self.config.api.host}:{self.config.api.port}" if self.config.api.enabled else "off")
-        gc_settled = False
         while not self.stop_event.wait(0.5):
-            if not gc_settled:
-                # half a second after ready, not at it: the first /readyz is answered without waiting for this
-                self.settle_start_up_garbage()
-                gc_settled = True
+            pass
         self.stop()
 
-    def settle_start_up_garbage(self) -> None:
+    def settle_start_up_garbage(self) -> bool:
         """When start-up ran with the cyclic garbage collector off (`shadowline edge run` turns it off before its
-        imports): collect what start-up left in cycles (about 40,000 objects, 20 to 30 ms), turn the collector on
-        and hand the freed heap back. No-op when it was on."""
+        imports): collect what start-up left in cycles (about 40,000 objects, 20 to 35 ms of one core), turn the
+        collector on and hand the freed heap back. The watchdog calls it at its first tick without frames, or
+        GC_SETTLE_LATEST_S after start while frames keep coming. False (nothing done) when it was on."""
         if gc.isenabled():
-            return
+            return False
         gc.collect()
         gc.enable()
         release_free_memory()
+        return True

@@ -95,7 +95,7 @@ def test_running_daemon_maps_opencv_only_once_it_decodes_an_image(tmp_path: Path
     assert opencv_mapped()
     page = httpx.get(d.url + "/review", timeout=30)
     assert page.status_code == 200 and "dev-1" in page.text
-    # the CLI started it with the garbage collector off; half a second after ready it is on again
+    # the CLI started it with the garbage collector off; at the watchdog's first tick without frames it is on again
     deadline = time.monotonic() + 10
     while not d.get("/v1/status")["gc_enabled"] and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -332,8 +332,9 @@ print(json.dumps({"kb": kb, "before": before, "released": released, "after": sta
 
 def test_settling_start_up_garbage_collects_the_cycles_and_turns_the_collector_on(tmp_path: Path, bundles,
                                                                                    keys) -> None:
-    """What `shadowline edge run` does half a second after ready: start-up ran with the collector off, so objects
-    in reference cycles stayed; settling collects them and turns the collector on. With it on already: no-op."""
+    """What the watchdog of `shadowline edge run` does at its first tick without frames: start-up ran with the
+    collector off, so objects in reference cycles stayed; settling collects them and turns the collector on. With it
+    on already: no-op."""
     import gc
     import weakref
 
@@ -349,7 +350,7 @@ def test_settling_start_up_garbage_collects_the_cycles_and_turns_the_collector_o
             ref = weakref.ref(a)
             del a, b
             assert ref() is not None
-            d.settle_start_up_garbage()
+            assert d.settle_start_up_garbage() is True
             assert gc.isenabled()
             assert ref() is None
         finally:
@@ -358,7 +359,7 @@ def test_settling_start_up_garbage_collects_the_cycles_and_turns_the_collector_o
         real_collect = gc.collect
         gc.collect = lambda *a: calls.append(1) or real_collect(*a)  # type: ignore[assignment]
         try:
-            d.settle_start_up_garbage()  # collector on (an in-process daemon, the tests): nothing to do
+            assert d.settle_start_up_garbage() is False  # collector on (an in-process daemon, the tests)
         finally:
             gc.collect = real_collect  # type: ignore[assignment]
         assert calls == [] and gc.isenabled()
