@@ -5,11 +5,15 @@ benchmarks/footprint.py can do the same to its bare ONNX Runtime process."""
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 MADV_DONTNEED = 4  # Linux madvise advice (the same number on every architecture Linux runs Python on)
+KERNEL_DIRS = ("dev", "proc", "sys")  # top-level directories of device and kernel files, never released
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 @dataclass(frozen=True)
@@ -23,16 +27,20 @@ class Mapping:
     rss_kb: int = 0
     anonymous_kb: int = 0
     locked_kb: int = 0
+    page_kb: int = 4  # KernelPageSize (hugetlbfs mappings: 2048 and up)
 
     @property
     def clean_library_pages(self) -> bool:
         """A private, read-only mapping of a file holding no page of its own: every resident page is the file's
         page-cache page, so dropping the mapping's page-table entries loses nothing (the next touch maps the same
         page again). Writable mappings, copy-on-write pages (RELRO after relocation: `Anonymous` > 0), shared
-        mappings (SQLite's -shm), locked ones and the kernel's [vdso]/[stack]/anonymous ones are never picked."""
-        return (self.path.startswith("/") and not self.path.endswith(" (deleted)") and len(self.perms) == 4
-                and self.perms[1] == "-" and self.perms[3] == "p" and self.rss_kb > 0 and self.anonymous_kb == 0
-                and self.locked_kb == 0)
+        mappings (SQLite's -shm), locked ones, huge-page mappings, device and kernel files (/dev: a GPU driver's
+        mappings on a Jetson, /proc, /sys) and the kernel's [vdso]/[stack]/anonymous ones are never picked; the
+        caller also checks that the path is a regular file."""
+        return (self.path.startswith("/") and self.path.split("/", 2)[1] not in KERNEL_DIRS
+                and not self.path.endswith(" (deleted)") and len(self.perms) == 4 and self.perms[1] == "-"
+                and self.perms[3] == "p" and self.rss_kb > 0 and self.anonymous_kb == 0 and self.locked_kb == 0
+                and self.page_kb * 1024 == PAGE)
 
 
 def parse_smaps(text: str) -> list[Mapping]:
@@ -45,12 +53,13 @@ def parse_smaps(text: str) -> list[Mapping]:
         if head is not None:
             lo, _, hi = head[0].partition("-")
             out.append(Mapping(int(lo, 16), int(hi, 16), head[1], " ".join(head[5:]) if len(head) > 5 else "",
-                               sizes.get("Rss", 0), sizes.get("Anonymous", 0), sizes.get("Locked", 0)))
+                               sizes.get("Rss", 0), sizes.get("Anonymous", 0), sizes.get("Locked", 0),
+                               sizes.get("KernelPageSize", PAGE // 1024)))
 
     for line in text.splitlines():
         first, _, rest = line.partition(" ")
         if first.endswith(":"):
-            if first in ("Rss:", "Anonymous:", "Locked:"):
+            if first in ("Rss:", "Anonymous:", "Locked:", "KernelPageSize:"):
                 sizes[first[:-1]] = int(rest.split()[0])
             continue
         if "-" in first:  # "7f..-7f.. r-xp 00000000 fd:01 1234   /path/lib.so": a new mapping
@@ -82,7 +91,15 @@ def release_library_pages() -> int:
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int
     released = 0
+    regular: dict[str, bool] = {}
     for m in maps:
-        if m.clean_library_pages and madvise(m.start, m.end - m.start, MADV_DONTNEED) == 0:
+        if not m.clean_library_pages:
+            continue
+        if m.path not in regular:
+            try:
+                regular[m.path] = stat.S_ISREG(os.stat(m.path).st_mode)
+            except OSError:
+                regular[m.path] = False
+        if regular[m.path] and madvise(m.start, m.end - m.start, MADV_DONTNEED) == 0:
             released += m.rss_kb
     return released

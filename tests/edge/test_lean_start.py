@@ -270,16 +270,27 @@ Locked:                0 kB
 Rss:                   8 kB
 Anonymous:             0 kB
 Locked:                0 kB
+7f0000700000-7f0000710000 r--p 00000000 00:05 17   /dev/nvhost-ctrl-gpu
+Rss:                  64 kB
+Anonymous:             0 kB
+Locked:                0 kB
+7f0000800000-7f0000a00000 r--p 00000000 00:2a 18   /dev/hugepages/weights
+KernelPageSize:     2048 kB
+Rss:                2048 kB
+Anonymous:             0 kB
+Locked:                0 kB
 """
 
 
 def test_only_clean_private_read_only_file_mappings_are_released() -> None:
     """The text of a library and its headers: yes. Its RELRO (relocated, so copy-on-write pages of its own), its
-    data, anonymous memory, shared file mappings, deleted and locked files, untouched mappings and [vdso]: no."""
+    data, anonymous memory, shared file mappings, deleted and locked files, untouched mappings, [vdso], a device's
+    mapping (a GPU driver's on a Jetson) and huge pages: no."""
     from edge.memory import parse_smaps
 
     maps = parse_smaps(SMAPS)
-    assert len(maps) == 10
+    assert len(maps) == 12
+    assert maps[11].page_kb == 2048 and maps[1].page_kb == 4
     picked = [(m.path, m.perms, m.rss_kb) for m in maps if m.clean_library_pages]
     assert picked == [("/usr/bin/python3.11", "r--p", 4), ("/venv/cv2/cv2.abi3.so", "r-xp", 800)]
     assert maps[1].start == 0x7F0000000000 and maps[1].end == 0x7F0000100000
