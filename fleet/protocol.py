@@ -142,7 +142,11 @@ class Topics:
 
 # -- records ----------------------------------------------------------------------------------------------------
 class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Validators are built at a message type's first use, not at import: the device imports this module at start and
+    # validates a few of its types there (ReleaseSpec through the device config), the rest at its first frame or
+    # only with the fleet; building them all took ~15 ms of its start. A first use from two threads at once is safe
+    # with pydantic >= 2.14 (it rebuilds under a lock; pyproject requires it).
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class StageOutput(_Msg):
@@ -452,6 +456,8 @@ Command = Annotated[RollbackCommand | ClearCommand | UploadSamplesCommand | Rech
 class CommandMessage(RootModel[Command]):
     """The `cmd` topic's payload: one of the commands, chosen by its `command` field. Reads the old wire form of
     `clear` (a `rollback` whose args are `{"to": null, "revision": N}`)."""
+
+    model_config = ConfigDict(defer_build=True)  # as _Msg: built by the agent's first command
 
     @model_validator(mode="before")
     @classmethod

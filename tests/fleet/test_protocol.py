@@ -201,3 +201,39 @@ def test_record_kinds_one_enum():
     assert decode("t", b'{"device":"d","kind":"events","records":[]}', Batch).kind is RecordKind.EVENTS
     with pytest.raises(ProtocolError, match="kind"):
         decode("t", b'{"device":"d","kind":"secrets","records":[]}', Batch)
+
+
+def test_message_validators_are_built_at_first_use_and_safely_from_many_threads():
+    """The protocol's message types are deferred (the device imports this module at start and uses most types only
+    at its first frame or with the fleet); their first use from eight threads at once, in a fresh interpreter, gives
+    every thread a working validator: each valid message is accepted and each bad one refused by the real rules."""
+    import subprocess
+    import sys
+
+    code = """
+import json, sys, threading
+import fleet.protocol as p
+deferred = [not p.PredictionRecord.__pydantic_complete__, not p.CommandMessage.__pydantic_complete__,
+            not p.Batch.__pydantic_complete__]
+start = threading.Barrier(8)
+results = []
+def use(i):
+    start.wait()
+    ok = p.PredictionRecord(device='d', source='http', release='r', revision=1, mode='shadow', decision='pass')
+    cmd = p.CommandMessage.model_validate({'command': 'report', 'id': f'c{i}'}).root
+    try:
+        p.PredictionRecord(device='d', source='http', release='r', revision=1, mode='nope', decision='pass')
+        refused = False
+    except p.ValidationError:
+        refused = True
+    results.append((ok.mode, type(cmd).__name__, cmd.id == f'c{i}', refused))
+threads = [threading.Thread(target=use, args=(i,)) for i in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(json.dumps({"deferred": deferred, "results": results}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["deferred"] == [True, True, True]
+    assert got["results"] == [["shadow", "ReportCommand", True, True]] * 8
