@@ -259,8 +259,7 @@ class Daemon:
             if enqueued != trimmed_at and idle:
                 release_free_memory()
                 if self.config.watchdog.release_library_pages:
-                    self.library_pages_released_kb += release_library_pages()
-                    self.library_releases += 1
+                    self._release_library_pages()
                 self.memory_trims += 1  # last: a reader that sees it sees the library release counted too
                 trimmed_at = enqueued
                 startup_released = first_frames_released = True
@@ -268,14 +267,12 @@ class Daemon:
                 # Only the library pages, once at the first tick after a frame was decided, even while frames keep
                 # coming: the first PNG or JPEG loaded OpenCV, whose static initialisers do not run again (this
                 # covers start-up's code too). Not the heap's free pages: they are the next frames' buffers.
-                self.library_pages_released_kb += release_library_pages()
-                self.library_releases += 1
+                self._release_library_pages()
                 startup_released = first_frames_released = True
             elif not startup_released:
                 # no frame yet: at the first tick, the code only start-up ran (imports, ONNX Runtime's graph
                 # building); here, not in start(), so that reading /proc/self/smaps is not between start and ready
-                self.library_pages_released_kb += release_library_pages()
-                self.library_releases += 1
+                self._release_library_pages()
                 startup_released = True
             seen = enqueued
             for name in self.frames.dead_threads():
@@ -408,6 +405,10 @@ class Daemon:
         while not self.stop_event.wait(0.5):
             pass
         self.stop()
+
+    def _release_library_pages(self) -> None:
+        self.library_pages_released_kb += release_library_pages()
+        self.library_releases += 1
 
     def settle_start_up_garbage(self) -> bool:
         """When start-up ran with the cyclic garbage collector off (`shadowline edge run` turns it off before its
