@@ -67,6 +67,10 @@ class Daemon:
         self.retention = Retention(config.retention, self.store)
         self.actions = ActionDispatcher(config.actions, self.store, self.device_id, self.stop_event)
         self.frames = FrameProcessor(config, self.store, self.metrics, self.retention, self.actions)
+        if config.watchdog.release_library_pages:
+            # the first decode loads OpenCV and Pillow, whose start-up code is not run again: released right after
+            # it (about 10 ms, once, on that frame), before the RSS of a daemon that has decided one frame is read
+            self.frames.after_first_decode = self._release_library_pages
         self.metrics.add_collector(StateCollector(self._state, __version__))
         self.metrics.add_collector(CaptureCollector(lambda: self.captures))
         self.uploads = Uploader(config.uploads, self.store, self.device_id, self.stop_event) if config.uploads \
@@ -242,8 +246,8 @@ class Daemon:
         trimmed_at = seen = self.queue.enqueued  # start() has just handed its garbage back
         started = time.monotonic()
         settle_gc = self._gc_off_at_start  # only what this daemon's own start turned off (the CLI's), nothing else's
-        # with watchdog.release_library_pages off, both one-shot releases count as done and the idle trim skips it
-        startup_released = first_frames_released = not self.config.watchdog.release_library_pages
+        # with watchdog.release_library_pages off, the start-up release counts as done and the idle trim skips it
+        startup_released = not self.config.watchdog.release_library_pages
         while not self.stop_event.wait(1.0):
             # Frames came, then a whole tick passed without one and the frame path is idle: hand the heap's free
             # pages back to the kernel (their decode buffers, tensors and first-use imports; 7 to 15 MB after 50
@@ -262,16 +266,12 @@ class Daemon:
                     self._release_library_pages()
                 self.memory_trims += 1  # last: a reader that sees it sees the library release counted too
                 trimmed_at = enqueued
-                startup_released = first_frames_released = True
-            elif not first_frames_released and self.metrics.value("frames_total") > 0:
-                # Only the library pages, once at the first tick after a frame was decided, even while frames keep
-                # coming: the first PNG or JPEG loaded OpenCV, whose static initialisers do not run again (this
-                # covers start-up's code too). Not the heap's free pages: they are the next frames' buffers.
-                self._release_library_pages()
-                startup_released = first_frames_released = True
+                startup_released = True
             elif not startup_released:
-                # no frame yet: at the first tick, the code only start-up ran (imports, ONNX Runtime's graph
-                # building); here, not in start(), so that reading /proc/self/smaps is not between start and ready
+                # Only the library pages, at the first tick, even while frames flow: the code only start-up ran
+                # (imports, ONNX Runtime's graph building); here, not in start(), so that reading /proc/self/smaps is
+                # not between start and ready. Not the heap's free pages: they are the next frames' buffers. (The
+                # first decode's imports are released by the decode worker: FrameProcessor.after_first_decode.)
                 self._release_library_pages()
                 startup_released = True
             seen = enqueued

@@ -78,8 +78,8 @@ def release_library_pages() -> int:
     graph building and the interpreter's imports stay counted in RSS (cv2.abi3.so alone: 31 MB resident after one
     decode, where 6.6 MB came in when the file had been read by faults). The pages stay in the page cache, shared
     and reclaimable; only the code the running daemon touches again is mapped again (a few ms of minor faults,
-    once). The daemon's watchdog calls this at its first tick, at its first tick after the first frame was decided
-    (OpenCV loads with the first PNG or JPEG) and when its frame path goes idle, beside `release_free_memory`."""
+    once). The daemon calls this right after its first decode (OpenCV and Pillow load with the first image), at its
+    watchdog's first tick and when its frame path goes idle, beside `release_free_memory`."""
     if platform.system() != "Linux":
         return 0
     try:

@@ -25,6 +25,7 @@ import logging
 import queue as queue_mod
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -94,6 +95,10 @@ class FrameProcessor:
         self.queue = FrameQueue(config.queue.max_size)
         self.slot = PipelineSlot()
         self.standby: Pipeline | None = None
+        # called once, by the decode worker that finishes the first decode (the daemon releases the library pages
+        # that decode's first-use imports mapped: OpenCV's and Pillow's start-up code)
+        self.after_first_decode: Callable[[], object] | None = None
+        self._first_decode_lock = threading.Lock()
         self.loads = 0  # pipelines built from bundles (a rollback to the warm standby builds none)
         self._activate_lock = threading.Lock()
         pc = config.pipeline
@@ -257,7 +262,16 @@ class FrameProcessor:
             p = self.slot.current
             # preprocessed for the pipeline running now; after a swap the inference thread prepares what differs
             inp = p.prepare(image) if p is not None else FrameInput(image)
-            return Decoded(frame, inp, None, (time.perf_counter() - t0) * 1000, started)
+            decoded = Decoded(frame, inp, None, (time.perf_counter() - t0) * 1000, started)
+            if self.after_first_decode is not None:
+                with self._first_decode_lock:
+                    hook, self.after_first_decode = self.after_first_decode, None
+                if hook is not None:
+                    try:
+                        hook()
+                    except Exception:  # memory housekeeping must never cost the frame
+                        log.exception("after the first decode")
+            return decoded
         except ImageError as err:
             return Decoded(frame, None, str(err), (time.perf_counter() - t0) * 1000, started)
         except Exception as err:  # a preprocessing bug must not stop the daemon: the frame is an error record

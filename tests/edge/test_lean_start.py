@@ -195,8 +195,8 @@ print(json.dumps({"ok": ok, "faults": faults, "before": before, "after": anon()}
 def test_daemon_hands_memory_back_at_start_and_when_idle_after_frames(tmp_path: Path, bundles, keys) -> None:
     """The heap: once when started, then once per idle spell (a whole watchdog tick without a frame) that followed
     frames; never between the frames of a stream, never again while no frame comes. Library pages: at the first
-    tick (start-up's code), once at the first tick after a frame was decided even while frames flow (OpenCV's
-    start-up), and with every idle trim."""
+    tick (start-up's code), right after the first decode (OpenCV's and Pillow's start-up), and with every idle
+    trim."""
     d = make_daemon(tmp_path, keys, pcb_release(bundles)).start()
     try:
         assert d.memory_trims == 1  # at the end of start()
@@ -206,7 +206,7 @@ def test_daemon_hands_memory_back_at_start_and_when_idle_after_frames(tmp_path: 
         assert d.library_releases == 1 and d.library_pages_released_kb > 0
         image = sorted(PCB.iterdir())[0]
         # a slow stream (a frame every 0.2 s, idle in between, over three ticks): no heap trim while it lasts, one
-        # release of library pages
+        # release of library pages (after its first decode)
         for _ in range(15):
             assert d.submit(image.read_bytes(), image.suffix, timeout=60).prediction_id is not None
             time.sleep(0.2)
@@ -398,3 +398,27 @@ def test_sd_notify_sends_to_a_path_or_an_abstract_socket_and_never_fails_the_dae
     # a socket that is gone, or an address family it does not speak: False, logged, no exception
     assert sdnotify.notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "gone.sock")}) is False
     assert sdnotify.notify("READY=1", {"NOTIFY_SOCKET": "vsock:2:1234"}) is False
+
+
+def test_the_first_decode_calls_its_hook_once_and_a_failing_hook_costs_no_frame(tmp_path: Path, bundles,
+                                                                                 keys) -> None:
+    """FrameProcessor.after_first_decode (the daemon releases the library pages the first decode's imports mapped):
+    called once, by the first decode, however many follow; if it raises, the frame is still decided."""
+    d = make_daemon(tmp_path, keys, pcb_release(bundles))
+    assert d.frames.after_first_decode is not None  # the daemon's own, on by default
+    calls: list[int] = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise RuntimeError("planted")
+
+    d.frames.after_first_decode = failing
+    d.start()
+    try:
+        images = sorted(PCB.iterdir())[:3]
+        outcomes = [d.submit(i.read_bytes(), i.suffix, timeout=60) for i in images]
+        assert all(o.prediction_id is not None for o in outcomes)
+        assert d.status()["errors"] == 0
+        assert calls == [1]
+    finally:
+        d.stop()
