@@ -228,7 +228,7 @@ def daemon_run(bundle: Path, files: list[Path], threads: int | None, work: Path,
         if warmup:
             # steady state, as a daemon on a line runs for hours: one frame of each image first (what loads with the
             # first frame: Pillow, OpenCV, ONNX Runtime's first run), then three watchdog ticks (its one-off start-up
-            # chores: the library pages released after the first frames, the idle trim, start-up's garbage)
+            # chores: the start-up tick's release of library pages, the idle trim, start-up's garbage)
             for i, f in enumerate(dict.fromkeys(files)):
                 shutil.copy(f, staging / f"warm{i:03d}{f.suffix}")
                 os.replace(staging / f"warm{i:03d}{f.suffix}", inbox / f"warm{i:03d}{f.suffix}")
