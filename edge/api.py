@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_jsonable_python
 from starlette.applications import Starlette
@@ -29,6 +28,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Route
 
 from edge.config import DeviceConfig
+from edge.metrics import content_type as metrics_content_type
 from edge.review_auth import COOKIE, SESSION_S, Inspectors, InspectorSync, forbid_cross_site
 from edge.sources import Outcome
 from edge.store import Store
@@ -227,7 +227,7 @@ def create_app(daemon: LocalDevice) -> Starlette:
     def metrics(_: Request) -> Response:
         """Prometheus text exposition (prometheus_client): counters, stage latency histograms, queue and
         retention gauges, shadowline_build_info and shadowline_release_info."""
-        return Response(daemon.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+        return Response(daemon.metrics_text(), media_type=metrics_content_type())
 
     def status(_: Request) -> Response:
         return Json(daemon.status())

@@ -1,7 +1,11 @@
 """The daemon's metrics: prometheus_client counters and histograms (one registry per daemon, in base units, HELP on
 every family, `promtool check metrics` clean), gauges read from the daemon's state at scrape time, the build and
 release info metrics, and the recent latency samples that /v1/status medians and the windowed metrics records for
-the fleet are computed from."""
+the fleet are computed from.
+
+prometheus_client is imported by the first frame counted, the first scrape or the first reading of a counter, not
+with this module: its import (its exposition module pulls in http.server and wsgiref) took 15 ms of the daemon's
+start, before anything is counted. The collectors registered before that are registered then."""
 
 from __future__ import annotations
 
@@ -10,13 +14,18 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime.stats import percentile
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+
+class Collector(Protocol):
+    """What the registry scrapes (prometheus_client's collector protocol: `collect` yields metric families)."""
+
+    def collect(self) -> Iterator[Metric]: ...
 
 # Seconds: from a fast classifier on a Jetson (~1 ms) to a detector on a busy CPU (~1 s) and a stalled stage.
 BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -46,27 +55,57 @@ class StageSamples:
     window: list[float] = field(default_factory=list)
 
 
+@dataclass
+class _Prometheus:
+    registry: Any  # prometheus_client.CollectorRegistry
+    counters: dict[str, Any]  # short name -> prometheus_client.Counter
+    latency: Any  # prometheus_client.Histogram
+
+
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
         self._lock = threading.Lock()
-        self._counters = {short: Counter(name, doc, labels, registry=self.registry)
-                          for short, (name, doc, labels) in COUNTERS.items()}
-        self._latency = Histogram("shadowline_stage_latency_seconds",
-                                  "Time per frame in each stage: decode, screen, verify, candidate_*, total (decode "
-                                  "and every stage), queue_wait (queued and decoded ahead, before inference).",
-                                  ("stage",), buckets=BUCKETS_S, registry=self.registry)
         self._stages: dict[str, StageSamples] = {}
-        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
+        self._prom: _Prometheus | None = None  # built at first use (see the module's docstring)
+        self._prom_lock = threading.Lock()
+        self._pending: list[Collector] = []  # collectors added before that
+
+    def _p(self) -> _Prometheus:
+        p = self._prom
+        if p is not None:
+            return p
+        with self._prom_lock:
+            if self._prom is None:
+                from prometheus_client import CollectorRegistry, Counter, Histogram
+                from prometheus_client.process_collector import ProcessCollector
+
+                registry = CollectorRegistry()
+                counters = {short: Counter(name, doc, labels, registry=registry)
+                            for short, (name, doc, labels) in COUNTERS.items()}
+                latency = Histogram("shadowline_stage_latency_seconds",
+                                    "Time per frame in each stage: decode, screen, verify, candidate_*, total (decode "
+                                    "and every stage), queue_wait (queued and decoded ahead, before inference).",
+                                    ("stage",), buckets=BUCKETS_S, registry=registry)
+                ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
+                for c in self._pending:
+                    registry.register(c)
+                self._pending = []
+                self._prom = _Prometheus(registry, counters, latency)
+            return self._prom
+
+    @property
+    def registry(self) -> Any:
+        """The prometheus_client registry (built by this first use)."""
+        return self._p().registry
 
     def inc(self, name: str, by: float = 1, labels: dict[str, str] | None = None, **kw: str) -> None:
         """Add `by` to a counter (COUNTERS); labels as keywords, or as `labels` for names like `class`."""
-        c = self._counters[name]
+        c = self._p().counters[name]
         both = {**(labels or {}), **kw}
         (c.labels(**both) if both else c).inc(by)
 
     def observe(self, stage: str, ms: float) -> None:
-        self._latency.labels(stage=stage).observe(ms / 1000)
+        self._p().latency.labels(stage=stage).observe(ms / 1000)
         with self._lock:
             s = self._stages.get(stage)
             if s is None:
@@ -77,7 +116,9 @@ class Metrics:
     def value(self, name: str, **labels: str) -> float:
         """A counter's value for these labels, or its sum over all labels."""
         want = f"{COUNTERS[name][0]}_total"
-        return sum(s.value for family in self._counters[name].collect() for s in family.samples
+        if self._prom is None:
+            return 0.0  # nothing counted yet (and no reason to load prometheus_client to say so)
+        return sum(s.value for family in self._prom.counters[name].collect() for s in family.samples
                    if s.name == want and all(s.labels.get(k) == v for k, v in labels.items()))
 
     def medians(self) -> dict[str, float | None]:
@@ -93,11 +134,24 @@ class Metrics:
         return out
 
     def add_collector(self, collector: Collector) -> None:
-        self.registry.register(collector)
+        with self._prom_lock:
+            if self._prom is None:
+                self._pending.append(collector)
+                return
+        self._prom.registry.register(collector)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything registered."""
-        return generate_latest(self.registry)
+        from prometheus_client import generate_latest
+
+        return generate_latest(self._p().registry)
+
+
+def content_type() -> str:
+    """The exposition's media type (prometheus_client's CONTENT_TYPE_LATEST), for GET /metrics."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return CONTENT_TYPE_LATEST
 
 
 @dataclass
@@ -109,7 +163,7 @@ class StateReading:
     releases: list[dict[str, str]]  # one shadowline_release_info series per stage of the active and candidate
 
 
-class StateCollector(Collector):
+class StateCollector:
     """Gauges and counters kept elsewhere (queue, retention, actions, pipeline slot) and the info metrics, read when
     Prometheus scrapes rather than copied on every frame."""
 
@@ -118,6 +172,7 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         import onnxruntime
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
         build = InfoMetricFamily("shadowline_build", "What this daemon runs: Shadowline, Python and ONNX Runtime "
                                  "versions.")

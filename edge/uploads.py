@@ -29,15 +29,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from edge.config import UploadsConfig
 from edge.store import Store
 from runtime.errors import ConfigError
 
 if TYPE_CHECKING:  # httpx (and the CLI extras it pulls in) loads with the uploader's thread, not at daemon start
     import httpx
+    from prometheus_client.core import Metric
 
 log = logging.getLogger("shadowline.edge.uploads")
 
@@ -317,8 +315,8 @@ def _reason(r: httpx.Response) -> str:
         return r.text[:300]
 
 
-class UploadCollector(Collector):
-    """The uploader's counts on the daemon's /metrics, read at scrape time."""
+class UploadCollector:
+    """The uploader's counts on the daemon's /metrics, read at scrape time (a collector: edge.metrics.Collector)."""
 
     HELP = {"uploaded": "Images uploaded to the fleet.", "uploaded_bytes": "Bytes of images uploaded to the fleet.",
             "already_there": "Uploads the fleet already had (a retry after a lost answer).",
@@ -332,6 +330,8 @@ class UploadCollector(Collector):
         self.uploader = uploader
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         st = self.uploader.status()
         for field, doc in self.HELP.items():
             name = {"uploaded_bytes": "shadowline_upload_bytes", "scans": "shadowline_upload_scans"}.get(

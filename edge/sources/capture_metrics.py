@@ -4,11 +4,12 @@ the readers when Prometheus scrapes: one counter family per step a frame goes th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING
 
 from edge.sources.capture import CaptureReader
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 # CaptureCounts field -> (family without _total, HELP)
 FAMILIES: dict[str, tuple[str, str]] = {
@@ -28,11 +29,15 @@ FAMILIES: dict[str, tuple[str, str]] = {
 }
 
 
-class CaptureCollector(Collector):
+class CaptureCollector:
+    """A collector (edge.metrics.Collector): prometheus_client is imported when it is scraped."""
+
     def __init__(self, readers: Callable[[], Sequence[CaptureReader]]) -> None:
         self.readers = readers
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         readers = list(self.readers())
         counts = [(r.name, r.snapshot().as_dict()) for r in readers]
         for field, (name, doc) in FAMILIES.items():

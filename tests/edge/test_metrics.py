@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta
@@ -18,6 +19,8 @@ from edge.sources import Frame
 from tests.conftest import free_port
 from tests.edge.conftest import PCB, PHOTOS, pcb_release, photo_release
 from tests.edge.test_daemon_inprocess import make_daemon, wait
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def promtool() -> str:
@@ -185,3 +188,37 @@ def test_health_readings_carry_tegrastats_temperatures_power_and_gpu_load(tmp_pa
         off.stop()
     assert not any(k.startswith("power_mw:") for k in plain) and "gpu_percent" not in plain
     assert {k for k in plain if k.startswith("temp_c:")} == {f"temp_c:{k}" for k in thermal_zones()}
+
+
+def test_prometheus_client_loads_at_first_use_and_keeps_what_was_registered_before() -> None:
+    """edge.metrics imports prometheus_client at the first count, reading or scrape (not at daemon start): collectors
+    added before that are registered then, counters read before it are 0, and the exposition has them all."""
+    code = """
+import json, sys
+from edge.metrics import Metrics
+
+class Probe:
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        yield GaugeMetricFamily('shadowline_probe', 'A collector added before the first use.', value=7)
+
+m = Metrics()
+m.add_collector(Probe())
+before = {'loaded': 'prometheus_client' in sys.modules, 'frames_before': m.value('frames_total')}
+m.inc('frames_total', source='http')
+m.inc('frames_total', 2, source='folder')
+m.observe('decode', 4.0)
+text = m.render().decode()
+print(json.dumps({**before, 'after': 'prometheus_client' in sys.modules, 'frames': m.value('frames_total'),
+                  'http': m.value('frames_total', source='http'), 'text': text}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["loaded"] is False and got["frames_before"] == 0 and got["after"] is True
+    assert got["frames"] == 3 and got["http"] == 1
+    families = {f.name: f for f in text_string_to_metric_families(got["text"])}
+    assert families["shadowline_probe"].samples[0].value == 7
+    assert families["shadowline_frames"].type == "counter"
+    assert families["shadowline_stage_latency_seconds"].type == "histogram"
+    assert "process_cpu_seconds" in families
