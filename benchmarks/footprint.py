@@ -221,16 +221,17 @@ def post_image(port: int, data: bytes) -> None:
             raise RuntimeError(f"POST /v1/infer answered {r.status}")
 
 
-def wait_notified(sock: socket.socket, p: subprocess.Popen, deadline: float) -> bool:
-    """Wait for READY=1 on the daemon's NOTIFY_SOCKET (edge/sdnotify.py, as systemd's Type=notify does)."""
+def wait_notified(sock: socket.socket, p: subprocess.Popen, deadline: float) -> None:
+    """Return when READY=1 arrives on the daemon's NOTIFY_SOCKET (edge/sdnotify.py, as systemd's Type=notify waits
+    for it); raise if the daemon exits or the deadline passes first."""
     while time.monotonic() < deadline:
         if p.poll() is not None:
             raise RuntimeError(f"daemon exited with {p.returncode}: {p.stderr.read() if p.stderr else ''}")
         try:
             if "READY=1" in sock.recv(4096).decode().splitlines():
-                return True
+                return
         except TimeoutError:
-            pass
+            continue  # the socket's 50 ms timeout: look at the process again
     raise RuntimeError("daemon did not notify READY=1")
 
 
@@ -255,7 +256,8 @@ def run_real_daemon(config: Path, port: int, image: Path, timeout: float = 120, 
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if notify and wait_notified(sock, p, deadline):
+            if notify:
+                wait_notified(sock, p, deadline)
                 notified_ms = (time.perf_counter() - start) * 1000
                 cpu_notified = proc_cpu_ms(p.pid)
             if p.poll() is not None:

@@ -257,8 +257,10 @@ class Daemon:
             enqueued = self.queue.enqueued
             idle = enqueued == seen and self.queue.depth == 0 and self.frames.in_flight == 0
             if settle_gc and (idle or time.monotonic() - started > GC_SETTLE_LATEST_S):
-                # start-up's garbage: collected when no frame is waiting for the core it takes, or after a while
-                self.settle_start_up_garbage()
+                # start-up's garbage: collected when no frame is waiting for the core it takes, or after a while.
+                # Its freed heap goes back now only when idle and no idle trim follows below (never while frames
+                # flow: their buffers reuse it; the next idle trim hands it back)
+                self.settle_start_up_garbage(trim=idle and enqueued == trimmed_at)
                 settle_gc = False
             if enqueued != trimmed_at and idle:
                 release_free_memory()
@@ -410,14 +412,15 @@ class Daemon:
         self.library_pages_released_kb += release_library_pages()
         self.library_releases += 1
 
-    def settle_start_up_garbage(self) -> bool:
+    def settle_start_up_garbage(self, trim: bool = True) -> bool:
         """When start-up ran with the cyclic garbage collector off (`shadowline edge run` turns it off before its
         imports): collect what start-up left in cycles (about 40,000 objects, 20 to 35 ms of one core), turn the
-        collector on and hand the freed heap back. The watchdog calls it at its first tick without frames, or
-        GC_SETTLE_LATEST_S after start while frames keep coming. False (nothing done) when it was on."""
+        collector on and, with `trim`, hand the freed heap back. The watchdog calls it at its first tick without
+        frames, or GC_SETTLE_LATEST_S after start while frames keep coming. False (nothing done) when it was on."""
         if gc.isenabled():
             return False
         gc.collect()
         gc.enable()
-        release_free_memory()
+        if trim:
+            release_free_memory()
         return True

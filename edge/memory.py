@@ -5,9 +5,11 @@ benchmarks/footprint.py can do the same to its bare ONNX Runtime process."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +71,20 @@ def parse_smaps(text: str) -> list[Mapping]:
     return out
 
 
+@functools.cache
+def _madvise() -> Callable[[int, int, int], int] | None:
+    """The C library's madvise, looked up once (None off Linux)."""
+    if platform.system() != "Linux":
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
 def release_library_pages() -> int:
     """Drop this process's page-table entries for the clean pages of its mapped libraries (MADV_DONTNEED on each
     `Mapping.clean_library_pages`); returns the resident kB so released (0 off Linux).
@@ -80,16 +96,13 @@ def release_library_pages() -> int:
     and reclaimable; only the code the running daemon touches again is mapped again (a few ms of minor faults,
     once). The daemon calls this right after its first decode (OpenCV and Pillow load with the first image), at its
     watchdog's first tick and when its frame path goes idle, beside `release_free_memory`."""
-    if platform.system() != "Linux":
+    madvise = _madvise()
+    if madvise is None:
         return 0
     try:
         maps = parse_smaps(Path("/proc/self/smaps").read_text())
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-    except (OSError, AttributeError, ValueError):
+    except (OSError, ValueError):
         return 0
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    madvise.restype = ctypes.c_int
     released = 0
     regular: dict[str, bool] = {}
     for m in maps:

@@ -93,11 +93,6 @@ class Metrics:
                 self._prom = _Prometheus(registry, counters, latency)
             return self._prom
 
-    @property
-    def registry(self) -> Any:
-        """The prometheus_client registry (built by this first use)."""
-        return self._p().registry
-
     def inc(self, name: str, by: float = 1, labels: dict[str, str] | None = None, **kw: str) -> None:
         """Add `by` to a counter (COUNTERS); labels as keywords, or as `labels` for names like `class`."""
         c = self._p().counters[name]
