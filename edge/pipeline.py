@@ -26,7 +26,7 @@ from fleet.protocol import ReleaseSpec, StageOutput, StageSpec
 from runtime.bundle import Bundle, load_bundle
 from runtime.errors import BundleError, ConfigError, ShadowlineError
 from runtime.manifest import Thresholds
-from runtime.predictor import BundleModel, ModelOutput, Prepared
+from runtime.predictor import BundleModel, ModelOutput, Prepared, ScoreMap
 from runtime.signing import TrustStore
 
 
@@ -68,7 +68,7 @@ class StageRule:
         return label not in self.thresholds.ignore and (self.classes is None or label in self.classes)
 
     def _arrays(self, labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-        if self._vectors is None or self._vectors[0] != labels:
+        if self._vectors is None or (self._vectors[0] is not labels and self._vectors[0] != labels):
             thr = np.array([self.thresholds.for_class(x) for x in labels], dtype=np.float64)
             mask = np.array([self.counts(x) for x in labels], dtype=bool)
             self._vectors = (labels, thr, mask)
@@ -79,7 +79,7 @@ class StageRule:
         ±band×threshold of its threshold, the uncertain frames worth reviewing)."""
         if out.scores is not None:
             # Vectorised: an ImageNet classifier has 1000 classes, and this runs on every frame.
-            labels = tuple(out.scores)
+            labels = out.scores.labels if isinstance(out.scores, ScoreMap) else tuple(out.scores)
             s = out.vector if out.vector is not None and len(out.vector) == len(labels) else \
                 np.fromiter(out.scores.values(), dtype=np.float64, count=len(labels))
             thr, mask = self._arrays(labels)
@@ -123,7 +123,7 @@ class StageResult:
             return {k: round(v, 6) for k, v in scores.items()}
         v = self.output.vector
         if v is not None and len(v) == len(scores):
-            labels = list(scores)
+            labels = scores.labels if isinstance(scores, ScoreMap) else list(scores)
             keep = {labels[i] for i in np.argpartition(-v, TOP_K)[:TOP_K]}
         else:
             keep = set(sorted(scores, key=scores.__getitem__, reverse=True)[:TOP_K])
