@@ -34,6 +34,7 @@ class Runner(ABC):
     def __init__(self) -> None:
         self._loaded = False
         self.last_inference_time: float | None = None  # seconds, of the last `infer`
+        self._expected: dict[str, TensorMeta] | None = None  # the inputs, read once per load (every frame checks)
 
     # -- public API -------------------------------------------------------------------------------------------
     def load(self) -> Runner:
@@ -45,7 +46,9 @@ class Runner(ABC):
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self._loaded:
             raise RunnerError(f"{self.backend} runner: infer() before load()")
-        expected = {m.name: m for m in self.input_metadata()}
+        expected = self._expected
+        if expected is None:
+            expected = self._expected = {m.name: m for m in self.input_metadata()}
         missing = set(expected) - set(feeds)
         extra = set(feeds) - set(expected)
         if missing or extra:
@@ -63,6 +66,7 @@ class Runner(ABC):
         if self._loaded:
             self._close()
             self._loaded = False
+            self._expected = None
 
     @property
     def is_loaded(self) -> bool:

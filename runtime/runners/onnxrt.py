@@ -39,6 +39,7 @@ class OnnxRuntimeRunner(Runner):
         self.require_providers = require_providers
         self.session_config = dict(session_config or {})
         self._session = None
+        self._output_names: list[str] = []
         self.active_providers: list[str] = []
 
     @staticmethod
@@ -72,10 +73,11 @@ class OnnxRuntimeRunner(Runner):
                                        providers=usable or ["CPUExecutionProvider"])
         self._session = session
         self.active_providers = list(session.get_providers())
+        self._output_names = [o.name for o in session.get_outputs()]  # read once: every frame runs them all
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._session is not None
-        names = [o.name for o in self._session.get_outputs()]
+        names = self._output_names
         return dict(zip(names, self._session.run(names, feeds)))
 
     def _close(self) -> None:
