@@ -32,6 +32,7 @@ class Retention:
         # again at most every RESYNC_S seconds and by every enforce().
         self._used: int | None = None
         self._synced = 0.0
+        self._day_dir: Path | None = None  # the day's folder, made once (not one mkdir per kept image)
 
     @property
     def budget_bytes(self) -> int:
@@ -61,15 +62,21 @@ class Retention:
         removes. `origin` (the file `data` was read from, with its size and mtime_ns then): the kept image is a hard
         link of that file when it is still the same file (same size and mtime), which writes no bytes; otherwise
         (another file system, no hard links there, the file gone or changed) the bytes are written."""
-        day = time.strftime("%Y%m%d")
-        path = self.dir / day / f"{prediction_id}{suffix.lower() or '.img'}"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        day_dir = self.dir / time.strftime("%Y%m%d")
+        if day_dir != self._day_dir:
+            day_dir.mkdir(parents=True, exist_ok=True)
+            self._day_dir = day_dir
+        path = day_dir / f"{prediction_id}{suffix.lower() or '.img'}"
         if origin is not None and self._link(origin, path, len(data)):
             return path, len(data)
         # Temp name + rename without fsync: the record's commit is not fsynced either (synchronous=NORMAL), and an
         # fsync per kept image would cost the worker ~15 ms a frame on an SD card or eMMC.
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except FileNotFoundError:  # the day's folder was removed since it was made (by hand, by a cleanup)
+            day_dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
         os.replace(tmp, path)
         return path, len(data)
 

@@ -224,3 +224,31 @@ def test_failed_deliveries_are_retried_then_marked_failed(tmp_path: Path) -> Non
     row = s.query("SELECT state, attempts, last_error FROM deliveries")[0]
     assert row["state"] == "failed" and row["attempts"] == 3 and "ConnectError" in row["last_error"]
     assert s.query("SELECT COUNT(*) FROM delivery_attempts WHERE ok = 0")[0][0] == 3
+
+
+def test_retention_makes_the_day_folder_once_and_again_when_it_is_removed(tmp_path: Path, monkeypatch) -> None:
+    """The day's folder is made by the first kept image of the day, not by every one; removed by hand (or by a
+    cleanup) while the daemon runs, the next kept image makes it again and loses nothing."""
+    import os
+    import shutil
+
+    s = Store(tmp_path / "db.sqlite")
+    r = Retention(RetentionConfig(dir=tmp_path / "img"), s)
+    made: list[Path] = []
+    real_mkdir = Path.mkdir
+
+    def counting_mkdir(self: Path, *a, **kw) -> None:
+        made.append(self)
+        real_mkdir(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "mkdir", counting_mkdir)
+    src = tmp_path / "in.png"
+    src.write_bytes(b"x" * 64)
+    st = src.stat()
+    paths = [r.save(rec().id, b"x" * 64, ".png", (src, st.st_size, st.st_mtime_ns))[0] for _ in range(5)]
+    assert len(made) == 1 and all(p.parent == made[0] and p.read_bytes() == b"x" * 64 for p in paths)
+    shutil.rmtree(made[0])
+    path, size = r.save(rec().id, b"y" * 32, ".png")  # written (not linked): the folder is made again
+    assert path.read_bytes() == b"y" * 32 and size == 32 and len(made) == 2
+    path2, _ = r.save(rec().id, b"x" * 64, ".png", (src, st.st_size, st.st_mtime_ns))
+    assert os.path.samefile(path2, src) and len(made) == 2
