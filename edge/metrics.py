@@ -69,6 +69,9 @@ class Metrics:
         self._prom: _Prometheus | None = None  # built at first use (see the module's docstring)
         self._prom_lock = threading.Lock()
         self._pending: list[Collector] = []  # collectors added before that
+        # (counter, labels) -> the labelled child: prometheus_client's labels() checks and locks on every call, and
+        # the commit thread counts and observes about seven times per frame
+        self._children: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
 
     def _p(self) -> _Prometheus:
         p = self._prom
@@ -95,12 +98,20 @@ class Metrics:
 
     def inc(self, name: str, by: float = 1, labels: dict[str, str] | None = None, **kw: str) -> None:
         """Add `by` to a counter (COUNTERS); labels as keywords, or as `labels` for names like `class`."""
-        c = self._p().counters[name]
         both = {**(labels or {}), **kw}
-        (c.labels(**both) if both else c).inc(by)
+        key = (name, tuple(both.items()))
+        child = self._children.get(key)
+        if child is None:
+            c = self._p().counters[name]
+            child = self._children[key] = c.labels(**both) if both else c
+        child.inc(by)
 
     def observe(self, stage: str, ms: float) -> None:
-        self._p().latency.labels(stage=stage).observe(ms / 1000)
+        key = ("", (("stage", stage),))
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._p().latency.labels(stage=stage)
+        child.observe(ms / 1000)
         with self._lock:
             s = self._stages.get(stage)
             if s is None:

@@ -53,19 +53,27 @@ MQTT_ERR_QUEUE_SIZE = 15  # paho.mqtt.client.MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
 KINDS: tuple[RecordKind, ...] = tuple(RecordKind)
 
 
+
+def dumps(record: dict[str, Any]) -> str:
+    """A record as the outbox stores it (compact JSON)."""
+    return json.dumps(record, separators=(",", ":"))
+
 def ensure_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(DDL)
     if "puback_at" not in {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}:
         conn.execute("ALTER TABLE outbox ADD COLUMN puback_at REAL")  # an outbox from before fleet acks
 
 
-def enqueue(conn: sqlite3.Connection, kind: RecordKind | str, record: dict[str, Any]) -> None:
-    """Add `record` (with an `id`) to the outbox inside the caller's open transaction. Idempotent by id."""
+def enqueue(conn: sqlite3.Connection, kind: RecordKind | str, record: dict[str, Any],
+            payload: str | None = None) -> None:
+    """Add `record` (with an `id`) to the outbox inside the caller's open transaction. Idempotent by id. `payload`:
+    the record already serialised as `dumps(record)` gives it (the frame path stores the same text twice)."""
     try:
         kind = RecordKind(kind)
     except ValueError:
         raise ValueError(f"unknown outbox kind {kind!r}; one of {', '.join(KINDS)}") from None
-    payload = json.dumps(record, separators=(",", ":"))
+    if payload is None:
+        payload = dumps(record)
     conn.execute("INSERT OR IGNORE INTO outbox (id, kind, payload, size, created_at) VALUES (?, ?, ?, ?, ?)",
                  (record["id"], kind, payload, len(payload), time.time()))
 

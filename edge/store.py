@@ -155,14 +155,15 @@ class Store:
             return False
         for r in f.records:
             d = r.model_dump(mode="json")
+            text = outbox.dumps(d)  # the record column and the outbox row hold the same text: serialised once
             c.execute(
                 "INSERT INTO predictions (id, frame_key, role, created_at, source, release, revision, mode, "
                 "decision, top_label, top_score, flagged, disagrees_with, error, image_path, record) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (r.id, f.frame_key, r.role, r.created_at, r.source, r.release, r.revision, r.mode, r.decision,
                  r.top_label, r.top_score, json.dumps(d["flagged"]), r.disagrees_with, r.error,
-                 str(f.kept[r.id][0]) if r.id in f.kept else None, json.dumps(d)))
-            outbox.enqueue(c, RecordKind.PREDICTIONS, d)
+                 str(f.kept[r.id][0]) if r.id in f.kept else None, text))
+            outbox.enqueue(c, RecordKind.PREDICTIONS, d, text)
         now = time.time()
         for pid, (path, size, reasons) in f.kept.items():
             c.execute("INSERT OR REPLACE INTO kept_images (prediction_id, path, size, reasons, created_at) "
