@@ -40,6 +40,36 @@ def test_daemon_start_imports_nothing_it_does_not_use() -> None:
     assert "edge.agent.runtime" not in loaded  # the agent (state machine, downloads) loads only with fleet:
 
 
+@pytest.mark.parametrize("setting", [None, ""])
+def test_edge_run_skips_pydantic_plugin_discovery_unless_the_environment_asks(tmp_path: Path, keys,
+                                                                             setting: str | None) -> None:
+    """`shadowline edge run` sets PYDANTIC_DISABLE_PLUGINS before its first model is built, so pydantic never scans
+    every installed distribution's entry points; an explicit setting (empty: load plugins) is kept."""
+    cfg = write_config(tmp_path, keys, {"name": "r", "mode": "shadow", "stages": [{"role": "verify", "bundle": "x"}]})
+    code = ("import json, os, sys, types\n"
+            "fake = types.ModuleType('edge.daemon')\n"
+            "class Daemon:\n"
+            "    def __init__(self, cfg): pass\n"
+            "    def run(self):\n"
+            "        import pydantic.plugin._loader as loader\n"
+            "        print(json.dumps([os.environ.get('PYDANTIC_DISABLE_PLUGINS'), loader._plugins is None]))\n"
+            "fake.Daemon = Daemon\n"
+            "sys.modules['edge.daemon'] = fake\n"
+            "from edge.cli import run_command\n"
+            "run_command.main(['--config', sys.argv[1]], standalone_mode=False)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    if setting is not None:
+        env["PYDANTIC_DISABLE_PLUGINS"] = setting
+    out = subprocess.run([sys.executable, "-c", code, str(cfg)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    value, never_scanned = json.loads(out.stdout.strip().splitlines()[-1])
+    if setting is None:
+        assert value == "__all__" and never_scanned
+    else:
+        assert value == "" and not never_scanned  # the config's models were built with plugin discovery
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names at the OS level: Linux prctl")
 def test_frame_path_threads_carry_their_names_at_the_os_level(tmp_path: Path, bundles, keys) -> None:
     d = make_daemon(tmp_path, keys, pcb_release(bundles)).start()
