@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,10 +55,10 @@ class ScoreMap(Mapping[str, float]):
             self._dict = dict(zip(self.labels, self.vector.tolist()))
         return self._dict
 
-    def items(self):  # type: ignore[override]
+    def items(self) -> ItemsView[str, float]:
         return self.as_dict().items()
 
-    def values(self):  # type: ignore[override]
+    def values(self) -> ValuesView[float]:
         return self.as_dict().values()
 
     def __eq__(self, other: object) -> bool:
