@@ -243,14 +243,17 @@ class Cascade:
             raise ConfigError(f"release {spec.ref}: stages must be [screen], [verify] or [screen, verify], got {roles}")
         self.spec, self.stages, self.band = spec, stages, band
         self.guard = StageGuard(verify_timeout_s, f"verify:{spec.ref}") if verify_timeout_s else None
+        # every decision carries these; built once (the stages and rules do not change), shared, never mutated
+        self._models: dict[str, str] = {s.role: m.manifest.bundle_id for s, m, _ in self.stages}
+        self._thresholds: dict[str, Any] = {s.role: r.as_dict() for s, _, r in self.stages}
 
     @property
     def models(self) -> dict[str, str]:
-        return {s.role: m.manifest.bundle_id for s, m, _ in self.stages}
+        return self._models
 
     @property
     def thresholds(self) -> dict[str, Any]:
-        return {s.role: r.as_dict() for s, _, r in self.stages}
+        return self._thresholds
 
     @property
     def first_model(self) -> BundleModel:
