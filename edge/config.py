@@ -237,6 +237,12 @@ class PipelineConfig(_Cfg):
     max_batch: int = Field(8, ge=1, le=64, description="frames decided together when that many are ready; stage 2 "
                            "runs once over their candidates (batched where the model has a dynamic batch)")
     commit_batch: int = Field(32, ge=1, le=1024, description="frames committed in one SQLite transaction at most")
+    commit_linger_ms: float = Field(
+        20.0, ge=0, le=1000, description="while more frames are in flight behind those decided, the commit thread "
+                                         "waits up to this long for them, to commit up to commit_batch frames in "
+                                         "one transaction (fewer, longer runs of the commit thread cost less CPU "
+                                         "per frame); a frame with nothing behind it is committed at once; 0: "
+                                         "commit whatever is decided at once")
     decoder: Literal["opencv", "pillow"] = Field(
         "opencv", description="opencv: plain PNG/JPEG files decoded by OpenCV (faster; the same pixels as Pillow's), "
                               "the rest by Pillow; pillow: every file by Pillow (about 1.2 to 1.4 times the decode + "

@@ -12,7 +12,8 @@ Three stages overlap, each on its own thread(s), each bounded:
   batches: no frame sees half of two releases, and every batch taken after the swap runs on the new pipeline.
   The decided batches are put back in queue order before the commit.
 - one commit thread builds the records, writes kept images, and commits up to `commit_batch` frames in one SQLite
-  transaction (a group commit). Only then is a frame done: its source's `on_done` runs after the commit, in queue
+  transaction (a group commit); while more frames are in flight it waits up to `commit_linger_ms` for them, so it
+  runs less often and for longer (a lone frame is committed at once). Only then is a frame done: its source's `on_done` runs after the commit, in queue
   order. A crash before the commit loses nothing but work: the frame has no record and is processed again.
 
 Backpressure is unchanged: the sources see the bounded queue; behind it the prefetch and commit hand-offs are
@@ -369,11 +370,21 @@ class FrameProcessor:
                 if self._stop_intake.is_set() and not self._inferring():
                     return
                 continue
-            while len(items) < self.config.pipeline.commit_batch:
+            pc = self.config.pipeline
+            deadline = time.monotonic() + pc.commit_linger_ms / 1000
+            while len(items) < pc.commit_batch:
                 try:
                     items += self._decided.get_nowait()
                 except queue_mod.Empty:
-                    break
+                    # more frames taken than these (decoding, in inference): wait a little for them, so the batch
+                    # commits together; nothing behind (a lone request, the end of a burst): commit now
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._taken <= len(items) or self._stop_intake.is_set():
+                        break
+                    try:
+                        items += self._decided.get(timeout=left)
+                    except queue_mod.Empty:
+                        break
             self._commit(items)
 
     # -- commit ----------------------------------------------------------------------------------------------------

@@ -328,6 +328,47 @@ def test_inference_workers_run_batches_at_once_and_commit_in_queue_order(tmp_pat
     assert sorted(p.name for p in (inbox / "done").iterdir()) == names
 
 
+def test_commit_lingers_for_frames_in_flight_but_never_for_a_lone_frame(tmp_path: Path, bundles, keys) -> None:
+    """With frames in flight behind those decided, the commit thread waits (up to commit_linger_ms) and commits them
+    in one transaction; a frame with nothing behind it is committed at once, whatever the linger."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    d = make_daemon(tmp_path, keys, pcb_release(bundles),
+                    pipeline={"max_batch": 1, "commit_batch": 8, "commit_linger_ms": 1000},
+                    sources=[{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0}])
+    d.start()
+    sizes: list[int] = []
+    real_commit = d.store.commit_frames
+
+    def counted(frames):
+        sizes.append(len(frames))
+        return real_commit(frames)
+
+    d.store.commit_frames = counted  # type: ignore[method-assign]
+    try:
+        wait(lambda: d.ready)
+        t0 = time.monotonic()
+        out = d.submit(PCB.joinpath(sorted(p.name for p in PCB.iterdir())[0]).read_bytes(), ".png")
+        lone_s = time.monotonic() - t0
+        assert out.decision in ("pass", "flag") and sizes == [1]
+        names = [f"{i:02d}-{f.name}" for i in range(6) for f in sorted(PCB.iterdir())]
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        for n in names:
+            shutil.copy(PCB / n.split("-", 1)[1], staging / n)
+        for n in names:
+            (staging / n).replace(inbox / n)
+        wait(lambda: d.metrics.value("frames_total") == len(names) + 1)
+    finally:
+        d.stop()
+    assert lone_s < 0.9, f"a lone frame waited {lone_s:.2f} s for its commit"
+    burst = sizes[1:]
+    assert sum(burst) == len(names)
+    # one frame per decided batch (max_batch 1): without the linger most commits would hold one or two frames
+    assert len(burst) <= len(names) // 8 + 3, burst
+    assert max(burst) >= 8, burst
+
+
 def test_ready_only_once_every_source_runs(tmp_path: Path, bundles, keys, monkeypatch) -> None:
     """/readyz is served by the API, which starts first: the daemon must not say ready while its sources are still
     being started (a client then read /v1/status without the configured capture: the RTSP test's KeyError)."""
