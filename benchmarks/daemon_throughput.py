@@ -6,7 +6,11 @@
   spinning; the fastest of the three is the baseline, so the daemon gains nothing from a setting;
 - the CPU limit: cores / CPU time per frame of decode + preprocess + inference, each measured alone on the same
   frames, inference at whichever of the two thread counts costs less CPU [daemon >= 0.85x];
-- the inference-only limit: ONNX Runtime alone on already preprocessed inputs, at the same thread count (reported).
+- the inference-only limit: ONNX Runtime alone on already preprocessed inputs, at the same thread count (reported);
+- the same stages side by side: one bare loop per core on threads sharing the frames, at one intra-op thread
+  (reported): what the stages give when they run at once on this machine, with no queue, hand-off or records. The
+  CPU limit measures each stage alone; beside another busy core each one costs more CPU (shared caches, memory
+  bandwidth, the host's neighbours), and this line shows how much.
 
 The daemon is the real `shadowline edge run --config ...` process with a watched folder, with its default thread
 settings (intra-op threads and decode workers) unless `--daemon-threads` / `--workers` say otherwise: everything it does per
@@ -86,6 +90,42 @@ def bare_loop(bundle: Path, files: list[Path], threads: int, spin: bool) -> tupl
             out = sess.run(None, {m.input.name: x[None]})[0]
             if m.task == "classify":
                 decode_classification(out, m.output.decoder)
+        return len(files) / (time.perf_counter() - t0), (time.process_time() - c0) * 1000 / len(files)
+
+
+def parallel_loops(bundle: Path, files: list[Path], workers: int) -> tuple[float, float]:
+    """(frames per second, CPU ms per frame) of `workers` threads each running the bare loop at one intra-op thread
+    without spinning, on a shared list of the frames: the same stages side by side with no queue, no hand-off, no
+    records. What two threads get from these stages at once on this machine (the cores share caches, memory
+    bandwidth and the host's own neighbours), which the CPU limit, measured one stage at a time, does not see."""
+    import threading
+
+    from runtime.bundle import load_bundle
+    from runtime.processing.image import decode_image
+    from runtime.processing.preprocess import preprocess
+
+    with load_bundle(bundle) as b:
+        m = b.manifest
+        sess = session(b.model_path, 1, spin=False)
+        sess.run(None, {m.input.name: preprocess(decode_image(files[0].read_bytes()), m.input)[0][None]})
+        todo = iter(files)
+        lock = threading.Lock()
+
+        def loop() -> None:
+            while True:
+                with lock:
+                    f = next(todo, None)
+                if f is None:
+                    return
+                x, _ = preprocess(decode_image(f.read_bytes()), m.input)
+                sess.run(None, {m.input.name: x[None]})
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        threads = [threading.Thread(target=loop) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         return len(files) / (time.perf_counter() - t0), (time.process_time() - c0) * 1000 / len(files)
 
 
@@ -314,12 +354,14 @@ def main() -> None:
                 base = daemon_run(bundle, files, args.daemon_threads, tmp / "daemon", args.workers,
                                   args.inference_workers, root=args.baseline, warmup=not args.cold)
             lim = limits(bundle, files, args.threads, daemon_threads)
+            side = parallel_loops(bundle, files, cores)
             cpu_ms = lim["decode_cpu_ms"] + lim["preprocess_cpu_ms"] + lim["inference_cpu_ms"]
             rd = {**{f"bare_fps_{k}": v[0] for k, v in bare.items()}, "bare_best": best, "bare_fps": bare[best][0],
                   "bare_cpu_ms": bare[best][1], "daemon_fps": fps,
                   "daemon_cpu_ms": cpu, "daemon_cpu_ms_by_thread": by_thread, "daemon_runnable_threads": runnable,
                   **lim,
                   "stage_cpu_ms": cpu_ms, "cpu_limit_fps": cores * 1000 / cpu_ms,
+                  "side_by_side_fps": side[0], "side_by_side_cpu_ms": side[1],
                   "load_avg": round((load0 + os.getloadavg()[0]) / 2, 2)}
             if base is not None:
                 rd.update({"baseline_fps": base[0], "baseline_cpu_ms": base[1], "baseline_cpu_ms_by_thread": base[2],
@@ -333,7 +375,8 @@ def main() -> None:
                   f"{lim['preprocess_cpu_ms']:.2f} + inference {lim['inference_cpu_ms']:.2f} CPU ms on {cores} cores; "
                   "inference CPU ms by threads " + ", ".join(f"{t}: {c:.2f}" for t, c in
                                                              lim["inference_cpu_ms_by_threads"].items()) + "), "
-                  f"inference only {lim['inference_only_fps']:.1f} fps; load avg {rd['load_avg']}", flush=True)
+                  f"inference only {lim['inference_only_fps']:.1f} fps; {cores} bare loops side by side "
+                  f"{side[0]:.1f} fps ({side[1]:.1f} CPU ms/frame); load avg {rd['load_avg']}", flush=True)
             print("  daemon CPU ms/frame by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                                  sorted(by_thread.items(), key=lambda kv: -kv[1]))
                   + f"; daemon threads running or runnable on average {runnable:.2f} (cores {cores})", flush=True)
@@ -358,6 +401,10 @@ def main() -> None:
               "ratio_vs_bare": round(ratio("daemon_fps", "bare_fps"), 3),
               "ratio_vs_cpu_limit": round(ratio("daemon_fps", "cpu_limit_fps"), 3),
               "ratio_vs_inference_only": round(ratio("daemon_fps", "inference_only_fps"), 3),
+              "side_by_side_fps_median": round(med("side_by_side_fps"), 2),
+              "side_by_side_cpu_ms_median": round(med("side_by_side_cpu_ms"), 2),
+              "side_by_side_ratio_vs_cpu_limit": round(ratio("side_by_side_fps", "cpu_limit_fps"), 3),
+              "ratio_vs_side_by_side": round(ratio("daemon_fps", "side_by_side_fps"), 3),
               "daemon_cpu_ms_median": round(med("daemon_cpu_ms"), 2), "bare_cpu_ms_median": round(med("bare_cpu_ms"), 2),
               "stage_cpu_ms_median": round(med("stage_cpu_ms"), 2),
               # CPU-time figures, far less sensitive to other processes on the machine than the wall-time ratios:
@@ -387,6 +434,10 @@ def main() -> None:
           f"threads running or runnable {result['daemon_runnable_threads_median']:.2f} on average); "
           f"inference-only limit {result['inference_only_fps_median']:.1f} fps: daemon "
           f"{result['ratio_vs_inference_only']:.2f}x")
+    print(f"{cores} bare loops side by side (threads with no queue, hand-off or records; what these stages give at "
+          f"once on this machine): {result['side_by_side_fps_median']:.1f} fps, "
+          f"{result['side_by_side_cpu_ms_median']:.1f} CPU ms/frame, {result['side_by_side_ratio_vs_cpu_limit']:.2f}x "
+          f"the CPU limit; the daemon {result['ratio_vs_side_by_side']:.2f}x of it")
     print(f"daemon throughput {result['daemon_fps_median']:.1f} fps ({args.model}, {daemon_threads} intra-op "
           f"thread(s), {workers} decode and {inference_workers} inference workers; bare loop best of {sorted({args.threads, daemon_threads})} "
           f"thread(s), {len(files)} frames, {'cold daemon' if args.cold else 'daemon warmed up'}, median of "
