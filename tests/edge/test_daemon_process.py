@@ -30,6 +30,13 @@ from tests.edge.conftest import (
 CAND_VERIFY = {**VERIFY_T, "dog": 0.6}
 
 
+def wait_moved(inbox: Path, names: list[str], timeout: float = 30) -> None:
+    """The folder's mover moves each file after its commit, on its own thread: a frame counted is not yet moved."""
+    deadline = time.monotonic() + timeout
+    while any((inbox / n).exists() for n in names) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def active_records(db: Path) -> dict[str, list[dict]]:
     """File name -> its active prediction records (read straight from the daemon's SQLite file)."""
     with sqlite3.connect(db) as c:
@@ -92,6 +99,7 @@ def test_shadow_mode_records_everything_and_sends_nothing(tmp_path: Path, bundle
     assert len(cands) == len(names)
     assert disagreeing == {n for n in names if expected[n] != cand_expected[n]} != set()
     assert all(c["mode"] == "shadow" and c["role"] == "candidate" and c["revision"] == 2 for c in cands)
+    wait_moved(tmp_path / "inbox", names)
     assert sorted(p.name for p in (tmp_path / "inbox" / "done").iterdir()) == sorted(names)
     # retention kept every flagged frame and every disagreement
     kept = {r["id"] for rs in recs.values() for r in rs if r["image_kept"]}
@@ -178,6 +186,7 @@ def test_bad_input_is_recorded_and_the_daemon_keeps_running(tmp_path: Path, bund
     d = daemons(cfg)
     st = d.wait_frames(len(bad) + len(fine) + 4)
     assert st["errors"] == len(bad) and st["decisions"]["error"] == len(bad)
+    wait_moved(inbox, [*bad, *fine])
     recs = active_records(tmp_path / "shadowline.db")
     reasons = {"truncated.png": "truncated", "corrupt.png": "corrupt", "empty.jpg": "empty file",
                "notes.png": "not a recognised image", "bomb.png": "over the limit of 40000000"}
