@@ -29,6 +29,18 @@ def make_daemon(tmp_path: Path, keys, release: dict, **extra) -> Daemon:
     return Daemon(cfg)
 
 
+def drop_pcb_copies(tmp_path: Path, inbox: Path, copies: int) -> list[str]:
+    """`copies` of every PCB image, renamed into the watched folder at once (complete files, in name order)."""
+    names = [f"{i:02d}-{f.name}" for i in range(copies) for f in sorted(PCB.iterdir())]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for n in names:
+        shutil.copy(PCB / n.split("-", 1)[1], staging / n)
+    for n in names:
+        (staging / n).replace(inbox / n)
+    return names
+
+
 def wait(cond, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -308,13 +320,7 @@ def test_inference_workers_run_batches_at_once_and_commit_in_queue_order(tmp_pat
 
     runner._infer = slow  # type: ignore[method-assign]
     try:
-        names = [f"{i:02d}-{f.name}" for i in range(4) for f in sorted(PCB.iterdir())]
-        staging = tmp_path / "staging"
-        staging.mkdir()
-        for n in names:
-            shutil.copy(PCB / n.split("-", 1)[1], staging / n)
-        for n in names:
-            (staging / n).replace(inbox / n)
+        names = drop_pcb_copies(tmp_path, inbox, 4)
         wait(lambda: d.metrics.value("frames_total") == len(names))
         rows = d.store.query("SELECT source, decision, frame_key FROM predictions WHERE role = 'active' "
                              "ORDER BY rowid")
@@ -351,13 +357,7 @@ def test_commit_lingers_for_frames_in_flight_but_never_for_a_lone_frame(tmp_path
         out = d.submit(PCB.joinpath(sorted(p.name for p in PCB.iterdir())[0]).read_bytes(), ".png")
         lone_s = time.monotonic() - t0
         assert out.decision in ("pass", "flag") and sizes == [1]
-        names = [f"{i:02d}-{f.name}" for i in range(6) for f in sorted(PCB.iterdir())]
-        staging = tmp_path / "staging"
-        staging.mkdir()
-        for n in names:
-            shutil.copy(PCB / n.split("-", 1)[1], staging / n)
-        for n in names:
-            (staging / n).replace(inbox / n)
+        names = drop_pcb_copies(tmp_path, inbox, 6)
         wait(lambda: d.metrics.value("frames_total") == len(names) + 1)
     finally:
         d.stop()
