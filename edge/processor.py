@@ -13,8 +13,9 @@ Three stages overlap, each on its own thread(s), each bounded:
   The decided batches are put back in queue order before the commit.
 - one commit thread builds the records, writes kept images, and commits up to `commit_batch` frames in one SQLite
   transaction (a group commit); while more frames are in flight it waits up to `commit_linger_ms` for them, so it
-  runs less often and for longer (a lone frame is committed at once). Only then is a frame done: its source's `on_done` runs after the commit, in queue
-  order. A crash before the commit loses nothing but work: the frame has no record and is processed again.
+  runs less often and for longer (a lone frame is committed at once). Only then is a frame done: its source's
+  `on_done` runs after the commit, in queue order. A crash before the commit loses nothing but work: the frame has
+  no record and is processed again.
 
 Backpressure is unchanged: the sources see the bounded queue; behind it the prefetch and commit hand-offs are
 bounded too, so memory stays bounded whatever the input rate.
