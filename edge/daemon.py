@@ -95,6 +95,7 @@ class Daemon:
         self._watchdog: threading.Thread | None = None
         self._server: Any = None
         self._server_thread: threading.Thread | None = None
+        self._api_started = threading.Event()
         self.agent: Any = None
 
     # -- AgentHost ------------------------------------------------------------------------------------------------
@@ -344,8 +345,15 @@ class Daemon:
         cfg = uvicorn.Config(create_app(self), host=self.config.api.host, port=self.config.api.port,
                              log_level="warning", access_log=False, http="h11", ws="none", lifespan="off",
                              loop="asyncio")
+        api_started = self._api_started
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets: list | None = None) -> None:
+                await super().startup(sockets)
+                api_started.set()  # listening (or failed: `started` says which); _wait_api wakes now, not at a poll
+
         # uvicorn installs signal handlers only on the main thread; the daemon's own SIGTERM/SIGINT handlers stay
-        server = uvicorn.Server(cfg)
+        server = Server(cfg)
         self._server = server
         if not self.stop_event.is_set():
             server.run()
@@ -357,7 +365,7 @@ class Daemon:
             if not alive or time.monotonic() > deadline:
                 # uvicorn logs the cause (address in use, permission) and ends its thread
                 raise ConfigError(f"api: cannot listen on {self.config.api.host}:{self.config.api.port}")
-            time.sleep(0.01)
+            self._api_started.wait(0.05)  # set by the server's startup; the timeout only re-checks the thread
 
     def _start_agent(self) -> None:
         try:
