@@ -1,10 +1,23 @@
-"""Waiting for a daemon started by a packaging test to answer its health route."""
+"""Waiting for a daemon started by a packaging test to answer its health route, and never leaving it running."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def reaped(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """Yield `proc`; on the way out (a failed assertion included) kill it if it still runs, and reap it."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 60) -> None:

@@ -21,6 +21,7 @@ import dockerfile
 from edge.config import ApiConfig
 from runtime.loaders.tensorrt.cache import default_cache_dir
 from tests.conftest import free_port
+from tests.packaging.health import reaped
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile.jetson"
@@ -214,7 +215,7 @@ def test_entrypoint_with_the_image_env_starts_a_daemon_the_healthcheck_accepts(t
     assert healthcheck(port).returncode != 0, "healthy before the daemon started"
     p = subprocess.Popen(["bash", str(script)], env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True)
-    try:
+    with reaped(p):
         deadline = time.monotonic() + 60
         while healthcheck(port).returncode != 0:
             assert p.poll() is None, p.communicate()[1]
@@ -222,10 +223,6 @@ def test_entrypoint_with_the_image_env_starts_a_daemon_the_healthcheck_accepts(t
             time.sleep(0.2)
         p.send_signal(signal.SIGTERM)
         p.communicate(timeout=30)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     assert p.returncode == 0
     assert healthcheck(port).returncode != 0, "healthy after the daemon stopped"
 

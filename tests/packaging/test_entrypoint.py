@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.packaging.health import wait_healthy
+from tests.packaging.health import reaped, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "deploy" / "jetson" / "entrypoint.sh"
@@ -44,14 +44,10 @@ def start_and_check_health(tmp_path: Path, port: int, **extra: str) -> str:
     """Start the entrypoint, wait for the daemon's /healthz, stop it with SIGTERM; returns its stderr."""
     p = subprocess.Popen(["bash", str(ENTRYPOINT)], env=env(tmp_path, **extra), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    try:
+    with reaped(p):
         wait_healthy(p, port)
         p.send_signal(signal.SIGTERM)  # exec: the signal reaches the daemon itself, not a wrapping shell
         _, err = p.communicate(timeout=30)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     assert p.returncode == 0, err
     return err
 

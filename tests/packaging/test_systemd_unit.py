@@ -17,7 +17,7 @@ import pytest
 
 from runtime.errors import BackendUnavailable, BundleError, ConfigError, ModelRejected, ParityError, SignatureError
 from tests.conftest import free_port
-from tests.packaging.health import wait_healthy
+from tests.packaging.health import reaped, wait_healthy
 from tests.packaging.systemd import Ended, exec_argv, is_writable, parse_unit, restarts, words
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,14 +146,10 @@ def test_a_good_config_runs_and_a_crash_restarts(tmp_path: Path, bundles, keys):
     ends = []
     for sig in (signal.SIGTERM, signal.SIGKILL):
         p = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
+        with reaped(p):
             wait_healthy(p, port)
             p.send_signal(sig)
             p.communicate(timeout=30)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
         ends.append(Ended("main", exit_code=p.returncode) if p.returncode >= 0
                     else Ended("main", signal=signal.Signals(-p.returncode).name))
     assert ends[0] == Ended("main", exit_code=0) and not restarts(svc, ends[0])
@@ -231,7 +227,7 @@ def test_the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops(tmp_path: P
         sock.settimeout(60)
         p = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "NOTIFY_SOCKET": str(sock_path)})
-        try:
+        with reaped(p):
             ready = sock.recv(4096).decode()
             assert "READY=1" in ready.splitlines(), ready
             assert f"MAINPID={p.pid}" in ready.splitlines(), ready
@@ -240,8 +236,4 @@ def test_the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops(tmp_path: P
             p.send_signal(signal.SIGTERM)
             assert sock.recv(4096).decode() == "STOPPING=1"
             p.communicate(timeout=30)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     assert p.returncode == 0
