@@ -34,10 +34,13 @@ class ScoreMap(Mapping[str, float]):
         self._index = index
         self._dict: dict[str, float] | None = None
 
-    def __getitem__(self, label: str) -> float:
+    def _positions(self) -> Mapping[str, int]:
         if self._index is None:
             self._index = {k: i for i, k in enumerate(self.labels)}
-        return float(self.vector[self._index[label]])
+        return self._index
+
+    def __getitem__(self, label: str) -> float:
+        return float(self.vector[self._positions()[label]])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.labels)
@@ -46,9 +49,7 @@ class ScoreMap(Mapping[str, float]):
         return len(self.labels)
 
     def __contains__(self, label: object) -> bool:
-        if self._index is None:
-            self._index = {k: i for i, k in enumerate(self.labels)}
-        return label in self._index
+        return label in self._positions()
 
     def as_dict(self) -> dict[str, float]:
         if self._dict is None:
