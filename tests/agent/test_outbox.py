@@ -54,6 +54,11 @@ def rows(db: Path) -> int:
         return conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
 
+def outbox_ids(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {r[0] for r in conn.execute("SELECT id FROM outbox")}
+
+
 def test_batches_delivered_and_deleted(tmp_path, mosquitto):
     db = tmp_path / "device.db"
     ids = fill(db, 1000) + fill(db, 30, "reviews")
@@ -106,7 +111,9 @@ def test_rows_stay_until_acknowledged(tmp_path, mosquitto):
 DURABLE = "allow_anonymous true\nautosave_interval 1\nautosave_on_changes true\nuser root\n"
 
 
-def test_broker_restarted_and_killed_mid_stream_delivers_everything_once_by_id(tmp_path):
+def test_broker_restart_loses_nothing_and_a_kill_at_most_the_unwritten_window(tmp_path):
+    """Without fleet acks (the mode before them): a clean broker restart loses nothing; a kill -9 loses at most
+    what the broker had acknowledged and not yet written or delivered (the mode's documented window)."""
     broker = Mosquitto(tmp_path / "broker", DURABLE).start()
     db = tmp_path / "device.db"
     ids = fill(db, 20000)
@@ -117,6 +124,7 @@ def test_broker_restarted_and_killed_mid_stream_delivers_everything_once_by_id(t
     client.loop_start()
     try:
         assert col.wait(lambda: len(col.ids) >= 2000, 20), "streaming started"
+        acked_before_restart = set(ids) - outbox_ids(db)  # a clean stop saves every one of these: none may be lost
         broker.stop()  # a clean broker restart mid-stream
         assert rows(db) > 0, "the restart happened mid-stream"
         # offline: the device notices, and its rows stay put while no broker acknowledges anything
@@ -124,13 +132,23 @@ def test_broker_restarted_and_killed_mid_stream_delivers_everything_once_by_id(t
         assert rows(db) > 0
         broker.start()
         assert col.wait(lambda: len(col.ids) >= 8000, 30)
+        # Mosquitto sends its PUBACK before it writes the message (docs/agent.md), and without fleet acks the device
+        # deletes the row on the PUBACK: a kill -9 in that window may lose what was acknowledged and not yet
+        # delivered, at most the publisher's window of batches. Those records are known at the kill: neither
+        # delivered nor still in the table. Everything else must arrive.
+        with col.lock:
+            delivered_at_kill = set(col.ids)
+        unsettled_at_kill = set(ids) - delivered_at_kill - outbox_ids(db)
         broker.kill()  # kill -9 mid-stream
         assert rows(db) > 0
         assert col.wait(lambda: not client.is_connected(), 10), "the device noticed the broker died"
         broker.start()
         assert col.wait(pub.drained, 60), f"{rows(db)} rows left"
-        assert col.wait(lambda: set(col.ids) >= set(ids), 10), f"missing {len(set(ids) - set(col.ids))}"
-        assert set(col.ids) == set(ids)
+        col.wait(lambda: set(col.ids) >= set(ids), 10)
+        missing = set(ids) - set(col.ids)
+        assert not missing & acked_before_restart, f"lost at the clean restart: {len(missing & acked_before_restart)}"
+        assert missing <= unsettled_at_kill and len(missing) <= 4 * 50, f"missing {len(missing)}"
+        assert set(col.ids) <= set(ids)
         dupes = sum(n - 1 for n in col.ids.values())
         # QoS 1 is at-least-once: a batch in flight at the kill may arrive twice; ingest deduplicates by id
         assert dupes <= 2 * 4 * 50, dupes
