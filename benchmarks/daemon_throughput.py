@@ -13,8 +13,8 @@
   bandwidth, the host's neighbours), and this line shows how much.
 
 The daemon is the real `shadowline edge run --config ...` process with a watched folder, with its default thread
-settings (intra-op threads and decode workers) unless `--daemon-threads` / `--workers` say otherwise: everything it does per
-frame counts (queue, decode workers, inference, SQLite group commit with outbox rows, retention, moving the file to
+settings (intra-op threads, lanes or decode workers) unless `--daemon-threads` / `--workers` / `--lanes` say otherwise:
+everything it does per frame counts (queue, decoding, inference, SQLite group commit with outbox rows, retention, moving the file to
 done/). It is started and ready (/readyz), then warmed up (one frame of each image, then three of its watchdog
 ticks: what loads with the first frame and its one-off start-up chores are done; `--cold` skips this) before the
 clock starts; the files are renamed into the watched folder at
@@ -213,12 +213,13 @@ def wait_committed(db: Path, n: int, t0: float, timeout: float = 300.0) -> None:
 
 
 def daemon_run(bundle: Path, files: list[Path], threads: int | None, work: Path, workers: int | None,
-               inference_workers: int | None = None, root: Path = ROOT,
-               warmup: bool = True) -> tuple[float, float, dict[str, float], float]:
+               inference_workers: int | None = None, root: Path = ROOT, warmup: bool = True,
+               lanes: bool | None = None) -> tuple[float, float, dict[str, float], float]:
     """The real daemon process: (frames per second, CPU ms per frame, CPU ms per frame by thread, threads running or
     runnable on average) from the first rename to the last commit. The last says whether the daemon stalled (below
     the cores) or had work ready for every core and waited for the CPU (other processes on a shared machine).
-    `root`: the checkout whose daemon runs (another one with --baseline), with this interpreter."""
+    `root`: the checkout whose daemon runs (another one with --baseline), with this interpreter; `lanes`: its
+    `pipeline.lanes` (None: not set, the daemon's own choice)."""
     import yaml
 
     from tests.conftest import free_port
@@ -239,8 +240,8 @@ def daemon_run(bundle: Path, files: list[Path], threads: int | None, work: Path,
         cfg = {"device_id": "bench", "api": {"port": port}, "runner": {} if threads is None else {"threads": threads},
                "release": {"name": "bench", "mode": "shadow", "stages": [{"role": "screen", "bundle": str(bundle)}]},
                "sources": [{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0.0}],
-               "pipeline": {k: v for k, v in (("decode_workers", workers), ("inference_workers", inference_workers))
-                            if v is not None}, "queue": {"max_size": 64}}
+               "pipeline": {k: v for k, v in (("decode_workers", workers), ("inference_workers", inference_workers),
+                                              ("lanes", lanes)) if v is not None}, "queue": {"max_size": 64}}
         (work / "device.yaml").write_text(yaml.safe_dump(cfg))
         p = subprocess.Popen([sys.executable, "-m", "shadowline.cli", "edge", "run", "--config",
                               str(work / "device.yaml"), "--log-level", "warning"], cwd=root, env=env,
@@ -312,6 +313,11 @@ def main() -> None:
                     "own default, the cores)")
     ap.add_argument("--inference-workers", type=int, default=None, help="the daemon's inference workers (default: "
                     "the daemon's own default, the cores)")
+    ap.add_argument("--lanes", choices=["auto", "on", "off"], default="auto", help="the daemon's pipeline.lanes "
+                    "(auto: not set, the daemon's own choice: lanes on a CPU with 2+ cores)")
+    ap.add_argument("--baseline-lanes", choices=["auto", "on", "off"], default="auto", help="the same for the "
+                    "--baseline daemon (e.g. --baseline . --lanes on --baseline-lanes off: lanes against decode "
+                    "workers in one checkout)")
     ap.add_argument("--copies", type=int, default=16, help="copies of the 13 real images per round (16: 208 frames)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of bare/daemon/limits")
     ap.add_argument("--baseline", type=Path, default=None, help="another checkout (e.g. the code before a change): "
@@ -325,6 +331,8 @@ def main() -> None:
     if args.quick or os.environ.get("SHADOWLINE_BENCH_QUICK"):
         args.copies, args.rounds = 4, 2
     cores = len(os.sched_getaffinity(0))
+    lanes_opt = {"auto": None, "on": True, "off": False}
+    lanes, base_lanes = lanes_opt[args.lanes], lanes_opt[args.baseline_lanes]
     tmp = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
     rounds: list[dict] = []
     try:
@@ -347,12 +355,13 @@ def main() -> None:
             base: tuple[float, float, dict[str, float], float] | None = None
             if args.baseline is not None and r % 2:  # alternate which daemon runs first
                 base = daemon_run(bundle, files, args.daemon_threads, tmp / "daemon", args.workers,
-                                  args.inference_workers, root=args.baseline, warmup=not args.cold)
+                                  args.inference_workers, root=args.baseline, warmup=not args.cold, lanes=base_lanes)
             fps, cpu, by_thread, runnable = daemon_run(bundle, files, args.daemon_threads, tmp / "daemon", args.workers,
-                                                       args.inference_workers, warmup=not args.cold)
+                                                       args.inference_workers, warmup=not args.cold,
+                                                       lanes=lanes)
             if args.baseline is not None and base is None:
                 base = daemon_run(bundle, files, args.daemon_threads, tmp / "daemon", args.workers,
-                                  args.inference_workers, root=args.baseline, warmup=not args.cold)
+                                  args.inference_workers, root=args.baseline, warmup=not args.cold, lanes=base_lanes)
             lim = limits(bundle, files, args.threads, daemon_threads)
             side = parallel_loops(bundle, files, cores)
             cpu_ms = lim["decode_cpu_ms"] + lim["preprocess_cpu_ms"] + lim["inference_cpu_ms"]
@@ -388,12 +397,17 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     med = lambda k: statistics.median(x[k] for x in rounds)  # noqa: E731
     ratio = lambda a, b: statistics.median(x[a] / x[b] for x in rounds)  # noqa: E731
-    from edge.config import PipelineConfig
+    from edge.config import DeviceConfig, PipelineConfig
+    from edge.processor import use_lanes
 
     workers = args.workers or PipelineConfig().workers
     inference_workers = args.inference_workers or PipelineConfig.default_workers()
+    in_lanes = use_lanes(DeviceConfig.model_validate(
+        {"device_id": "bench", "release": {"name": "bench", "stages": [{"role": "screen", "bundle": "b"}]},
+         "pipeline": {} if lanes is None else {"lanes": lanes}}), inference_workers)
     result = {"model": args.model, "threads": args.threads, "daemon_threads": daemon_threads,
-              "decode_workers": workers, "inference_workers": inference_workers, "cores": cores,
+              "decode_workers": 0 if in_lanes else workers, "inference_workers": inference_workers,
+              "lanes": in_lanes, "cores": cores,
               "frames_per_round": len(files), "rounds": rounds, "daemon_warmed_up": not args.cold,
               "bare_fps_median": round(med("bare_fps"), 2), "daemon_fps_median": round(med("daemon_fps"), 2),
               "cpu_limit_fps_median": round(med("cpu_limit_fps"), 2),
@@ -439,7 +453,9 @@ def main() -> None:
           f"{result['side_by_side_cpu_ms_median']:.1f} CPU ms/frame, {result['side_by_side_ratio_vs_cpu_limit']:.2f}x "
           f"the CPU limit; the daemon {result['ratio_vs_side_by_side']:.2f}x of it")
     print(f"daemon throughput {result['daemon_fps_median']:.1f} fps ({args.model}, {daemon_threads} intra-op "
-          f"thread(s), {workers} decode and {inference_workers} inference workers; bare loop best of {sorted({args.threads, daemon_threads})} "
+          f"thread(s), " + (f"{inference_workers} lanes (inference workers decoding their own frames)" if in_lanes
+                            else f"{workers} decode and {inference_workers} inference workers")
+          + f"; bare loop best of {sorted({args.threads, daemon_threads})} "
           f"thread(s), {len(files)} frames, {'cold daemon' if args.cold else 'daemon warmed up'}, median of "
           f"{args.rounds} rounds, load avg "
           f"{result['load_avg_median']}): {result['ratio_vs_bare']:.2f}x the bare loop "

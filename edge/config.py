@@ -230,9 +230,18 @@ class PipelineConfig(_Cfg):
         """The cores this process may run on, 1 to 4."""
         return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
+    lanes: bool | None = Field(
+        None, description="true: each inference worker decodes and preprocesses the frames it takes itself (a lane: "
+                          "the frame's image and tensor stay in that core's caches, no hand-off between threads, "
+                          "half the busy threads; the decode workers are not started); false: the decode workers "
+                          "decode ahead of the inference workers (what an accelerator wants: the CPU decodes while "
+                          "the GPU runs); null: lanes when the models run on the CPU (ONNX Runtime with only its "
+                          "`cpu` provider) with 2 or more inference workers, else decode workers")
+
     @property
     def workers(self) -> int:
         return self.decode_workers if self.decode_workers is not None else self.default_workers()
+
     prefetch: int = Field(4, ge=1, le=256, description="frames decoded ahead of inference at most (memory bound)")
     max_batch: int = Field(8, ge=1, le=64, description="frames decided together when that many are ready; stage 2 "
                            "runs once over their candidates (batched where the model has a dynamic batch)")

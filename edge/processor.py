@@ -1,10 +1,11 @@
 """The frame path: bounded queue -> decode workers -> inference -> commit, and the hot-swap of its pipeline.
 
-Three stages overlap, each on its own thread(s), each bounded:
+Three stages overlap, each bounded:
 
-- `decode_workers` threads decode and preprocess frames for the first stage of the running pipeline (OpenCV,
-  Pillow's resampling and numpy release the GIL, so they run beside ONNX Runtime); at most `prefetch` frames are
-  decoded ahead, in queue order.
+- decoding and preprocessing for the first stage of the running pipeline (OpenCV, Pillow's resampling and numpy
+  release the GIL, so it runs beside ONNX Runtime): in lanes (`use_lanes`: the default on a CPU), by the inference
+  worker that takes the frame, for the pipeline it holds; otherwise on `decode_workers` threads ahead of inference.
+  At most `prefetch` frames are taken ahead, in queue order.
 - `inference_workers` threads each take the next prefetched frames in order, up to `max_batch` that are ready, and
   run them through the pipeline together (stage 2 once over their candidates). With ONNX Runtime on the CPU at one
   intra-op thread each, several frames run at once on as many cores (ORT's `run` is thread-safe and releases the
@@ -69,6 +70,18 @@ def build_pipeline_for(config: DeviceConfig, release: ReleaseSpec, candidate: Re
                           r.runner_options(), config.retention.band, config.degrade.verify_timeout_s)
 
 
+def use_lanes(config: DeviceConfig, inference_workers: int) -> bool:
+    """`pipeline.lanes`, or when unset: lanes when the models run on the CPU (ONNX Runtime with only its `cpu`
+    provider) with 2 or more inference workers. There decoding and inference take turns on the same cores, and a
+    lane keeps a frame's image and tensor in one core's caches with half the busy threads (1.03 to 1.06 times the
+    frames per second of decode workers, docs/daemon.md). With an accelerator the decode workers run ahead of the
+    one inference thread instead, so the CPU decodes while the GPU runs."""
+    if config.pipeline.lanes is not None:
+        return config.pipeline.lanes
+    providers = getattr(config.runner, "providers", None) or ["cpu"]
+    return config.runner.backend == "onnxruntime" and set(providers) <= {"cpu"} and inference_workers >= 2
+
+
 @dataclass
 class Decoded:
     frame: Frame
@@ -76,6 +89,14 @@ class Decoded:
     error: str | None
     decode_ms: float
     started: float  # when decoding began (the end of the queue wait)
+
+
+@dataclass
+class Pending:
+    """A frame taken from the queue for a lane: the inference worker that takes it decodes it."""
+
+    frame: Frame
+    started: float  # when it was taken (the end of the queue wait)
 
 
 @dataclass
@@ -106,12 +127,13 @@ class FrameProcessor:
         pc = config.pipeline
         self._pool = ThreadPoolExecutor(pc.workers, thread_name_prefix="decode",
                                         initializer=lambda: name_os_thread(threading.current_thread().name))
-        self._prefetched: queue_mod.Queue[Future[Decoded]] = queue_mod.Queue(pc.prefetch)
+        self._prefetched: queue_mod.Queue[Future[Decoded] | Pending] = queue_mod.Queue(pc.prefetch)
         self._decided: queue_mod.Queue[list[Decided]] = queue_mod.Queue(max(2, pc.commit_batch // pc.max_batch))
         self._stop_intake = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         n = pc.inference_workers or (pc.default_workers() if config.runner.backend == "onnxruntime" else 1)
         self._inference = ["inference"] + [f"inference_{i}" for i in range(1, n)]
+        self.lanes = use_lanes(config, n)
         self._alive = {name: True for name in ("reader", *self._inference, "commit")}
         self._take_lock = threading.Lock()  # batches are taken (and enter the pipeline slot) in queue order
         self._order = threading.Lock()
@@ -244,7 +266,8 @@ class FrameProcessor:
                 continue
             with self._taken_lock:
                 self._taken += 1
-            fut = self._pool.submit(self._decode, frame, time.monotonic())
+            fut: Future[Decoded] | Pending = Pending(frame, time.monotonic()) if self.lanes else \
+                self._pool.submit(self._decode, frame, time.monotonic())
             while True:  # bounded: the decoders never run more than `prefetch` frames ahead of inference
                 try:
                     self._prefetched.put(fut, timeout=0.2)
@@ -255,14 +278,15 @@ class FrameProcessor:
                             self._taken -= 1  # never decided: the source keeps it (a folder file stays)
                         return
 
-    def _decode(self, frame: Frame, started: float) -> Decoded:
+    def _decode(self, frame: Frame, started: float, lane: Pipeline | None = None) -> Decoded:
+        """Decode and preprocess one frame: on a decode worker for the pipeline running now (after a swap the
+        inference thread prepares what differs), or in a lane for the pipeline the lane holds (`lane`)."""
         t0 = time.perf_counter()
         try:
             image = frame.image if frame.image is not None else decode_image(
                 frame.data or b"", self.config.limits.max_pixels, frame.source,
                 opencv=self.config.pipeline.decoder == "opencv")
-            p = self.slot.current
-            # preprocessed for the pipeline running now; after a swap the inference thread prepares what differs
+            p = lane if lane is not None else self.slot.current
             inp = p.prepare(image) if p is not None else FrameInput(image)
             decoded = Decoded(frame, inp, None, (time.perf_counter() - t0) * 1000, started)
             if self.after_first_decode is not None:
@@ -285,19 +309,31 @@ class FrameProcessor:
         """An inference thread is alive."""
         return any(self._threads[n].is_alive() for n in self._inference if n in self._threads)
 
-    def _next_batch(self) -> list[Decoded] | None:
-        """The next prefetched frame (waiting for it) plus those behind it that are already decoded, in order."""
+    def _next_batch(self) -> list[Decoded | Pending] | None:
+        """The next prefetched frame (waiting for it) plus those behind it that are already decoded, in order; in
+        lanes, the next frame plus this lane's share of those waiting behind it (undecoded: the lane decodes them)."""
         try:
             fut = self._prefetched.get(timeout=0.2)
         except queue_mod.Empty:
             return None
-        batch = [fut.result()]
+        if isinstance(fut, Pending):
+            lanes = len(self._inference)
+            pending: list[Decoded | Pending] = [fut]
+            with self._prefetched.mutex:
+                share = min(self.config.pipeline.max_batch, (1 + len(self._prefetched.queue)) // lanes)
+            while len(pending) < share:
+                try:
+                    pending.append(self._prefetched.get_nowait())  # type: ignore[arg-type]
+                except queue_mod.Empty:
+                    break
+            return pending
+        batch: list[Decoded | Pending] = [fut.result()]
         while len(batch) < self.config.pipeline.max_batch:
             with self._prefetched.mutex:
                 head = self._prefetched.queue[0] if self._prefetched.queue else None
-            if head is None or not head.done():
+            if not isinstance(head, Future) or not head.done():
                 break
-            batch.append(self._prefetched.get_nowait().result())
+            batch.append(self._prefetched.get_nowait().result())  # type: ignore[union-attr]
         return batch
 
     def _infer_loop(self) -> None:
@@ -305,8 +341,8 @@ class FrameProcessor:
         while True:
             with ExitStack() as stack:
                 with self._take_lock:  # in queue order: the next frames, a sequence number, the pipeline slot
-                    batch = self._next_batch()
-                    if batch is None:
+                    taken = self._next_batch()
+                    if taken is None:
                         if self._stop_intake.is_set() and not self._threads["reader"].is_alive():
                             return
                         continue
@@ -314,14 +350,17 @@ class FrameProcessor:
                     p = stack.enter_context(self.slot.use())
                 self._busy[me] = time.monotonic()
                 decided: list[Decided] | None = None
+                batch: list[Decoded] = []
                 try:
+                    # a lane decodes its frames here, outside the take lock, for the pipeline it holds
+                    batch = [self._decode(d.frame, d.started, p) if isinstance(d, Pending) else d for d in taken]
                     decided = self._decide(batch, p)
                 finally:
                     self._busy.pop(me, None)
                     if decided is None:  # an unexpected error (the thread ends and the watchdog restarts it):
                         # the frames are handed back uncommitted, so the later batches are not held up behind them
-                        decided = [Decided(d.frame, None, None, "inference thread failed", d.decode_ms, d.started)
-                                   for d in batch]
+                        decided = [Decided(d.frame, None, None, "inference thread failed",
+                                           d.decode_ms if isinstance(d, Decoded) else 0.0, d.started) for d in taken]
                     stack.close()  # leave the pipeline slot before waiting on the commit thread
                     self._hand_over(seq, decided)
 

@@ -225,10 +225,12 @@ def test_review_api_rules(tmp_path: Path, bundles, keys) -> None:
         d.stop()
 
 
-def test_a_frame_that_fails_its_batch_is_the_only_error(tmp_path: Path, bundles, keys) -> None:
+@pytest.mark.parametrize("lanes", [True, False], ids=["lanes", "decode-workers"])
+def test_a_frame_that_fails_its_batch_is_the_only_error(tmp_path: Path, bundles, keys, lanes: bool) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    d = make_daemon(tmp_path, keys, pcb_release(bundles), pipeline={"max_batch": 8, "decode_workers": 3},
+    d = make_daemon(tmp_path, keys, pcb_release(bundles),
+                    pipeline={"max_batch": 8, "decode_workers": 3, "inference_workers": 2, "lanes": lanes},
                     sources=[{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0}])
     d.start()
     model = d.frames.slot.current.active.stages[0][1]
@@ -294,11 +296,13 @@ def test_kept_folder_images_are_the_files_moved_to_done(tmp_path: Path, bundles,
         assert path.read_bytes() == (PCB / name).read_bytes()
 
 
-def test_inference_workers_run_batches_at_once_and_commit_in_queue_order(tmp_path: Path, bundles, keys) -> None:
+@pytest.mark.parametrize("lanes", [True, False], ids=["lanes", "decode-workers"])
+def test_inference_workers_run_batches_at_once_and_commit_in_queue_order(tmp_path: Path, bundles, keys,
+                                                                         lanes: bool) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     d = make_daemon(tmp_path, keys, pcb_release(bundles),
-                    pipeline={"inference_workers": 2, "decode_workers": 2, "max_batch": 1},
+                    pipeline={"inference_workers": 2, "decode_workers": 2, "max_batch": 1, "lanes": lanes},
                     sources=[{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0}])
     d.start()
     assert d.frames.inference_workers == 2
@@ -395,3 +399,57 @@ def test_ready_only_once_every_source_runs(tmp_path: Path, bundles, keys, monkey
         assert d.ready and "line" in d.status()["captures"]
     finally:
         d.stop()
+
+
+def test_lanes_are_chosen_for_the_cpu_and_decode_workers_for_an_accelerator() -> None:
+    from edge.processor import use_lanes
+
+    def cfg(**kw) -> DeviceConfig:
+        return DeviceConfig.model_validate({"device_id": "d", "release": {"name": "r", "stages": [
+            {"role": "screen", "bundle": "b"}]}, **kw})
+
+    assert use_lanes(cfg(), 2) and use_lanes(cfg(runner={"providers": ["cpu"]}), 4)
+    assert not use_lanes(cfg(), 1)  # one inference thread: decode workers overlap decoding with it
+    assert not use_lanes(cfg(runner={"providers": ["cuda", "cpu"]}), 2)
+    assert not use_lanes(cfg(runner={"backend": "tensorrt"}), 2)
+    assert use_lanes(cfg(runner={"backend": "tensorrt"}, pipeline={"lanes": True}), 1)
+    assert not use_lanes(cfg(pipeline={"lanes": False}), 4)
+
+
+@pytest.mark.parametrize("lanes", [True, False], ids=["lanes", "decode-workers"])
+def test_frames_are_decoded_in_their_lane_or_by_the_decode_workers(tmp_path: Path, bundles, keys, monkeypatch,
+                                                                   lanes: bool) -> None:
+    """Lanes: each frame is decoded on the inference thread that runs it, no decode worker is started. Decode
+    workers: on the `decode_*` threads, ahead of inference. The same decisions either way."""
+    import edge.processor
+
+    where: list[str] = []
+    real_decode = edge.processor.decode_image
+
+    def traced(*a, **kw):
+        where.append(threading.current_thread().name)
+        return real_decode(*a, **kw)
+
+    monkeypatch.setattr(edge.processor, "decode_image", traced)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    d = make_daemon(tmp_path, keys, pcb_release(bundles),
+                    pipeline={"inference_workers": 2, "decode_workers": 2, "lanes": lanes},
+                    sources=[{"type": "folder", "path": "inbox", "poll_s": 0.05, "settle_s": 0}])
+    d.start()
+    try:
+        assert d.frames.lanes is lanes
+        names = drop_pcb_copies(tmp_path, inbox, 2)
+        wait(lambda: d.metrics.value("frames_total") == len(names))
+        rows = d.store.query("SELECT source, decision FROM predictions WHERE role = 'active' ORDER BY rowid")
+        threads = [t.name for t in threading.enumerate()]
+    finally:
+        d.stop()
+    assert len(where) == len(names)
+    if lanes:
+        assert set(where) <= {"inference", "inference_1"}, set(where)
+        assert not [t for t in threads if t.startswith("decode")], threads
+    else:
+        assert all(w.startswith("decode") for w in where), set(where)
+    assert [r["source"].removeprefix("folder:") for r in rows] == names
+    assert all(r["decision"] == ("flag" if "Defective" in r["source"] else "pass") for r in rows)

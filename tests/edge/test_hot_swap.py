@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from edge.config import DeviceConfig
 from edge.daemon import Daemon
 from edge.sources import Frame, Outcome
@@ -56,9 +58,13 @@ def record_signature(rec: dict) -> tuple[int, str, float]:
     return rec["revision"], rec["models"]["screen"], rec["thresholds"]["screen"]["default"]
 
 
-def test_swaps_under_a_stream_lose_and_repeat_no_frame(tmp_path: Path, bundles, keys) -> None:
+@pytest.mark.parametrize("lanes", [True, False], ids=["lanes", "decode-workers"])
+def test_swaps_under_a_stream_lose_and_repeat_no_frame(tmp_path: Path, bundles, keys, lanes: bool) -> None:
+    """In lanes, a frame is decoded for the pipeline its lane holds; with decode workers, for the one running when
+    it was decoded (after a swap the inference thread prepares what differs): both must keep every record whole."""
     rels = releases(bundles)
-    d = start_daemon(tmp_path, keys, rels[0])
+    d = start_daemon(tmp_path, keys, rels[0], pipeline={"lanes": lanes})
+    assert d.frames.lanes is lanes
     images = [(f.read_bytes(), f.suffix) for f in IMAGE_FILES]
     submitted: list[str] = []
     outcomes: dict[str, list[Outcome]] = {}

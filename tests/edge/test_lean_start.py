@@ -71,8 +71,9 @@ def test_edge_run_skips_pydantic_plugin_discovery_unless_the_environment_asks(tm
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names at the OS level: Linux prctl")
-def test_frame_path_threads_carry_their_names_at_the_os_level(tmp_path: Path, bundles, keys) -> None:
-    d = make_daemon(tmp_path, keys, pcb_release(bundles)).start()
+@pytest.mark.parametrize("lanes", [True, False], ids=["lanes", "decode-workers"])
+def test_frame_path_threads_carry_their_names_at_the_os_level(tmp_path: Path, bundles, keys, lanes: bool) -> None:
+    d = make_daemon(tmp_path, keys, pcb_release(bundles), pipeline={"lanes": lanes, "inference_workers": 2}).start()
     try:
         image = sorted(PCB.iterdir())[0]
         out = d.submit(image.read_bytes(), image.suffix, timeout=60)
@@ -80,7 +81,8 @@ def test_frame_path_threads_carry_their_names_at_the_os_level(tmp_path: Path, bu
         names = {p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm")}
     finally:
         d.stop()
-    assert {"reader", "inference", "commit", "decode_0"} <= names, sorted(names)
+    assert {"reader", "inference", "inference_1", "commit"} <= names, sorted(names)
+    assert ("decode_0" in names) is not lanes, sorted(names)  # lanes decode on their inference threads
 
 
 def test_local_api_app_loads_the_review_templates_on_the_first_page_request(tmp_path: Path, bundles, keys) -> None:
