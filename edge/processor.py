@@ -4,8 +4,8 @@ Three stages overlap, each bounded:
 
 - decoding and preprocessing for the first stage of the running pipeline (OpenCV, Pillow's resampling and numpy
   release the GIL, so it runs beside ONNX Runtime): in lanes (`use_lanes`: the default on a CPU), by the inference
-  worker that takes the frame, for the pipeline it holds; otherwise on `decode_workers` threads ahead of inference.
-  At most `prefetch` frames are taken ahead, in queue order.
+  worker that takes the frame from the queue (when it is free), for the pipeline it holds; otherwise on
+  `decode_workers` threads fed by a reader thread, at most `prefetch` frames ahead of inference, in queue order.
 - `inference_workers` threads each take the next prefetched frames in order, up to `max_batch` that are ready, and
   run them through the pipeline together (stage 2 once over their candidates). With ONNX Runtime on the CPU at one
   intra-op thread each, several frames run at once on as many cores (ORT's `run` is thread-safe and releases the
@@ -127,14 +127,16 @@ class FrameProcessor:
         pc = config.pipeline
         self._pool = ThreadPoolExecutor(pc.workers, thread_name_prefix="decode",
                                         initializer=lambda: name_os_thread(threading.current_thread().name))
-        self._prefetched: queue_mod.Queue[Future[Decoded] | Pending] = queue_mod.Queue(pc.prefetch)
+        self._prefetched: queue_mod.Queue[Future[Decoded]] = queue_mod.Queue(pc.prefetch)
         self._decided: queue_mod.Queue[list[Decided]] = queue_mod.Queue(max(2, pc.commit_batch // pc.max_batch))
         self._stop_intake = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         n = pc.inference_workers or (pc.default_workers() if config.runner.backend == "onnxruntime" else 1)
         self._inference = ["inference"] + [f"inference_{i}" for i in range(1, n)]
         self.lanes = use_lanes(config, n)
-        self._alive = {name: True for name in ("reader", *self._inference, "commit")}
+        # in lanes the inference workers take frames from the queue themselves: no reader thread hands them over
+        self._names = (*(() if self.lanes else ("reader",)), *self._inference, "commit")
+        self._alive = {name: True for name in self._names}
         self._take_lock = threading.Lock()  # batches are taken (and enter the pipeline slot) in queue order
         self._order = threading.Lock()
         self._taken_seq = 0  # batches taken
@@ -221,7 +223,7 @@ class FrameProcessor:
 
     # -- threads ---------------------------------------------------------------------------------------------------
     def start(self) -> FrameProcessor:
-        for name in ("reader", *self._inference, "commit"):
+        for name in self._names:
             self._start_thread(name)
         return self
 
@@ -245,7 +247,7 @@ class FrameProcessor:
     def stop(self, timeout: float = 10.0) -> None:
         """Take no more frames; finish and commit every frame already taken; then stop the threads."""
         self._stop_intake.set()
-        for name in ("reader", *self._inference, "commit"):
+        for name in self._names:
             t = self._threads.get(name)
             if t is not None and t.is_alive():
                 t.join(timeout)
@@ -266,8 +268,7 @@ class FrameProcessor:
                 continue
             with self._taken_lock:
                 self._taken += 1
-            fut: Future[Decoded] | Pending = Pending(frame, time.monotonic()) if self.lanes else \
-                self._pool.submit(self._decode, frame, time.monotonic())
+            fut = self._pool.submit(self._decode, frame, time.monotonic())
             while True:  # bounded: the decoders never run more than `prefetch` frames ahead of inference
                 try:
                     self._prefetched.put(fut, timeout=0.2)
@@ -309,31 +310,41 @@ class FrameProcessor:
         """An inference thread is alive."""
         return any(self._threads[n].is_alive() for n in self._inference if n in self._threads)
 
+    def _take_for_lane(self) -> list[Decoded | Pending] | None:
+        """In lanes: the next frame from the queue (waiting for it) plus this lane's share of those waiting behind
+        it, up to `max_batch`; the lane decodes them itself."""
+        if self._stop_intake.is_set():
+            return None
+        if self.slot.current is None:
+            self._stop_intake.wait(0.1)  # nothing to run yet (the agent has not activated a release)
+            return None
+        frame = self.queue.get(0.2)
+        if frame is None:
+            return None
+        taken: list[Decoded | Pending] = [Pending(frame, time.monotonic())]
+        share = min(self.config.pipeline.max_batch, (1 + self.queue.depth) // len(self._inference))
+        while len(taken) < share and (frame := self.queue.get(0)) is not None:
+            taken.append(Pending(frame, time.monotonic()))
+        with self._taken_lock:
+            self._taken += len(taken)
+        return taken
+
     def _next_batch(self) -> list[Decoded | Pending] | None:
-        """The next prefetched frame (waiting for it) plus those behind it that are already decoded, in order; in
-        lanes, the next frame plus this lane's share of those waiting behind it (undecoded: the lane decodes them)."""
+        """The next prefetched frame (waiting for it) plus those behind it that are already decoded, in order (in
+        lanes: `_take_for_lane`)."""
+        if self.lanes:
+            return self._take_for_lane()
         try:
             fut = self._prefetched.get(timeout=0.2)
         except queue_mod.Empty:
             return None
-        if isinstance(fut, Pending):
-            lanes = len(self._inference)
-            pending: list[Decoded | Pending] = [fut]
-            with self._prefetched.mutex:
-                share = min(self.config.pipeline.max_batch, (1 + len(self._prefetched.queue)) // lanes)
-            while len(pending) < share:
-                try:
-                    pending.append(self._prefetched.get_nowait())  # type: ignore[arg-type]
-                except queue_mod.Empty:
-                    break
-            return pending
         batch: list[Decoded | Pending] = [fut.result()]
         while len(batch) < self.config.pipeline.max_batch:
             with self._prefetched.mutex:
                 head = self._prefetched.queue[0] if self._prefetched.queue else None
-            if not isinstance(head, Future) or not head.done():
+            if head is None or not head.done():
                 break
-            batch.append(self._prefetched.get_nowait().result())  # type: ignore[union-attr]
+            batch.append(self._prefetched.get_nowait().result())
         return batch
 
     def _infer_loop(self) -> None:
@@ -343,7 +354,7 @@ class FrameProcessor:
                 with self._take_lock:  # in queue order: the next frames, a sequence number, the pipeline slot
                     taken = self._next_batch()
                     if taken is None:
-                        if self._stop_intake.is_set() and not self._threads["reader"].is_alive():
+                        if self._stop_intake.is_set() and (self.lanes or not self._threads["reader"].is_alive()):
                             return
                         continue
                     seq, self._taken_seq = self._taken_seq, self._taken_seq + 1

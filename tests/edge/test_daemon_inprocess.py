@@ -448,7 +448,7 @@ def test_frames_are_decoded_in_their_lane_or_by_the_decode_workers(tmp_path: Pat
     assert len(where) == len(names)
     if lanes:
         assert set(where) <= {"inference", "inference_1"}, set(where)
-        assert not [t for t in threads if t.startswith("decode")], threads
+        assert not [t for t in threads if t.startswith(("decode", "reader"))], threads
     else:
         assert all(w.startswith("decode") for w in where), set(where)
     assert [r["source"].removeprefix("folder:") for r in rows] == names

@@ -81,8 +81,9 @@ def test_frame_path_threads_carry_their_names_at_the_os_level(tmp_path: Path, bu
         names = {p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm")}
     finally:
         d.stop()
-    assert {"reader", "inference", "inference_1", "commit"} <= names, sorted(names)
-    assert ("decode_0" in names) is not lanes, sorted(names)  # lanes decode on their inference threads
+    assert {"inference", "inference_1", "commit"} <= names, sorted(names)
+    # lanes take their frames from the queue and decode them on their own threads: no reader, no decode workers
+    assert ("decode_0" in names) is not lanes and ("reader" in names) is not lanes, sorted(names)
 
 
 def test_local_api_app_loads_the_review_templates_on_the_first_page_request(tmp_path: Path, bundles, keys) -> None:
