@@ -404,7 +404,8 @@ def main() -> None:
     inference_workers = args.inference_workers or PipelineConfig.default_workers()
     in_lanes = use_lanes(DeviceConfig.model_validate(
         {"device_id": "bench", "release": {"name": "bench", "stages": [{"role": "screen", "bundle": "b"}]},
-         "pipeline": {} if lanes is None else {"lanes": lanes}}), inference_workers)
+         "pipeline": {k: v for k, v in (("lanes", lanes), ("decode_workers", args.workers)) if v is not None}}),
+        inference_workers)
     result = {"model": args.model, "threads": args.threads, "daemon_threads": daemon_threads,
               "decode_workers": 0 if in_lanes else workers, "inference_workers": inference_workers,
               "lanes": in_lanes, "cores": cores,

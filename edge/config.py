@@ -236,7 +236,8 @@ class PipelineConfig(_Cfg):
                           "half the busy threads; the decode workers are not started); false: the decode workers "
                           "decode ahead of the inference workers (what an accelerator wants: the CPU decodes while "
                           "the GPU runs); null: lanes when the models run on the CPU (ONNX Runtime with only its "
-                          "`cpu` provider) with 2 or more inference workers, else decode workers")
+                          "`cpu` provider) with 2 or more inference workers and `decode_workers` is not set, else "
+                          "decode workers")
 
     @property
     def workers(self) -> int:

@@ -72,14 +72,17 @@ def build_pipeline_for(config: DeviceConfig, release: ReleaseSpec, candidate: Re
 
 def use_lanes(config: DeviceConfig, inference_workers: int) -> bool:
     """`pipeline.lanes`, or when unset: lanes when the models run on the CPU (ONNX Runtime with only its `cpu`
-    provider) with 2 or more inference workers. There decoding and inference take turns on the same cores, and a
-    lane keeps a frame's image and tensor in one core's caches with half the busy threads (1.03 to 1.06 times the
-    frames per second of decode workers, docs/daemon.md). With an accelerator the decode workers run ahead of the
-    one inference thread instead, so the CPU decodes while the GPU runs."""
-    if config.pipeline.lanes is not None:
-        return config.pipeline.lanes
+    provider) with 2 or more inference workers and `decode_workers` is not set. There decoding and inference take
+    turns on the same cores, and a lane keeps a frame's image and tensor in one core's caches with half the busy
+    threads (1.02 to 1.09 times the frames per second of decode workers, docs/daemon.md). With an accelerator the
+    decode workers run ahead of the one inference thread instead, so the CPU decodes while the GPU runs; a config
+    that sets `decode_workers` asked for them too."""
+    pc = config.pipeline
+    if pc.lanes is not None:
+        return pc.lanes
     providers = getattr(config.runner, "providers", None) or ["cpu"]
-    return config.runner.backend == "onnxruntime" and set(providers) <= {"cpu"} and inference_workers >= 2
+    return (config.runner.backend == "onnxruntime" and set(providers) <= {"cpu"} and inference_workers >= 2
+            and pc.decode_workers is None)
 
 
 @dataclass

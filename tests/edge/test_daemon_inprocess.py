@@ -414,6 +414,8 @@ def test_lanes_are_chosen_for_the_cpu_and_decode_workers_for_an_accelerator() ->
     assert not use_lanes(cfg(runner={"backend": "tensorrt"}), 2)
     assert use_lanes(cfg(runner={"backend": "tensorrt"}, pipeline={"lanes": True}), 1)
     assert not use_lanes(cfg(pipeline={"lanes": False}), 4)
+    assert not use_lanes(cfg(pipeline={"decode_workers": 3}), 2)  # decode workers asked for by name
+    assert use_lanes(cfg(pipeline={"decode_workers": 3, "lanes": True}), 2)
 
 
 @pytest.mark.parametrize("lanes", [True, False], ids=["lanes", "decode-workers"])
