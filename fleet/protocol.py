@@ -453,11 +453,14 @@ Command = Annotated[RollbackCommand | ClearCommand | UploadSamplesCommand | Rech
                     Field(discriminator="command")]
 
 
-class CommandMessage(RootModel[Command]):
+class CommandMessage(RootModel):
     """The `cmd` topic's payload: one of the commands, chosen by its `command` field. Reads the old wire form of
     `clear` (a `rollback` whose args are `{"to": null, "revision": N}`)."""
 
+    # `root` annotated here, not `RootModel[Command]`: the parametrised generic would be a class of its own, built
+    # at import (2 ms of every daemon's start) whatever this one defers
     model_config = ConfigDict(defer_build=True)  # as _Msg: built by the agent's first command
+    root: Command
 
     @model_validator(mode="before")
     @classmethod
