@@ -80,12 +80,12 @@ class OnnxRuntimeRunnerConfig(_Cfg):
                                  description="onnxruntime execution providers in order (tensorrt, cuda, cpu)")
     threads: int | None = Field(
         1, ge=1, description="intra-op threads of each model (null: ONNX Runtime's default, all cores). 1: the daemon "
-                             "uses the other cores for the next frames (decode workers), which on a small CPU gives "
+                             "uses the other cores for the next frames (lanes or decode workers), which on a small CPU gives "
                              "more frames per second than splitting each small model run across threads")
     require_providers: bool = Field(False, description="fail at start-up if a listed provider is missing")
     spinning: bool = Field(
         False, description="let idle intra-op threads spin waiting for work. Off by default: on a small CPU the "
-                           "spinning threads take cores from the decode workers and from the other stage's model")
+                           "spinning threads take cores from decoding and from the other stage's model")
     session_config: dict[str, str] = Field(
         default_factory=dict,
         description="more onnxruntime session config entries (they override `spinning`)")

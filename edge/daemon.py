@@ -1,5 +1,5 @@
-"""The edge daemon's process: it supervises the frame path (edge.processor.FrameProcessor: queue -> decode workers
--> inference -> commit) and everything around it: the sources, the action dispatcher, the windowed metrics records,
+"""The edge daemon's process: it supervises the frame path (edge.processor.FrameProcessor: queue -> decode
+(in the inference workers' lanes on a CPU) -> inference -> commit) and everything around it: the sources, the action dispatcher, the windowed metrics records,
 the local API, the fleet agent, the watchdog and the signals.
 
 It implements edge.agent.host.AgentHost (the agent activates and rolls back releases through `activate`, which the

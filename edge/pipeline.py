@@ -3,9 +3,9 @@ candidate classes, stage `verify` only on candidates with class-specific thresho
 classes and scores that caused it. A candidate release runs in shadow on the same frames; `PipelineSlot.swap`
 replaces the whole pipeline between two frames.
 
-Frames go through in small batches (`run_many`): the daemon's decode workers have already preprocessed each frame
-for the first stage (`Pipeline.prepare`), stage 1 runs frame by frame (or batched where the model has a dynamic
-batch), and stage 2 runs once over the candidates that waited together. A verify stage that stalls or fails does
+Frames go through in small batches (`run_many`): the daemon has already preprocessed each frame for the first stage
+(`Pipeline.prepare`, in a lane or on a decode worker), stage 1 runs frame by frame (or batched where the model has a
+dynamic batch), and stage 2 runs once over the candidates that waited together. A verify stage that stalls or fails does
 not hold the line: past `verify_timeout_s` its frames are flagged for review with the reason (`degraded`)."""
 
 from __future__ import annotations
@@ -328,7 +328,7 @@ class Pipeline:
         self.paths = paths or {}  # stage bundle ref -> resolved bundle path (what the standby is matched on)
 
     def prepare(self, image: np.ndarray) -> FrameInput:
-        """Preprocess for the first stage of both releases (the decode workers call this, off the inference thread)."""
+        """Preprocess for the first stage of both releases (a lane or a decode worker calls this, before inference)."""
         frame = FrameInput(image)
         for c in (self.active, self.candidate):
             if c is not None:
