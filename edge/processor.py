@@ -1,4 +1,4 @@
-"""The frame path: bounded queue -> decode workers -> inference -> commit, and the hot-swap of its pipeline.
+"""The frame path: bounded queue -> decode -> inference -> commit, and the hot-swap of its pipeline.
 
 Three stages overlap, each bounded:
 
@@ -6,8 +6,9 @@ Three stages overlap, each bounded:
   release the GIL, so it runs beside ONNX Runtime): in lanes (`use_lanes`: the default on a CPU), by the inference
   worker that takes the frame from the queue (when it is free), for the pipeline it holds; otherwise on
   `decode_workers` threads fed by a reader thread, at most `prefetch` frames ahead of inference, in queue order.
-- `inference_workers` threads each take the next prefetched frames in order, up to `max_batch` that are ready, and
-  run them through the pipeline together (stage 2 once over their candidates). With ONNX Runtime on the CPU at one
+- `inference_workers` threads each take the next frames in order (prefetched: up to `max_batch` that are decoded;
+  in lanes: from the queue, the next one and a share of those waiting, up to `max_batch`), and run them through the
+  pipeline together (stage 2 once over their candidates). With ONNX Runtime on the CPU at one
   intra-op thread each, several frames run at once on as many cores (ORT's `run` is thread-safe and releases the
   GIL). A batch holds the pipeline slot (shared) from the moment it is taken, so an activation swaps between
   batches: no frame sees half of two releases, and every batch taken after the swap runs on the new pipeline.
@@ -18,8 +19,8 @@ Three stages overlap, each bounded:
   `on_done` runs after the commit, in queue order. A crash before the commit loses nothing but work: the frame has
   no record and is processed again.
 
-Backpressure is unchanged: the sources see the bounded queue; behind it the prefetch and commit hand-offs are
-bounded too, so memory stays bounded whatever the input rate.
+Backpressure is unchanged: the sources see the bounded queue; behind it the prefetch (without lanes) and commit
+hand-offs are bounded too, so memory stays bounded whatever the input rate.
 """
 
 from __future__ import annotations
@@ -364,7 +365,6 @@ class FrameProcessor:
                     p = stack.enter_context(self.slot.use())
                 self._busy[me] = time.monotonic()
                 decided: list[Decided] | None = None
-                batch: list[Decoded] = []
                 try:
                     # a lane decodes its frames here, outside the take lock, for the pipeline it holds
                     batch = [self._decode(d.frame, d.started, p) if isinstance(d, Pending) else d for d in taken]
