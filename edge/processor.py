@@ -421,7 +421,9 @@ class FrameProcessor:
             try:
                 items = self._decided.get(timeout=0.2)
             except queue_mod.Empty:
-                if self._stop_intake.is_set() and not self._inferring():
+                # stopping and no inference thread left: nothing more can be handed over, but a batch handed over
+                # after the wait timed out and before its thread ended is still here, and is committed first
+                if self._stop_intake.is_set() and not self._inferring() and self._decided.empty():
                     return
                 continue
             pc = self.config.pipeline

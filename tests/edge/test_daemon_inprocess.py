@@ -455,3 +455,35 @@ def test_frames_are_decoded_in_their_lane_or_by_the_decode_workers(tmp_path: Pat
         assert all(w.startswith("decode") for w in where), set(where)
     assert [r["source"].removeprefix("folder:") for r in rows] == names
     assert all(r["decision"] == ("flag" if "Defective" in r["source"] else "pass") for r in rows)
+
+
+def test_commit_thread_ending_at_stop_settles_a_batch_handed_over_after_its_wait_timed_out(tmp_path: Path, bundles,
+                                                                                          keys) -> None:
+    """At stop, an inference thread may hand its last batch over just after the commit thread's wait timed out and
+    then end: the commit thread sees no inference thread left, and must still settle that batch before it ends."""
+    import queue
+
+    from edge.processor import Decided
+
+    d = make_daemon(tmp_path, keys, pcb_release(bundles))
+    fp = d.frames  # not started: no inference thread is alive, as after the last one ended
+    settled: list[str] = []
+    frame = Frame("http", data=b"x", suffix=".png", on_done=lambda out: settled.append(out.decision))
+    fp._taken = 1
+    fp._stop_intake.set()
+    fp._decided.put([Decided(frame, None, None, "no active release", 0.0, time.monotonic())])
+    real_get, calls = fp._decided.get, [0]
+
+    def late_get(block: bool = True, timeout: float | None = None):
+        calls[0] += 1
+        if calls[0] == 1:  # the batch arrived just after this wait gave up
+            raise queue.Empty
+        return real_get(block, timeout)
+
+    fp._decided.get = late_get  # type: ignore[method-assign]
+    t = threading.Thread(target=fp._commit_loop, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive()
+    assert settled == ["retry"] and fp.in_flight == 0  # settled (handed back to its source), not left behind
+    d.store.close()
