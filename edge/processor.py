@@ -358,7 +358,11 @@ class FrameProcessor:
                 with self._take_lock:  # in queue order: the next frames, a sequence number, the pipeline slot
                     taken = self._next_batch()
                     if taken is None:
-                        if self._stop_intake.is_set() and (self.lanes or not self._threads["reader"].is_alive()):
+                        # stopping: a lane takes nothing more from the queue; with decode workers, once the reader
+                        # has ended, nothing more is prefetched, but what it prefetched after this wait timed out is
+                        # still decided first
+                        if self._stop_intake.is_set() and (self.lanes or (
+                                not self._threads["reader"].is_alive() and self._prefetched.empty())):
                             return
                         continue
                     seq, self._taken_seq = self._taken_seq, self._taken_seq + 1

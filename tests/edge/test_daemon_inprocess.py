@@ -487,3 +487,39 @@ def test_commit_thread_ending_at_stop_settles_a_batch_handed_over_after_its_wait
     assert not t.is_alive()
     assert settled == ["retry"] and fp.in_flight == 0  # settled (handed back to its source), not left behind
     d.store.close()
+
+
+def test_inference_thread_ending_at_stop_decides_a_frame_prefetched_after_its_wait_timed_out(tmp_path: Path, bundles,
+                                                                                            keys) -> None:
+    """With decode workers, at stop the reader may prefetch its last frame just after an inference thread's wait
+    timed out, and end: the inference thread sees the reader gone, and must still decide that frame."""
+    import queue
+    from concurrent.futures import Future
+
+    from edge.processor import Decoded
+
+    d = make_daemon(tmp_path, keys, pcb_release(bundles), pipeline={"lanes": False})
+    fp = d.frames  # not started: the reader has ended, as at stop
+    fp._threads["reader"] = threading.Thread(target=lambda: None)
+    fp._threads["reader"].start()
+    fp._threads["reader"].join()
+    fut: Future = Future()
+    fut.set_result(Decoded(Frame("http", data=b"x", suffix=".png"), None, "decode failed", 0.0, time.monotonic()))
+    fp._stop_intake.set()
+    fp._prefetched.put(fut)
+    real_get, calls = fp._prefetched.get, [0]
+
+    def late_get(block: bool = True, timeout: float | None = None):
+        calls[0] += 1
+        if calls[0] == 1:  # the frame arrived just after this wait gave up
+            raise queue.Empty
+        return real_get(block, timeout)
+
+    fp._prefetched.get = late_get  # type: ignore[method-assign]
+    t = threading.Thread(target=fp._infer_loop, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive()
+    handed = fp._decided.get_nowait()  # decided (no release is active: handed back to its source), not left behind
+    assert [x.frame.source for x in handed] == ["http"] and fp._prefetched.empty()
+    d.store.close()
