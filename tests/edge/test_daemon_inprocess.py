@@ -457,12 +457,25 @@ def test_frames_are_decoded_in_their_lane_or_by_the_decode_workers(tmp_path: Pat
     assert all(r["decision"] == ("flag" if "Defective" in r["source"] else "pass") for r in rows)
 
 
+def arrives_late(q) -> None:
+    """The first wait on `q` gives up although an item is there: as if the item arrived just after it timed out."""
+    import queue
+
+    real_get, calls = q.get, [0]
+
+    def late_get(block: bool = True, timeout: float | None = None):
+        calls[0] += 1
+        if calls[0] == 1:
+            raise queue.Empty
+        return real_get(block, timeout)
+
+    q.get = late_get
+
+
 def test_commit_thread_ending_at_stop_settles_a_batch_handed_over_after_its_wait_timed_out(tmp_path: Path, bundles,
                                                                                           keys) -> None:
     """At stop, an inference thread may hand its last batch over just after the commit thread's wait timed out and
     then end: the commit thread sees no inference thread left, and must still settle that batch before it ends."""
-    import queue
-
     from edge.processor import Decided
 
     d = make_daemon(tmp_path, keys, pcb_release(bundles))
@@ -472,15 +485,7 @@ def test_commit_thread_ending_at_stop_settles_a_batch_handed_over_after_its_wait
     fp._taken = 1
     fp._stop_intake.set()
     fp._decided.put([Decided(frame, None, None, "no active release", 0.0, time.monotonic())])
-    real_get, calls = fp._decided.get, [0]
-
-    def late_get(block: bool = True, timeout: float | None = None):
-        calls[0] += 1
-        if calls[0] == 1:  # the batch arrived just after this wait gave up
-            raise queue.Empty
-        return real_get(block, timeout)
-
-    fp._decided.get = late_get  # type: ignore[method-assign]
+    arrives_late(fp._decided)
     t = threading.Thread(target=fp._commit_loop, daemon=True)
     t.start()
     t.join(5)
@@ -493,7 +498,6 @@ def test_inference_thread_ending_at_stop_decides_a_frame_prefetched_after_its_wa
                                                                                             keys) -> None:
     """With decode workers, at stop the reader may prefetch its last frame just after an inference thread's wait
     timed out, and end: the inference thread sees the reader gone, and must still decide that frame."""
-    import queue
     from concurrent.futures import Future
 
     from edge.processor import Decoded
@@ -507,15 +511,7 @@ def test_inference_thread_ending_at_stop_decides_a_frame_prefetched_after_its_wa
     fut.set_result(Decoded(Frame("http", data=b"x", suffix=".png"), None, "decode failed", 0.0, time.monotonic()))
     fp._stop_intake.set()
     fp._prefetched.put(fut)
-    real_get, calls = fp._prefetched.get, [0]
-
-    def late_get(block: bool = True, timeout: float | None = None):
-        calls[0] += 1
-        if calls[0] == 1:  # the frame arrived just after this wait gave up
-            raise queue.Empty
-        return real_get(block, timeout)
-
-    fp._prefetched.get = late_get  # type: ignore[method-assign]
+    arrives_late(fp._prefetched)
     t = threading.Thread(target=fp._infer_loop, daemon=True)
     t.start()
     t.join(5)
