@@ -314,7 +314,7 @@ def main() -> None:
     ap.add_argument("--inference-workers", type=int, default=None, help="the daemon's inference workers (default: "
                     "the daemon's own default, the cores)")
     ap.add_argument("--lanes", choices=["auto", "on", "off"], default="auto", help="the daemon's pipeline.lanes "
-                    "(auto: not set, the daemon's own choice: lanes on a CPU with 2+ cores)")
+                    "(auto: not set, the daemon's own choice: lanes on a CPU with 2+ cores unless --workers is given)")
     ap.add_argument("--baseline-lanes", choices=["auto", "on", "off"], default="auto", help="the same for the "
                     "--baseline daemon (e.g. --baseline . --lanes on --baseline-lanes off: lanes against decode "
                     "workers in one checkout)")
@@ -397,15 +397,13 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     med = lambda k: statistics.median(x[k] for x in rounds)  # noqa: E731
     ratio = lambda a, b: statistics.median(x[a] / x[b] for x in rounds)  # noqa: E731
-    from edge.config import DeviceConfig, PipelineConfig
+    from edge.config import OnnxRuntimeRunnerConfig, PipelineConfig
     from edge.processor import use_lanes
 
     workers = args.workers or PipelineConfig().workers
     inference_workers = args.inference_workers or PipelineConfig.default_workers()
-    in_lanes = use_lanes(DeviceConfig.model_validate(
-        {"device_id": "bench", "release": {"name": "bench", "stages": [{"role": "screen", "bundle": "b"}]},
-         "pipeline": {k: v for k, v in (("lanes", lanes), ("decode_workers", args.workers)) if v is not None}}),
-        inference_workers)
+    in_lanes = use_lanes(PipelineConfig(lanes=lanes, decode_workers=args.workers), OnnxRuntimeRunnerConfig(),
+                         inference_workers)  # the mode the daemon ran in, from its own rule
     result = {"model": args.model, "threads": args.threads, "daemon_threads": daemon_threads,
               "decode_workers": 0 if in_lanes else workers, "inference_workers": inference_workers,
               "lanes": in_lanes, "cores": cores,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.actions import ActionDispatcher, work_order
-from edge.config import DeviceConfig
+from edge.config import DeviceConfig, PipelineConfig, RunnerConfig
 from edge.health import mem_available_bytes, name_os_thread
 from edge.metrics import Metrics
 from edge.pipeline import FrameInput, FrameResult, Pipeline, PipelineSlot, build_pipeline, resolve_paths, resolver_for
@@ -71,18 +71,17 @@ def build_pipeline_for(config: DeviceConfig, release: ReleaseSpec, candidate: Re
                           r.runner_options(), config.retention.band, config.degrade.verify_timeout_s)
 
 
-def use_lanes(config: DeviceConfig, inference_workers: int) -> bool:
+def use_lanes(pc: PipelineConfig, runner: RunnerConfig, inference_workers: int) -> bool:
     """`pipeline.lanes`, or when unset: lanes when the models run on the CPU (ONNX Runtime with only its `cpu`
     provider) with 2 or more inference workers and `decode_workers` is not set. There decoding and inference take
     turns on the same cores, and a lane keeps a frame's image and tensor in one core's caches with half the busy
     threads (1.02 to 1.09 times the frames per second of decode workers, docs/daemon.md). With an accelerator the
     decode workers run ahead of the one inference thread instead, so the CPU decodes while the GPU runs; a config
     that sets `decode_workers` asked for them too."""
-    pc = config.pipeline
     if pc.lanes is not None:
         return pc.lanes
-    providers = getattr(config.runner, "providers", None) or ["cpu"]
-    return (config.runner.backend == "onnxruntime" and set(providers) <= {"cpu"} and inference_workers >= 2
+    providers = getattr(runner, "providers", None) or ["cpu"]
+    return (runner.backend == "onnxruntime" and set(providers) <= {"cpu"} and inference_workers >= 2
             and pc.decode_workers is None)
 
 
@@ -137,7 +136,7 @@ class FrameProcessor:
         self._threads: dict[str, threading.Thread] = {}
         n = pc.inference_workers or (pc.default_workers() if config.runner.backend == "onnxruntime" else 1)
         self._inference = ["inference"] + [f"inference_{i}" for i in range(1, n)]
-        self.lanes = use_lanes(config, n)
+        self.lanes = use_lanes(pc, config.runner, n)
         # in lanes the inference workers take frames from the queue themselves: no reader thread hands them over
         self._names = (*(() if self.lanes else ("reader",)), *self._inference, "commit")
         self._alive = {name: True for name in self._names}

@@ -402,20 +402,19 @@ def test_ready_only_once_every_source_runs(tmp_path: Path, bundles, keys, monkey
 
 
 def test_lanes_are_chosen_for_the_cpu_and_decode_workers_for_an_accelerator() -> None:
+    from edge.config import OnnxRuntimeRunnerConfig, PipelineConfig, TensorRTRunnerConfig
     from edge.processor import use_lanes
 
-    def cfg(**kw) -> DeviceConfig:
-        return DeviceConfig.model_validate({"device_id": "d", "release": {"name": "r", "stages": [
-            {"role": "screen", "bundle": "b"}]}, **kw})
-
-    assert use_lanes(cfg(), 2) and use_lanes(cfg(runner={"providers": ["cpu"]}), 4)
-    assert not use_lanes(cfg(), 1)  # one inference thread: decode workers overlap decoding with it
-    assert not use_lanes(cfg(runner={"providers": ["cuda", "cpu"]}), 2)
-    assert not use_lanes(cfg(runner={"backend": "tensorrt"}), 2)
-    assert use_lanes(cfg(runner={"backend": "tensorrt"}, pipeline={"lanes": True}), 1)
-    assert not use_lanes(cfg(pipeline={"lanes": False}), 4)
-    assert not use_lanes(cfg(pipeline={"decode_workers": 3}), 2)  # decode workers asked for by name
-    assert use_lanes(cfg(pipeline={"decode_workers": 3, "lanes": True}), 2)
+    cpu, trt = OnnxRuntimeRunnerConfig(), TensorRTRunnerConfig(backend="tensorrt")
+    assert use_lanes(PipelineConfig(), cpu, 2) and use_lanes(PipelineConfig(), OnnxRuntimeRunnerConfig(
+        providers=["cpu"]), 4)
+    assert not use_lanes(PipelineConfig(), cpu, 1)  # one inference thread: decode workers overlap decoding with it
+    assert not use_lanes(PipelineConfig(), OnnxRuntimeRunnerConfig(providers=["cuda", "cpu"]), 2)
+    assert not use_lanes(PipelineConfig(), trt, 2)
+    assert use_lanes(PipelineConfig(lanes=True), trt, 1)
+    assert not use_lanes(PipelineConfig(lanes=False), cpu, 4)
+    assert not use_lanes(PipelineConfig(decode_workers=3), cpu, 2)  # decode workers asked for by name
+    assert use_lanes(PipelineConfig(decode_workers=3, lanes=True), cpu, 2)
 
 
 @pytest.mark.parametrize("lanes", [True, False], ids=["lanes", "decode-workers"])
